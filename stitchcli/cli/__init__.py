@@ -1,0 +1,97 @@
+"""The `stitchcli` command line: one module per subcommand, joined here into one typer app.
+
+The app turns the errors a user can cause into one line on stderr and exit code 2 (1 when the work
+itself failed), so shell scripts can rely on the exit code and never see a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import typer
+
+from stitchcli import __version__
+from stitchcli.errors import StitchError
+
+
+class StitchApp(typer.Typer):
+    """A typer app whose errors end in one line on stderr and the documented exit code."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        click = _click_exceptions()
+        kwargs.setdefault("prog_name", "stitchcli")
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().__call__(*args, **kwargs)
+        except StitchError as exc:
+            _fail(str(exc), exc.exit_code)
+        except click.UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                sys.exit(2)  # the help text was printed already
+            command = exc.ctx.command_path if exc.ctx is not None else "stitchcli"
+            _fail(f"{exc.format_message()} (see `{command} --help`)", 2)
+        except typer.Exit as exc:
+            sys.exit(exc.exit_code)
+        except (typer.Abort, KeyboardInterrupt):
+            _fail("interrupted; finished shards are kept in the cache: run the same command again to resume", 130)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code)
+        except BrokenPipeError:
+            sys.exit(0)
+        if isinstance(result, int):
+            sys.exit(result)
+        return result
+
+
+def _click_exceptions() -> Any:
+    """Give the click exceptions module typer uses (recent typer vendors click as typer._click)."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # typer releases that depend on click itself
+        from click import exceptions
+    return exceptions
+
+
+def _fail(message: str, code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.write(f"stitchcli: error: {message}\n")
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+app = StitchApp(
+    name="stitchcli",
+    help="Zero-shot stitching of pretrained encoders with product-space relative representations.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"stitchcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Zero-shot stitching of pretrained encoders with product-space relative representations."""
+
+
+def _register() -> None:
+    from stitchcli.cli.demo import demo_command
+    from stitchcli.cli.embed import embed_command
+    from stitchcli.cli.planned import PLANNED, PLANNED_SETTINGS, planned_command
+
+    app.command("embed")(embed_command)
+    for name, (summary, where) in PLANNED.items():
+        app.command(name, context_settings=PLANNED_SETTINGS, help=summary)(planned_command(name, summary, where))
+    app.command("demo")(demo_command)
+
+
+_register()

@@ -1,0 +1,123 @@
+"""`stitchcli embed`: encode dataset splits with one or more models into the cache."""
+
+from __future__ import annotations
+
+from typing import Annotated, List, Optional
+
+import typer
+
+from stitchcli.cli import options as opt
+
+
+def embed_command(
+    model: Annotated[
+        List[str],
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model (repeatable): timm name (vit_base_patch16_224, timm:ARCH.TAG), openclip:ARCH/TAG, "
+            "a Hugging Face id (bert-base-cased, hf:org/name), a local folder with config.json, or a --name saved earlier.",
+            show_default=False,
+        ),
+    ],
+    dataset: Annotated[
+        str,
+        typer.Option(
+            "--dataset",
+            "-d",
+            help="Dataset: an alias (cifar10, cifar100, cifar100-coarse, mnist, fashion_mnist, ag_news, trec, dbpedia_14, imdb), "
+            "a hub id, a save_to_disk folder, an image folder (split/class/file), or a folder of CSV/JSON/JSONL/Parquet files.",
+            show_default=False,
+        ),
+    ],
+    split: Annotated[
+        Optional[List[str]],
+        typer.Option("--split", "-s", help="Split to encode (repeatable), or NAME=PATH for a table file. [default: train, test]", show_default=False),
+    ] = None,
+    input_column: Annotated[Optional[str], typer.Option(help="Input column(s), comma-separated text columns are joined.", show_default=False)] = None,
+    label_column: Annotated[Optional[str], typer.Option(help="Label column.", show_default=False)] = None,
+    limit: Annotated[
+        Optional[int], typer.Option(help="Encode a seeded, class-stratified subset of N rows per split (same rows for every model).", show_default=False)
+    ] = None,
+    weights: Annotated[
+        Optional[str],
+        typer.Option(help="Local weights file for a timm architecture (safetensors or state dict), or 'random' for a seeded random init.", show_default=False),
+    ] = None,
+    pooling: Annotated[
+        Optional[str], typer.Option(help="Text pooling: cls or mean (default: the model's sentence-transformers config, else cls).", show_default=False)
+    ] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Text truncation in tokens (default: the tokenizer's, at most 512).", show_default=False)] = None,
+    revision: Annotated[Optional[str], typer.Option(help="Hub revision of the model.", show_default=False)] = None,
+    dataset_revision: Annotated[Optional[str], typer.Option(help="Hub revision of the dataset.", show_default=False)] = None,
+    from_array: Annotated[
+        Optional[List[str]],
+        typer.Option("--from-array", help="Import embeddings computed elsewhere: FILE (.npy/.safetensors, one row per split row) or SPLIT=FILE.", show_default=False),
+    ] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Save the full model spec under this short name for later commands.", show_default=False)] = None,
+    num_workers: Annotated[Optional[int], typer.Option(help="Data loading workers (default: CPU count - 1, at most 8).", show_default=False)] = None,
+    shard_rows: Annotated[int, typer.Option(help="Rows per resumable shard (rounded up to whole batches).")] = 1024,
+    force: Annotated[bool, typer.Option("--force", help="Recompute even when the cache has the entry.")] = False,
+    batch_size: opt.BatchSize = None,
+    device: opt.Device = "auto",
+    precision: opt.Precision = "fp32",
+    seed: opt.Seed = 0,
+    cache_dir: opt.CacheDir = None,
+    json_output: opt.Json = False,
+    quiet: opt.Quiet = False,
+) -> None:
+    """Encode dataset splits with each model and cache the embeddings (a cache hit does no model work)."""
+    from stitchcli.cli.output import Progress, print_json, print_table
+    from stitchcli.embedding import EmbedOptions, Reporter, embed
+    from stitchcli.store import EmbeddingStore
+
+    progress = Progress(quiet=quiet)
+    store = EmbeddingStore(cache_dir, warn=progress.warn)
+    reporter = Reporter(warn=progress.warn, info=progress.info, start=progress.start, advance=progress.advance, stop=progress.stop)
+    results = embed(
+        model,
+        dataset,
+        split,
+        store=store,
+        options=EmbedOptions(
+            batch_size=batch_size,
+            device=device,
+            num_workers=num_workers,
+            shard_rows=shard_rows,
+            force=force,
+            limit=limit,
+            seed=seed,
+        ),
+        weights=weights,
+        pooling=pooling,
+        max_length=max_length,
+        precision=precision,
+        revision=revision,
+        dataset_revision=dataset_revision,
+        input_column=input_column,
+        label_column=label_column,
+        from_array=from_array,
+        register_as=name,
+        reporter=reporter,
+    )
+    if json_output:
+        print_json({"cache_dir": str(store.root), "entries": [r.to_dict() for r in results]})
+        return
+    print_table(
+        "Embeddings",
+        ["model", "dataset", "split", "rows", "dim", "seconds", "rows/s", "cache", "path"],
+        [
+            [
+                r.model,
+                r.dataset,
+                r.split,
+                r.rows,
+                r.dim,
+                f"{r.seconds:.2f}",
+                "" if r.rows_per_s is None else f"{r.rows_per_s:.1f}",
+                "hit" if r.cache_hit else ("resumed" if r.resumed_rows else "new"),
+                r.path,
+            ]
+            for r in results
+        ],
+        justify={"rows": "right", "dim": "right", "seconds": "right", "rows/s": "right"},
+    )

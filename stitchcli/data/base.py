@@ -1,0 +1,102 @@
+"""Records that describe a dataset and the rows of one split, shared by every dataset source."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+
+Modality = Literal["image", "text"]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Which data a name stands for; cheap to build (no data is read) and part of the cache key.
+
+    Attributes:
+        name: the name as the user typed it (an alias, a hub id, or a path).
+        kind: ``hub`` (datasets.load_dataset), ``disk`` (a save_to_disk folder), ``imagefolder``
+            (split/class/file) or ``table`` (CSV/JSON/JSONL/Parquet files).
+        source: the canonical hub id, or an absolute path.
+        config: the hub configuration name, if any.
+        input_columns: the input column(s); several text columns are joined with a space
+            (dbpedia_14: title + content). Empty when still to be inferred from the features.
+        label_column: the label column, or None when still to be inferred.
+        revision: the hub revision the user asked for, if any.
+        split_paths: for ``table`` data, split name -> absolute file path.
+    """
+
+    name: str
+    kind: Literal["hub", "disk", "imagefolder", "table"]
+    source: str
+    config: str | None = None
+    input_columns: tuple[str, ...] = ()
+    label_column: str | None = None
+    revision: str | None = None
+    split_paths: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def dataset_id(self) -> str:
+        """The identity used in cache keys and file names: hub id (with config) or path."""
+        return self.source if self.config is None else f"{self.source}:{self.config}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Give a JSON-ready description."""
+        d = asdict(self)
+        d["input_columns"] = list(self.input_columns)
+        d["split_paths"] = dict(self.split_paths)
+        return d
+
+
+@dataclass
+class SplitData:
+    """The rows of one split (possibly a --limit subset), with labels and a way to fetch inputs.
+
+    ``ids`` are the row indices in the original split, ascending; ``labels[i]`` belongs to ``ids[i]``.
+    ``get_inputs(positions)`` returns the inputs at positions into ``ids`` (not row ids): PIL images
+    in RGB for image data, strings for text data. It must be picklable (DataLoader workers call it).
+    """
+
+    dataset_id: str
+    split: str
+    modality: Modality
+    ids: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    fingerprint: str
+    fetch: Callable[[Sequence[int]], list[Any]] = field(repr=False)
+    num_rows_in_split: int = 0
+    input_columns: tuple[str, ...] = ()
+    label_column: str | None = None
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def get_inputs(self, positions: Sequence[int]) -> list[Any]:
+        """Give the inputs at these positions (indices into ``ids``)."""
+        return self.fetch([int(self.ids[p]) for p in positions])
+
+
+def stratified_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """Give ascending row indices of a seeded, class-stratified subset of ``limit`` rows.
+
+    Each class gets its share of ``limit`` by largest remainder, so class proportions are kept; the
+    choice depends only on the labels, the limit and the seed, hence is the same for every model.
+    """
+    n = int(labels.shape[0])
+    if limit >= n:
+        return np.arange(n, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * (limit / n)
+    quota = np.floor(exact).astype(np.int64)
+    remainder = limit - int(quota.sum())
+    if remainder > 0:
+        order = np.argsort(-(exact - quota), kind="stable")
+        quota[order[:remainder]] += 1
+    chosen = []
+    for cls, q in zip(classes, quota):
+        members = np.flatnonzero(labels == cls)
+        chosen.append(rng.permutation(members)[:q])
+    return np.sort(np.concatenate(chosen)).astype(np.int64)

@@ -1,0 +1,55 @@
+"""Device and precision: one helper decides where a model runs and how it computes."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, ContextManager
+
+from stitchcli.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def resolve_device(name: str = "auto") -> "torch.device":
+    """Give the torch device for ``auto|cpu|cuda|mps|cuda:N``; auto picks cuda, then mps, then cpu."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    base = name.split(":", 1)[0]
+    if base not in DEVICES:
+        raise UsageError(f"unknown device {name!r}: use one of {', '.join(DEVICES)}")
+    if base == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but no CUDA GPU is visible: use --device cpu or auto")
+    if base == "mps" and not (
+        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    ):
+        raise UsageError("--device mps asked for, but MPS is not available: use --device cpu or auto")
+    return torch.device(name)
+
+
+def check_precision(precision: str, device: "torch.device") -> str:
+    """Give ``precision`` back if the device can run it, else raise a UsageError saying what can."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type == "cpu":
+        raise UsageError("--precision fp16 needs a GPU; on the CPU use bf16 or fp32")
+    return precision
+
+
+def autocast(device: "torch.device", precision: str) -> ContextManager[object]:
+    """Give the autocast context for a precision (a no-op for fp32)."""
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)

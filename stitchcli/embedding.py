@@ -1,0 +1,540 @@
+"""Embedding: dataset rows -> encoder -> cache, resumable, with one summary record per entry."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from stitchcli.data.base import DatasetSpec, SplitData
+from stitchcli.encoders.base import ModelSpec
+from stitchcli.errors import UsageError
+from stitchcli.store import CachedEmbeddings, EmbeddingStore, EntryKey, canonical_json
+
+if TYPE_CHECKING:
+    from stitchcli.encoders.base import Encoder
+
+DEFAULT_SPLITS = ("train", "test")
+DEFAULT_SHARD_ROWS = 1024
+_VERSIONED = ("stitchcli", "torch", "timm", "transformers", "open_clip_torch", "datasets", "safetensors", "numpy")
+
+
+@dataclass
+class EmbedResult:
+    """One row of the embed summary: what was cached where, and how fast."""
+
+    model: str
+    dataset: str
+    split: str
+    rows: int
+    dim: int
+    seconds: float
+    rows_per_s: float | None
+    cache_hit: bool
+    path: str
+    resumed_rows: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Give a JSON-ready record."""
+        return asdict(self)
+
+
+@dataclass
+class EmbedOptions:
+    """How to run the models; everything here except the seed is outside the cache key."""
+
+    batch_size: int | None = None
+    device: str = "auto"
+    num_workers: int | None = None
+    shard_rows: int = DEFAULT_SHARD_ROWS
+    force: bool = False
+    limit: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class Reporter:
+    """Where embedding reports progress: callbacks the CLI wires to rich, no-ops for library use."""
+
+    warn: Callable[[str], None] = lambda message: None
+    info: Callable[[str], None] = lambda message: None
+    start: Callable[[str, int, int], None] = lambda label, total, done: None
+    advance: Callable[[int], None] = lambda rows: None
+    stop: Callable[[], None] = lambda: None
+
+
+def library_versions() -> dict[str, str]:
+    """Give the versions of the libraries that shape the embeddings (read from metadata, no imports)."""
+    versions = {"python": platform.python_version()}
+    for dist in _VERSIONED:
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _path_stat(value: str | None) -> Any:
+    """Give a cheap signature (size, mtime) of a local file or folder named by ``value``, if any."""
+    if not value:
+        return None
+    p = Path(value).expanduser()
+    if not p.exists():
+        return None
+    if p.is_file():
+        st = p.stat()
+        return [str(p.resolve()), st.st_size, st.st_mtime_ns]
+    sig = []
+    for dirpath, dirnames, filenames in os.walk(p):
+        dirnames.sort()
+        for fname in sorted(filenames):
+            st = (Path(dirpath) / fname).stat()
+            sig.append([fname, st.st_size, st.st_mtime_ns])
+    return [str(p.resolve()), sig]
+
+
+def resolve_model_spec(
+    store: EmbeddingStore,
+    name: str,
+    *,
+    weights: str | None = None,
+    pooling: str | None = None,
+    max_length: int | None = None,
+    precision: str = "fp32",
+    seed: int = 0,
+    revision: str | None = None,
+) -> ModelSpec:
+    """Give the spec a model name stands for: a name saved with --name, else the backend registry's.
+
+    Resolutions are memoised in the cache (keyed by the arguments, the backend library versions and
+    the size and mtime of any local file they name), so a cache hit needs neither torch nor timm.
+    """
+    saved = store.load_name(name)
+    if saved is not None:
+        return ModelSpec.from_dict(saved)
+    args = {
+        "name": name,
+        "weights": weights,
+        "pooling": pooling,
+        "max_length": max_length,
+        "precision": precision,
+        "seed": seed,
+        "revision": revision,
+    }
+    memo_key = canonical_json(
+        {
+            "args": args,
+            "versions": library_versions(),
+            "name_stat": _path_stat(name),
+            "weights_stat": _path_stat(weights) if weights not in (None, "random") else None,
+        }
+    )
+    cached = store.memo_get(memo_key)
+    if cached is not None:
+        return ModelSpec.from_dict(cached)
+    from stitchcli.encoders import resolve_model
+
+    spec = resolve_model(
+        name,
+        weights=weights,
+        pooling=pooling,
+        max_length=max_length,
+        precision=precision,
+        seed=seed,
+        revision=revision,
+    )
+    store.memo_put(memo_key, spec.to_dict())
+    return spec
+
+
+def entry_key(
+    spec: ModelSpec, data: DatasetSpec, split: str, *, limit: int | None, seed: int
+) -> EntryKey:
+    """Give the cache key of a model's embeddings of one split."""
+    from stitchcli.data import dataset_fingerprint
+
+    return EntryKey(
+        model=spec.key(),
+        dataset_id=data.dataset_id,
+        dataset_fingerprint=dataset_fingerprint(data, split),
+        split=split,
+        limit=limit,
+        limit_seed=seed if limit is not None else None,
+        columns={"input": list(data.input_columns), "label": data.label_column},
+    )
+
+
+def _default_batch_size(device_type: str) -> int:
+    return 64 if device_type == "cuda" else 32
+
+
+def _default_workers() -> int:
+    # One core stays with the model; decoding and preprocessing run beside it.
+    return min(8, max(0, (os.cpu_count() or 1) - 1))
+
+
+class _Rows:
+    """A map-style dataset over split positions whose batches are fetched in one call."""
+
+    def __init__(self, split: SplitData):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitems__(self, positions: list[int]) -> list[Any]:
+        return self.split.get_inputs(positions)
+
+    def __getitem__(self, position: int) -> Any:
+        return self.split.get_inputs([position])[0]
+
+
+def _metadata(
+    spec: ModelSpec,
+    data: DatasetSpec,
+    split: SplitData,
+    *,
+    preprocessing: dict[str, Any],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "model": spec.to_dict(),
+        "backend": spec.backend,
+        "pooling": spec.pooling,
+        "precision": spec.precision,
+        "preprocessing": preprocessing,
+        "dataset": {**data.to_dict(), "id": data.dataset_id, "fingerprint": split.fingerprint},
+        "split": split.split,
+        "modality": split.modality,
+        "class_names": list(split.class_names),
+        "input_columns": list(split.input_columns),
+        "label_column": split.label_column,
+        "rows_in_split": int(split.num_rows_in_split),
+        "versions": library_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
+    }
+
+
+def encode_split(
+    store: EmbeddingStore,
+    spec: ModelSpec,
+    key: EntryKey,
+    split: SplitData,
+    data: DatasetSpec,
+    encoder: "Encoder",
+    options: EmbedOptions,
+    reporter: Reporter,
+) -> tuple[CachedEmbeddings, int, float]:
+    """Encode a split into the cache shard by shard; give (entry, rows resumed, seconds of model work)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    batch_size = options.batch_size or _default_batch_size(encoder.device.type)
+    # Shards hold whole batches, so a resumed run cuts the same batches as an uninterrupted one.
+    shard_rows = max(batch_size, (options.shard_rows + batch_size - 1) // batch_size * batch_size)
+    plan = store.plan(spec.name, key, split.ids, shard_rows, fresh=options.force)
+    resumed = plan.rows_done
+    if resumed:
+        reporter.info(f"{spec.name} {data.name}/{split.split}: resuming, {resumed} of {plan.rows} rows already done")
+    todo = plan.todo
+    batches: list[list[int]] = []
+    for index in todo:
+        start, stop = plan.bounds(index)
+        batches.extend(list(range(b, min(b + batch_size, stop))) for b in range(start, stop, batch_size))
+    workers = _default_workers() if options.num_workers is None else options.num_workers
+    loader = DataLoader(
+        _Rows(split),
+        batch_sampler=batches,
+        collate_fn=encoder.collate,
+        num_workers=workers if batches else 0,
+        persistent_workers=False,
+        prefetch_factor=4 if workers and batches else None,
+    )
+    reporter.start(f"{spec.name} · {data.name}/{split.split}", plan.rows, resumed)
+    started = time.perf_counter()
+    pending: list[np.ndarray] = []
+    pending_rows = 0
+    shard_iter = iter(todo)
+    current = next(shard_iter, None)
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                out = encoder.encode(batch)
+                arr = out.detach().to("cpu", torch.float32).numpy()
+                pending.append(arr)
+                pending_rows += arr.shape[0]
+                reporter.advance(arr.shape[0])
+                assert current is not None
+                start, stop = plan.bounds(current)
+                if pending_rows == stop - start:
+                    store.write_shard(spec.name, key, plan, current, np.concatenate(pending, axis=0))
+                    pending, pending_rows = [], 0
+                    current = next(shard_iter, None)
+    finally:
+        reporter.stop()
+    seconds = time.perf_counter() - started
+    metadata = _metadata(
+        spec,
+        data,
+        split,
+        preprocessing=encoder.preprocessing(),
+        extra={
+            "device": str(encoder.device),
+            "batch_size": batch_size,
+            "seconds": round(seconds, 3),
+            "resumed_rows": resumed,
+        },
+    )
+    entry = store.finish(spec.name, key, plan, labels=split.labels, ids=split.ids, metadata=metadata)
+    return entry, resumed, seconds
+
+
+def read_array(path: Path) -> np.ndarray:
+    """Give the 2-D float array stored in an npy or safetensors file (UsageError if it is not one)."""
+    if not path.is_file():
+        raise UsageError(f"array file {str(path)!r} does not exist: pass an .npy or .safetensors file")
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        elif path.suffix == ".safetensors":
+            from safetensors.numpy import load_file
+
+            tensors = load_file(str(path))
+            if "embeddings" in tensors:
+                arr = tensors["embeddings"]
+            elif len(tensors) == 1:
+                arr = next(iter(tensors.values()))
+            else:
+                raise UsageError(
+                    f"{path} holds tensors {sorted(tensors)}: name the one to import 'embeddings'"
+                )
+        else:
+            raise UsageError(f"cannot import {str(path)!r}: --from-array reads .npy or .safetensors files")
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"cannot read array file {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
+        raise UsageError(f"array file {str(path)!r} holds shape {arr.shape} {arr.dtype}: expected a 2-D numeric array (rows x dim)")
+    return arr
+
+
+def import_array(
+    store: EmbeddingStore,
+    name: str,
+    data: DatasetSpec,
+    split: SplitData,
+    array_path: Path,
+    key: EntryKey,
+) -> tuple[CachedEmbeddings, bool]:
+    """Import embeddings computed elsewhere as the cache entry of ``name``; give (entry, cache hit)."""
+    from stitchcli.fingerprint import file_sha256
+
+    digest = file_sha256(array_path)
+    existing = store.lookup(name, key)
+    if existing is not None and existing.metadata.get("array_sha256") == digest:
+        return existing, True
+    arr = read_array(array_path)
+    if arr.shape[0] != split.num_rows_in_split:
+        raise UsageError(
+            f"array {str(array_path)!r} has {arr.shape[0]} rows but split {split.split!r} of "
+            f"{data.name} has {split.num_rows_in_split}: give one row per split row, in split order"
+        )
+    embeddings = np.asarray(arr[split.ids], dtype=np.float32)
+    if not np.isfinite(embeddings).all():
+        raise UsageError(f"array {str(array_path)!r} holds NaN or infinite values")
+    spec = ModelSpec(name=name, backend="array", source=name)
+    metadata = _metadata(
+        spec,
+        data,
+        split,
+        preprocessing={"imported_from": str(array_path.resolve())},
+        extra={"array_sha256": digest, "seconds": 0.0},
+    )
+    entry = store.write_entry(name, key, embeddings=embeddings, labels=split.labels, ids=split.ids, metadata=metadata)
+    return entry, False
+
+
+def parse_splits(values: Sequence[str] | None) -> tuple[list[str], dict[str, str]]:
+    """Give (split names, split name -> file path) from ``--split`` values (``NAME`` or ``NAME=PATH``)."""
+    names: list[str] = []
+    paths: dict[str, str] = {}
+    for value in values or DEFAULT_SPLITS:
+        if "=" in value:
+            split_name, _, path = value.partition("=")
+            if not split_name or not path:
+                raise UsageError(f"--split {value!r}: write NAME or NAME=PATH (for example test=data/test.csv)")
+            paths[split_name] = str(Path(path).expanduser().resolve())
+            names.append(split_name)
+        else:
+            names.append(value)
+    if len(set(names)) != len(names):
+        raise UsageError(f"--split lists a split twice: {', '.join(names)}")
+    return names, paths
+
+
+def parse_array_files(values: Sequence[str] | None, splits: Sequence[str]) -> dict[str, Path]:
+    """Give split -> array file from ``--from-array`` values (``FILE`` for one split, or ``SPLIT=FILE``)."""
+    files: dict[str, Path] = {}
+    for value in values or ():
+        if "=" in value and not Path(value).exists():
+            split_name, _, path = value.partition("=")
+            files[split_name] = Path(path).expanduser()
+        else:
+            if len(splits) != 1:
+                raise UsageError(
+                    "--from-array FILE fits one split; with several splits write --from-array SPLIT=FILE for each"
+                )
+            files[splits[0]] = Path(value).expanduser()
+    unknown = sorted(set(files) - set(splits))
+    if unknown:
+        raise UsageError(f"--from-array names split(s) {', '.join(unknown)} not given with --split")
+    missing = [s for s in splits if s not in files] if files else []
+    if missing:
+        raise UsageError(f"--from-array has no file for split(s) {', '.join(missing)}: give SPLIT=FILE for each")
+    return files
+
+
+def embed(
+    models: Sequence[str],
+    dataset: str,
+    splits: Sequence[str] | None = None,
+    *,
+    store: EmbeddingStore,
+    options: EmbedOptions | None = None,
+    weights: str | None = None,
+    pooling: str | None = None,
+    max_length: int | None = None,
+    precision: str = "fp32",
+    revision: str | None = None,
+    dataset_revision: str | None = None,
+    input_column: str | None = None,
+    label_column: str | None = None,
+    from_array: Sequence[str] | None = None,
+    register_as: str | None = None,
+    reporter: Reporter | None = None,
+) -> list[EmbedResult]:
+    """Give one result per (model, split) after making sure each is in the cache.
+
+    A cache hit builds no model and reads no data beyond the cheap fingerprints. A miss loads the
+    split (once for all models), builds the model (once for all splits) and encodes the rows in
+    resumable shards.
+    """
+    from stitchcli.data import load_split, resolve_dataset
+
+    options = options or EmbedOptions()
+    reporter = reporter or Reporter()
+    if not models:
+        raise UsageError("no model given: pass --model NAME (a timm name, openclip:ARCH/TAG, a hub id or a local folder)")
+    if len(set(models)) != len(models):
+        raise UsageError(f"--model lists a model twice: {', '.join(models)}")
+    if options.limit is not None and options.limit <= 0:
+        raise UsageError(f"--limit must be a positive number of rows, not {options.limit}")
+    if options.batch_size is not None and options.batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, not {options.batch_size}")
+    if register_as and len(models) != 1:
+        raise UsageError("--name registers one model: give exactly one --model with it")
+    split_names, split_paths = parse_splits(splits)
+    arrays = parse_array_files(from_array, split_names)
+    if arrays and len(models) != 1:
+        raise UsageError("--from-array imports one model's embeddings: give exactly one --model with it")
+    if arrays and (weights or register_as):
+        raise UsageError("--from-array imports finished embeddings: --weights and --name do not apply")
+    data = resolve_dataset(
+        dataset,
+        input_column=input_column,
+        label_column=label_column,
+        split_paths=split_paths or None,
+        revision=dataset_revision,
+    )
+
+    loaded: dict[str, SplitData] = {}
+
+    def split_rows(split_name: str) -> SplitData:
+        if split_name not in loaded:
+            loaded[split_name] = load_split(data, split_name, limit=options.limit, seed=options.seed)
+        return loaded[split_name]
+
+    results: list[EmbedResult] = []
+    for model in models:
+        if arrays:
+            spec = ModelSpec(name=model, backend="array", source=model)
+            store.save_name(model, spec.to_dict())
+        else:
+            spec = resolve_model_spec(
+                store,
+                model,
+                weights=weights,
+                pooling=pooling,
+                max_length=max_length,
+                precision=precision,
+                seed=options.seed,
+                revision=revision,
+            )
+            if spec.backend == "array":
+                raise UsageError(
+                    f"model {model!r} holds imported arrays; import more with embed --model {model} --from-array FILE"
+                )
+            if register_as:
+                from dataclasses import replace
+
+                spec = replace(spec, name=register_as)
+                store.save_name(register_as, spec.to_dict())
+                reporter.info(f"saved model spec as {register_as!r}: later commands accept --model {register_as}")
+        encoder: Encoder | None = None
+        for split_name in split_names:
+            key = entry_key(spec, data, split_name, limit=options.limit, seed=options.seed)
+            started = time.perf_counter()
+            if split_name in arrays:
+                entry, hit = import_array(store, spec.name, data, split_rows(split_name), arrays[split_name], key)
+                results.append(_result(spec.name, data, split_name, entry, time.perf_counter() - started, hit))
+                continue
+            entry = None if options.force else store.lookup(spec.name, key)
+            if entry is not None:
+                results.append(_result(spec.name, data, split_name, entry, time.perf_counter() - started, True))
+                continue
+            split = split_rows(split_name)
+            if encoder is None:
+                encoder = _build(spec, split.modality, options, reporter)
+            elif encoder.modality != split.modality:
+                raise UsageError(f"split {split_name!r} holds {split.modality} data but others hold {encoder.modality}")
+            entry, resumed, seconds = encode_split(store, spec, key, split, data, encoder, options, reporter)
+            computed = entry.rows - resumed
+            result = _result(spec.name, data, split_name, entry, time.perf_counter() - started, False)
+            result.resumed_rows = resumed
+            result.rows_per_s = round(computed / seconds, 2) if seconds > 0 and computed else None
+            results.append(result)
+    return results
+
+
+def _build(spec: ModelSpec, modality: str, options: EmbedOptions, reporter: Reporter) -> "Encoder":
+    from stitchcli.device import check_precision, resolve_device
+    from stitchcli.encoders import build_encoder
+
+    device = resolve_device(options.device)
+    check_precision(spec.precision, device)
+    reporter.info(f"loading {spec.name} ({spec.backend}: {spec.source}) on {device}")
+    return build_encoder(spec, modality, device)
+
+
+def _result(model: str, data: DatasetSpec, split: str, entry: CachedEmbeddings, seconds: float, hit: bool) -> EmbedResult:
+    return EmbedResult(
+        model=model,
+        dataset=data.name,
+        split=split,
+        rows=entry.rows,
+        dim=entry.dim,
+        seconds=round(seconds, 3),
+        rows_per_s=None,
+        cache_hit=hit,
+        path=str(entry.path),
+    )
