@@ -1,0 +1,188 @@
+"""Dataset name -> rows (input, label, id): known aliases, any hub id, local folders and files.
+
+``resolve_dataset`` turns what the user typed into a cheap :class:`DatasetSpec`;
+``dataset_fingerprint`` gives the data half of a cache key; ``load_split`` reads one split's labels
+and gives a picklable way to fetch its inputs. Names are tried in this order: a known alias (case
+and ``-``/``_``/``:`` ignored), an existing path, a hub id ``ORG/NAME[:CONFIG]``. A local folder
+named like an alias is reached as ``./name``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from stitchcli.data import hub, local
+from stitchcli.data.aliases import ALIASES, canonical_alias, close_aliases, list_aliases
+from stitchcli.data.base import DatasetSpec, SplitData, stratified_subset
+from stitchcli.data.columns import encode_labels, infer_columns
+from stitchcli.data.sources import SplitSource, unknown_split
+from stitchcli.errors import UsageError
+
+__all__ = [
+    "DatasetSpec",
+    "SplitData",
+    "dataset_fingerprint",
+    "list_aliases",
+    "load_split",
+    "resolve_dataset",
+    "stratified_subset",
+]
+
+# kind -> (open every split, fingerprint one split): one entry per way of storing data.
+_KINDS: dict[str, tuple[Callable[[DatasetSpec], SplitSource], Callable[[DatasetSpec, str], str]]] = {
+    "hub": (hub.open_hub, hub.hub_fingerprint),
+    "disk": (local.open_disk, local.disk_fingerprint),
+    "imagefolder": (local.open_imagefolder, local.imagefolder_fingerprint),
+    "table": (local.open_table, local.table_fingerprint),
+}
+
+_ACCEPTED_FORMS = (
+    "use an alias ({aliases}), a hub id ORG/NAME[:CONFIG], or a local path (save_to_disk folder, "
+    "image folder split/class/file, CSV/JSON/JSONL/Parquet file or folder)"
+)
+
+
+def _parse_input_columns(input_column: str | None) -> tuple[str, ...]:
+    if input_column is None:
+        return ()
+    columns = tuple(c.strip() for c in input_column.split(","))
+    if not all(columns):
+        raise UsageError(f"--input-column '{input_column}' has an empty name; give NAME or NAME1,NAME2")
+    return columns
+
+
+def _looks_like_path(name: str) -> bool:
+    return (
+        name.startswith((".", "/", "~", "\\"))
+        or name.count("/") > 1
+        or name.lower().endswith(local.TABLE_SUFFIXES)
+    )
+
+
+def resolve_dataset(
+    name: str,
+    *,
+    input_column: str | None = None,
+    label_column: str | None = None,
+    split_paths: dict[str, str] | None = None,
+    revision: str | None = None,
+) -> DatasetSpec:
+    """Give the spec ``name`` stands for; reads no rows (only checks that local paths exist).
+
+    Args:
+        name: an alias (``cifar100-coarse``), a hub id (``org/name`` or ``org/name:config``), or a
+            local path; with ``split_paths``, a label for those files.
+        input_column: the input column, or a comma list of text columns joined with a space;
+            overrides an alias's columns.
+        label_column: the label column; overrides an alias's.
+        split_paths: split name -> table file (``--split NAME=PATH``).
+        revision: the hub revision (branch, tag or commit); hub datasets only.
+
+    Raises:
+        UsageError: an unknown name, a missing path, a folder with no accepted layout, or a
+            revision for local data.
+    """
+    inputs = _parse_input_columns(input_column)
+    if split_paths:
+        spec = local.resolve_split_paths(name, split_paths)
+    elif not name.strip():
+        raise UsageError("the dataset name is empty; " + _ACCEPTED_FORMS.format(aliases=", ".join(ALIASES)))
+    elif (alias := canonical_alias(name)) is not None:
+        entry = ALIASES[alias]
+        spec = DatasetSpec(name, "hub", entry.hub_id, entry.config, entry.input_columns, entry.label_column)
+    elif Path(name).expanduser().exists():
+        spec = local.resolve_local(name, Path(name))
+    elif (parsed := hub.parse_hub_name(name)) is not None and not _looks_like_path(name):
+        spec = DatasetSpec(name, "hub", parsed[0], parsed[1])
+    elif _looks_like_path(name):
+        raise UsageError(f"dataset path {name} does not exist; check the path")
+    else:
+        close = close_aliases(name)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UsageError(
+            f"unknown dataset '{name}'; {hint}" + _ACCEPTED_FORMS.format(aliases=", ".join(ALIASES))
+        )
+    if revision is not None and spec.kind != "hub":
+        raise UsageError(f"--revision applies to hub datasets only, and '{name}' is local; drop it")
+    return replace(
+        spec,
+        input_columns=inputs or spec.input_columns,
+        label_column=label_column if label_column is not None else spec.label_column,
+        revision=revision,
+    )
+
+
+def dataset_fingerprint(spec: DatasetSpec, split: str) -> str:
+    """Give the data half of a cache key for one split, cheaply enough to run on every command.
+
+    ``hub``: ``id@revision`` (``main`` when unpinned); ``disk``: hash of the split's arrow and state
+    files; ``imagefolder``: hash of the split folder's file names and sizes (contents are not read);
+    ``table``: SHA-256 of the split's file.
+
+    Raises:
+        UsageError: a local dataset has no such split.
+    """
+    return _KINDS[spec.kind][1](spec, split)
+
+
+def load_split(spec: DatasetSpec, split: str, *, limit: int | None = None, seed: int = 0) -> SplitData:
+    """Give one split's row ids, labels and class names, and a picklable fetcher of its inputs.
+
+    Columns the spec leaves open are inferred (see :func:`stitchcli.data.columns.infer_columns`).
+    Rows keep the split's natural order (image folders: class by class in sorted class folder
+    order, files sorted by name); with ``limit``, a seeded class-stratified subset is kept and
+    ``ids`` are its original row indices, ascending.
+
+    Args:
+        spec: from :func:`resolve_dataset`.
+        split: the split name (``train``, ``test``…).
+        limit: keep at most this many rows (class proportions kept).
+        seed: seed of the ``limit`` subset.
+
+    Raises:
+        UsageError: unknown split or column, unlabelled rows, a bad limit.
+        WorkError: a hub dataset could not be downloaded.
+    """
+    if limit is not None and limit <= 0:
+        raise UsageError(f"--limit must be a positive number of rows, not {limit}")
+    source = _KINDS[spec.kind][0](spec)
+    if split not in source.splits:
+        raise unknown_split(spec.name, split, source.splits)
+    where = f"dataset '{spec.name}' split '{split}'"
+    columns = source.columns(split)
+    inputs, label, modality = infer_columns(columns, spec.input_columns, spec.label_column, where=where)
+    label_info = next(c for c in columns if c.name == label)
+
+    values = source.column_values(split, label)
+
+    def every_split_values() -> list[np.ndarray]:
+        return [values] + [source.column_values(s, label) for s in source.splits if s != split]
+
+    labels, class_names = encode_labels(label_info, values, every_split_values, where=where)
+    unlabelled = int((labels < 0).sum())
+    if unlabelled:
+        others = [s for s in source.splits if s != split]
+        raise UsageError(
+            f"{where} has no labels for {unlabelled} of {len(labels)} rows (label -1); "
+            f"use a labelled split ({', '.join(others) or 'none'}) or pass another --label-column"
+        )
+    ids = np.arange(len(labels), dtype=np.int64)
+    if limit is not None:
+        ids = stratified_subset(labels, limit, seed)
+    return SplitData(
+        dataset_id=spec.dataset_id,
+        split=split,
+        modality=modality,
+        ids=ids,
+        labels=labels[ids],
+        class_names=class_names,
+        fingerprint=dataset_fingerprint(spec, split),
+        fetch=source.fetcher(split, inputs, modality),
+        num_rows_in_split=len(labels),
+        input_columns=inputs,
+        label_column=label,
+    )

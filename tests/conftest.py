@@ -1,0 +1,112 @@
+"""Shared fixtures: every test runs offline, with its own cache folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# No test may reach a hub: the real code paths must fail fast and clearly, as on an offline machine.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Give a fresh cache folder, also set as $STITCHCLI_CACHE."""
+    path = tmp_path / "cache"
+    monkeypatch.setenv("STITCHCLI_CACHE", str(path))
+    return path
+
+
+def make_image_folder(root: Path, *, per_class: dict[str, int] | None = None, classes: tuple[str, ...] = ("cat", "dog", "frog"), size: int = 24, seed: int = 0) -> Path:
+    """Write an image folder (split/class/file.png) whose classes differ visibly, and give its root."""
+    import numpy as np
+    from PIL import Image
+
+    per_class = per_class or {"train": 6, "test": 3}
+    rng = np.random.default_rng(seed)
+    for split, count in per_class.items():
+        for c, cls in enumerate(classes):
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                base = np.zeros((size, size, 3), np.float32)
+                base[..., c % 3] = 180.0  # one colour channel per class
+                base[:: c + 2, :, :] += 60.0  # and a stripe period per class
+                pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+    return root
+
+
+def make_text_table(root: Path, *, rows_per_class: int = 4) -> Path:
+    """Write a folder with train.csv and test.csv (columns text, label as strings), and give it."""
+    import csv
+
+    topics = {
+        "sport": ["the team won the match", "a late goal decided the final", "the striker scored twice", "fans cheered the keeper"],
+        "tech": ["the new phone has a faster chip", "software update fixes the bug", "the laptop battery lasts longer", "a startup released an app"],
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    for split, start in (("train", 0), ("test", 2)):
+        with open(root / f"{split}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["text", "label"])
+            for label, sentences in topics.items():
+                for i in range(rows_per_class if split == "train" else 2):
+                    writer.writerow([f"{sentences[(start + i) % len(sentences)]} ({i})", label])
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """Give a small image folder dataset: train 3x6, test 3x3 images."""
+    return make_image_folder(tmp_path / "images")
+
+
+@pytest.fixture
+def text_table(tmp_path: Path) -> Path:
+    """Give a small text dataset folder with train.csv and test.csv."""
+    return make_text_table(tmp_path / "texts")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> "subprocess.CompletedProcess[str]":
+    """Run `python -m stitchcli ARGS` in a real subprocess and give the finished process."""
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "stitchcli", *args], capture_output=True, text=True, env=full_env, timeout=timeout
+    )
+
+
+def make_tiny_bert(folder: Path) -> Path:
+    """Save a randomly initialised 2-layer, 32-d BERT with its own word-level vocabulary, and give the folder."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = sorted(
+        {w for line in ("the team won the match a late goal decided final striker scored twice fans cheered keeper "
+                        "new phone has faster chip software update fixes bug laptop battery lasts longer startup released app "
+                        "paraphrase sentence one more").split() for w in [line]}
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "(", ")", *[str(i) for i in range(10)], *words]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Give a local folder holding a tiny random BERT and its tokenizer."""
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))

@@ -1,0 +1,141 @@
+"""The embedding cache: keys, atomic entries, corruption handling, resumable shards, names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stitchcli.errors import UsageError
+from stitchcli.store import EmbeddingStore, EntryKey, default_cache_dir, slug
+
+
+def _key(**overrides) -> EntryKey:
+    fields = dict(
+        model={"backend": "timm", "source": "resnet18", "precision": "fp32"},
+        dataset_id="/data/digits",
+        dataset_fingerprint="abc",
+        split="train",
+    )
+    fields.update(overrides)
+    return EntryKey(**fields)
+
+
+def _write(store: EmbeddingStore, key: EntryKey, n: int = 5, d: int = 3):
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(n, d)).astype(np.float32)
+    return store.write_entry("m", key, embeddings=emb, labels=np.arange(n) % 2, ids=np.arange(n) * 2, metadata={"note": "x"}), emb
+
+
+def test_cache_dir_precedence(monkeypatch, tmp_path):
+    monkeypatch.delenv("STITCHCLI_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "stitchcli"
+    monkeypatch.setenv("STITCHCLI_CACHE", str(tmp_path / "env"))
+    assert default_cache_dir() == tmp_path / "env"
+    assert default_cache_dir(tmp_path / "explicit") == tmp_path / "explicit"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model": {"backend": "timm", "source": "resnet18", "precision": "bf16"}},
+        {"dataset_fingerprint": "abd"},
+        {"split": "test"},
+        {"limit": 10, "limit_seed": 0},
+        {"columns": {"input": ["text"], "label": "label"}},
+    ],
+)
+def test_every_part_of_the_key_changes_the_digest(change):
+    assert _key().digest != _key(**change).digest
+    assert _key().digest == _key().digest
+
+
+def test_write_then_lookup_roundtrip(tmp_path):
+    store = EmbeddingStore(tmp_path)
+    key = _key()
+    entry, emb = _write(store, key)
+    found = store.lookup("m", key)
+    assert found is not None and found.rows == 5 and found.dim == 3
+    full = store.read(found)
+    np.testing.assert_array_equal(full.embeddings, emb)
+    np.testing.assert_array_equal(full.ids, np.arange(5) * 2)
+    assert full.labels.dtype == np.int64 and full.ids.dtype == np.int64
+    assert full.metadata["key_digest"] == key.digest and full.metadata["note"] == "x"
+    # no temporary files are left next to the entry
+    assert [p.name for p in entry.path.parent.iterdir()] == [entry.path.name]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "other_key"])
+def test_damaged_entry_is_reported_and_not_used(tmp_path, damage):
+    warnings: list[str] = []
+    store = EmbeddingStore(tmp_path, warn=warnings.append)
+    key = _key()
+    entry, _ = _write(store, key)
+    if damage == "truncate":
+        data = entry.path.read_bytes()
+        entry.path.write_bytes(data[: len(data) - 7])
+    elif damage == "garbage":
+        entry.path.write_bytes(b"not a safetensors file at all")
+    else:
+        other = _key(split="test")
+        other_entry, _ = _write(store, other)
+        entry.path.write_bytes(other_entry.path.read_bytes())
+    assert store.lookup("m", key) is None
+    assert len(warnings) == 1 and str(entry.path) in warnings[0] and "rebuilding" in warnings[0]
+
+
+def test_shards_resume_only_for_the_same_plan(tmp_path):
+    store = EmbeddingStore(tmp_path)
+    key = _key()
+    ids = np.arange(10)
+    plan = store.plan("m", key, ids, shard_rows=4)
+    assert plan.num_shards == 3 and plan.todo == [0, 1, 2]
+    store.write_shard("m", key, plan, 0, np.ones((4, 2), np.float32))
+    store.write_shard("m", key, plan, 1, np.full((4, 2), 2, np.float32))
+    # a later run with the same key and rows resumes, even if it asks for another shard size
+    again = store.plan("m", key, ids, shard_rows=8)
+    assert again.shard_rows == 4 and again.done == [0, 1] and again.todo == [2] and again.rows_done == 8
+    # a damaged shard is recomputed
+    shard1 = store.partial_dir("m", key) / "shard-000001.safetensors"
+    shard1.write_bytes(shard1.read_bytes()[:20])
+    assert store.plan("m", key, ids, shard_rows=4).todo == [1, 2]
+    # other rows: start over
+    assert store.plan("m", key, np.arange(1, 11), shard_rows=4).done == []
+    # fresh: start over
+    assert store.plan("m", key, np.arange(1, 11), shard_rows=4, fresh=True).done == []
+
+
+def test_finish_joins_shards_and_removes_them(tmp_path):
+    store = EmbeddingStore(tmp_path)
+    key = _key()
+    ids = np.arange(6)
+    plan = store.plan("m", key, ids, shard_rows=4)
+    store.write_shard("m", key, plan, 0, np.arange(8, dtype=np.float32).reshape(4, 2))
+    store.write_shard("m", key, plan, 1, np.arange(8, 12, dtype=np.float32).reshape(2, 2))
+    with pytest.raises(ValueError):
+        store.write_shard("m", key, plan, 1, np.zeros((3, 2), np.float32))
+    entry = store.finish("m", key, plan, labels=np.zeros(6, np.int64), ids=ids, metadata={})
+    assert not store.partial_dir("m", key).exists()
+    np.testing.assert_array_equal(store.read(entry).embeddings, np.arange(12, dtype=np.float32).reshape(6, 2))
+
+
+def test_names_roundtrip_and_validation(tmp_path):
+    store = EmbeddingStore(tmp_path)
+    assert store.load_name("lite0") is None
+    store.save_name("lite0", {"backend": "timm", "source": "tf_efficientnet_lite0"})
+    assert store.load_name("lite0")["source"] == "tf_efficientnet_lite0"
+    assert store.list_names() == ["lite0"]
+    with pytest.raises(UsageError):
+        store.save_name("../evil", {})
+    (tmp_path / "names" / "lite0.json").write_text("{broken")
+    with pytest.raises(UsageError, match="register it again"):
+        store.load_name("lite0")
+
+
+def test_slug_keeps_paths_apart():
+    assert slug("resnet18") == "resnet18"
+    assert slug("/a/b/data") != slug("/a/b_data")
+    assert "/" not in slug("hf:org/name")
