@@ -241,7 +241,7 @@ def encode_split(
     batch_size = options.batch_size or _default_batch_size(encoder.device.type)
     # Shards hold whole batches, so a resumed run cuts the same batches as an uninterrupted one.
     shard_rows = max(batch_size, (options.shard_rows + batch_size - 1) // batch_size * batch_size)
-    plan = store.plan(spec.name, key, split.ids, shard_rows, fresh=options.force)
+    plan = store.plan(spec.storage_name, key, split.ids, shard_rows, fresh=options.force)
     resumed = plan.rows_done
     if resumed:
         reporter.info(f"{spec.name} {data.name}/{split.split}: resuming, {resumed} of {plan.rows} rows already done")
@@ -276,7 +276,7 @@ def encode_split(
                 assert current is not None
                 start, stop = plan.bounds(current)
                 if pending_rows == stop - start:
-                    store.write_shard(spec.name, key, plan, current, np.concatenate(pending, axis=0))
+                    store.write_shard(spec.storage_name, key, plan, current, np.concatenate(pending, axis=0))
                     pending, pending_rows = [], 0
                     current = next(shard_iter, None)
     finally:
@@ -294,7 +294,7 @@ def encode_split(
             "resumed_rows": resumed,
         },
     )
-    entry = store.finish(spec.name, key, plan, labels=split.labels, ids=split.ids, metadata=metadata)
+    entry = store.finish(spec.storage_name, key, plan, labels=split.labels, ids=split.ids, metadata=metadata)
     return entry, resumed, seconds
 
 
@@ -330,17 +330,17 @@ def read_array(path: Path) -> np.ndarray:
 
 def import_array(
     store: EmbeddingStore,
-    name: str,
+    spec: ModelSpec,
     data: DatasetSpec,
     split: SplitData,
     array_path: Path,
     key: EntryKey,
 ) -> tuple[CachedEmbeddings, bool]:
-    """Import embeddings computed elsewhere as the cache entry of ``name``; give (entry, cache hit)."""
+    """Import embeddings computed elsewhere as the cache entry of an array model; give (entry, cache hit)."""
     from stitchcli.fingerprint import file_sha256
 
     digest = file_sha256(array_path)
-    existing = store.lookup(name, key)
+    existing = store.lookup(spec.storage_name, key)
     if existing is not None and existing.metadata.get("array_sha256") == digest:
         return existing, True
     arr = read_array(array_path)
@@ -352,7 +352,6 @@ def import_array(
     embeddings = np.asarray(arr[split.ids], dtype=np.float32)
     if not np.isfinite(embeddings).all():
         raise UsageError(f"array {str(array_path)!r} holds NaN or infinite values")
-    spec = ModelSpec(name=name, backend="array", source=name)
     metadata = _metadata(
         spec,
         data,
@@ -360,7 +359,7 @@ def import_array(
         preprocessing={"imported_from": str(array_path.resolve())},
         extra={"array_sha256": digest, "seconds": 0.0},
     )
-    entry = store.write_entry(name, key, embeddings=embeddings, labels=split.labels, ids=split.ids, metadata=metadata)
+    entry = store.write_entry(spec.storage_name, key, embeddings=embeddings, labels=split.labels, ids=split.ids, metadata=metadata)
     return entry, False
 
 
@@ -464,41 +463,32 @@ def embed(
             loaded[split_name] = load_split(data, split_name, limit=options.limit, seed=options.seed)
         return loaded[split_name]
 
-    results: list[EmbedResult] = []
-    for model in models:
-        if arrays:
-            spec = ModelSpec(name=model, backend="array", source=model)
-            store.save_name(model, spec.to_dict())
-        else:
-            spec = resolve_model_spec(
-                store,
-                model,
-                weights=weights,
-                pooling=pooling,
-                max_length=max_length,
-                precision=precision,
-                seed=options.seed,
-                revision=revision,
-            )
-            if spec.backend == "array":
-                raise UsageError(
-                    f"model {model!r} holds imported arrays; import more with embed --model {model} --from-array FILE"
-                )
-            if register_as:
-                from dataclasses import replace
+    # Every name is resolved before any work starts, so a typo in the last model costs nothing.
+    specs = [
+        _spec_for(store, model, arrays=bool(arrays), weights=weights, pooling=pooling, max_length=max_length,
+                  precision=precision, seed=options.seed, revision=revision)
+        for model in models
+    ]
+    if register_as:
+        from dataclasses import replace
 
-                spec = replace(spec, name=register_as)
-                store.save_name(register_as, spec.to_dict())
-                reporter.info(f"saved model spec as {register_as!r}: later commands accept --model {register_as}")
+        specs = [replace(specs[0], name=register_as)]
+        store.save_name(register_as, specs[0].to_dict())
+        reporter.info(f"saved model spec as {register_as!r}: later commands accept --model {register_as}")
+    if arrays:
+        store.save_name(specs[0].name, specs[0].to_dict())
+
+    results: list[EmbedResult] = []
+    for spec in specs:
         encoder: Encoder | None = None
         for split_name in split_names:
             key = entry_key(spec, data, split_name, limit=options.limit, seed=options.seed)
             started = time.perf_counter()
             if split_name in arrays:
-                entry, hit = import_array(store, spec.name, data, split_rows(split_name), arrays[split_name], key)
+                entry, hit = import_array(store, spec, data, split_rows(split_name), arrays[split_name], key)
                 results.append(_result(spec.name, data, split_name, entry, time.perf_counter() - started, hit))
                 continue
-            entry = None if options.force else store.lookup(spec.name, key)
+            entry = None if options.force else store.lookup(spec.storage_name, key)
             if entry is not None:
                 results.append(_result(spec.name, data, split_name, entry, time.perf_counter() - started, True))
                 continue
@@ -514,6 +504,18 @@ def embed(
             result.rows_per_s = round(computed / seconds, 2) if seconds > 0 and computed else None
             results.append(result)
     return results
+
+
+def _spec_for(store: EmbeddingStore, model: str, *, arrays: bool, **resolve_args: Any) -> ModelSpec:
+    """Give the spec of one --model value (an imported-array name when importing)."""
+    if arrays:
+        return ModelSpec(name=model, backend="array", source=model)
+    spec = resolve_model_spec(store, model, **resolve_args)
+    if spec.backend == "array":
+        raise UsageError(
+            f"model {model!r} holds imported arrays; import more with embed --model {model} --from-array FILE"
+        )
+    return spec
 
 
 def _build(spec: ModelSpec, modality: str, options: EmbedOptions, reporter: Reporter) -> "Encoder":
@@ -538,3 +540,36 @@ def _result(model: str, data: DatasetSpec, split: str, entry: CachedEmbeddings, 
         cache_hit=hit,
         path=str(entry.path),
     )
+
+
+def load_embeddings(
+    store: EmbeddingStore,
+    model: str,
+    dataset: str,
+    split: str,
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    weights: str | None = None,
+    pooling: str | None = None,
+    max_length: int | None = None,
+    precision: str = "fp32",
+    revision: str | None = None,
+    dataset_revision: str | None = None,
+    input_column: str | None = None,
+    label_column: str | None = None,
+) -> CachedEmbeddings:
+    """Give a model's cached embeddings of one split with arrays loaded; UsageError if not cached yet."""
+    from stitchcli.data import resolve_dataset
+
+    data = resolve_dataset(dataset, input_column=input_column, label_column=label_column, revision=dataset_revision)
+    spec = resolve_model_spec(
+        store, model, weights=weights, pooling=pooling, max_length=max_length, precision=precision, seed=seed, revision=revision
+    )
+    key = entry_key(spec, data, split, limit=limit, seed=seed)
+    entry = store.lookup(spec.storage_name, key)
+    if entry is None:
+        raise UsageError(
+            f"no cached embeddings of {model!r} on {dataset}/{split} with these options: run `stitchcli embed --model {model} --dataset {dataset} --split {split}` first"
+        )
+    return store.read(entry)

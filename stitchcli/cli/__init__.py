@@ -6,8 +6,9 @@ itself failed), so shell scripts can rely on the exit code and never see a trace
 
 from __future__ import annotations
 
+import functools
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import typer
 
@@ -83,15 +84,33 @@ def main(
     """Zero-shot stitching of pretrained encoders with product-space relative representations."""
 
 
+def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a command so the errors a user can cause end in one stderr line and their exit code.
+
+    Done per command (not only in StitchApp.__call__) so that typer's CliRunner sees the same.
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except StitchError as exc:
+            sys.stdout.flush()
+            typer.echo(f"stitchcli: error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
 def _register() -> None:
     from stitchcli.cli.demo import demo_command
     from stitchcli.cli.embed import embed_command
     from stitchcli.cli.planned import PLANNED, PLANNED_SETTINGS, planned_command
 
-    app.command("embed")(embed_command)
+    app.command("embed")(reports_errors(embed_command))
     for name, (summary, where) in PLANNED.items():
-        app.command(name, context_settings=PLANNED_SETTINGS, help=summary)(planned_command(name, summary, where))
-    app.command("demo")(demo_command)
+        app.command(name, context_settings=PLANNED_SETTINGS, help=summary)(reports_errors(planned_command(name, summary, where)))
+    app.command("demo")(reports_errors(demo_command))
 
 
 _register()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, List, Optional
+from typing import TYPE_CHECKING, Annotated, List, Optional, Sequence
 
 import typer
 
 from stitchcli.cli import options as opt
+
+if TYPE_CHECKING:
+    from stitchcli.embedding import EmbedResult
+    from stitchcli.store import EmbeddingStore
 
 
 def embed_command(
@@ -66,7 +70,7 @@ def embed_command(
     quiet: opt.Quiet = False,
 ) -> None:
     """Encode dataset splits with each model and cache the embeddings (a cache hit does no model work)."""
-    from stitchcli.cli.output import Progress, print_json, print_table
+    from stitchcli.cli.output import Progress
     from stitchcli.embedding import EmbedOptions, Reporter, embed
     from stitchcli.store import EmbeddingStore
 
@@ -99,6 +103,13 @@ def embed_command(
         register_as=name,
         reporter=reporter,
     )
+    render_results(results, store, json_output=json_output)
+
+
+def render_results(results: Sequence["EmbedResult"], store: "EmbeddingStore", *, json_output: bool) -> None:
+    """Print the embed summary: a table, or one JSON document with --json."""
+    from stitchcli.cli.output import print_json, print_table
+
     if json_output:
         print_json({"cache_dir": str(store.root), "entries": [r.to_dict() for r in results]})
         return

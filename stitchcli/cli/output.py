@@ -13,7 +13,11 @@ from rich.table import Table
 
 def stdout_console() -> Console:
     """Give a console for results on stdout (plain text when stdout is not a terminal)."""
-    return Console(file=sys.stdout, soft_wrap=True)
+    console = Console(file=sys.stdout)
+    if not console.is_terminal:
+        # Piped output is read by scripts and people alike: do not fold long paths into 80 columns.
+        console = Console(file=sys.stdout, width=1000)
+    return console
 
 
 def stderr_console() -> Console:

@@ -53,6 +53,11 @@ class ModelSpec:
             d.pop("seed")
         return d
 
+    @property
+    def storage_name(self) -> str:
+        """Give the cache folder name: backend and source, so every alias of one model shares entries."""
+        return f"{self.backend}-{self.source}"
+
     def to_dict(self) -> dict[str, Any]:
         """Give a JSON-ready description (what ``--name`` saves)."""
         return asdict(self)

@@ -1,0 +1,199 @@
+"""The command-line contract: help without heavy imports, JSON on stdout, one-line errors and exit codes, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import run_cli
+from stitchcli.cli import app
+
+TINY = "test_vit"
+
+
+def _heavy_modules_after(code: str) -> list[str]:
+    probe = (
+        "import sys\n"
+        f"{code}\n"
+        "print('HEAVY=' + ','.join(m for m in ('torch', 'timm', 'transformers', 'open_clip', 'datasets') if m in sys.modules), file=sys.stderr)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    line = [x for x in out.stderr.splitlines() if x.startswith("HEAVY=")][-1]
+    return [m for m in line[len("HEAVY="):].split(",") if m]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["embed", "--help"]])
+def test_help_imports_no_heavy_library(argv):
+    code = (
+        "from stitchcli.cli import app\n"
+        "try:\n"
+        f"    app({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass"
+    )
+    assert _heavy_modules_after(code) == []
+
+
+def test_all_five_subcommands_are_listed():
+    result = subprocess.run([sys.executable, "-m", "stitchcli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for name in ("embed", "anchor", "fit-head", "stitch", "eval"):
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("argv", [["stitch", "a", "b", "--dataset", "x"], ["anchor", "--dataset", "x"], ["fit-head"], ["eval"]])
+def test_planned_subcommands_say_so_with_exit_code_1(argv):
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 1
+    assert "not built yet" in result.output
+
+
+def test_json_output_is_one_document_and_cache_hit_imports_no_torch(cache_dir, image_folder):
+    args = ["embed", "-m", TINY, "--weights", "random", "-d", str(image_folder), "--split", "test", "--num-workers", "0", "--json"]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    doc = json.loads(first.stdout)
+    entry = doc["entries"][0]
+    assert entry["rows"] == 9 and entry["dim"] == 64 and entry["cache_hit"] is False
+    assert set(entry) >= {"model", "dataset", "split", "rows", "dim", "seconds", "rows_per_s", "cache_hit", "path"}
+    # the second run: a cache hit that never imports torch (what keeps it well under a second)
+    code = (
+        "from stitchcli.cli import app\n"
+        f"app({args!r})"
+    )
+    probe = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys\nprint('HEAVY=' + ','.join(m for m in ('torch','timm') if m in sys.modules), file=sys.stderr)"],
+        capture_output=True, text=True, env=os.environ,
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert json.loads(probe.stdout)["entries"][0]["cache_hit"] is True
+    assert "HEAVY=\n" in probe.stderr or probe.stderr.rstrip().endswith("HEAVY=")
+
+
+def test_table_output_lists_the_entry(cache_dir, image_folder):
+    result = run_cli("embed", "-m", TINY, "--weights", "random", "-d", str(image_folder), "--split", "test", "--num-workers", "0")
+    assert result.returncode == 0, result.stderr
+    assert "test_vit" in result.stdout and "new" in result.stdout and " 9 " in result.stdout
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
+    """The run failed with ``code``; its last stderr line is the only error line, naming every needle."""
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0] == lines[-1], result.stderr
+    assert lines[-1].startswith("stitchcli: error: ")
+    for needle in needles:
+        assert needle in lines[-1], lines[-1]
+
+
+def test_unknown_model_suggests_close_names(cache_dir, image_folder):
+    result = run_cli("embed", "-m", "vit_bsae_patch16_224", "-d", str(image_folder))
+    _assert_one_line_error(result, 2, "vit_bsae_patch16_224", "vit_base_patch16_224")
+
+
+def test_unknown_dataset(cache_dir):
+    result = run_cli("embed", "-m", TINY, "--weights", "random", "-d", "cifar11")
+    _assert_one_line_error(result, 2, "cifar11", "cifar10")
+
+
+def test_unknown_split(cache_dir, image_folder):
+    result = run_cli("embed", "-m", TINY, "--weights", "random", "-d", str(image_folder), "--split", "validation")
+    _assert_one_line_error(result, 2, "validation", "train", "test")
+
+
+def test_missing_column(cache_dir, text_table, tiny_bert):
+    result = run_cli("embed", "-m", str(tiny_bert), "-d", str(text_table), "--input-column", "body")
+    _assert_one_line_error(result, 2, "body", "text")
+
+
+def test_unreadable_weights_file(cache_dir, image_folder, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00garbage" * 10)
+    result = run_cli("embed", "-m", f"timm:{TINY}", "--weights", str(bad), "-d", str(image_folder), "--split", "test")
+    _assert_one_line_error(result, 2, str(bad))
+    missing = run_cli("embed", "-m", f"timm:{TINY}", "--weights", str(tmp_path / "nope.pth"), "-d", str(image_folder))
+    _assert_one_line_error(missing, 2, "nope.pth")
+
+
+def test_array_with_wrong_row_count(cache_dir, image_folder, tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((5, 3), np.float32))
+    result = run_cli("embed", "-m", "mine", "--from-array", str(tmp_path / "a.npy"), "-d", str(image_folder), "--split", "test")
+    _assert_one_line_error(result, 2, "5 rows", "9")
+
+
+def test_bad_option_value_is_one_line(cache_dir, image_folder):
+    result = run_cli("embed", "-m", TINY, "-d", str(image_folder), "--limit", "many")
+    _assert_one_line_error(result, 2, "--limit")
+
+
+def test_hub_model_without_network_names_offline_alternatives(cache_dir, image_folder):
+    result = run_cli("embed", "-m", "hf:google/vit-base-patch16-224-in21k", "-d", str(image_folder), "--split", "test",
+                     env={"HF_HUB_OFFLINE": "1"})
+    _assert_one_line_error(result, 1, "offline", "--weights", "--from-array")
+
+
+def test_hub_dataset_without_network_names_offline_alternatives(cache_dir):
+    result = run_cli("embed", "-m", TINY, "--weights", "random", "-d", "cifar10", "--split", "test",
+                     env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    _assert_one_line_error(result, 1, "cifar10", "offline")
+
+
+def test_errors_lose_nothing_already_cached(cache_dir, image_folder):
+    ok = run_cli("embed", "-m", TINY, "--weights", "random", "-d", str(image_folder), "--split", "test", "--num-workers", "0", "--json")
+    path = Path(json.loads(ok.stdout)["entries"][0]["path"])
+    before = path.read_bytes()
+    bad = run_cli("embed", "-m", TINY, "-m", "vit_bsae_patch16_224", "--weights", "random", "-d", str(image_folder), "--split", "test")
+    assert bad.returncode == 2
+    assert path.read_bytes() == before
+
+
+def test_sigkill_midway_then_rerun_matches_an_uninterrupted_run(cache_dir, tmp_path):
+    from conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "many", per_class={"train": 64}, size=32)
+    args = ["embed", "-m", "resnet18", "--weights", "random", "-d", str(data), "--split", "train",
+            "--batch-size", "8", "--shard-rows", "16", "--num-workers", "0", "--json"]
+    proc = subprocess.Popen([sys.executable, "-m", "stitchcli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "STITCHCLI_CACHE": str(cache_dir)})
+    shards: list[Path] = []
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        shards = list(cache_dir.glob("embeddings/*/*/*.partial/shard-*.safetensors"))
+        if len(shards) >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed: make the dataset larger"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = sorted(cache_dir.glob("embeddings/*/*/*.partial/shard-*.safetensors"))
+    assert 2 <= len(done) < 12
+    mtimes = {p.name: p.stat().st_mtime_ns for p in done}
+    assert not list(cache_dir.glob("embeddings/*/*/*.safetensors")), "no file may look complete after a kill"
+
+    resumed = run_cli(*args, env={"STITCHCLI_CACHE": str(cache_dir)})
+    assert resumed.returncode == 0, resumed.stderr
+    entry = json.loads(resumed.stdout)["entries"][0]
+    assert entry["resumed_rows"] >= 16 * len(done) - 16 and entry["rows"] == 192
+
+    reference = run_cli(*args, env={"STITCHCLI_CACHE": str(tmp_path / "reference-cache")})
+    assert reference.returncode == 0, reference.stderr
+    from safetensors.numpy import load_file
+
+    got = load_file(entry["path"])
+    want = load_file(json.loads(reference.stdout)["entries"][0]["path"])
+    np.testing.assert_array_equal(got["ids"], want["ids"])
+    np.testing.assert_array_equal(got["labels"], want["labels"])
+    np.testing.assert_allclose(got["embeddings"], want["embeddings"], rtol=0, atol=1e-6)
+    # finished shards were reused as they were, not recomputed (they are gone now, joined into the entry)
+    assert entry["resumed_rows"] == 16 * len(mtimes)

@@ -1,0 +1,236 @@
+"""`embed` end to end through the library: cache entries, cache hits, keys, imports, names, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stitchcli.embedding import EmbedOptions, embed, entry_key, load_embeddings, resolve_model_spec
+from stitchcli.errors import UsageError
+from stitchcli.store import EmbeddingStore
+
+TINY = "test_vit"  # timm's own 300k-parameter test ViT: 64-d features
+
+
+def _embed(store: EmbeddingStore, dataset: Path, model: str = TINY, **kwargs):
+    options = kwargs.pop("options", EmbedOptions(num_workers=0))
+    kwargs.setdefault("weights", "random")
+    return embed([model], str(dataset), kwargs.pop("splits", ["train", "test"]), store=store, options=options, **kwargs)
+
+
+def test_random_timm_model_writes_complete_entries(cache_dir, image_folder):
+    store = EmbeddingStore(cache_dir)
+    results = _embed(store, image_folder)
+    assert [(r.split, r.rows, r.dim, r.cache_hit) for r in results] == [("train", 18, 64, False), ("test", 9, 64, False)]
+    entry = load_embeddings(store, TINY, str(image_folder), "train", weights="random")
+    assert entry.embeddings.dtype == np.float32 and entry.embeddings.shape == (18, 64)
+    assert np.isfinite(entry.embeddings).all() and entry.embeddings.std() > 0
+    # rows are ordered class by class (sorted class folders), ids are the split's row indices
+    np.testing.assert_array_equal(entry.labels, np.repeat([0, 1, 2], 6))
+    np.testing.assert_array_equal(entry.ids, np.arange(18))
+    meta = entry.metadata
+    assert meta["class_names"] == ["cat", "dog", "frog"]
+    assert meta["key"]["model"]["backend"] == "timm" and meta["key"]["model"]["weights"] == "random"
+    assert meta["key"]["split"] == "train" and meta["rows"] == 18 and meta["dim"] == 64
+    assert meta["versions"]["torch"] and meta["preprocessing"]
+    # rows differ from each other: the pipeline does not feed one image for all
+    assert np.unique(entry.embeddings.round(5), axis=0).shape[0] == 18
+
+
+def test_same_seed_same_model_in_another_process_is_identical(cache_dir, image_folder, tmp_path):
+    a = EmbeddingStore(cache_dir)
+    b = EmbeddingStore(tmp_path / "other-cache")
+    _embed(a, image_folder, splits=["test"])
+    _embed(b, image_folder, splits=["test"])
+    ea = load_embeddings(a, TINY, str(image_folder), "test", weights="random")
+    eb = load_embeddings(b, TINY, str(image_folder), "test", weights="random")
+    np.testing.assert_array_equal(ea.embeddings, eb.embeddings)
+    c = EmbeddingStore(tmp_path / "seed1")
+    _embed(c, image_folder, splits=["test"], options=EmbedOptions(num_workers=0, seed=1))
+    ec = load_embeddings(c, TINY, str(image_folder), "test", weights="random", seed=1)
+    assert not np.allclose(ea.embeddings, ec.embeddings)
+
+
+def test_second_run_is_a_cache_hit_without_building_the_model(cache_dir, image_folder, monkeypatch):
+    store = EmbeddingStore(cache_dir)
+    first = _embed(store, image_folder)
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a cache hit must not build the model")
+
+    import stitchcli.encoders
+
+    monkeypatch.setattr(stitchcli.encoders, "build_encoder", no_build)
+    monkeypatch.setattr(stitchcli.encoders, "resolve_model", no_build)  # the memoised resolution is reused too
+    second = _embed(store, image_folder)
+    assert all(r.cache_hit for r in second)
+    assert [r.path for r in second] == [r.path for r in first]
+
+
+def test_limit_is_stratified_and_part_of_the_key(cache_dir, image_folder):
+    store = EmbeddingStore(cache_dir)
+    full = _embed(store, image_folder, splits=["train"])[0]
+    sub = _embed(store, image_folder, splits=["train"], options=EmbedOptions(num_workers=0, limit=6))[0]
+    assert sub.path != full.path and sub.rows == 6
+    entry = load_embeddings(store, TINY, str(image_folder), "train", weights="random", limit=6)
+    assert sorted(np.bincount(entry.labels).tolist()) == [2, 2, 2]
+    # the subset rows are the same rows of the full entry
+    whole = load_embeddings(store, TINY, str(image_folder), "train", weights="random")
+    np.testing.assert_allclose(entry.embeddings, whole.embeddings[entry.ids], rtol=1e-5, atol=1e-6)
+
+
+def test_key_changes_with_weights_file_precision_and_dataset_revision(cache_dir, image_folder, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from stitchcli.data import resolve_dataset
+
+    store = EmbeddingStore(cache_dir)
+    data = resolve_dataset(str(image_folder))
+    w1, w2 = tmp_path / "w1.safetensors", tmp_path / "w2.safetensors"
+    for seed, path in ((1, w1), (2, w2)):
+        import torch
+
+        torch.manual_seed(seed)
+        save_file(timm.create_model(TINY, num_classes=0).state_dict(), str(path))
+    keys = {
+        "file1": entry_key(resolve_model_spec(store, f"timm:{TINY}", weights=str(w1)), data, "train", limit=None, seed=0),
+        "file2": entry_key(resolve_model_spec(store, f"timm:{TINY}", weights=str(w2)), data, "train", limit=None, seed=0),
+        "bf16": entry_key(resolve_model_spec(store, f"timm:{TINY}", weights=str(w1), precision="bf16"), data, "train", limit=None, seed=0),
+        "limit": entry_key(resolve_model_spec(store, f"timm:{TINY}", weights=str(w1)), data, "train", limit=5, seed=0),
+    }
+    assert len({k.digest for k in keys.values()}) == 4
+    # the same weights file rewritten with other values is another key, even at the same path
+    import torch
+
+    torch.manual_seed(3)
+    save_file(timm.create_model(TINY, num_classes=0).state_dict(), str(w1))
+    rewritten = entry_key(resolve_model_spec(store, f"timm:{TINY}", weights=str(w1)), data, "train", limit=None, seed=0)
+    assert rewritten.digest != keys["file1"].digest
+    hub = resolve_model_spec(store, TINY, weights="random")
+    a = entry_key(hub, resolve_dataset("cifar10"), "train", limit=None, seed=0)
+    b = entry_key(hub, resolve_dataset("cifar10", revision="0b2714987fa478483af9968de7c934580d0bb9a2"), "train", limit=None, seed=0)
+    assert a.digest != b.digest
+
+
+def test_bare_and_prefixed_timm_names_share_one_entry(cache_dir, image_folder):
+    store = EmbeddingStore(cache_dir)
+    first = _embed(store, image_folder, model=TINY, splits=["test"])[0]
+    second = _embed(store, image_folder, model=f"timm:{TINY}", splits=["test"])[0]
+    assert second.cache_hit and second.path == first.path
+
+
+def test_changed_dataset_file_makes_a_new_entry(cache_dir, text_table, tmp_path):
+    from stitchcli.data import resolve_dataset
+
+    store = EmbeddingStore(cache_dir)
+    spec = resolve_model_spec(store, TINY, weights="random")
+    before = entry_key(spec, resolve_dataset(str(text_table)), "train", limit=None, seed=0)
+    with open(text_table / "train.csv", "a") as f:
+        f.write("one more sentence,sport\n")
+    after = entry_key(spec, resolve_dataset(str(text_table)), "train", limit=None, seed=0)
+    assert before.digest != after.digest
+
+
+def test_corrupt_cache_file_is_reported_and_rebuilt(cache_dir, image_folder):
+    warnings: list[str] = []
+    store = EmbeddingStore(cache_dir, warn=warnings.append)
+    first = _embed(store, image_folder, splits=["test"])[0]
+    good = load_embeddings(store, TINY, str(image_folder), "test", weights="random").embeddings
+    Path(first.path).write_bytes(Path(first.path).read_bytes()[:100])
+    again = _embed(store, image_folder, splits=["test"])[0]
+    assert not again.cache_hit and again.path == first.path
+    assert any("cannot be used" in w and first.path in w for w in warnings)
+    np.testing.assert_array_equal(load_embeddings(store, TINY, str(image_folder), "test", weights="random").embeddings, good)
+
+
+def test_imported_arrays_npy_and_safetensors(cache_dir, image_folder, tmp_path):
+    from safetensors.numpy import save_file
+
+    store = EmbeddingStore(cache_dir)
+    rng = np.random.default_rng(0)
+    train, test = rng.normal(size=(18, 7)), rng.normal(size=(9, 7)).astype(np.float32)
+    np.save(tmp_path / "train.npy", train)
+    save_file({"embeddings": test}, str(tmp_path / "test.safetensors"))
+    results = embed(
+        ["mine"],
+        str(image_folder),
+        ["train", "test"],
+        store=store,
+        from_array=[f"train={tmp_path / 'train.npy'}", f"test={tmp_path / 'test.safetensors'}"],
+    )
+    assert [(r.rows, r.dim, r.cache_hit) for r in results] == [(18, 7, False), (9, 7, False)]
+    entry = load_embeddings(store, "mine", str(image_folder), "train")
+    np.testing.assert_allclose(entry.embeddings, train.astype(np.float32))
+    assert entry.metadata["array_sha256"]
+    # with --limit the imported rows are the subset's rows
+    sub = embed(["mine"], str(image_folder), ["test"], store=store, options=EmbedOptions(limit=3),
+                from_array=[str(tmp_path / "test.safetensors")])[0]
+    got = load_embeddings(store, "mine", str(image_folder), "test", limit=3)
+    np.testing.assert_array_equal(got.embeddings, test[got.ids])
+    assert sub.rows == 3
+    # importing the same file again is a cache hit; the name now stands for the imported arrays
+    again = embed(["mine"], str(image_folder), ["test"], store=store, from_array=[str(tmp_path / "test.safetensors")])[0]
+    assert again.cache_hit
+    with pytest.raises(UsageError, match="holds imported arrays"):
+        embed(["mine"], str(image_folder), ["test"], store=store)
+
+
+def test_array_with_wrong_row_count_is_refused_and_loses_nothing(cache_dir, image_folder, tmp_path):
+    store = EmbeddingStore(cache_dir)
+    kept = _embed(store, image_folder, splits=["test"])[0]
+    np.save(tmp_path / "short.npy", np.zeros((8, 4)))
+    with pytest.raises(UsageError, match="has 8 rows but split 'test'.* has 9"):
+        embed(["other"], str(image_folder), ["test"], store=store, from_array=[str(tmp_path / "short.npy")])
+    assert Path(kept.path).exists() and _embed(store, image_folder, splits=["test"])[0].cache_hit
+
+
+def test_name_registers_the_full_spec(cache_dir, image_folder, tmp_path):
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    weights = tmp_path / "tiny.safetensors"
+    save_file(timm.create_model(TINY, num_classes=0).state_dict(), str(weights))
+    store = EmbeddingStore(cache_dir)
+    first = _embed(store, image_folder, model=f"timm:{TINY}", weights=str(weights), register_as="tiny", splits=["test"])[0]
+    assert first.model == "tiny"
+    saved = json.loads((cache_dir / "names" / "tiny.json").read_text())
+    assert saved["weights"] == str(weights.resolve()) and saved["weights_fingerprint"]
+    again = embed(["tiny"], str(image_folder), ["test"], store=store, options=EmbedOptions(num_workers=0))[0]
+    assert again.cache_hit and again.path == first.path
+    fresh = embed(["tiny"], str(image_folder), ["train"], store=store, options=EmbedOptions(num_workers=0))[0]
+    assert not fresh.cache_hit and fresh.rows == 18
+
+
+def test_a_bad_model_among_good_ones_fails_before_any_work(cache_dir, image_folder):
+    store = EmbeddingStore(cache_dir)
+    with pytest.raises(UsageError, match="did you mean"):
+        embed([TINY, "vit_bsae_patch16_224"], str(image_folder), ["test"], store=store, weights="random")
+    assert not (cache_dir / "embeddings").exists()
+
+
+def test_text_model_from_a_local_folder(cache_dir, text_table, tiny_bert):
+    store = EmbeddingStore(cache_dir)
+    cls = embed([str(tiny_bert)], str(text_table), ["train"], store=store, options=EmbedOptions(num_workers=0))[0]
+    mean = embed([str(tiny_bert)], str(text_table), ["train"], store=store, pooling="mean", options=EmbedOptions(num_workers=0))[0]
+    short = embed([str(tiny_bert)], str(text_table), ["train"], store=store, max_length=4, options=EmbedOptions(num_workers=0))[0]
+    assert len({cls.path, mean.path, short.path}) == 3
+    a = load_embeddings(store, str(tiny_bert), str(text_table), "train").embeddings
+    b = load_embeddings(store, str(tiny_bert), str(text_table), "train", pooling="mean").embeddings
+    assert a.shape == b.shape == (8, 32) and not np.allclose(a, b)
+    meta = load_embeddings(store, str(tiny_bert), str(text_table), "train").metadata
+    assert meta["class_names"] == ["sport", "tech"] and meta["pooling"] == "cls"
+
+
+def test_openclip_random_architecture_on_images_and_text(cache_dir, image_folder, text_table, openclip_tiny):
+    store = EmbeddingStore(cache_dir)
+    img = embed([openclip_tiny], str(image_folder), ["test"], store=store, weights="random", options=EmbedOptions(num_workers=0))[0]
+    txt = embed([openclip_tiny], str(text_table), ["test"], store=store, weights="random", options=EmbedOptions(num_workers=0))[0]
+    assert img.rows == 9 and txt.rows == 4 and img.dim == txt.dim
+    e = load_embeddings(store, openclip_tiny, str(image_folder), "test", weights="random").embeddings
+    assert np.isfinite(e).all() and e.std() > 0
