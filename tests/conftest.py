@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import json
+
 import pytest
 
 # No test may reach a hub: the real code paths must fail fast and clearly, as on an offline machine.
@@ -110,3 +112,22 @@ def make_tiny_bert(folder: Path) -> Path:
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Give a local folder holding a tiny random BERT and its tokenizer."""
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Register a tiny open_clip architecture (no pretrained tags) and give its name."""
+    import open_clip
+
+    path = tmp_path_factory.mktemp("openclip") / "stitchcli-tiny-clip.json"
+    path.write_text(
+        json.dumps(
+            {
+                "embed_dim": 16,
+                "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+                "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+            }
+        )
+    )
+    open_clip.add_model_config(path)
+    return "stitchcli-tiny-clip"

@@ -227,10 +227,10 @@ def test_text_model_from_a_local_folder(cache_dir, text_table, tiny_bert):
     assert meta["class_names"] == ["sport", "tech"] and meta["pooling"] == "cls"
 
 
-def test_openclip_random_architecture_on_images_and_text(cache_dir, image_folder, text_table, openclip_tiny):
+def test_openclip_random_architecture_on_images_and_text(cache_dir, image_folder, text_table, tiny_clip):
     store = EmbeddingStore(cache_dir)
-    img = embed([openclip_tiny], str(image_folder), ["test"], store=store, weights="random", options=EmbedOptions(num_workers=0))[0]
-    txt = embed([openclip_tiny], str(text_table), ["test"], store=store, weights="random", options=EmbedOptions(num_workers=0))[0]
+    img = embed([f"openclip:{tiny_clip}"], str(image_folder), ["test"], store=store, weights="random", options=EmbedOptions(num_workers=0))[0]
+    txt = embed([f"openclip:{tiny_clip}"], str(text_table), ["test"], store=store, weights="random", options=EmbedOptions(num_workers=0))[0]
     assert img.rows == 9 and txt.rows == 4 and img.dim == txt.dim
-    e = load_embeddings(store, openclip_tiny, str(image_folder), "test", weights="random").embeddings
+    e = load_embeddings(store, f"openclip:{tiny_clip}", str(image_folder), "test", weights="random").embeddings
     assert np.isfinite(e).all() and e.std() > 0
