@@ -234,3 +234,33 @@ def test_openclip_random_architecture_on_images_and_text(cache_dir, image_folder
     assert img.rows == 9 and txt.rows == 4 and img.dim == txt.dim
     e = load_embeddings(store, f"openclip:{tiny_clip}", str(image_folder), "test", weights="random").embeddings
     assert np.isfinite(e).all() and e.std() > 0
+
+
+@pytest.mark.parametrize(
+    "builder, split, modality",
+    [
+        ("make_disk_image_dataset", "train", "image"),
+        ("make_disk_text_dataset", "train", "text"),
+        ("make_csv_dataset", "test", "text"),
+        ("make_json_dataset", "train", "text"),  # train.json: an array of records
+        ("make_json_dataset", "test", "text"),  # test.jsonl: JSON lines
+        ("make_parquet_image_dataset", "train", "image"),
+        ("make_image_path_table", "train", "image"),
+        ("make_sparse_image_folder", "test", "image"),
+    ],
+)
+def test_every_local_format_embeds_end_to_end(cache_dir, tmp_path, tiny_bert, builder, split, modality):
+    import data_fixtures
+    from stitchcli.data import load_split, resolve_dataset
+
+    root = getattr(data_fixtures, builder)(tmp_path / builder)
+    model, weights = (TINY, "random") if modality == "image" else (str(tiny_bert), None)
+    store = EmbeddingStore(cache_dir)
+    result = embed([model], str(root), [split], store=store, weights=weights, options=EmbedOptions(num_workers=0))[0]
+    rows = load_split(resolve_dataset(str(root)), split)
+    assert result.rows == len(rows) > 0 and result.dim == (64 if modality == "image" else 32)
+    entry = load_embeddings(store, model, str(root), split, weights=weights)
+    np.testing.assert_array_equal(entry.labels, rows.labels)
+    np.testing.assert_array_equal(entry.ids, rows.ids)
+    assert entry.metadata["class_names"] == rows.class_names and entry.metadata["modality"] == modality
+    assert np.isfinite(entry.embeddings).all()

@@ -84,6 +84,17 @@ def main(
     """Zero-shot stitching of pretrained encoders with product-space relative representations."""
 
 
+def _quiet_libraries() -> None:
+    """Keep the libraries' own progress bars and log chatter off stderr: stitchcli reports progress itself."""
+    import logging
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # open_clip logs to the root logger (e.g. "no pretrained weights loaded" for --weights random).
+    logging.getLogger().setLevel(logging.ERROR)
+
+
 def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a command so the errors a user can cause end in one stderr line and their exit code.
 
@@ -92,6 +103,7 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _quiet_libraries()
         try:
             return command(*args, **kwargs)
         except StitchError as exc:

@@ -70,13 +70,10 @@ def embed_command(
     quiet: opt.Quiet = False,
 ) -> None:
     """Encode dataset splits with each model and cache the embeddings (a cache hit does no model work)."""
-    from stitchcli.cli.output import Progress
-    from stitchcli.embedding import EmbedOptions, Reporter, embed
-    from stitchcli.store import EmbeddingStore
+    from stitchcli.cli.output import progress_and_store
+    from stitchcli.embedding import EmbedOptions, embed
 
-    progress = Progress(quiet=quiet)
-    store = EmbeddingStore(cache_dir, warn=progress.warn)
-    reporter = Reporter(warn=progress.warn, info=progress.info, start=progress.start, advance=progress.advance, stop=progress.stop)
+    progress, store, reporter = progress_and_store(cache_dir, quiet)
     results = embed(
         model,
         dataset,

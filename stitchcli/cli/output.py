@@ -120,3 +120,14 @@ class Progress:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+
+def progress_and_store(cache_dir: Any, quiet: bool) -> tuple[Progress, Any, Any]:
+    """Give the (progress, EmbeddingStore, Reporter) a command works with, all reporting to stderr."""
+    from stitchcli.embedding import Reporter
+    from stitchcli.store import EmbeddingStore
+
+    progress = Progress(quiet=quiet)
+    store = EmbeddingStore(cache_dir, warn=progress.warn)
+    reporter = Reporter(warn=progress.warn, info=progress.info, start=progress.start, advance=progress.advance, stop=progress.stop)
+    return progress, store, reporter
