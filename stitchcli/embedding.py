@@ -17,6 +17,7 @@ import numpy as np
 from stitchcli.data.base import DatasetSpec, SplitData
 from stitchcli.encoders.base import ModelSpec
 from stitchcli.errors import UsageError
+from stitchcli.hub import prefer_offline_when_unreachable
 from stitchcli.store import CachedEmbeddings, EmbeddingStore, EntryKey, canonical_json
 
 if TYPE_CHECKING:
@@ -151,8 +152,27 @@ def resolve_model_spec(
         seed=seed,
         revision=revision,
     )
+    _refuse_near_miss_of_saved_name(store, name, spec)
     store.memo_put(memo_key, spec.to_dict())
     return spec
+
+
+def _refuse_near_miss_of_saved_name(store: EmbeddingStore, name: str, spec: ModelSpec) -> None:
+    """Raise a UsageError when a bare name headed for the hub is a typo of a name saved with --name.
+
+    Only bare names (no '/', no prefix) that resolved to a hub id are checked: an explicit
+    ``hf:`` id or a local folder is taken as written.
+    """
+    import difflib
+
+    if spec.backend != "transformers" or "/" in name or ":" in name or Path(spec.source).exists():
+        return
+    close = difflib.get_close_matches(name, store.list_names(), n=3, cutoff=0.8)
+    if close:
+        raise UsageError(
+            f"unknown model {name!r}; did you mean the saved name {' or '.join(repr(c) for c in close)}? "
+            f"(saved names: {', '.join(store.list_names())}; for a hub id write hf:{name})"
+        )
 
 
 def entry_key(
@@ -460,6 +480,8 @@ def embed(
 
     def split_rows(split_name: str) -> SplitData:
         if split_name not in loaded:
+            if data.kind == "hub":
+                prefer_offline_when_unreachable()
             loaded[split_name] = load_split(data, split_name, limit=options.limit, seed=options.seed)
         return loaded[split_name]
 
@@ -518,12 +540,21 @@ def _spec_for(store: EmbeddingStore, model: str, *, arrays: bool, **resolve_args
     return spec
 
 
+def _needs_hub(spec: ModelSpec) -> bool:
+    """Tell whether building this model may download from the hub (pretrained weights or a hub config)."""
+    if spec.backend == "array" or Path(spec.source).exists():
+        return False
+    return spec.weights is None or spec.backend == "transformers"
+
+
 def _build(spec: ModelSpec, modality: str, options: EmbedOptions, reporter: Reporter) -> "Encoder":
     from stitchcli.device import check_precision, resolve_device
     from stitchcli.encoders import build_encoder
 
     device = resolve_device(options.device)
     check_precision(spec.precision, device)
+    if _needs_hub(spec):
+        prefer_offline_when_unreachable()
     reporter.info(f"loading {spec.name} ({spec.backend}: {spec.source}) on {device}")
     return build_encoder(spec, modality, device)
 

@@ -21,9 +21,13 @@ class WorkError(StitchError):
     exit_code = 1
 
 
-OFFLINE_ALTERNATIVES = (
+OFFLINE_MODEL_ALTERNATIVES = (
     "offline alternatives: a local model folder holding config.json, `timm:ARCH --weights FILE`, "
-    "`--from-array FILE`, or a local dataset (save_to_disk folder, image folder, CSV/JSON/JSONL/Parquet)"
+    "or embeddings computed elsewhere with `--from-array FILE`"
+)
+OFFLINE_DATA_ALTERNATIVES = (
+    "offline alternatives: a local dataset (a save_to_disk folder, an image folder split/class/file, "
+    "or CSV/JSON/JSONL/Parquet files named by split)"
 )
 
 

@@ -28,7 +28,7 @@ from data_fixtures import (  # noqa: F401 - fixtures are used by name
 )
 
 from stitchcli.data import dataset_fingerprint, list_aliases, load_split, resolve_dataset
-from stitchcli.errors import OFFLINE_ALTERNATIVES, UsageError, WorkError
+from stitchcli.errors import OFFLINE_DATA_ALTERNATIVES, UsageError, WorkError
 
 TEXT_CLASSES = ["business", "sport", "tech"]  # sorted unique labels of TEXT_ROWS_TRAIN
 
@@ -419,7 +419,7 @@ def test_hub_offline_is_a_work_error_naming_alternatives(
         load_split(resolve_dataset(name), "train")
     message = str(info.value)
     assert message.startswith(f"could not download dataset '{name}'")
-    assert OFFLINE_ALTERNATIVES in message and "\n" not in message
+    assert OFFLINE_DATA_ALTERNATIVES in message and "\n" not in message
 
 
 def _fake_hub(monkeypatch: pytest.MonkeyPatch, result: object) -> list[tuple]:

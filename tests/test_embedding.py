@@ -264,3 +264,12 @@ def test_every_local_format_embeds_end_to_end(cache_dir, tmp_path, tiny_bert, bu
     np.testing.assert_array_equal(entry.ids, rows.ids)
     assert entry.metadata["class_names"] == rows.class_names and entry.metadata["modality"] == modality
     assert np.isfinite(entry.embeddings).all()
+
+
+def test_typo_of_a_saved_name_suggests_it(cache_dir, image_folder):
+    store = EmbeddingStore(cache_dir)
+    _embed(store, image_folder, model=TINY, register_as="tinyvit", splits=["test"])
+    with pytest.raises(UsageError, match="did you mean the saved name 'tinyvit'"):
+        embed(["tinyvlt"], str(image_folder), ["test"], store=store)
+    # an explicit hub id is taken as written (it fails later, at download time, not here)
+    assert resolve_model_spec(store, "hf:tinyvlt").backend == "transformers"

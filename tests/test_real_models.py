@@ -71,3 +71,21 @@ def test_efficientnet_lite0_features_beat_random_weights_on_real_mnist(cache_dir
     # measured: pretrained 0.77, the same architecture with random weights 0.60 (300 train / 300 test rows)
     assert accuracy["lite0"] > 0.65
     assert accuracy["lite0"] > accuracy["timm:tf_efficientnet_lite0"] + 0.08, accuracy
+
+
+def test_demo_command_embeds_the_packaged_assets_then_hits_the_cache(cache_dir):
+    import json
+
+    from conftest import run_cli
+
+    first = run_cli("demo", "--limit", "20", "--json", env={"STITCHCLI_CACHE": str(cache_dir)})
+    assert first.returncode == 0, first.stderr
+    entries = json.loads(first.stdout)["entries"]
+    assert [(e["model"], e["dataset"], e["split"]) for e in entries] == [
+        (m, d, s) for m, d in (("minilm", "bbc-news"), ("lite0", "mnist5k"), ("lite2", "mnist5k")) for s in ("train", "test")
+    ]
+    assert {e["dim"] for e in entries} == {384, 1280} and all(e["rows"] == 20 for e in entries)
+    assert not any(e["cache_hit"] for e in entries)
+    second = run_cli("demo", "--limit", "20", "--json", env={"STITCHCLI_CACHE": str(cache_dir)})
+    assert second.returncode == 0, second.stderr
+    assert all(e["cache_hit"] for e in json.loads(second.stdout)["entries"])

@@ -92,7 +92,7 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     # open_clip logs to the root logger (e.g. "no pretrained weights loaded" for --weights random).
-    logging.getLogger().setLevel(logging.ERROR)
+    logging.getLogger().setLevel(logging.CRITICAL)
 
 
 def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:

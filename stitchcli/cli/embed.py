@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, List, Optional, Sequence
 
 import typer
@@ -111,7 +112,7 @@ def render_results(results: Sequence["EmbedResult"], store: "EmbeddingStore", *,
         print_json({"cache_dir": str(store.root), "entries": [r.to_dict() for r in results]})
         return
     print_table(
-        "Embeddings",
+        f"Embeddings (cache: {store.root})",
         ["model", "dataset", "split", "rows", "dim", "seconds", "rows/s", "cache", "path"],
         [
             [
@@ -123,9 +124,18 @@ def render_results(results: Sequence["EmbedResult"], store: "EmbeddingStore", *,
                 f"{r.seconds:.2f}",
                 "" if r.rows_per_s is None else f"{r.rows_per_s:.1f}",
                 "hit" if r.cache_hit else ("resumed" if r.resumed_rows else "new"),
-                r.path,
+                _relative(r.path, store.root),
             ]
             for r in results
         ],
         justify={"rows": "right", "dim": "right", "seconds": "right", "rows/s": "right"},
+        trailing="path",
     )
+
+
+def _relative(path: str, root: Path) -> str:
+    """Give a path relative to the cache root when it lies inside it (the title names the root)."""
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return path

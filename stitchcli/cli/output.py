@@ -8,16 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from rich.console import Console
+from rich import box
 from rich.table import Table
 
 
 def stdout_console() -> Console:
     """Give a console for results on stdout (plain text when stdout is not a terminal)."""
-    console = Console(file=sys.stdout)
-    if not console.is_terminal:
-        # Piped output is read by scripts and people alike: do not fold long paths into 80 columns.
-        console = Console(file=sys.stdout, width=1000)
-    return console
+    return Console(file=sys.stdout)
 
 
 def stderr_console() -> Console:
@@ -31,15 +28,44 @@ def print_json(document: Any) -> None:
     sys.stdout.flush()
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, justify: dict[str, str] | None = None) -> None:
-    """Print a table to stdout; numbers right-aligned."""
-    table = Table(title=title, title_justify="left", header_style="bold")
+def print_table(
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    justify: dict[str, str] | None = None,
+    trailing: str | None = None,
+) -> None:
+    """Print a table to stdout, every cell on one line.
+
+    When a terminal is too narrow for the ``trailing`` column (a long path, say), the table is
+    printed without it and each row's value follows the table on a line of its own, whole, so
+    that it can still be copied.
+    """
+    console = stdout_console()
     justify = justify or {}
-    for column in columns:
-        table.add_column(column, justify=justify.get(column, "left"), overflow="fold")  # type: ignore[arg-type]
+
+    def build(shown: Sequence[str]) -> Table:
+        table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
+        for column in shown:
+            table.add_column(column, justify=justify.get(column, "left"), no_wrap=True)  # type: ignore[arg-type]
+        for row in rows:
+            table.add_row(*("" if v is None else str(v) for c, v in zip(columns, row) if c in shown))
+        return table
+
+    table = build(columns)
+    from rich.measure import Measurement
+
+    needed = Measurement.get(console, console.options.update_width(10**5), table).maximum
+    if not console.is_terminal:
+        console.width = needed  # piped: exactly as wide as the table, no padding to a made-up width
+    if trailing is None or needed <= console.width:
+        console.print(table)
+        return
+    console.print(build([c for c in columns if c != trailing]))
+    index = list(columns).index(trailing)
     for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
-    stdout_console().print(table)
+        console.print(f"{trailing}: {row[index]}", soft_wrap=True, highlight=False, markup=False)
 
 
 @dataclass

@@ -7,7 +7,7 @@ import re
 
 from stitchcli.data.base import DatasetSpec
 from stitchcli.data.sources import HFSplitSource
-from stitchcli.errors import OFFLINE_ALTERNATIVES, UsageError, WorkError, looks_like_network_failure
+from stitchcli.errors import OFFLINE_DATA_ALTERNATIVES, UsageError, WorkError, looks_like_network_failure
 
 # ORG/NAME, optionally :CONFIG (e.g. nyu-mll/glue:sst2); hub ids have exactly one slash, so
 # anything else that is not an existing path is reported as a missing path instead.
@@ -64,7 +64,7 @@ def _translate(spec: DatasetSpec, exc: Exception) -> Exception:
     offline = offline_mode()
     if looks_like_network_failure(exc) or (offline and isinstance(exc, FileNotFoundError)):
         return WorkError(
-            f"could not download dataset {shown} from the Hugging Face hub (no network?); {OFFLINE_ALTERNATIVES}"
+            f"could not download dataset {shown} from the Hugging Face hub (no network?); {OFFLINE_DATA_ALTERNATIVES}"
         )
     if isinstance(exc, DatasetNotFoundError):
         return UsageError(

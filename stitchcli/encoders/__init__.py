@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from stitchcli.device import PRECISIONS
 from stitchcli.encoders.base import Encoder, ModelSpec
 from stitchcli.errors import (
-    OFFLINE_ALTERNATIVES,
+    OFFLINE_MODEL_ALTERNATIVES,
     StitchError,
     UsageError,
     WorkError,
@@ -397,7 +397,7 @@ def build_encoder(spec: ModelSpec, modality: str, device: "torch.device") -> Enc
         if looks_like_network_failure(exc):
             raise WorkError(
                 f"could not download {spec.source!r} from the Hugging Face hub (no network?); "
-                f"{OFFLINE_ALTERNATIVES}"
+                f"{OFFLINE_MODEL_ALTERNATIVES}"
             ) from exc
         missing = _missing_on_hub(exc)
         if missing:

@@ -1,0 +1,25 @@
+"""The README's set-up commands are the ones CI runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    setup = text.split("## Set up a fresh machine", 1)[1].split("\n## ", 1)[0]
+    return [block.strip() for block in re.findall(r"```sh\n(.*?)```", setup, flags=re.S)]
+
+
+def test_readme_opens_with_the_two_setup_commands():
+    demo, tests = _readme_commands()
+    assert "pip install" in demo and "stitchcli demo" in demo and "HF_HUB_OFFLINE=1" in demo
+    assert "pip install" in tests and "pytest" in tests
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    ci_lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
+    assert ci_lines == [_readme_commands()[1]]
