@@ -84,21 +84,22 @@ def library_versions() -> dict[str, str]:
 
 
 def _path_stat(value: str | None) -> Any:
-    """Give a cheap signature (size, mtime) of a local file or folder named by ``value``, if any."""
+    """Give a cheap signature (size, mtime, inode, ctime) of a local file or folder named by ``value``, if any."""
     if not value:
         return None
     p = Path(value).expanduser()
     if not p.exists():
         return None
+    # inode and ctime too: a copy that keeps size and mtime (cp -p, rsync -a, tar) still changes them.
     if p.is_file():
         st = p.stat()
-        return [str(p.resolve()), st.st_size, st.st_mtime_ns]
+        return [str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
     sig = []
     for dirpath, dirnames, filenames in os.walk(p):
         dirnames.sort()
         for fname in sorted(filenames):
             st = (Path(dirpath) / fname).stat()
-            sig.append([fname, st.st_size, st.st_mtime_ns])
+            sig.append([fname, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns])
     return [str(p.resolve()), sig]
 
 
@@ -109,18 +110,23 @@ def resolve_model_spec(
     weights: str | None = None,
     pooling: str | None = None,
     max_length: int | None = None,
-    precision: str = "fp32",
+    precision: str | None = None,
     seed: int = 0,
     revision: str | None = None,
 ) -> ModelSpec:
     """Give the spec a model name stands for: a name saved with --name, else the backend registry's.
 
-    Resolutions are memoised in the cache (keyed by the arguments, the backend library versions and
-    the size and mtime of any local file they name), so a cache hit needs neither torch nor timm.
+    A saved name keeps its weights; the run-time options given with it (precision, text pooling and
+    length) are applied on top, so they change the cache key as they would for the full name.
+    ``precision`` None means the saved spec's own, else fp32. Resolutions are memoised in the cache
+    (keyed by the arguments, the backend library versions and the identity of any local file they
+    name), so a cache hit needs neither torch nor timm.
     """
     saved = store.load_name(name)
     if saved is not None:
-        return ModelSpec.from_dict(saved)
+        return _with_options(ModelSpec.from_dict(saved), name, weights=weights, pooling=pooling,
+                             max_length=max_length, precision=precision, revision=revision)
+    precision = precision or "fp32"
     args = {
         "name": name,
         "weights": weights,
@@ -155,6 +161,74 @@ def resolve_model_spec(
     _refuse_near_miss_of_saved_name(store, name, spec)
     store.memo_put(memo_key, spec.to_dict())
     return spec
+
+
+def _with_options(
+    spec: ModelSpec,
+    name: str,
+    *,
+    weights: str | None,
+    pooling: str | None,
+    max_length: int | None,
+    precision: str | None,
+    revision: str | None,
+) -> ModelSpec:
+    """Give a saved spec with the user's run-time options applied; refuse options that do not apply."""
+    from dataclasses import replace
+
+    from stitchcli.device import PRECISIONS
+    from stitchcli.encoders import POOLINGS
+
+    if weights is not None or revision is not None:
+        raise UsageError(
+            f"{name!r} is a saved model spec with its own weights: --weights and --revision apply to the "
+            f"model it was saved from ({spec.backend}: {spec.source}); save that under another --name"
+        )
+    if spec.backend == "array":
+        if pooling is not None or max_length is not None or precision not in (None, "fp32"):
+            raise UsageError(f"{name!r} holds imported arrays: --precision, --pooling and --max-length do not apply")
+        return spec
+    changes: dict[str, Any] = {}
+    if precision is not None:
+        if precision not in PRECISIONS:
+            raise UsageError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+        changes["precision"] = precision
+    if pooling is not None or max_length is not None:
+        if spec.pooling is None:
+            raise UsageError(f"--pooling and --max-length apply to text models; {name!r} is {spec.backend}: {spec.source}")
+        if pooling is not None:
+            if pooling not in POOLINGS:
+                raise UsageError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
+            changes["pooling"] = pooling
+        if max_length is not None:
+            if max_length < 1:
+                raise UsageError(f"--max-length must be a positive number of tokens, not {max_length}")
+            changes["max_length"] = max_length
+    return replace(spec, **changes)
+
+
+def _check_new_name(store: EmbeddingStore, name: str, spec: ModelSpec, *, force: bool) -> None:
+    """Refuse a name for --name or --from-array that would hide a model or silently replace a saved one."""
+    from stitchcli.encoders import known_model_names
+
+    saved = store.load_name(name)
+    if saved is not None:
+        old = {k: v for k, v in saved.items() if k != "name"}
+        new = {k: v for k, v in spec.to_dict().items() if k != "name"}
+        if old != new and not force:
+            raise UsageError(
+                f"the name {name!r} is already saved for {saved.get('backend')}: {saved.get('source')}; "
+                "choose another name, or pass --force to replace it"
+            )
+        return
+    arch = name.split(".", 1)[0]
+    taken = name in known_model_names() or Path(name).expanduser().exists()
+    if not taken and "-" not in arch and arch == arch.lower():
+        import timm
+
+        taken = timm.is_model(arch)
+    if taken:
+        raise UsageError(f"the name {name!r} already means a model (or a path): choose another name so both stay usable")
 
 
 def _refuse_near_miss_of_saved_name(store: EmbeddingStore, name: str, spec: ModelSpec) -> None:
@@ -343,8 +417,8 @@ def read_array(path: Path) -> np.ndarray:
         raise
     except Exception as exc:
         raise UsageError(f"cannot read array file {str(path)!r}: {type(exc).__name__}: {exc}") from exc
-    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
-        raise UsageError(f"array file {str(path)!r} holds shape {arr.shape} {arr.dtype}: expected a 2-D numeric array (rows x dim)")
+    if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise UsageError(f"array file {str(path)!r} holds shape {arr.shape} {arr.dtype}: expected a 2-D real-valued array (rows x dim)")
     return arr
 
 
@@ -359,6 +433,8 @@ def import_array(
     """Import embeddings computed elsewhere as the cache entry of an array model; give (entry, cache hit)."""
     from stitchcli.fingerprint import file_sha256
 
+    if not array_path.is_file():
+        raise UsageError(f"array file {str(array_path)!r} is not a file: pass an .npy or .safetensors file")
     digest = file_sha256(array_path)
     existing = store.lookup(spec.storage_name, key)
     if existing is not None and existing.metadata.get("array_sha256") == digest:
@@ -433,7 +509,7 @@ def embed(
     weights: str | None = None,
     pooling: str | None = None,
     max_length: int | None = None,
-    precision: str = "fp32",
+    precision: str | None = None,
     revision: str | None = None,
     dataset_revision: str | None = None,
     input_column: str | None = None,
@@ -460,6 +536,11 @@ def embed(
         raise UsageError(f"--limit must be a positive number of rows, not {options.limit}")
     if options.batch_size is not None and options.batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, not {options.batch_size}")
+    if options.num_workers is not None and options.num_workers < 0:
+        raise UsageError(f"--num-workers must be 0 (load in the main process) or more, not {options.num_workers}")
+    if options.shard_rows <= 0:
+        raise UsageError(f"--shard-rows must be positive, not {options.shard_rows}")
+    _check_device_options(options.device, precision)
     if register_as and len(models) != 1:
         raise UsageError("--name registers one model: give exactly one --model with it")
     split_names, split_paths = parse_splits(splits)
@@ -495,16 +576,25 @@ def embed(
         from dataclasses import replace
 
         specs = [replace(specs[0], name=register_as)]
-        store.save_name(register_as, specs[0].to_dict())
-        reporter.info(f"saved model spec as {register_as!r}: later commands accept --model {register_as}")
+        _check_new_name(store, register_as, specs[0], force=options.force)
     if arrays:
+        _check_new_name(store, specs[0].name, specs[0], force=options.force)
+    # Keys (hence the fingerprints, which check each local split exists) before any work too.
+    keys = {
+        (spec.name, split_name): entry_key(spec, data, split_name, limit=options.limit, seed=options.seed)
+        for spec in specs
+        for split_name in split_names
+    }
+    if register_as or arrays:
         store.save_name(specs[0].name, specs[0].to_dict())
+        if register_as:
+            reporter.info(f"saved model spec as {register_as!r}: later commands accept --model {register_as}")
 
     results: list[EmbedResult] = []
     for spec in specs:
         encoder: Encoder | None = None
         for split_name in split_names:
-            key = entry_key(spec, data, split_name, limit=options.limit, seed=options.seed)
+            key = keys[(spec.name, split_name)]
             started = time.perf_counter()
             if split_name in arrays:
                 entry, hit = import_array(store, spec, data, split_rows(split_name), arrays[split_name], key)
@@ -526,6 +616,18 @@ def embed(
             result.rows_per_s = round(computed / seconds, 2) if seconds > 0 and computed else None
             results.append(result)
     return results
+
+
+def _check_device_options(device: str, precision: str | None) -> None:
+    """Refuse a device or precision that cannot be right, before any work (no torch import needed)."""
+    from stitchcli.device import DEVICES, PRECISIONS
+
+    if device.split(":", 1)[0] not in DEVICES:
+        raise UsageError(f"unknown device {device!r}: use one of {', '.join(DEVICES)} (or cuda:N)")
+    if precision is not None and precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if device == "cpu" and precision == "fp16":
+        raise UsageError("--precision fp16 needs a GPU; on the CPU use bf16 or fp32")
 
 
 def _spec_for(store: EmbeddingStore, model: str, *, arrays: bool, **resolve_args: Any) -> ModelSpec:
@@ -584,7 +686,7 @@ def load_embeddings(
     weights: str | None = None,
     pooling: str | None = None,
     max_length: int | None = None,
-    precision: str = "fp32",
+    precision: str | None = None,
     revision: str | None = None,
     dataset_revision: str | None = None,
     input_column: str | None = None,

@@ -7,14 +7,15 @@ import os
 from pathlib import Path
 
 _CHUNK = 1 << 20
-_memo: dict[tuple[str, int, int], str] = {}
+_memo: dict[tuple[str, int, int, int, int], str] = {}
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Give the hex SHA-256 of a file's bytes (memoised per path, size and mtime in this process)."""
+    """Give the hex SHA-256 of a file's bytes (memoised in this process per path and file identity)."""
     p = Path(path)
     st = p.stat()
-    memo_key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    # inode and ctime as well as size and mtime: `cp -p` or `rsync -a` keep the last two.
+    memo_key = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     if memo_key in _memo:
         return _memo[memo_key]
     h = hashlib.sha256()

@@ -212,6 +212,8 @@ class EmbeddingStore:
 
     def __init__(self, root: str | os.PathLike[str] | None = None, *, warn: Callable[[str], None] | None = None):
         self.root = default_cache_dir(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise UsageError(f"cache folder {str(self.root)!r} is a file: give a folder with --cache-dir or $STITCHCLI_CACHE")
         self._warn = warn or (lambda message: None)
 
     # ----- entries -------------------------------------------------------------------------

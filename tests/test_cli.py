@@ -197,3 +197,28 @@ def test_sigkill_midway_then_rerun_matches_an_uninterrupted_run(cache_dir, tmp_p
     np.testing.assert_allclose(got["embeddings"], want["embeddings"], rtol=0, atol=1e-6)
     # finished shards were reused as they were, not recomputed (they are gone now, joined into the entry)
     assert entry["resumed_rows"] == 16 * len(mtimes)
+
+
+def test_ctrl_c_says_how_to_resume(cache_dir, tmp_path):
+    from conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "many", per_class={"train": 64}, size=32)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stitchcli", "embed", "-m", "resnet18", "--weights", "random", "-d", str(data), "--split", "train",
+         "--batch-size", "8", "--shard-rows", "16", "--num-workers", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "STITCHCLI_CACHE": str(cache_dir)},
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not list(cache_dir.glob("embeddings/*/*/*.partial/shard-*")):
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("stitchcli: error: interrupted; finished shards are kept")
+
+
+def test_offline_typo_of_a_known_text_model_suggests_it(cache_dir, text_table):
+    result = run_cli("embed", "-m", "bert-base-cassed", "-d", str(text_table), "--split", "test", env={"HF_HUB_OFFLINE": "1"})
+    _assert_one_line_error(result, 1, "bert-base-cassed", "did you mean bert-base-cased", "offline alternatives")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -273,3 +274,111 @@ def test_typo_of_a_saved_name_suggests_it(cache_dir, image_folder):
         embed(["tinyvlt"], str(image_folder), ["test"], store=store)
     # an explicit hub id is taken as written (it fails later, at download time, not here)
     assert resolve_model_spec(store, "hf:tinyvlt").backend == "transformers"
+
+
+def test_name_may_not_hide_a_model_or_silently_replace_a_saved_name(cache_dir, image_folder):
+    store = EmbeddingStore(cache_dir)
+    with pytest.raises(UsageError, match="already means a model"):
+        _embed(store, image_folder, register_as="test_efficientnet", splits=["test"])
+    _embed(store, image_folder, register_as="tiny", splits=["test"])
+    with pytest.raises(UsageError, match="already saved for timm: test_vit.*--force"):
+        _embed(store, image_folder, model="test_efficientnet", register_as="tiny", splits=["test"])
+    # the same spec again is fine, and --force replaces it
+    _embed(store, image_folder, register_as="tiny", splits=["test"])
+    _embed(store, image_folder, model="test_efficientnet", register_as="tiny", splits=["test"],
+           options=EmbedOptions(num_workers=0, force=True))
+    assert json.loads((cache_dir / "names" / "tiny.json").read_text())["source"] == "test_efficientnet"
+
+
+def test_imported_arrays_may_not_take_a_model_name(cache_dir, image_folder, tmp_path):
+    store = EmbeddingStore(cache_dir)
+    np.save(tmp_path / "a.npy", np.zeros((9, 3), np.float32))
+    with pytest.raises(UsageError, match="already means a model"):
+        embed([TINY], str(image_folder), ["test"], store=store, from_array=[str(tmp_path / "a.npy")])
+    _embed(store, image_folder, register_as="tv", splits=["test"])
+    with pytest.raises(UsageError, match="already saved"):
+        embed(["tv"], str(image_folder), ["test"], store=store, from_array=[str(tmp_path / "a.npy")])
+    assert _embed(store, image_folder, model="tv", weights=None, splits=["test"])[0].cache_hit
+
+
+def test_run_time_options_apply_to_a_saved_name(cache_dir, image_folder, text_table, tiny_bert):
+    store = EmbeddingStore(cache_dir)
+    base = _embed(store, image_folder, register_as="tv", splits=["test"])[0]
+    bf16 = embed(["tv"], str(image_folder), ["test"], store=store, precision="bf16", options=EmbedOptions(num_workers=0))[0]
+    assert not bf16.cache_hit and bf16.path != base.path
+    with pytest.raises(UsageError, match="own weights"):
+        embed(["tv"], str(image_folder), ["test"], store=store, weights="random")
+    with pytest.raises(UsageError, match="apply to text models"):
+        embed(["tv"], str(image_folder), ["test"], store=store, pooling="mean")
+    with pytest.raises(UsageError, match="unknown precision"):
+        embed(["tv"], str(image_folder), ["test"], store=store, precision="fp8")
+    cls = embed([str(tiny_bert)], str(text_table), ["test"], store=store, register_as="bert", options=EmbedOptions(num_workers=0))[0]
+    mean = embed(["bert"], str(text_table), ["test"], store=store, pooling="mean", options=EmbedOptions(num_workers=0))[0]
+    assert mean.path != cls.path
+    with pytest.raises(UsageError, match="unknown pooling"):
+        embed(["bert"], str(text_table), ["test"], store=store, pooling="max")
+    # a name saved with bf16 keeps bf16 unless told otherwise
+    embed([TINY], str(image_folder), ["test"], store=store, weights="random", precision="bf16", register_as="tvb",
+          options=EmbedOptions(num_workers=0))
+    assert embed(["tvb"], str(image_folder), ["test"], store=store)[0].path == bf16.path
+
+
+def test_class_vocabulary_of_other_splits_is_part_of_the_key(cache_dir, text_table):
+    from stitchcli.data import resolve_dataset
+
+    store = EmbeddingStore(cache_dir)
+    spec = resolve_model_spec(store, TINY, weights="random")
+    before = entry_key(spec, resolve_dataset(str(text_table)), "train", limit=None, seed=0)
+    test_csv = text_table / "test.csv"
+    test_csv.write_text(test_csv.read_text().replace("tech", "arts"))
+    after = entry_key(spec, resolve_dataset(str(text_table)), "train", limit=None, seed=0)
+    assert before.digest != after.digest  # train's class ids change when test brings a new class
+
+
+def test_weights_replaced_with_same_size_and_mtime_is_a_new_key(cache_dir, tmp_path):
+    import shutil
+
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    store = EmbeddingStore(cache_dir)
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        save_file(timm.create_model(TINY, num_classes=0).state_dict(), str(tmp_path / f"w{seed}.safetensors"))
+    live = tmp_path / "w.safetensors"
+    shutil.copy2(tmp_path / "w1.safetensors", live)
+    first = resolve_model_spec(store, f"timm:{TINY}", weights=str(live))
+    shutil.copy2(tmp_path / "w2.safetensors", live)  # same size, mtime copied from w2
+    os.utime(live, ns=(live.stat().st_atime_ns, (tmp_path / "w1.safetensors").stat().st_mtime_ns))
+    second = resolve_model_spec(store, f"timm:{TINY}", weights=str(live))
+    assert first.weights_fingerprint != second.weights_fingerprint
+
+
+def test_bad_values_fail_before_any_work(cache_dir, image_folder, tmp_path):
+    store = EmbeddingStore(cache_dir)
+    cases = [
+        (dict(splits=["train", "valid"]), "valid"),
+        (dict(options=EmbedOptions(num_workers=-1)), "--num-workers"),
+        (dict(options=EmbedOptions(shard_rows=0)), "--shard-rows"),
+        (dict(options=EmbedOptions(device="tpu")), "unknown device"),
+        (dict(options=EmbedOptions(device="cpu"), precision="fp16"), "needs a GPU"),
+    ]
+    for kwargs, needle in cases:
+        with pytest.raises(UsageError, match=needle):
+            _embed(store, image_folder, **kwargs)
+    for bad in (tmp_path / "missing.npy", tmp_path):
+        with pytest.raises(UsageError, match="not a file"):
+            embed(["mine"], str(image_folder), ["test"], store=store, from_array=[str(bad)])
+    assert not (cache_dir / "embeddings").exists()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UsageError, match="is a file"):
+        EmbeddingStore(tmp_path / "afile")
+
+
+def test_empty_split_says_it_has_no_rows(cache_dir, tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / "train.csv").write_text("text,label\n")
+    with pytest.raises(UsageError, match="has no rows"):
+        embed([TINY], str(folder), ["train"], store=EmbeddingStore(cache_dir), weights="random")

@@ -95,6 +95,22 @@ def _quiet_libraries() -> None:
     logging.getLogger().setLevel(logging.CRITICAL)
 
 
+def _describe_os_error(exc: OSError) -> tuple[str, int] | None:
+    """Give (message, exit code) for file-system errors a user can fix, or None for the others (bugs)."""
+    import errno
+
+    where = f" {exc.filename!r}" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device writing{where}; finished shards are kept: free space and run again", 1
+    if isinstance(exc, PermissionError):
+        return f"permission denied on{where}: choose a --cache-dir (or $STITCHCLI_CACHE) you can write to", 2
+    if isinstance(exc, (NotADirectoryError, FileExistsError)):
+        return f"{where.strip() or 'a path'} is a file where a folder is needed: choose another --cache-dir", 2
+    if exc.errno == errno.EROFS:
+        return f"read-only file system at{where}: choose a writable --cache-dir", 2
+    return None
+
+
 def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a command so the errors a user can cause end in one stderr line and their exit code.
 
@@ -107,9 +123,17 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except StitchError as exc:
-            sys.stdout.flush()
-            typer.echo(f"stitchcli: error: {exc}", err=True)
-            raise typer.Exit(exc.exit_code) from None
+            message, code = str(exc), exc.exit_code
+        except KeyboardInterrupt:
+            message, code = "interrupted; finished shards are kept in the cache: run the same command again to resume", 130
+        except OSError as exc:
+            described = _describe_os_error(exc)
+            if described is None:
+                raise
+            message, code = described
+        sys.stdout.flush()
+        typer.echo(f"stitchcli: error: {message}", err=True)
+        raise typer.Exit(code)
 
     return wrapper
 

@@ -16,7 +16,10 @@ CacheDir = Annotated[
     ),
 ]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
-Precision = Annotated[str, typer.Option("--precision", help="fp32, bf16 or fp16 (autocast; the cache stores float32).")]
+Precision = Annotated[
+    Optional[str],
+    typer.Option("--precision", help="fp32, bf16 or fp16 (autocast; the cache stores float32). [default: fp32, or a saved name's own]", show_default=False),
+]
 BatchSize = Annotated[
     Optional[int], typer.Option("--batch-size", help="Rows per batch (default: 64 on a GPU, 32 on the CPU).", show_default=False)
 ]

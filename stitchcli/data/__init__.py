@@ -153,6 +153,8 @@ def load_split(spec: DatasetSpec, split: str, *, limit: int | None = None, seed:
     if split not in source.splits:
         raise unknown_split(spec.name, split, source.splits)
     where = f"dataset '{spec.name}' split '{split}'"
+    if source.num_rows(split) == 0:
+        raise UsageError(f"{where} has no rows: give a split that holds data")
     columns = source.columns(split)
     inputs, label, modality = infer_columns(columns, spec.input_columns, spec.label_column, where=where)
     label_info = next(c for c in columns if c.name == label)

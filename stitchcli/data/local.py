@@ -12,6 +12,7 @@ A single table file is one split named ``train``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -117,25 +118,32 @@ def open_imagefolder(spec: DatasetSpec) -> ImageFolderSource:
     return ImageFolderSource(Path(spec.source))
 
 
+# Class ids are numbered over the labels of every split (so train and test agree), hence each
+# split's fingerprint covers what the class vocabulary is read from, not only the split itself.
+
+
 def disk_fingerprint(spec: DatasetSpec, split: str) -> str:
-    """Give the content hash of a ``save_to_disk`` split's files (arrow data and state)."""
+    """Give the content hash of a ``save_to_disk`` dataset (every split: class ids span them all)."""
     root = Path(spec.source)
     splits = disk_splits(root)
     if split not in splits:
         raise unknown_split(spec.name, split, splits)
-    return tree_fingerprint(root / split if (root / "dataset_dict.json").is_file() else root)
+    return tree_fingerprint(root)
 
 
 def table_fingerprint(spec: DatasetSpec, split: str) -> str:
-    """Give the SHA-256 of the split's table file."""
+    """Give a hash of every split's table file (the split's own rows, and the shared class vocabulary)."""
     paths = dict(spec.split_paths)
     if split not in paths:
         raise unknown_split(spec.name, split, list(paths))
-    return file_sha256(paths[split])
+    digest = hashlib.sha256()
+    for name in sorted(paths):
+        digest.update(f"{name}={file_sha256(paths[name])};".encode())
+    return digest.hexdigest()
 
 
 def imagefolder_fingerprint(spec: DatasetSpec, split: str) -> str:
-    """Give a hash of the split folder's file names and sizes.
+    """Give a hash of the split folder's file names and sizes, and of every split's class folders.
 
     Contents are not read: hashing every image on each command would cost more than the cache
     saves, so an image rewritten in place with the same size goes unnoticed.
@@ -144,4 +152,7 @@ def imagefolder_fingerprint(spec: DatasetSpec, split: str) -> str:
     splits = image_folder_splits(root)
     if split not in splits:
         raise unknown_split(spec.name, split, splits)
-    return tree_fingerprint(root / split, content=False)
+    classes = sorted({d.name for s in splits for d in (root / s).iterdir() if d.is_dir()})
+    digest = hashlib.sha256(tree_fingerprint(root / split, content=False).encode())
+    digest.update("\0".join(classes).encode())
+    return digest.hexdigest()

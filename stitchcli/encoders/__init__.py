@@ -395,8 +395,10 @@ def build_encoder(spec: ModelSpec, modality: str, device: "torch.device") -> Enc
         raise
     except Exception as exc:
         if looks_like_network_failure(exc):
+            close = [n for n in difflib.get_close_matches(spec.source, known_model_names(), n=3, cutoff=0.85) if n != spec.source]
+            hint = f" (if {spec.source!r} is a typo: did you mean {', '.join(close)}?)" if close else ""
             raise WorkError(
-                f"could not download {spec.source!r} from the Hugging Face hub (no network?); "
+                f"could not download {spec.source!r} from the Hugging Face hub (no network?){hint}; "
                 f"{OFFLINE_MODEL_ALTERNATIVES}"
             ) from exc
         missing = _missing_on_hub(exc)
@@ -439,7 +441,9 @@ def _missing_on_hub(exc: BaseException) -> str | None:
 
 def short_reason(exc: BaseException, limit: int = 160) -> str:
     """Give the first line of an exception's message, shortened to ``limit`` characters."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if len(text) < 12:  # a bare code such as pickle's "105" says nothing without the exception's name
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
