@@ -139,11 +139,13 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _register() -> None:
+    from stitchcli.cli.anchor import anchor_command
     from stitchcli.cli.demo import demo_command
     from stitchcli.cli.embed import embed_command
     from stitchcli.cli.planned import PLANNED, PLANNED_SETTINGS, planned_command
 
     app.command("embed")(reports_errors(embed_command))
+    app.command("anchor")(reports_errors(anchor_command))
     for name, (summary, where) in PLANNED.items():
         app.command(name, context_settings=PLANNED_SETTINGS, help=summary)(reports_errors(planned_command(name, summary, where)))
     app.command("demo")(reports_errors(demo_command))

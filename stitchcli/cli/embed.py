@@ -39,21 +39,16 @@ def embed_command(
         Optional[List[str]],
         typer.Option("--split", "-s", help="Split to encode (repeatable), or NAME=PATH for a table file. [default: train, test]", show_default=False),
     ] = None,
-    input_column: Annotated[Optional[str], typer.Option(help="Input column(s), comma-separated text columns are joined.", show_default=False)] = None,
-    label_column: Annotated[Optional[str], typer.Option(help="Label column.", show_default=False)] = None,
+    input_column: opt.InputColumn = None,
+    label_column: opt.LabelColumn = None,
     limit: Annotated[
         Optional[int], typer.Option(help="Encode a seeded, class-stratified subset of N rows per split (same rows for every model).", show_default=False)
     ] = None,
-    weights: Annotated[
-        Optional[str],
-        typer.Option(help="Local weights file for a timm architecture (safetensors or state dict), or 'random' for a seeded random init.", show_default=False),
-    ] = None,
-    pooling: Annotated[
-        Optional[str], typer.Option(help="Text pooling: cls or mean (default: the model's sentence-transformers config, else cls).", show_default=False)
-    ] = None,
-    max_length: Annotated[Optional[int], typer.Option(help="Text truncation in tokens (default: the tokenizer's, at most 512).", show_default=False)] = None,
-    revision: Annotated[Optional[str], typer.Option(help="Hub revision of the model.", show_default=False)] = None,
-    dataset_revision: Annotated[Optional[str], typer.Option(help="Hub revision of the dataset.", show_default=False)] = None,
+    weights: opt.Weights = None,
+    pooling: opt.Pooling = None,
+    max_length: opt.MaxLength = None,
+    revision: opt.Revision = None,
+    dataset_revision: opt.DatasetRevision = None,
     from_array: Annotated[
         Optional[List[str]],
         typer.Option("--from-array", help="Import embeddings computed elsewhere: FILE (.npy/.safetensors, one row per split row) or SPLIT=FILE.", show_default=False),

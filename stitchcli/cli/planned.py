@@ -10,7 +10,6 @@ from stitchcli.errors import WorkError
 PLANNED_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 PLANNED = {
-    "anchor": ("Choose anchor rows and write the anchor manifest (not built yet).", "issue #3 (anchors and relative projections)"),
     "fit-head": ("Train aggregator + head on a model's relative representations (not built yet).", "issue #4 (stitching)"),
     "stitch": ("Stitch ENCODER's latents into DECODER's head, with baselines (not built yet).", "issue #4 (stitching)"),
     "eval": ("N x N stitching matrix and similarity tables for a set of models (not built yet).", "issue #4 (stitching)"),

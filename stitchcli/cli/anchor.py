@@ -1,0 +1,130 @@
+"""`stitchcli anchor`: choose anchor rows from a training split and save the anchor manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from stitchcli.cli import options as opt
+
+if TYPE_CHECKING:
+    from stitchcli.anchors import AnchorManifest
+
+
+def anchor_command(
+    dataset: Annotated[
+        str,
+        typer.Option(
+            "--dataset",
+            "-d",
+            help="Dataset, as for embed: an alias, a hub id, a save_to_disk folder, an image folder or a folder of table files.",
+            show_default=False,
+        ),
+    ],
+    split: Annotated[
+        str, typer.Option("--split", "-s", help="Training split to draw from (names like test, validation, val, eval, dev are refused).")
+    ] = "train",
+    num: Annotated[int, typer.Option("--num", "-k", help="Number of anchors.")] = 1280,
+    strategy: Annotated[
+        str,
+        typer.Option(
+            "--strategy",
+            help="uniform (seeded draw), class-balanced (equal per class), fps (farthest points) or kmeans "
+            "(rows nearest k-means centroids); fps and kmeans read --model's cached embeddings.",
+        ),
+    ] = "uniform",
+    model: Annotated[
+        Optional[str],
+        typer.Option("--model", "-m", help="fps/kmeans: the model whose cached embeddings of the split choose the anchors.", show_default=False),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the anchor choice.")] = 0,
+    limit: Annotated[
+        Optional[int],
+        typer.Option(help="Draw from the seeded class-stratified subset of N rows that `embed --limit N` encodes.", show_default=False),
+    ] = None,
+    embed_seed: Annotated[
+        int, typer.Option("--embed-seed", help="The --seed given to embed: it picks the --limit subset and seeds --weights random.")
+    ] = 0,
+    name: Annotated[
+        Optional[str],
+        typer.Option(
+            "--name",
+            help="Save under this name (default: DATASET-SPLIT-STRATEGY-NUM-sSEED, plus limit and model).",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the manifest to this file.", show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace anchors saved under the same name with another choice.")] = False,
+    # fps/kmeans: the options the model was embedded with, so its cache entry is found.
+    weights: opt.Weights = None,
+    pooling: opt.Pooling = None,
+    max_length: opt.MaxLength = None,
+    precision: opt.Precision = None,
+    revision: opt.Revision = None,
+    dataset_revision: opt.DatasetRevision = None,
+    input_column: opt.InputColumn = None,
+    label_column: opt.LabelColumn = None,
+    cache_dir: opt.CacheDir = None,
+    json_output: opt.Json = False,
+    quiet: opt.Quiet = False,
+) -> None:
+    """Choose anchor rows from the training split and save the manifest in the cache (and --out)."""
+    from stitchcli.anchors import choose_anchors, save_anchor_manifest
+    from stitchcli.cli.output import progress_and_store
+
+    progress, store, reporter = progress_and_store(cache_dir, quiet)
+    manifest = choose_anchors(
+        store,
+        dataset,
+        split=split,
+        num=num,
+        strategy=strategy,
+        seed=seed,
+        model=model,
+        limit=limit,
+        embed_seed=embed_seed,
+        weights=weights,
+        pooling=pooling,
+        max_length=max_length,
+        precision=precision,
+        revision=revision,
+        dataset_revision=dataset_revision,
+        input_column=input_column,
+        label_column=label_column,
+        name=name,
+        reporter=reporter,
+    )
+    path = save_anchor_manifest(store, manifest, out=out, force=force)
+    progress.info(f"saved anchors {manifest.name!r}: {path}" + (f" and {out}" if out is not None else ""))
+    render_manifest(manifest, path, json_output=json_output)
+
+
+def render_manifest(manifest: "AnchorManifest", path: Path, *, json_output: bool) -> None:
+    """Print the manifest with --json (exactly as saved), else a one-row summary table."""
+    from stitchcli.cli.output import print_json, print_table
+
+    if json_output:
+        print_json(manifest.to_dict())
+        return
+    counts = list(manifest.class_counts().values())
+    covered = sum(1 for c in counts if c)
+    print_table(
+        "Anchors",
+        ["name", "dataset", "split", "strategy", "num", "classes", "per class", "path"],
+        [
+            [
+                manifest.name,
+                manifest.dataset,
+                manifest.split,
+                manifest.strategy if manifest.model is None else f"{manifest.strategy} ({manifest.model})",
+                manifest.num,
+                f"{covered}/{len(counts)}",
+                f"{min(counts)}-{max(counts)}" if counts else "",
+                str(path),
+            ]
+        ],
+        justify={"num": "right", "classes": "right", "per class": "right"},
+        trailing="path",
+    )
