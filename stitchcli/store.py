@@ -256,20 +256,6 @@ class EmbeddingStore:
         entry.ids = tensors["ids"]
         return entry
 
-    def find(self, model_name: str, dataset_id: str, split: str) -> list[CachedEmbeddings]:
-        """Give every readable entry for a model name, dataset and split, newest first."""
-        folder = self.root / "embeddings" / slug(model_name) / slug(dataset_id)
-        found: list[CachedEmbeddings] = []
-        for path in sorted(folder.glob(f"{slug(split)}-*.safetensors")):
-            try:
-                meta, shapes, _ = _read_header(path)
-            except CorruptEntry:
-                continue
-            if "embeddings" in shapes:
-                found.append(CachedEmbeddings(path, meta, shapes["embeddings"][0], shapes["embeddings"][1]))
-        found.sort(key=lambda e: str(e.metadata.get("created", "")), reverse=True)
-        return found
-
     # ----- building an entry ---------------------------------------------------------------
     def plan(self, model_name: str, key: EntryKey, ids: np.ndarray, shard_rows: int, *, fresh: bool = False) -> ShardPlan:
         """Give the shard plan for building an entry, resuming the finished shards of an earlier run.
