@@ -1,0 +1,102 @@
+"""The method: relative projections, absolute transforms, the product space and its aggregations.
+
+    from stitchcli.relative import relative_projection, relative_space, build_aggregation
+
+    rel = relative_projection(x, anchors, "cosine")          # (N, D), (k, D) -> (N, k)
+    space = relative_space(x, anchors, ["cosine", "l1"])      # space.values: (N, 2, k)
+    phi = build_aggregation("mlp-sum", space.num_subspaces, space.num_anchors)
+    features = phi(space.values)                              # (N, k)
+
+The names below load their module (and torch) on first use, so importing this package stays cheap for the
+command line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from stitchcli.errors import UsageError
+
+_EXPORTS = {
+    "projections": (
+        "DEFAULT_MEMORY_BUDGET",
+        "DISTANCE_KERNELS",
+        "Projection",
+        "chunk_rows",
+        "get_projection",
+        "list_projections",
+        "pairwise_lp",
+        "register_projection",
+        "relative_projection",
+        "relative_projection_to_file",
+    ),
+    "transforms": ("Transform", "fit_transform", "l2_normalize_rows", "list_transforms", "register_transform"),
+    "product": ("DEFAULT_PROJECTIONS", "ProductSpace", "relative_space"),
+    "aggregation": (
+        "Aggregation",
+        "Concat",
+        "MLPSum",
+        "SelfAttention",
+        "Sum",
+        "build_aggregation",
+        "list_aggregations",
+        "register_aggregation",
+    ),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+if TYPE_CHECKING:
+    from stitchcli.relative.aggregation import (
+        Aggregation,
+        Concat,
+        MLPSum,
+        SelfAttention,
+        Sum,
+        build_aggregation,
+        list_aggregations,
+        register_aggregation,
+    )
+    from stitchcli.relative.product import DEFAULT_PROJECTIONS, ProductSpace, relative_space
+    from stitchcli.relative.projections import (
+        DEFAULT_MEMORY_BUDGET,
+        DISTANCE_KERNELS,
+        Projection,
+        chunk_rows,
+        get_projection,
+        list_projections,
+        pairwise_lp,
+        register_projection,
+        relative_projection,
+        relative_projection_to_file,
+    )
+    from stitchcli.relative.transforms import (
+        Transform,
+        fit_transform,
+        l2_normalize_rows,
+        list_transforms,
+        register_transform,
+    )
+
+
+def unknown_name(kind: str, name: object, known: list[str]) -> UsageError:
+    """Give the one-line error for an unknown registry name: the close match, if any, and every known name."""
+    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return UsageError(f"unknown {kind} {name!r}{hint}: use one of {', '.join(known)}")
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stitchcli.relative' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"stitchcli.relative.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

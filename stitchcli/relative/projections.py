@@ -1,0 +1,768 @@
+"""Relative projections: each sample described by its similarity or distance to k anchors (METHOD.md §2–3).
+
+``relative_projection(x, anchors, "cosine")`` maps samples (N, D) and anchors (k, D) to (N, k). The
+projections live in one registry keyed by name, so a new one is one function ``(x_block, anchors) -> (b, k)``
+decorated with :func:`register_projection`; chunking, devices, dtypes, transforms and where the output goes
+are handled here once for all of them.
+
+Memory stays bounded: the samples are processed in chunks whose temporaries fit ``memory_budget`` (128 MiB
+by default), no (N, k, D) tensor is ever built, and the output can go to a preallocated tensor, a numpy
+array or memmap, a callable, or straight into a file (:func:`relative_projection_to_file`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import platform
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Union, overload
+
+import numpy as np
+import torch
+
+from stitchcli.errors import UsageError
+from stitchcli.relative import unknown_name
+from stitchcli.relative.transforms import Transform, fit_transform, l2_normalize_rows
+
+DEFAULT_MEMORY_BUDGET = 128 * 2**20
+"""Bytes the temporaries of one chunk may take (the output itself is not counted). 128 MiB keeps chunks of
+thousands of rows (as fast as larger ones) and leaves room under issue 3's bound of output + 1.5 GB."""
+
+DISTANCE_KERNELS = ("auto", "cdist", "compiled", "blocked")
+"""How L1 and L∞ reduce over the latent dimension; see :func:`relative_projection`."""
+
+KERNEL_ENVIRONMENT_VARIABLE = "STITCHCLI_DISTANCE_KERNEL"
+
+# Below this many |z - e| terms (N·k·D), torch.cdist takes well under a second and ``auto`` does not build
+# the compiled kernel (a one-off 0.4 s on the 2-core development machine).
+_COMPILE_MIN_TERMS = 10**9
+# Euclidean: entries whose squared distance is below this fraction of ‖x‖² + ‖e‖² (after centring) lose
+# too many digits in the matmul expansion and are recomputed directly from the differences.
+_EUCLIDEAN_RECOMPUTE_BELOW = 1e-4
+
+ArrayLike = Union[torch.Tensor, np.ndarray]
+BlockSink = Callable[[int, torch.Tensor], None]
+"""Receives ``(start_row, block)`` for consecutive row blocks of the (N, k) output, in order."""
+ProjectionFunction = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A registered relative projection.
+
+    Attributes:
+        name: registry name (``cosine``, ``euclidean``, ``l1``, ``linf``, …).
+        function: ``(x_block (b, D), anchors (k, D)) -> (b, k)``, both on one device and in one floating
+            dtype; it may also accept the keyword options ``kernel`` and ``memory_budget``.
+        kind: ``similarity`` (larger = closer) or ``distance`` (larger = farther).
+        summary: one line for listings (the function's docstring's first line).
+        options: the keyword options among ``kernel`` and ``memory_budget`` that ``function`` accepts.
+    """
+
+    name: str
+    function: ProjectionFunction
+    kind: Literal["similarity", "distance"]
+    summary: str
+    options: frozenset[str]
+
+
+_PROJECTIONS: dict[str, Projection] = {}
+_OPTIONS = frozenset({"kernel", "memory_budget"})
+
+
+def register_projection(
+    name: str, *, kind: Literal["similarity", "distance"] = "distance"
+) -> Callable[[ProjectionFunction], ProjectionFunction]:
+    """Give a decorator that registers ``function(x_block, anchors) -> (b, k)`` as projection ``name``."""
+
+    def decorator(function: ProjectionFunction) -> ProjectionFunction:
+        if name in _PROJECTIONS:
+            raise ValueError(f"projection {name!r} is already registered")
+        accepted = frozenset(inspect.signature(function).parameters) & _OPTIONS
+        summary = (inspect.getdoc(function) or name).splitlines()[0]
+        _PROJECTIONS[name] = Projection(name, function, kind, summary, accepted)
+        return function
+
+    return decorator
+
+
+def list_projections() -> list[str]:
+    """Give the registered projection names, in registration order."""
+    return list(_PROJECTIONS)
+
+
+def get_projection(name: str) -> Projection:
+    """Give the registered projection ``name``.
+
+    Raises:
+        UsageError: no projection has that name (the one-line message lists the known names).
+    """
+    found = _PROJECTIONS.get(name)
+    if found is None:
+        raise unknown_name("projection", name, list(_PROJECTIONS))
+    return found
+
+
+# --------------------------------------------------------------------------------------------- built-ins
+
+
+@register_projection("cosine", kind="similarity")
+def cosine(x: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity <z, e> / (‖z‖ ‖e‖); a zero vector gives 0, never NaN."""
+    return l2_normalize_rows(x) @ l2_normalize_rows(anchors).T
+
+
+@register_projection("euclidean")
+def euclidean(
+    x: torch.Tensor, anchors: torch.Tensor, *, memory_budget: int = DEFAULT_MEMORY_BUDGET
+) -> torch.Tensor:
+    """Euclidean distance ‖z − e‖₂ (exact to float rounding, 0 for a sample equal to an anchor).
+
+    Computed as ‖z‖² + ‖e‖² − 2<z, e> with one matmul, in float64 whatever the input dtype. The entries
+    where that expansion loses digits, pairs closer than 1 % of their norms, are recomputed from the
+    differences, so every entry is accurate, near-duplicates included. Both sides are first centred on the
+    anchor mean (distances do not change), so data far from the origin does not send every pair down
+    that slower path.
+    """
+    wide = torch.float64
+    xw, aw = x.to(wide), anchors.to(wide)
+    mean = aw.mean(dim=0)
+    xc, ac = xw - mean, aw - mean
+    x_sq = xc.square().sum(dim=1)
+    a_sq = ac.square().sum(dim=1)
+    differentiable = torch.is_grad_enabled() and (x.requires_grad or anchors.requires_grad)
+    squared = x_sq[:, None] + a_sq[None, :]
+    if differentiable:
+        squared = torch.addmm(squared, xc, ac.T, alpha=-2)
+    else:
+        squared.addmm_(xc, ac.T, alpha=-2)
+    del xc, ac
+    # Rounding error of the expansion is about eps·(‖x‖² + ‖e‖²); with the largest anchor norm in the bound
+    # the test needs no (b, k) temporary beyond a boolean mask, and only flags a few more pairs.
+    close = squared <= _EUCLIDEAN_RECOMPUTE_BELOW * (x_sq[:, None] + a_sq.amax())
+    pairs = close.nonzero()
+    del close
+    if pairs.numel():
+        per_batch = max(1, memory_budget // (4 * 8 * max(1, x.shape[1])))
+        for start in range(0, pairs.shape[0], per_batch):
+            rows, cols = pairs[start : start + per_batch].unbind(dim=1)
+            squared[rows, cols] = (xw[rows] - aw[cols]).square().sum(dim=1)
+    if differentiable:
+        return squared.clamp(min=0).sqrt().to(x.dtype)
+    return squared.clamp_(min=0).sqrt_().to(x.dtype)
+
+
+@register_projection("l1")
+def l1(
+    x: torch.Tensor, anchors: torch.Tensor, *, kernel: str = "cdist", memory_budget: int = DEFAULT_MEMORY_BUDGET
+) -> torch.Tensor:
+    """Manhattan distance Σ_j |z_j − e_j|."""
+    return pairwise_lp(x, anchors, 1, kernel=kernel, memory_budget=memory_budget)
+
+
+@register_projection("linf")
+def linf(
+    x: torch.Tensor, anchors: torch.Tensor, *, kernel: str = "cdist", memory_budget: int = DEFAULT_MEMORY_BUDGET
+) -> torch.Tensor:
+    """Chebyshev distance max_j |z_j − e_j|."""
+    return pairwise_lp(x, anchors, float("inf"), kernel=kernel, memory_budget=memory_budget)
+
+
+# ------------------------------------------------------------------------------------- L1 / L∞ kernels
+
+
+def pairwise_lp(
+    x: torch.Tensor,
+    anchors: torch.Tensor,
+    p: float,
+    *,
+    kernel: str = "cdist",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> torch.Tensor:
+    """Give the (b, k) L1 (``p=1``) or L∞ (``p=inf``) distances between rows of ``x`` and ``anchors``.
+
+    Kernels (none builds a (b, k, D) tensor):
+        ``cdist``: ``torch.cdist``, one fused loop per pair (the portable default).
+        ``compiled``: a small C loop built with the system's C compiler on first use (under a second,
+            cached in the stitchcli cache folder); CPU only, about 10× faster than ``cdist``.
+        ``blocked``: broadcast-and-reduce in eager torch over blocks of the latent dimension, accumulating
+            the sum or running maximum, each block's (b, k, d) temporary within ``memory_budget``.
+    """
+    if p not in (1, float("inf")):
+        raise ValueError(f"pairwise_lp supports p=1 and p=inf, not {p}")
+    if kernel == "compiled":
+        return _compiled_lp(x, anchors, p)
+    if kernel == "blocked":
+        return _blocked_lp(x, anchors, p, memory_budget)
+    if kernel == "cdist":
+        return torch.cdist(x, anchors, p=p)
+    raise unknown_name("distance kernel", kernel, list(DISTANCE_KERNELS))
+
+
+def _blocked_lp(x: torch.Tensor, anchors: torch.Tensor, p: float, memory_budget: int) -> torch.Tensor:
+    rows, dim = x.shape
+    # abs_() works in place, so one (b, k, d) temporary plus the reduction's output is all a block needs.
+    per_dim = 2 * rows * anchors.shape[0] * x.element_size()
+    block = max(1, min(dim, memory_budget // max(1, per_dim)))
+    result: torch.Tensor | None = None
+    for start in range(0, max(dim, 1), block):
+        diff = (x[:, None, start : start + block] - anchors[None, :, start : start + block]).abs_()
+        part = diff.sum(dim=-1) if p == 1 else diff.amax(dim=-1)
+        del diff
+        if result is None:
+            result = part
+        elif p == 1:
+            result.add_(part)
+        else:
+            torch.maximum(result, part, out=result)
+    assert result is not None
+    return result
+
+
+# The compiled kernel: one plain C loop per (sample, anchor) pair, vectorised over the latent dimension and
+# four anchors at a time (each sample value is loaded once for four anchors). No torch headers, so it builds
+# in well under a second with the system's C compiler; threads come from Python (ctypes releases the GIL),
+# so no second OpenMP runtime enters the process. torch.compile generates about the same loop, but importing
+# dynamo and inductor alone keeps ~200 MB resident, which the memory bound of issue 3 cannot spare.
+_LP_SOURCE = r"""
+#include <math.h>
+#include <stdint.h>
+#define MAXV(s, e) ((s) > (e) ? (s) : (e))
+#define LP_KERNEL(NAME, T, ABS)                                                                          \
+void NAME(const T* x, const T* a, T* out, int64_t n, int64_t k, int64_t d, int p_inf) {                  \
+    for (int64_t i = 0; i < n; i++) {                                                                     \
+        const T* xi = x + i * d;                                                                         \
+        int64_t j = 0;                                                                                   \
+        for (; j + 4 <= k; j += 4) {                                                                     \
+            const T *a0 = a + j * d, *a1 = a0 + d, *a2 = a1 + d, *a3 = a2 + d;                           \
+            T s0 = 0, s1 = 0, s2 = 0, s3 = 0;                                                            \
+            if (!p_inf) {                                                                                \
+                _Pragma("omp simd reduction(+:s0,s1,s2,s3)")                                             \
+                for (int64_t t = 0; t < d; t++) {                                                        \
+                    T v = xi[t];                                                                         \
+                    s0 += ABS(v - a0[t]); s1 += ABS(v - a1[t]); s2 += ABS(v - a2[t]); s3 += ABS(v - a3[t]); \
+                }                                                                                        \
+            } else {                                                                                     \
+                _Pragma("omp simd reduction(max:s0,s1,s2,s3)")                                           \
+                for (int64_t t = 0; t < d; t++) {                                                        \
+                    T v = xi[t];                                                                         \
+                    T e0 = ABS(v - a0[t]), e1 = ABS(v - a1[t]), e2 = ABS(v - a2[t]), e3 = ABS(v - a3[t]); \
+                    s0 = MAXV(s0, e0); s1 = MAXV(s1, e1); s2 = MAXV(s2, e2); s3 = MAXV(s3, e3);          \
+                }                                                                                        \
+            }                                                                                            \
+            T* o = out + i * k + j;                                                                      \
+            o[0] = s0; o[1] = s1; o[2] = s2; o[3] = s3;                                                  \
+        }                                                                                                \
+        for (; j < k; j++) {                                                                             \
+            const T* aj = a + j * d;                                                                     \
+            T s = 0;                                                                                     \
+            if (!p_inf) {                                                                                \
+                _Pragma("omp simd reduction(+:s)")                                                       \
+                for (int64_t t = 0; t < d; t++) s += ABS(xi[t] - aj[t]);                                 \
+            } else {                                                                                     \
+                _Pragma("omp simd reduction(max:s)")                                                     \
+                for (int64_t t = 0; t < d; t++) { T e = ABS(xi[t] - aj[t]); s = MAXV(s, e); }            \
+            }                                                                                            \
+            out[i * k + j] = s;                                                                          \
+        }                                                                                                \
+    }                                                                                                    \
+}
+LP_KERNEL(lp_distances_f32, float, fabsf)
+LP_KERNEL(lp_distances_f64, double, fabs)
+"""
+# Tried in order: the host's full instruction set, then portable code; -fopenmp-simd only enables the
+# vectorisation pragmas (no OpenMP runtime is linked).
+_LP_FLAG_SETS = (
+    ("-O3", "-march=native", "-fopenmp-simd"),
+    ("-O3", "-fopenmp-simd"),
+    ("-O3",),
+)
+_LP_LIBRARY: list[Any] = []  # [ctypes.CDLL] once built or loaded
+_LP_FAILURE: list[str] = []  # why the compiled kernel is unavailable in this process
+
+
+def _host_signature() -> str:
+    """Give a text naming this CPU's instruction set, so a library built with -march=native is never
+    loaded on another machine sharing the cache folder."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()} {platform.platform()}"
+
+
+def _kernel_folder() -> Path:
+    from stitchcli.store import default_cache_dir
+
+    folder = default_cache_dir() / "kernels"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.access(folder, os.W_OK):
+            return folder
+    except OSError:
+        pass
+    folder = Path(tempfile.gettempdir()) / f"stitchcli-kernels-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _lp_library() -> Any:
+    """Give the compiled L1/L∞ library, building it into the cache folder on first use.
+
+    Raises:
+        RuntimeError: it cannot be built or loaded here (the reason is remembered, and later calls in this
+            process fail at once, so ``auto`` stops trying).
+    """
+    if _LP_LIBRARY:
+        return _LP_LIBRARY[0]
+    if not _LP_FAILURE:
+        try:
+            _LP_LIBRARY.append(_build_lp_library())
+            return _LP_LIBRARY[0]
+        except (OSError, RuntimeError) as error:
+            _LP_FAILURE.append(str(error) if isinstance(error, RuntimeError) else f"{type(error).__name__}: {error}")
+    raise RuntimeError(_LP_FAILURE[0])
+
+
+def _build_lp_library() -> Any:
+    import ctypes
+    import hashlib
+    import shutil
+    import subprocess
+
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not compiler:
+        raise RuntimeError("no C compiler found (cc, gcc or clang; or set $CC)")
+    identity = "\0".join([_LP_SOURCE, compiler, repr(_LP_FLAG_SETS), _host_signature()])
+    key = hashlib.sha256(identity.encode()).hexdigest()[:20]
+    folder = _kernel_folder()
+    target = folder / f"lp_distances-{key}.so"
+    if not target.exists():
+        source = folder / f"lp_distances-{key}.{os.getpid()}.c"
+        built = folder / f".lp_distances-{key}.{os.getpid()}.so"
+        errors = []
+        try:
+            source.write_text(_LP_SOURCE)
+            for flags in _LP_FLAG_SETS:
+                command = [compiler, *flags, "-shared", "-fPIC", str(source), "-o", str(built)]
+                try:
+                    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+                except (OSError, subprocess.TimeoutExpired) as error:
+                    errors.append(f"{type(error).__name__}: {error}")
+                    break
+                if result.returncode == 0:
+                    os.replace(built, target)  # atomic: a concurrent builder finds a complete file or none
+                    break
+                errors.append((result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1])
+        finally:
+            source.unlink(missing_ok=True)
+            built.unlink(missing_ok=True)
+        if not target.exists():
+            raise RuntimeError(f"{compiler} could not build it: {errors[-1] if errors else 'no output'}")
+    library = ctypes.CDLL(str(target))
+    for name in ("lp_distances_f32", "lp_distances_f64"):
+        function = getattr(library, name)
+        function.restype = None
+        function.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    return library
+
+
+def _compiled_lp(x: torch.Tensor, anchors: torch.Tensor, p: float) -> torch.Tensor:
+    """Give the (b, k) L1/L∞ distances through the compiled C loop, rows split across torch's thread count."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        raise RuntimeError(f"the compiled kernel runs float32/float64 on the CPU, not {x.dtype} on {x.device}")
+    library = _lp_library()
+    function = library.lp_distances_f32 if x.dtype == torch.float32 else library.lp_distances_f64
+    x = x.contiguous()
+    anchors = anchors.to(x.dtype).contiguous()
+    rows, dim = x.shape
+    k = anchors.shape[0]
+    out = torch.empty((rows, k), dtype=x.dtype)
+    size = x.element_size()
+    p_inf = int(p != 1)
+
+    def run(first: int, last: int) -> None:
+        rows_x = x.data_ptr() + first * dim * size
+        rows_out = out.data_ptr() + first * k * size
+        function(rows_x, anchors.data_ptr(), rows_out, last - first, k, dim, p_inf)
+
+    threads = max(1, min(torch.get_num_threads(), rows))
+    if threads == 1:
+        run(0, rows)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        edges = [rows * t // threads for t in range(threads + 1)]
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(run, edges[:-1], edges[1:]))
+    if p_inf:
+        # The vectorised max drops NaN; give NaN where a sample or an anchor holds one, as the sum does.
+        out[x.isnan().any(dim=1)] = float("nan")
+        out[:, anchors.isnan().any(dim=1)] = float("nan")
+    return out
+
+
+def _resolve_kernel(kernel: str, projection: Projection, terms: int, device: torch.device, needs_grad: bool) -> str:
+    """Give the concrete L1/L∞ kernel for a call of ``terms`` = N·k·D: ``auto`` becomes ``compiled`` or ``cdist``."""
+    if kernel not in DISTANCE_KERNELS:
+        raise unknown_name("distance kernel", kernel, list(DISTANCE_KERNELS))
+    if kernel == "compiled" and needs_grad:
+        raise UsageError(
+            "the compiled distance kernel is not differentiable: use kernel='cdist' (or 'auto') with inputs that require grad"
+        )
+    if kernel != "auto":
+        return kernel
+    chosen = os.environ.get(KERNEL_ENVIRONMENT_VARIABLE, "auto") or "auto"
+    if chosen not in DISTANCE_KERNELS:
+        raise UsageError(
+            f"${KERNEL_ENVIRONMENT_VARIABLE}={chosen!r} is not a distance kernel: "
+            f"use one of {', '.join(DISTANCE_KERNELS)}"
+        )
+    if chosen != "auto":
+        return chosen
+    if (
+        "kernel" in projection.options
+        and device.type == "cpu"
+        and not needs_grad
+        and terms >= _COMPILE_MIN_TERMS
+        and not _LP_FAILURE
+    ):
+        return "compiled"
+    return "cdist"
+
+
+def _call_block(
+    projection: Projection, x: torch.Tensor, anchors: torch.Tensor, kernel: str, memory_budget: int
+) -> torch.Tensor:
+    options: dict[str, Any] = {}
+    if "kernel" in projection.options:
+        options["kernel"] = kernel
+    if "memory_budget" in projection.options:
+        options["memory_budget"] = memory_budget
+    if kernel != "compiled" or "kernel" not in projection.options:
+        return projection.function(x, anchors, **options)
+    try:
+        return projection.function(x, anchors, **options)
+    except RuntimeError as error:
+        if _LP_LIBRARY and x.device.type == "cpu":
+            raise  # the kernel is there and failed: a bug, not a missing compiler
+        warnings.warn(
+            f"the compiled {projection.name} kernel is not available ({error}); using torch.cdist instead "
+            f"(set ${KERNEL_ENVIRONMENT_VARIABLE}=cdist to skip the attempt)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return projection.function(x, anchors, **{**options, "kernel": "cdist"})
+
+
+# -------------------------------------------------------------------------------- the public entry point
+
+
+def _as_tensor(value: ArrayLike, what: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        tensor = value
+    else:
+        array = np.asarray(value)
+        if array.dtype == object or array.dtype.kind not in "biuf":
+            raise UsageError(f"{what} must hold numbers, got dtype {array.dtype}")
+        if not array.dtype.isnative:
+            array = array.astype(array.dtype.newbyteorder("="))
+        with warnings.catch_warnings():
+            # A read-only memmap is only ever read here, so torch's warning about writability does not apply.
+            warnings.simplefilter("ignore", UserWarning)
+            tensor = torch.from_numpy(array)
+    if tensor.ndim != 2:
+        raise UsageError(f"{what} must be a 2-D matrix (rows, latent dimension), got shape {tuple(tensor.shape)}")
+    return tensor
+
+
+def _compute_dtype(x: torch.Tensor, anchors: torch.Tensor) -> torch.dtype:
+    dtype = torch.promote_types(x.dtype, anchors.dtype)
+    if not dtype.is_floating_point or torch.finfo(dtype).bits < 32:
+        return torch.float32
+    return dtype
+
+
+def chunk_rows(num_anchors: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> int:
+    """Give how many sample rows one chunk takes so its temporaries stay within ``memory_budget`` bytes.
+
+    Budgeted per row: a float64 copy of the row and of its (k,) block of results, twice over (the
+    worst built-in, euclidean, holds about that many at once).
+    """
+    per_row = 8 * 2 * (num_anchors + dim)
+    return max(1, memory_budget // per_row)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    projection: Projection
+    x: torch.Tensor
+    anchors: torch.Tensor
+    transform: Transform | None
+    device: torch.device
+    dtype: torch.dtype
+    chunk_size: int
+    kernel: str
+    memory_budget: int
+    needs_grad: bool
+
+
+def _prepare(
+    x: ArrayLike,
+    anchors: ArrayLike,
+    projection: str,
+    *,
+    chunk_size: int | None,
+    transform: str | Transform | None,
+    device: str | torch.device | None,
+    kernel: str,
+    memory_budget: int,
+) -> _Prepared:
+    spec = get_projection(projection)
+    xt = _as_tensor(x, "samples")
+    at = _as_tensor(anchors, "anchors")
+    if at.shape[0] == 0:
+        raise UsageError("anchors are empty: a relative projection needs at least one anchor")
+    if xt.shape[1] != at.shape[1]:
+        raise UsageError(
+            f"samples have latent dimension {xt.shape[1]} but anchors have {at.shape[1]}: "
+            "anchors must be embedded by the same model as the samples"
+        )
+    if chunk_size is not None and chunk_size < 1:
+        raise UsageError(f"chunk_size must be at least 1, got {chunk_size}")
+    if memory_budget < 1:
+        raise UsageError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
+    target = torch.device(device) if device is not None else xt.device
+    dtype = _compute_dtype(xt, at)
+    needs_grad = torch.is_grad_enabled() and (xt.requires_grad or at.requires_grad)
+    anchors_c = at.to(device=target, dtype=dtype)
+    fitted: Transform | None = None
+    if transform is not None:
+        fitted = fit_transform(transform, anchors_c)
+        if fitted.is_identity:
+            fitted = None
+        else:
+            anchors_c = fitted.apply(anchors_c)
+    rows = chunk_size or chunk_rows(at.shape[0], at.shape[1], memory_budget)
+    terms = xt.shape[0] * at.shape[0] * at.shape[1]
+    concrete = _resolve_kernel(kernel, spec, terms, target, needs_grad)
+    return _Prepared(spec, xt, anchors_c, fitted, target, dtype, rows, concrete, memory_budget, needs_grad)
+
+
+def _blocks(job: _Prepared) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(start, block)`` over the rows of the output, one chunk at a time."""
+    n = job.x.shape[0]
+    for start in range(0, n, job.chunk_size):
+        xb = job.x[start : start + job.chunk_size].to(device=job.device, dtype=job.dtype)
+        if job.transform is not None:
+            xb = job.transform.apply(xb)
+        yield start, _call_block(job.projection, xb, job.anchors, job.kernel, job.memory_budget)
+
+
+@overload
+def relative_projection(
+    x: ArrayLike, anchors: ArrayLike, projection: str, *, chunk_size: int | None = ..., out: None = ...,
+    transform: str | Transform | None = ..., device: str | torch.device | None = ..., kernel: str = ...,
+    memory_budget: int = ...,
+) -> torch.Tensor: ...
+@overload
+def relative_projection(
+    x: ArrayLike, anchors: ArrayLike, projection: str, *, chunk_size: int | None = ..., out: torch.Tensor,
+    transform: str | Transform | None = ..., device: str | torch.device | None = ..., kernel: str = ...,
+    memory_budget: int = ...,
+) -> torch.Tensor: ...
+@overload
+def relative_projection(
+    x: ArrayLike, anchors: ArrayLike, projection: str, *, chunk_size: int | None = ..., out: np.ndarray,
+    transform: str | Transform | None = ..., device: str | torch.device | None = ..., kernel: str = ...,
+    memory_budget: int = ...,
+) -> np.ndarray: ...
+@overload
+def relative_projection(
+    x: ArrayLike, anchors: ArrayLike, projection: str, *, chunk_size: int | None = ..., out: BlockSink,
+    transform: str | Transform | None = ..., device: str | torch.device | None = ..., kernel: str = ...,
+    memory_budget: int = ...,
+) -> None: ...
+
+
+def relative_projection(
+    x: ArrayLike,
+    anchors: ArrayLike,
+    projection: str,
+    *,
+    chunk_size: int | None = None,
+    out: torch.Tensor | np.ndarray | BlockSink | None = None,
+    transform: str | Transform | None = None,
+    device: str | torch.device | None = None,
+    kernel: str = "auto",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> torch.Tensor | np.ndarray | None:
+    """Give the relative representation (N, k) of samples ``x`` (N, D) against ``anchors`` (k, D).
+
+    Entry (i, j) is projection ``projection`` between sample i and anchor j (:func:`list_projections`:
+    ``cosine``, ``euclidean``, ``l1``, ``linf``). Torch tensors and numpy arrays (memmaps too) are accepted.
+    Work runs in float64 when either input is float64, else in float32, on ``device`` (default: the
+    device of ``x``; anchors are moved there), one chunk of samples at a time.
+
+    Args:
+        x: samples, (N, D).
+        anchors: the anchors embedded by the same model, (k, D).
+        projection: a registered projection name.
+        chunk_size: samples per chunk; default: as many as keep the temporaries within ``memory_budget``.
+        out: where the result goes. None: a new tensor on the device of ``x``. A tensor or numpy array
+            (a memmap streams to disk) of shape (N, k): filled and returned. A callable: called as
+            ``out(start_row, block)`` for consecutive blocks, and None is returned.
+        transform: an absolute transform fitted on the anchors and applied to samples and anchors alike
+            (``none``, ``center``, ``standardize``, ``l2`` or a fitted :class:`Transform`); default none.
+        device: where to compute; chunks are moved there one at a time.
+        kernel: how L1 and L∞ reduce (see :func:`pairwise_lp`): ``cdist``, ``compiled`` (a C loop built
+            on first use, about 10× faster on CPUs), ``blocked``, or ``auto`` (default):
+            ``$STITCHCLI_DISTANCE_KERNEL`` if set, else ``compiled`` on the CPU for jobs of at least 10⁹
+            terms N·k·D, else ``cdist``. Where no C compiler works, ``compiled`` warns once and uses
+            ``cdist``. Ignored by cosine and euclidean.
+        memory_budget: bytes the temporaries of one chunk may take (the output is not counted).
+
+    When ``x`` or ``anchors`` requires grad, the result is differentiable (``out`` must then be None).
+
+    Raises:
+        UsageError: unknown projection, transform or kernel; shapes that do not fit.
+    """
+    job = _prepare(
+        x, anchors, projection, chunk_size=chunk_size, transform=transform, device=device, kernel=kernel,
+        memory_budget=memory_budget,
+    )
+    if job.needs_grad:
+        if out is not None:
+            raise UsageError("out= cannot hold a differentiable result: leave out=None when inputs require grad")
+        parts = [block for _, block in _blocks(job)]
+        k = job.anchors.shape[0]
+        result = torch.cat(parts) if parts else torch.empty((0, k), dtype=job.dtype, device=job.device)
+        return result.to(job.x.device)
+    if out is None:
+        out = torch.empty((job.x.shape[0], job.anchors.shape[0]), dtype=job.dtype, device=job.x.device)
+    _fill(job, out)
+    return None if _is_sink(out) else out
+
+
+def _is_sink(out: object) -> bool:
+    return callable(out) and not isinstance(out, (torch.Tensor, np.ndarray))
+
+
+def _fill(job: _Prepared, out: torch.Tensor | np.ndarray | BlockSink) -> None:
+    """Compute the job chunk by chunk into ``out`` (a tensor, a numpy array or a block sink)."""
+    n, k = job.x.shape[0], job.anchors.shape[0]
+    if isinstance(out, (torch.Tensor, np.ndarray)):
+        if tuple(out.shape) != (n, k):
+            raise UsageError(f"out has shape {tuple(out.shape)} but the result is ({n}, {k})")
+    elif not callable(out):
+        raise UsageError(f"out must be None, a tensor, a numpy array or a callable, not {type(out).__name__}")
+    with torch.no_grad():
+        for start, block in _blocks(job):
+            stop = start + block.shape[0]
+            if isinstance(out, torch.Tensor):
+                out[start:stop].copy_(block)
+            elif isinstance(out, np.ndarray):
+                out[start:stop] = block.cpu().numpy()
+            else:
+                out(start, block)
+
+
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float64: "F64"}
+
+
+def relative_projection_to_file(
+    x: ArrayLike,
+    anchors: ArrayLike,
+    projection: str,
+    path: str | os.PathLike[str],
+    *,
+    chunk_size: int | None = None,
+    transform: str | Transform | None = None,
+    device: str | torch.device | None = None,
+    kernel: str = "auto",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Give the path of a file holding ``relative_projection(x, anchors, projection)``, written chunk by chunk.
+
+    The output never has to fit in memory: it streams into a memory map of the file. ``.npy`` writes a
+    numpy array; ``.safetensors`` writes one tensor named after the projection, with ``metadata`` (string
+    values) plus ``projection``, ``transform``, ``num_samples`` and ``num_anchors`` in its header. The file
+    is written under a temporary name and renamed when complete, so a file at ``path`` is never partial.
+
+    Raises:
+        UsageError: the suffix is neither ``.npy`` nor ``.safetensors``, or as :func:`relative_projection`.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", ".safetensors"):
+        raise UsageError(f"cannot write {path.name}: the relative representation goes to a .npy or .safetensors file")
+    job = _prepare(
+        x, anchors, projection, chunk_size=chunk_size, transform=transform, device=device, kernel=kernel,
+        memory_budget=memory_budget,
+    )
+    n, k = job.x.shape[0], job.anchors.shape[0]
+    np_dtype = np.dtype("<f8" if job.dtype == torch.float64 else "<f4")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        if suffix == ".npy":
+            array = _npy_target(partial, np_dtype, (n, k))
+        else:
+            header_meta = {
+                **(metadata or {}),
+                "projection": projection,
+                "transform": job.transform.name if job.transform is not None else "none",
+                "num_samples": str(n),
+                "num_anchors": str(k),
+            }
+            offset = _write_safetensors_header(partial, projection, _SAFETENSORS_DTYPES[job.dtype], (n, k), header_meta)
+            # numpy cannot map zero bytes; an empty result is the header alone.
+            array = (
+                np.memmap(partial, dtype=np_dtype, mode="r+", offset=offset, shape=(n, k))
+                if n
+                else np.empty((0, k), np_dtype)
+            )
+        _fill(job, array)
+        if isinstance(array, np.memmap):
+            array.flush()
+        del array
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, path)
+    return path
+
+
+def _npy_target(path: Path, dtype: np.dtype, shape: tuple[int, int]) -> np.ndarray:
+    """Give a writable memory map of a new .npy file at ``path`` (an empty result is written at once)."""
+    if shape[0] == 0:
+        with open(path, "wb") as handle:
+            np.save(handle, np.empty(shape, dtype))
+        return np.empty(shape, dtype)
+    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+
+
+def _write_safetensors_header(
+    path: Path, name: str, dtype: str, shape: tuple[int, int], metadata: dict[str, str]
+) -> int:
+    """Write a safetensors header for one tensor and size the file for its data; give the data offset."""
+    nbytes = shape[0] * shape[1] * (8 if dtype == "F64" else 4)
+    header = json.dumps(
+        {"__metadata__": metadata, name: {"dtype": dtype, "shape": list(shape), "data_offsets": [0, nbytes]}},
+        separators=(",", ":"),
+    ).encode()
+    header += b" " * (-len(header) % 8)  # the format asks for the data to start 8-byte aligned
+    with open(path, "wb") as handle:
+        handle.write(len(header).to_bytes(8, "little"))
+        handle.write(header)
+        handle.truncate(8 + len(header) + nbytes)
+    return 8 + len(header)
