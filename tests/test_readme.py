@@ -23,3 +23,17 @@ def test_readme_opens_with_the_two_setup_commands():
 def test_ci_runs_exactly_the_readme_test_command():
     ci_lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
     assert ci_lines == [_readme_commands()[1]]
+
+
+def test_readme_python_examples_run(cache_dir, image_folder, monkeypatch):
+    """The README's Python blocks run as written, scaled down (tiny model, small subset, few anchors)."""
+    text = (ROOT / "README.md").read_text()
+    code = "\n".join(re.findall(r"```python\n(.*?)```", text, flags=re.S))
+    assert "relative_projection" in code and "embed(" in code
+    small = code.replace('"resnet18"', '"test_vit"').replace("limit=1000", "limit=12").replace("num=1280", "num=6")
+    monkeypatch.chdir(image_folder.parent)  # the examples read ./images
+    namespace: dict[str, object] = {}
+    exec(compile(small, "README.md", "exec"), namespace)
+    assert tuple(namespace["rel"].shape) == (12, 6)
+    assert tuple(namespace["space"].values.shape) == (12, 4, 6)
+    assert tuple(namespace["features"].shape) == (12, 6)
