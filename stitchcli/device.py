@@ -14,8 +14,16 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+def check_device_name(name: str) -> str:
+    """Give ``name`` back if it names a device kind stitchcli knows (no torch import), else raise a UsageError."""
+    if name.split(":", 1)[0] not in DEVICES:
+        raise UsageError(f"unknown device {name!r}: use one of {', '.join(DEVICES)} (or cuda:N)")
+    return name
+
+
 def resolve_device(name: str = "auto") -> "torch.device":
     """Give the torch device for ``auto|cpu|cuda|mps|cuda:N``; auto picks cuda, then mps, then cpu."""
+    check_device_name(name)
     import torch
 
     if name == "auto":
@@ -25,8 +33,6 @@ def resolve_device(name: str = "auto") -> "torch.device":
             return torch.device("mps")
         return torch.device("cpu")
     base = name.split(":", 1)[0]
-    if base not in DEVICES:
-        raise UsageError(f"unknown device {name!r}: use one of {', '.join(DEVICES)}")
     if base == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda asked for, but no CUDA GPU is visible: use --device cpu or auto")
     if base == "mps" and not (
@@ -36,11 +42,18 @@ def resolve_device(name: str = "auto") -> "torch.device":
     return torch.device(name)
 
 
-def check_precision(precision: str, device: "torch.device") -> str:
-    """Give ``precision`` back if the device can run it, else raise a UsageError saying what can."""
+def check_precision_name(precision: str) -> str:
+    """Give ``precision`` back if it is one stitchcli knows, else raise a UsageError listing them."""
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    if precision == "fp16" and device.type == "cpu":
+    return precision
+
+
+def check_precision(precision: str, device: "torch.device | str") -> str:
+    """Give ``precision`` back if the device (a torch.device or a device name) can run it, else raise a UsageError."""
+    check_precision_name(precision)
+    device_type = getattr(device, "type", str(device).split(":", 1)[0])
+    if precision == "fp16" and device_type == "cpu":
         raise UsageError("--precision fp16 needs a GPU; on the CPU use bf16 or fp32")
     return precision
 

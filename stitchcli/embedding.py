@@ -17,6 +17,7 @@ import numpy as np
 from stitchcli.data.base import DatasetSpec, SplitData
 from stitchcli.encoders.base import ModelSpec
 from stitchcli.errors import UsageError
+from stitchcli.fingerprint import path_identity
 from stitchcli.hub import prefer_offline_when_unreachable
 from stitchcli.store import CachedEmbeddings, EmbeddingStore, EntryKey, canonical_json
 
@@ -83,26 +84,6 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def _path_stat(value: str | None) -> Any:
-    """Give a cheap signature (size, mtime, inode, ctime) of a local file or folder named by ``value``, if any."""
-    if not value:
-        return None
-    p = Path(value).expanduser()
-    if not p.exists():
-        return None
-    # inode and ctime too: a copy that keeps size and mtime (cp -p, rsync -a, tar) still changes them.
-    if p.is_file():
-        st = p.stat()
-        return [str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
-    sig = []
-    for dirpath, dirnames, filenames in os.walk(p):
-        dirnames.sort()
-        for fname in sorted(filenames):
-            st = (Path(dirpath) / fname).stat()
-            sig.append([fname, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns])
-    return [str(p.resolve()), sig]
-
-
 def resolve_model_spec(
     store: EmbeddingStore,
     name: str,
@@ -140,8 +121,8 @@ def resolve_model_spec(
         {
             "args": args,
             "versions": library_versions(),
-            "name_stat": _path_stat(name),
-            "weights_stat": _path_stat(weights) if weights not in (None, "random") else None,
+            "name_stat": path_identity(name) if name else None,
+            "weights_stat": path_identity(weights) if weights not in (None, "random") else None,
         }
     )
     cached = store.memo_get(memo_key)
@@ -176,8 +157,7 @@ def _with_options(
     """Give a saved spec with the user's run-time options applied; refuse options that do not apply."""
     from dataclasses import replace
 
-    from stitchcli.device import PRECISIONS
-    from stitchcli.encoders import POOLINGS
+    from stitchcli.encoders import check_model_options
 
     if weights is not None or revision is not None:
         raise UsageError(
@@ -188,23 +168,11 @@ def _with_options(
         if pooling is not None or max_length is not None or precision not in (None, "fp32"):
             raise UsageError(f"{name!r} holds imported arrays: --precision, --pooling and --max-length do not apply")
         return spec
-    changes: dict[str, Any] = {}
-    if precision is not None:
-        if precision not in PRECISIONS:
-            raise UsageError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-        changes["precision"] = precision
-    if pooling is not None or max_length is not None:
-        if spec.pooling is None:
-            raise UsageError(f"--pooling and --max-length apply to text models; {name!r} is {spec.backend}: {spec.source}")
-        if pooling is not None:
-            if pooling not in POOLINGS:
-                raise UsageError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
-            changes["pooling"] = pooling
-        if max_length is not None:
-            if max_length < 1:
-                raise UsageError(f"--max-length must be a positive number of tokens, not {max_length}")
-            changes["max_length"] = max_length
-    return replace(spec, **changes)
+    check_model_options(pooling=pooling, max_length=max_length, precision=precision)
+    if (pooling is not None or max_length is not None) and spec.pooling is None:
+        raise UsageError(f"--pooling and --max-length apply to text models; {name!r} is {spec.backend}: {spec.source}")
+    given = {"precision": precision, "pooling": pooling, "max_length": max_length}
+    return replace(spec, **{field: value for field, value in given.items() if value is not None})
 
 
 def _check_new_name(store: EmbeddingStore, name: str, spec: ModelSpec, *, force: bool) -> None:
@@ -620,14 +588,15 @@ def embed(
 
 def _check_device_options(device: str, precision: str | None) -> None:
     """Refuse a device or precision that cannot be right, before any work (no torch import needed)."""
-    from stitchcli.device import DEVICES, PRECISIONS
+    from stitchcli.device import check_device_name, check_precision, check_precision_name
 
-    if device.split(":", 1)[0] not in DEVICES:
-        raise UsageError(f"unknown device {device!r}: use one of {', '.join(DEVICES)} (or cuda:N)")
-    if precision is not None and precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    if device == "cpu" and precision == "fp16":
-        raise UsageError("--precision fp16 needs a GPU; on the CPU use bf16 or fp32")
+    check_device_name(device)
+    if precision is None:
+        return
+    if device == "auto":
+        check_precision_name(precision)  # which device "auto" picks is known only once torch is imported
+    else:
+        check_precision(precision, device)
 
 
 def _spec_for(store: EmbeddingStore, model: str, *, arrays: bool, **resolve_args: Any) -> ModelSpec:

@@ -10,12 +10,33 @@ _CHUNK = 1 << 20
 _memo: dict[tuple[str, int, int, int, int], str] = {}
 
 
+def file_identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """Give what tells a file's content changed without reading it: size, mtime, inode and ctime.
+
+    Inode and ctime as well as size and mtime: `cp -p`, `rsync -a` or tar keep the last two.
+    """
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+def path_identity(path: str | os.PathLike[str]) -> list[object] | None:
+    """Give the identity of a local file, or of every file under a folder, or None when nothing is there."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        return None
+    if p.is_file():
+        return [str(p.resolve()), *file_identity(p.stat())]
+    files = []
+    for dirpath, dirnames, filenames in os.walk(p):
+        dirnames.sort()
+        for fname in sorted(filenames):
+            files.append([fname, *file_identity((Path(dirpath) / fname).stat())])
+    return [str(p.resolve()), files]
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """Give the hex SHA-256 of a file's bytes (memoised in this process per path and file identity)."""
     p = Path(path)
-    st = p.stat()
-    # inode and ctime as well as size and mtime: `cp -p` or `rsync -a` keep the last two.
-    memo_key = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    memo_key = (str(p.resolve()), *file_identity(p.stat()))
     if memo_key in _memo:
         return _memo[memo_key]
     h = hashlib.sha256()

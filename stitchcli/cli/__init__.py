@@ -17,7 +17,11 @@ from stitchcli.errors import StitchError
 
 
 class StitchApp(typer.Typer):
-    """A typer app whose errors end in one line on stderr and the documented exit code."""
+    """A typer app whose errors end in one line on stderr and the documented exit code.
+
+    Errors raised inside commands are reported by :func:`reports_errors`; this catches what happens
+    around them (option parsing, an interrupt outside a command, a closed pipe).
+    """
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         click = _click_exceptions()
@@ -25,8 +29,6 @@ class StitchApp(typer.Typer):
         kwargs["standalone_mode"] = False
         try:
             result = super().__call__(*args, **kwargs)
-        except StitchError as exc:
-            _fail(str(exc), exc.exit_code)
         except click.UsageError as exc:
             if type(exc).__name__ == "NoArgsIsHelpError":
                 sys.exit(2)  # the help text was printed already
@@ -35,7 +37,7 @@ class StitchApp(typer.Typer):
         except typer.Exit as exc:
             sys.exit(exc.exit_code)
         except (typer.Abort, KeyboardInterrupt):
-            _fail("interrupted; finished shards are kept in the cache: run the same command again to resume", 130)
+            _fail(INTERRUPTED, 130)
         except click.ClickException as exc:
             _fail(exc.format_message(), exc.exit_code)
         except BrokenPipeError:
@@ -54,10 +56,18 @@ def _click_exceptions() -> Any:
     return exceptions
 
 
-def _fail(message: str, code: int) -> None:
+INTERRUPTED = "interrupted; finished shards are kept in the cache: run the same command again to resume"
+
+
+def _report(message: str) -> None:
+    """Write the one error line on stderr (after whatever stdout holds)."""
     sys.stdout.flush()
     sys.stderr.write(f"stitchcli: error: {message}\n")
     sys.stderr.flush()
+
+
+def _fail(message: str, code: int) -> None:
+    _report(message)
     sys.exit(code)
 
 
@@ -125,14 +135,13 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except StitchError as exc:
             message, code = str(exc), exc.exit_code
         except KeyboardInterrupt:
-            message, code = "interrupted; finished shards are kept in the cache: run the same command again to resume", 130
+            message, code = INTERRUPTED, 130
         except OSError as exc:
             described = _describe_os_error(exc)
             if described is None:
                 raise
             message, code = described
-        sys.stdout.flush()
-        typer.echo(f"stitchcli: error: {message}", err=True)
+        _report(message)
         raise typer.Exit(code)
 
     return wrapper

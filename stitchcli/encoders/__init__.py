@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from stitchcli.device import PRECISIONS
+from stitchcli.device import check_precision_name
 from stitchcli.encoders.base import Encoder, ModelSpec
 from stitchcli.errors import (
     OFFLINE_MODEL_ALTERNATIVES,
@@ -121,12 +121,7 @@ def resolve_model(
     name = str(name).strip()  # a pathlib.Path to a folder is fine too
     if not name:
         raise UsageError("empty model name: give a timm name, openclip:ARCH/TAG, a hub id or a folder")
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    if pooling is not None and pooling not in POOLINGS:
-        raise UsageError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
-    if max_length is not None and (isinstance(max_length, bool) or int(max_length) < 1):
-        raise UsageError(f"--max-length must be a positive number of tokens, not {max_length!r}")
+    check_model_options(pooling=pooling, max_length=max_length, precision=precision)
     request = _Request(
         name=name,
         weights=_normalise_weights(weights),
@@ -143,6 +138,16 @@ def resolve_model(
                 raise UsageError(f"model name {name!r} has nothing after {prefix!r}")
             return resolver(rest, request)
     return _resolve_bare(name, request)
+
+
+def check_model_options(*, pooling: str | None, max_length: int | None, precision: str | None) -> None:
+    """Raise a UsageError for a pooling, max length or precision that no model accepts (None: not given)."""
+    if precision is not None:
+        check_precision_name(precision)
+    if pooling is not None and pooling not in POOLINGS:
+        raise UsageError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
+    if max_length is not None and (isinstance(max_length, bool) or int(max_length) < 1):
+        raise UsageError(f"--max-length must be a positive number of tokens, not {max_length!r}")
 
 
 def _normalise_weights(weights: str | None) -> str | None:
