@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -27,6 +27,28 @@ if TYPE_CHECKING:
 DEFAULT_SPLITS = ("train", "test")
 DEFAULT_SHARD_ROWS = 1024
 _VERSIONED = ("stitchcli", "torch", "timm", "transformers", "open_clip_torch", "datasets", "safetensors", "numpy")
+
+
+MODEL_OPTIONS = ("weights", "pooling", "max_length", "precision", "revision")
+"""embed's options that decide how a model embeds (and so which cache entries it has)."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as commands and recipes name it: a model name plus the embed options it is embedded with.
+
+    Attributes:
+        name: anything ``embed --model`` accepts (a name saved with ``--name`` carries its own options).
+        options: the non-None values of :data:`MODEL_OPTIONS`.
+    """
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.options) - set(MODEL_OPTIONS))
+        if unknown:
+            raise UsageError(f"model {self.name!r}: unknown option {', '.join(unknown)} (use some of {', '.join(MODEL_OPTIONS)})")
 
 
 @dataclass
@@ -68,7 +90,7 @@ class Reporter:
 
     warn: Callable[[str], None] = lambda message: None
     info: Callable[[str], None] = lambda message: None
-    start: Callable[[str, int, int], None] = lambda label, total, done: None
+    start: Callable[..., None] = lambda label, total, done, unit="rows": None
     advance: Callable[[int], None] = lambda rows: None
     stop: Callable[[], None] = lambda: None
 

@@ -115,7 +115,7 @@ class CorruptEntry(Exception):
     """A cache file that cannot be trusted (unreadable, truncated, or made for another key)."""
 
 
-def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]], dict[str, str]]:
+def read_safetensors_header(path: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]], dict[str, str]]:
     """Give (metadata document, tensor shapes, tensor dtypes) of a safetensors file, or raise CorruptEntry."""
     from safetensors import safe_open
 
@@ -141,7 +141,7 @@ def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]
 
 def _check_entry(path: Path, key: EntryKey) -> CachedEmbeddings:
     """Give the entry at ``path`` if it is whole and made for ``key``; else raise CorruptEntry."""
-    meta, shapes, dtypes = _read_header(path)
+    meta, shapes, dtypes = read_safetensors_header(path)
     missing = [t for t in _TENSORS if t not in shapes]
     if missing:
         raise CorruptEntry(f"missing tensors {missing}")
@@ -156,7 +156,7 @@ def _check_entry(path: Path, key: EntryKey) -> CachedEmbeddings:
     return CachedEmbeddings(path=path, metadata=meta, rows=n, dim=emb_shape[1])
 
 
-def _write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
     """Write tensors atomically: a temporary file in the same folder, fsync, then rename."""
     from safetensors.numpy import save_file
 
@@ -294,7 +294,7 @@ class EmbeddingStore:
             return False
         start, stop = plan.bounds(index)
         try:
-            meta, shapes, _ = _read_header(path)
+            meta, shapes, _ = read_safetensors_header(path)
         except CorruptEntry:
             return False
         return meta.get("start") == start and shapes.get("embeddings", (None,))[0] == stop - start
@@ -305,7 +305,7 @@ class EmbeddingStore:
         if embeddings.shape[0] != stop - start:
             raise ValueError(f"shard {index} expects {stop - start} rows, got {embeddings.shape[0]}")
         path = self._shard_path(self.partial_dir(model_name, key), index)
-        _write_safetensors(
+        write_safetensors(
             path,
             {"embeddings": np.asarray(embeddings, dtype=np.float32)},
             {"start": start, "stop": stop, "key_digest": key.digest},
@@ -358,7 +358,7 @@ class EmbeddingStore:
             "created": metadata.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         path = self.entry_path(model_name, key)
-        _write_safetensors(
+        write_safetensors(
             path,
             {
                 "embeddings": embeddings,

@@ -50,11 +50,23 @@ def test_all_five_subcommands_are_listed():
         assert name in result.stdout
 
 
-@pytest.mark.parametrize("argv", [["stitch", "a", "b", "--dataset", "x"], ["fit-head"], ["eval"]])
-def test_planned_subcommands_say_so_with_exit_code_1(argv):
-    result = CliRunner().invoke(app, argv)
-    assert result.exit_code == 1
-    assert "not built yet" in result.output
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["stitch", "a", "b"], "--dataset"),
+        (["fit-head", "--dataset", "x"], "--model"),
+        (["eval"], "eval needs --dataset D and --models A,B"),
+        (["eval", "--dataset", "x", "--models", "a,b", "--projection", "cosin"], "did you mean 'cosine'"),
+        (["stitch", "a", "b", "--dataset", "x", "--seeds", "0,one"], "--seeds must be comma-separated integers"),
+        (["fit-head", "-m", "a", "--dataset", "x", "--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
+    ],
+)
+def test_stitching_commands_refuse_bad_options_with_one_line_and_exit_2(argv, message, cache_dir):
+    result = run_cli(*argv)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
 
 
 def test_json_output_is_one_document_and_cache_hit_imports_no_torch(cache_dir, image_folder):

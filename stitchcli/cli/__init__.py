@@ -151,12 +151,15 @@ def _register() -> None:
     from stitchcli.cli.anchor import anchor_command
     from stitchcli.cli.demo import demo_command
     from stitchcli.cli.embed import embed_command
-    from stitchcli.cli.planned import PLANNED, PLANNED_SETTINGS, planned_command
+    from stitchcli.cli.eval import eval_command
+    from stitchcli.cli.fit_head import fit_head_command
+    from stitchcli.cli.stitch import stitch_command
 
     app.command("embed")(reports_errors(embed_command))
     app.command("anchor")(reports_errors(anchor_command))
-    for name, (summary, where) in PLANNED.items():
-        app.command(name, context_settings=PLANNED_SETTINGS, help=summary)(reports_errors(planned_command(name, summary, where)))
+    app.command("fit-head")(reports_errors(fit_head_command))
+    app.command("stitch")(reports_errors(stitch_command))
+    app.command("eval")(reports_errors(eval_command))
     app.command("demo")(reports_errors(demo_command))
 
 

@@ -14,15 +14,7 @@ if TYPE_CHECKING:
 
 
 def anchor_command(
-    dataset: Annotated[
-        str,
-        typer.Option(
-            "--dataset",
-            "-d",
-            help="Dataset, as for embed: an alias, a hub id, a save_to_disk folder, an image folder or a folder of table files.",
-            show_default=False,
-        ),
-    ],
+    dataset: opt.Dataset,
     split: Annotated[
         str, typer.Option("--split", "-s", help="Training split to draw from (names like test, validation, val, eval, dev are refused).")
     ] = "train",

@@ -40,3 +40,55 @@ Revision = Annotated[Optional[str], typer.Option(help="Hub revision of the model
 DatasetRevision = Annotated[Optional[str], typer.Option(help="Hub revision of the dataset.", show_default=False)]
 InputColumn = Annotated[Optional[str], typer.Option(help="Input column(s); comma-separated text columns are joined.", show_default=False)]
 LabelColumn = Annotated[Optional[str], typer.Option(help="Label column.", show_default=False)]
+
+# Stitching: the dataset, the anchors, the product space and the heads (fit-head, stitch, eval).
+Dataset = Annotated[
+    str,
+    typer.Option(
+        "--dataset",
+        "-d",
+        help="Dataset, as for embed: an alias, a hub id, a save_to_disk folder, an image folder or a folder of table files.",
+        show_default=False,
+    ),
+]
+EvalSplit = Annotated[str, typer.Option("--split", "-s", help="Evaluation split (never used for training or model selection).")]
+TrainSplit = Annotated[str, typer.Option("--train-split", help="Split heads are trained on and anchors drawn from.")]
+Limit = Annotated[
+    Optional[int],
+    typer.Option(help="Use the seeded class-stratified subset of N rows of each split (as `embed --limit N`).", show_default=False),
+]
+EmbedSeed = Annotated[int, typer.Option("--embed-seed", help="embed's --seed: picks the --limit subset and seeds --weights random.")]
+Anchors = Annotated[
+    Optional[str],
+    typer.Option("--anchors", help="Anchor manifest: a name saved by `stitchcli anchor`, or a manifest file. [default: draw --num-anchors]", show_default=False),
+]
+NumAnchors = Annotated[
+    Optional[int],
+    typer.Option("--num-anchors", "-k", help="Anchors to draw from the training split. [default: 1280, or every training row when fewer]", show_default=False),
+]
+AnchorStrategy = Annotated[str, typer.Option("--anchor-strategy", help="uniform, class-balanced, fps or kmeans (fps/kmeans need --anchor-model).")]
+AnchorSeed = Annotated[int, typer.Option("--anchor-seed", help="Seed of the anchor draw.")]
+AnchorModel = Annotated[
+    Optional[str], typer.Option("--anchor-model", help="fps/kmeans: which of the models' embeddings choose the anchors.", show_default=False)
+]
+Projection = Annotated[
+    Optional[str],
+    typer.Option("--projection", "-p", help="Comma-separated projections, or all: cosine, euclidean, l1, linf. [default: all]", show_default=False),
+]
+Transform = Annotated[
+    Optional[str],
+    typer.Option("--transform", help="Absolute transform fitted on each model's anchors: none, center, standardize, l2. [default: none]", show_default=False),
+]
+Epochs = Annotated[int, typer.Option("--epochs", help="Most training epochs (early stopping on the validation part).")]
+Lr = Annotated[float, typer.Option("--lr", help="Adam learning rate.")]
+HeadBatchSize = Annotated[int, typer.Option("--batch-size", help="Head training batch size.")]
+Hidden = Annotated[int, typer.Option("--hidden", help="Hidden layer size of the head.")]
+Dropout = Annotated[float, typer.Option("--dropout", help="Dropout of the head.")]
+Patience = Annotated[int, typer.Option("--patience", help="Epochs without a better validation accuracy before stopping.")]
+WeightDecay = Annotated[float, typer.Option("--weight-decay", help="Adam weight decay.")]
+ValFraction = Annotated[float, typer.Option("--val-fraction", help="Class-stratified part of the training split held out for early stopping.")]
+Seeds = Annotated[str, typer.Option("--seeds", help="Comma-separated head seeds; results are mean ± std over them.")]
+Baselines = Annotated[str, typer.Option("--baselines", help="Comma-separated baselines beside the relative rows: absolute, translation, or none.")]
+EmbedBatchSize = Annotated[
+    Optional[int], typer.Option("--embed-batch-size", help="Batch size when missing embeddings are computed (default: embed's).", show_default=False)
+]

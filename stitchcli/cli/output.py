@@ -10,6 +10,7 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 
 def stdout_console() -> Console:
@@ -46,11 +47,12 @@ def print_table(
     justify = justify or {}
 
     def build(shown: Sequence[str]) -> Table:
-        table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
+        # Text, not str: names such as "cosine [mlp-sum]" or a model "x[1]" are not rich markup.
+        table = Table(title=Text(title), title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
         for column in shown:
             table.add_column(column, justify=justify.get(column, "left"), no_wrap=True)  # type: ignore[arg-type]
         for row in rows:
-            table.add_row(*("" if v is None else str(v) for c, v in zip(columns, row) if c in shown))
+            table.add_row(*(Text("" if v is None else str(v)) for c, v in zip(columns, row) if c in shown))
         return table
 
     table = build(columns)
@@ -58,7 +60,7 @@ def print_table(
 
     needed = Measurement.get(console, console.options.update_width(10**5), table).maximum
     if not console.is_terminal:
-        console.width = needed  # piped: exactly as wide as the table, no padding to a made-up width
+        console.width = max(needed, len(title))  # piped: as wide as the table (or its title), no made-up width
     if trailing is None or needed <= console.width:
         console.print(table)
         return
@@ -97,11 +99,11 @@ class Progress:
         """Write a warning line to stderr (even when quiet: it concerns the result)."""
         self.console.print(f"warning: {message}", style="yellow", highlight=False, markup=False)
 
-    def start(self, label: str, total: int, done: int) -> None:
-        """Begin a bar for ``total`` rows, ``done`` of them already finished."""
+    def start(self, label: str, total: int, done: int, unit: str = "rows") -> None:
+        """Begin a bar for ``total`` units of work (rows, epochs…), ``done`` of them already finished."""
         import time
 
-        self._label, self._total, self._done = label, total, done
+        self._label, self._total, self._done, self._unit = label, total, done, unit
         self._started = time.perf_counter()
         if self.animated:
             from rich.progress import (
@@ -117,7 +119,7 @@ class Progress:
                 TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("rows"),
+                TextColumn(unit),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
                 console=self.console,
@@ -126,10 +128,10 @@ class Progress:
             self._bar.start()
             self._task = self._bar.add_task(label, total=total, completed=done)
         else:
-            self.info(f"{label}: {total - done} rows to encode")
+            self.info(f"{label}: {total - done} {unit} to go")
 
     def advance(self, rows: int) -> None:
-        """Count ``rows`` more rows as done."""
+        """Count ``rows`` more units as done."""
         import time
 
         self._done += rows
@@ -139,7 +141,7 @@ class Progress:
             # A plain line at most every 30 s, so CI logs show life without flooding.
             self._next_log = time.perf_counter() + 30.0
             if self._done < self._total:
-                self.info(f"{self._label}: {self._done}/{self._total} rows")
+                self.info(f"{self._label}: {self._done}/{self._total} {self._unit}")
 
     def stop(self) -> None:
         """End the bar."""

@@ -1,0 +1,85 @@
+"""`stitchcli fit-head`: train aggregation + head on one model's product space and save it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from stitchcli.cli import options as opt
+
+
+def fit_head_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model whose training latents the head reads (any embed --model name, or a saved --name).", show_default=False)],
+    dataset: opt.Dataset,
+    train_split: opt.TrainSplit = "train",
+    limit: opt.Limit = None,
+    embed_seed: opt.EmbedSeed = 0,
+    anchors: opt.Anchors = None,
+    num_anchors: opt.NumAnchors = None,
+    anchor_strategy: opt.AnchorStrategy = "uniform",
+    anchor_seed: opt.AnchorSeed = 0,
+    projection: opt.Projection = None,
+    aggregation: Annotated[str, typer.Option("--aggregation", "-a", help="concat, sum, mlp-sum or self-attention.")] = "mlp-sum",
+    transform: opt.Transform = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights, the validation part, shuffling and dropout.")] = 0,
+    epochs: opt.Epochs = 40,
+    lr: opt.Lr = 1e-3,
+    batch_size: opt.HeadBatchSize = 256,
+    hidden: opt.Hidden = 512,
+    dropout: opt.Dropout = 0.1,
+    patience: opt.Patience = 5,
+    weight_decay: opt.WeightDecay = 0.0,
+    val_fraction: opt.ValFraction = 0.1,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Also write the head here (FILE.safetensors plus FILE.json); `stitch --head FILE` reads it.", show_default=False)
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Train again even when the cache holds this head.")] = False,
+    input_column: opt.InputColumn = None,
+    label_column: opt.LabelColumn = None,
+    dataset_revision: opt.DatasetRevision = None,
+    device: opt.Device = "auto",
+    embed_batch_size: opt.EmbedBatchSize = None,
+    cache_dir: opt.CacheDir = None,
+    json_output: opt.Json = False,
+    quiet: opt.Quiet = False,
+) -> None:
+    """Train aggregation + head on MODEL's training split (a validation part picks the epoch) and save it.
+
+    Missing embeddings and anchors are built with the defaults. The head is cached, so `stitch` reuses it.
+    """
+    from stitchcli.cli.output import print_json, print_table, progress_and_store
+    from stitchcli.cli.stitch import build_settings
+    from stitchcli.embedding import ModelRef
+    from stitchcli.stitching import fit_head
+
+    settings = build_settings(locals(), anchor_model=model, seeds=str(seed))
+    progress, store, reporter = progress_and_store(cache_dir, quiet)
+    head, cached = fit_head(store, ModelRef(model), settings, seed=seed, out=out, force=force, reporter=reporter)
+    if cached:
+        progress.info(f"read the head from the cache: {head.path} (--force trains it again)")
+    else:
+        progress.info(f"saved the head: {head.path}" + (f" and {out}" if out is not None else ""))
+    config = head.config
+    training = head.training
+    if json_output:
+        print_json({**config, "path": str(head.path), "out": str(out) if out is not None else None, "cached": cached})
+        return
+    print_table(
+        f"Head of {model} on {dataset} ({config['num_anchors']} anchors {config['anchors']['name']!r}; seed {seed})",
+        ["projections", "aggregation", "transform", "train acc", "val acc", "epochs", "best epoch", "rows (train/val)", "path"],
+        [[
+            "+".join(config["projections"]),
+            config["aggregation"],
+            config["transform"],
+            f"{100 * training['train_accuracy']:.1f}",
+            f"{100 * training['val_accuracy']:.1f}",
+            training["epochs_run"],
+            training["best_epoch"],
+            f"{training['train_rows']}/{training['val_rows']}",
+            str(out if out is not None else head.path),
+        ]],
+        justify={"train acc": "right", "val acc": "right", "epochs": "right", "best epoch": "right"},
+        trailing="path",
+    )

@@ -1,0 +1,456 @@
+"""Heads: an aggregation plus a classifier trained on one model's representations, saved as safetensors + JSON.
+
+A *relative* head reads a product space (N, n, k): the aggregation φ of METHOD.md §3 (one LayerNorm per
+subspace, then concat, sum, mlp-sum or self-attention) followed by the classifier of METHOD.md §4,
+LayerNorm → Linear(in, h) → SiLU → Dropout → Linear(h, C). An *absolute* head is the same classifier on the
+raw latents (N, D); the absolute and latent-translation baselines use it.
+
+Training uses the decoder's training split only: a seeded class-stratified validation part of it picks the
+epoch (early stopping on validation accuracy), and the weights of the best epoch are kept.
+
+A saved head is one safetensors file (the module's tensors, the JSON config in the metadata) with the same
+config beside it as ``.json`` for people; :func:`load_head` reads the safetensors file alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from stitchcli.errors import UsageError
+from stitchcli.relative.aggregation import Aggregation, build_aggregation
+from stitchcli.store import METADATA_KEY, CorruptEntry, canonical_json, read_safetensors_header, write_safetensors
+
+HEAD_FORMAT = 1
+HEAD_KINDS = ("relative", "absolute")
+
+
+@dataclass(frozen=True)
+class HeadSettings:
+    """How a head is built and trained (METHOD.md §4 defaults)."""
+
+    hidden: int = 512
+    dropout: float = 0.1
+    epochs: int = 40
+    lr: float = 1e-3
+    batch_size: int = 256
+    weight_decay: float = 0.0
+    val_fraction: float = 0.1
+    patience: int = 5
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.hidden >= 1, f"--hidden must be a positive layer size, not {self.hidden}"),
+            (0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), not {self.dropout}"),
+            (self.epochs >= 1, f"--epochs must be at least 1, not {self.epochs}"),
+            (self.lr > 0, f"--lr must be positive, not {self.lr}"),
+            (self.batch_size >= 1, f"--batch-size must be positive, not {self.batch_size}"),
+            (self.weight_decay >= 0, f"--weight-decay must be 0 or more, not {self.weight_decay}"),
+            (0.0 < self.val_fraction < 1.0, f"--val-fraction must be between 0 and 1 (exclusive), not {self.val_fraction}"),
+            (self.patience >= 1, f"--patience must be at least 1 epoch, not {self.patience}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Give the settings as a JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HeadSettings:
+        """Give settings from a dict (unknown keys refused with the known ones named)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UsageError(f"unknown head setting {', '.join(unknown)}: use some of {', '.join(sorted(known))}")
+        return cls(**data)
+
+
+class Classifier(nn.Module):
+    """An optional aggregation, then LayerNorm → Linear(in, h) → SiLU → Dropout → Linear(h, C).
+
+    Attributes:
+        aggregation: the product-space aggregation (relative heads), or None (absolute heads).
+        mlp: the classifier.
+    """
+
+    def __init__(self, input_size: int, num_classes: int, *, hidden: int, dropout: float, aggregation: Aggregation | None = None) -> None:
+        super().__init__()
+        self.aggregation = aggregation
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(input_size),
+            nn.Linear(input_size, hidden),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Give the (N, C) logits of (N, n, k) product-space features, or of (N, D) latents without aggregation."""
+        if self.aggregation is not None:
+            features = self.aggregation(features)
+        return self.mlp(features)
+
+
+@dataclass
+class TrainingRecord:
+    """What training did: the curve, the chosen epoch and the accuracies of the kept weights."""
+
+    epochs_run: int
+    best_epoch: int
+    train_accuracy: float
+    val_accuracy: float
+    train_rows: int
+    val_rows: int
+    seconds: float
+    curve: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Give the record as a JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass
+class FittedHead:
+    """A trained head and the config that says what it reads.
+
+    Attributes:
+        module: the classifier (with its aggregation for relative heads), in eval mode.
+        config: the JSON config saved with it (kind, model, dataset, anchors, projections, aggregation,
+            transform, classes, settings, seed, training record, versions).
+        path: where it was saved, if it was.
+    """
+
+    module: Classifier
+    config: dict[str, Any]
+    path: Path | None = None
+
+    @property
+    def kind(self) -> str:
+        """``relative`` or ``absolute``."""
+        return str(self.config["kind"])
+
+    @property
+    def projections(self) -> tuple[str, ...]:
+        """The projections the head reads, in subspace order (empty for an absolute head)."""
+        return tuple(self.config.get("projections") or ())
+
+    @property
+    def num_classes(self) -> int:
+        """The number of classes it predicts."""
+        return int(self.config["num_classes"])
+
+    @property
+    def training(self) -> dict[str, Any]:
+        """The training record."""
+        return dict(self.config.get("training") or {})
+
+    def predict(self, features: torch.Tensor | np.ndarray, *, batch_size: int = 4096) -> np.ndarray:
+        """Give the predicted class of every row of ``features`` ((N, n, k) or (N, D)), in batches."""
+        return predict(self.module, features, batch_size=batch_size)
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+@torch.no_grad()
+def predict(module: nn.Module, features: torch.Tensor | np.ndarray, *, batch_size: int = 4096) -> np.ndarray:
+    """Give the arg-max class of ``module``'s logits for every row of ``features``, computed in batches."""
+    device = _device_of(module)
+    x = torch.as_tensor(features)
+    was_training = module.training
+    module.eval()
+    out = [module(x[i : i + batch_size].to(device=device, dtype=torch.float32)).argmax(dim=1).cpu() for i in range(0, len(x), batch_size)]
+    module.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Give (train positions, validation positions): about ``fraction`` of every class held out, seeded.
+
+    A class with at least two rows gives at least one row to validation and keeps at least one for
+    training; a class with a single row stays in training. Both arrays are sorted.
+    """
+    rng = np.random.default_rng(seed)
+    held: list[np.ndarray] = []
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        if len(rows) < 2:
+            continue
+        count = min(len(rows) - 1, max(1, int(round(fraction * len(rows)))))
+        held.append(rng.choice(rows, size=count, replace=False))
+    val = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
+    train = np.setdiff1d(np.arange(len(labels)), val)
+    return train, val
+
+
+def build_classifier(
+    kind: str,
+    num_classes: int,
+    settings: HeadSettings,
+    *,
+    input_dim: int | None = None,
+    aggregation: str | None = None,
+    num_subspaces: int | None = None,
+    num_anchors: int | None = None,
+    seed: int | None = None,
+) -> Classifier:
+    """Give a new (untrained) classifier: relative with an aggregation over (n, k), or absolute over D.
+
+    With ``seed`` the initial weights come from a generator seeded with it (torch's global random state is
+    left as it was); without, from the global state.
+    """
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_classifier(
+                kind, num_classes, settings, input_dim=input_dim, aggregation=aggregation,
+                num_subspaces=num_subspaces, num_anchors=num_anchors,
+            )
+    if kind == "relative":
+        if aggregation is None or num_subspaces is None or num_anchors is None:
+            raise ValueError("a relative head needs aggregation, num_subspaces and num_anchors")
+        phi = build_aggregation(aggregation, num_subspaces, num_anchors)
+        return Classifier(phi.output_size, num_classes, hidden=settings.hidden, dropout=settings.dropout, aggregation=phi)
+    if kind == "absolute":
+        if input_dim is None:
+            raise ValueError("an absolute head needs input_dim")
+        return Classifier(input_dim, num_classes, hidden=settings.hidden, dropout=settings.dropout)
+    raise ValueError(f"unknown head kind {kind!r}")
+
+
+def train_classifier(
+    module: Classifier,
+    features: torch.Tensor,
+    labels: np.ndarray,
+    settings: HeadSettings,
+    *,
+    seed: int,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainingRecord:
+    """Give the training record after training ``module`` in place on ``features`` with early stopping.
+
+    The validation part is a seeded class-stratified ``settings.val_fraction`` of the rows; training stops
+    after ``settings.patience`` epochs without a better validation accuracy (ties go to the lower validation
+    loss) and the module keeps the weights of its best epoch. Shuffling and dropout draw from generators
+    seeded with ``seed`` without touching torch's global random state.
+
+    Args:
+        module: a fresh classifier (see :func:`build_classifier`, whose ``seed`` fixes the initial weights).
+        features: (N, n, k) product-space values or (N, D) latents, on any device.
+        labels: (N,) class indices.
+        settings: the training settings.
+        seed: the seed of the validation split, shuffling and dropout.
+        device: where to train.
+        progress: called after every epoch with (epoch, its curve point).
+    """
+    started = time.perf_counter()
+    device = torch.device(device)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) != len(features):
+        raise ValueError(f"{len(features)} feature rows but {len(labels)} labels")
+    train_rows, val_rows = stratified_split(labels, settings.val_fraction, seed)
+    if len(val_rows) == 0:
+        raise UsageError(
+            f"a head needs a validation part for early stopping, and {len(labels)} training rows give none: "
+            "embed more rows (at least two of some class)"
+        )
+    x = torch.as_tensor(features).to(device=device, dtype=torch.float32)
+    y = torch.as_tensor(labels).to(device)
+    train_idx = torch.as_tensor(train_rows, device=device)
+    val_idx = torch.as_tensor(val_rows, device=device)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        module.to(device)
+        optimizer = torch.optim.Adam(module.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        shuffle = torch.Generator(device="cpu").manual_seed(seed)
+        loss_fn = nn.CrossEntropyLoss()
+        best: tuple[float, float] = (-1.0, float("inf"))
+        best_state: dict[str, torch.Tensor] = copy.deepcopy(module.state_dict())
+        best_epoch, stale = 0, 0
+        curve: list[dict[str, float]] = []
+        for epoch in range(1, settings.epochs + 1):
+            module.train()
+            order = train_idx[torch.randperm(len(train_idx), generator=shuffle).to(device)]
+            total_loss, correct = 0.0, 0
+            for start in range(0, len(order), settings.batch_size):
+                batch = order[start : start + settings.batch_size]
+                logits = module(x[batch])
+                loss = loss_fn(logits, y[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total_loss += float(loss.detach()) * len(batch)
+                correct += int((logits.argmax(dim=1) == y[batch]).sum())
+            val_loss, val_accuracy = _evaluate(module, x, y, val_idx, loss_fn, settings.batch_size)
+            point = {
+                "epoch": epoch,
+                "train_loss": round(total_loss / len(order), 6),
+                "train_accuracy": round(correct / len(order), 6),
+                "val_loss": round(val_loss, 6),
+                "val_accuracy": round(val_accuracy, 6),
+            }
+            curve.append(point)
+            if progress is not None:
+                progress(epoch, point)
+            if (val_accuracy, -val_loss) > (best[0], -best[1]):
+                best, best_epoch, stale = (val_accuracy, val_loss), epoch, 0
+                best_state = copy.deepcopy(module.state_dict())
+            else:
+                stale += 1
+                if stale >= settings.patience:
+                    break
+    module.load_state_dict(best_state)
+    module.eval()
+    _, train_accuracy = _evaluate(module, x, y, train_idx, loss_fn, settings.batch_size)
+    return TrainingRecord(
+        epochs_run=len(curve),
+        best_epoch=best_epoch,
+        train_accuracy=round(train_accuracy, 6),
+        val_accuracy=round(best[0], 6),
+        train_rows=len(train_rows),
+        val_rows=len(val_rows),
+        seconds=round(time.perf_counter() - started, 3),
+        curve=curve,
+    )
+
+
+@torch.no_grad()
+def _evaluate(module: nn.Module, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, loss_fn: nn.Module, batch_size: int) -> tuple[float, float]:
+    """Give (mean loss, accuracy) of ``module`` in eval mode on the given rows."""
+    was_training = module.training
+    module.eval()
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(rows), max(batch_size, 1024)):
+        batch = rows[start : start + max(batch_size, 1024)]
+        logits = module(x[batch])
+        total_loss += float(loss_fn(logits, y[batch])) * len(batch)
+        correct += int((logits.argmax(dim=1) == y[batch]).sum())
+    module.train(was_training)
+    return total_loss / len(rows), correct / len(rows)
+
+
+# ----- identity, saving and loading ---------------------------------------------------------------
+
+
+def head_digest(identity: dict[str, Any]) -> str:
+    """Give the short digest of what defines a head (its inputs and training settings) for cache file names."""
+    import hashlib
+
+    return hashlib.sha256(canonical_json({"format": HEAD_FORMAT, **identity}).encode()).hexdigest()[:20]
+
+
+def save_head(path: str | Path, head: FittedHead) -> Path:
+    """Give the path the head was written to: safetensors (tensors + config), and the config as ``.json`` beside it."""
+    path = Path(path).expanduser()
+    if path.suffix != ".safetensors":
+        path = path.with_name(path.name + ".safetensors")
+    state = {name: tensor.detach().cpu().contiguous().numpy() for name, tensor in head.module.state_dict().items()}
+    write_safetensors(path, state, head.config)
+    sidecar = path.with_suffix(".json")
+    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
+    tmp.write_text(json.dumps(head.config, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(sidecar)
+    head.path = path
+    return path
+
+
+def load_head(path: str | Path, *, device: torch.device | str = "cpu") -> FittedHead:
+    """Give the head saved at ``path`` (a ``.safetensors`` file written by :func:`save_head`).
+
+    Raises:
+        UsageError: the file is missing, unreadable, not a stitchcli head, or from another head format.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file() and path.with_suffix(".safetensors").is_file():
+        path = path.with_suffix(".safetensors")
+    if not path.is_file():
+        raise UsageError(f"head file {str(path)!r} does not exist: train one with `stitchcli fit-head --out FILE`")
+    try:
+        config, shapes, _ = read_safetensors_header(path)
+    except CorruptEntry as exc:
+        raise UsageError(f"cannot read head {str(path)!r}: {exc}") from None
+    if config.get("format") != HEAD_FORMAT or config.get("kind") not in HEAD_KINDS:
+        raise UsageError(
+            f"{str(path)!r} is not a stitchcli head of format {HEAD_FORMAT} "
+            f"(kind {config.get('kind')!r}, format {config.get('format')!r}): train it again with `stitchcli fit-head`"
+        )
+    try:
+        settings = HeadSettings.from_dict(dict(config["settings"]))
+        module = build_classifier(
+            config["kind"],
+            int(config["num_classes"]),
+            settings,
+            input_dim=config.get("input_dim"),
+            aggregation=config.get("aggregation"),
+            num_subspaces=len(config.get("projections") or ()) or None,
+            num_anchors=config.get("num_anchors"),
+        )
+        from safetensors.torch import load_file
+
+        module.load_state_dict(load_file(str(path)), strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError, UsageError) as exc:
+        raise UsageError(f"head {str(path)!r} is damaged or inconsistent with its config: {str(exc).splitlines()[0]}") from None
+    module.to(device).eval()
+    return FittedHead(module, config, path)
+
+
+def check_head(
+    head: FittedHead,
+    *,
+    dataset_id: str | None = None,
+    dataset_fingerprint: str | None = None,
+    num_classes: int | None = None,
+    model: str | None = None,
+    anchor_ids: Sequence[int] | None = None,
+    anchors_name: str | None = None,
+    projections: Sequence[str] | None = None,
+    aggregation: str | None = None,
+    transform: str | None = None,
+) -> None:
+    """Refuse a head that was trained for other data, anchors, projections or classes than requested.
+
+    ``None`` means "not requested": whatever the head has is fine. Raises UsageError naming the mismatch.
+    """
+    config = head.config
+    where = str(head.path) if head.path else "the head"
+    if dataset_id is not None and config.get("dataset_id") != dataset_id:
+        raise UsageError(
+            f"head {where} was trained on dataset {config.get('dataset_id')!r}, not the requested {dataset_id!r}: "
+            "train one on this dataset with `stitchcli fit-head`"
+        )
+    if dataset_fingerprint is not None and config.get("dataset_fingerprint") != dataset_fingerprint:
+        raise UsageError(f"the data of {config.get('dataset')!r} changed since head {where} was trained: train it again with `stitchcli fit-head`")
+    if num_classes is not None and head.num_classes != num_classes:
+        raise UsageError(f"head {where} predicts {head.num_classes} classes but the dataset has {num_classes}: train one on this dataset")
+    if model is not None and config.get("model") != model:
+        raise UsageError(f"head {where} was trained on {config.get('model')!r}'s latents, not {model!r}'s: pass {config.get('model')} as the decoder")
+    if head.kind != "relative":
+        return
+    head_anchors = config.get("anchors") or {}
+    if anchor_ids is not None and [int(i) for i in head_anchors.get("ids") or []] != [int(i) for i in anchor_ids]:
+        raise UsageError(
+            f"head {where} was trained with anchors {head_anchors.get('name')!r}, not the requested {anchors_name!r}: "
+            "drop --anchors to use the head's own, or train a head with these anchors"
+        )
+    if projections is not None and tuple(projections) != head.projections:
+        raise UsageError(
+            f"head {where} reads projections {','.join(head.projections)}, not the requested {','.join(projections)}: "
+            "drop --projection to use the head's own, or train a head for these"
+        )
+    if aggregation is not None and config.get("aggregation") != aggregation:
+        raise UsageError(f"head {where} aggregates with {config.get('aggregation')!r}, not the requested {aggregation!r}: drop --aggregation or train a head for it")
+    if transform is not None and config.get("transform") != transform:
+        raise UsageError(f"head {where} was trained with --transform {config.get('transform')}, not {transform}: drop --transform or train a head for it")

@@ -1,0 +1,105 @@
+"""Heatmap PNGs of stitching matrices and similarity tables (matplotlib, imported only here)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from stitchcli.errors import UsageError
+
+if TYPE_CHECKING:
+    from stitchcli.stitching import StitchReport
+
+
+def require_matplotlib():
+    """Give matplotlib's pyplot (drawing to files only); UsageError naming the install command when missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display needed, none opened
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install matplotlib (or the demo extra)") from None
+    return plt
+
+
+def _file_name(*parts: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", "-".join(part for part in parts if part)).strip("_") + ".png"
+
+
+def heatmap(
+    path: Path,
+    values: Sequence[Sequence[float | None]],
+    row_labels: Sequence[str],
+    column_labels: Sequence[str],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    scale: float = 1.0,
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+) -> Path:
+    """Give the path of a PNG heatmap of ``values`` (None cells left blank), each cell annotated."""
+    import numpy as np
+
+    plt = require_matplotlib()
+    grid = np.array([[np.nan if v is None else float(v) for v in row] for row in values], dtype=float)
+    width = max(4.0, 1.1 * len(column_labels) + 2.5)
+    height = max(3.0, 0.6 * len(row_labels) + 2.0)
+    figure, axes = plt.subplots(figsize=(width, height))
+    image = axes.imshow(grid, vmin=vmin, vmax=vmax, cmap="viridis")
+    axes.set_xticks(range(len(column_labels)), labels=list(column_labels), rotation=30, ha="right")
+    axes.set_yticks(range(len(row_labels)), labels=list(row_labels))
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title, fontsize=10)
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            if not np.isnan(grid[i, j]):
+                bright = (grid[i, j] - vmin) / max(vmax - vmin, 1e-12) > 0.6
+                axes.text(j, i, f"{scale * grid[i, j]:.1f}" if scale != 1 else f"{grid[i, j]:.2f}",
+                          ha="center", va="center", fontsize=8, color="black" if bright else "white")
+    figure.colorbar(image, ax=axes)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def write_plots(folder: str | Path, reports: Sequence[StitchReport]) -> list[Path]:
+    """Give the PNGs written to ``folder``: one stitching matrix per dataset and setting, one similarity map per measure."""
+    from stitchcli.cli.report import setting_label
+    from stitchcli.stitching import stitching_matrix
+
+    require_matplotlib()
+    folder = Path(folder).expanduser()
+    written: list[Path] = []
+    for report in reports:
+        names = [model["name"] for model in report.models]
+        dataset = Path(report.dataset).name or report.dataset
+        for setting in dict.fromkeys(row.setting for row in report.rows):
+            method, projections, aggregation = setting
+            label = setting_label(projections, aggregation, method)
+            name = _file_name("stitching", dataset, method, "+".join(projections), aggregation or "")
+            written.append(heatmap(
+                folder / name, stitching_matrix(report, setting, names), names, names,
+                title=f"{dataset}: {label}, accuracy %", xlabel="decoder", ylabel="encoder", scale=100,
+            ))
+        if not report.similarity:
+            continue
+        pairs = list(dict.fromkeys(f"{r.model_a} / {r.model_b}" for r in report.similarity))
+        spaces = list(dict.fromkeys(r.projection for r in report.similarity))
+        for measure in ("cka", "jaccard", "mrr", "cosine"):
+            lookup = {(f"{r.model_a} / {r.model_b}", r.projection): getattr(r, measure) for r in report.similarity}
+            if all(value is None for value in lookup.values()):
+                continue
+            grid = [[lookup.get((pair, space)) for space in spaces] for pair in pairs]
+            written.append(heatmap(
+                folder / _file_name("similarity", dataset, measure), grid, pairs, spaces,
+                title=f"{dataset}: {measure} of the {report.split} representations", xlabel="space", ylabel="model pair",
+                vmin=-1.0 if measure == "cosine" else 0.0,
+            ))
+    return written
