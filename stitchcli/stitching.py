@@ -262,6 +262,11 @@ def ensure_anchors(
             raise UsageError(f"anchors {manifest.name!r} hold {manifest.num} anchors, not the --num-anchors {settings.num_anchors} requested: drop one of the two")
         return manifest
     num = settings.num_anchors
+    if num is not None and num > train.rows:
+        raise UsageError(
+            f"--num-anchors {num} is more than the {train.rows} rows of the training split {settings.train_split!r}: "
+            f"ask for at most {train.rows}"
+        )
     if num is None:
         num = min(DEFAULT_NUM, train.rows)
         if num < DEFAULT_NUM:
@@ -961,11 +966,12 @@ def fit_head(
     out: str | Path | None = None,
     force: bool = False,
     reporter: Reporter | None = None,
-) -> tuple[FittedHead, bool]:
-    """Give (the relative head of ``model`` for the settings' product and first aggregation, whether it was cached).
+) -> tuple[FittedHead, bool, Path | None]:
+    """Give (the relative head of ``model``, whether it came from the cache, the file it was also written to).
 
     The head reads all of ``settings.projections`` with ``settings.aggregations[0]``; it is cached like the
-    heads ``stitch`` trains (so ``stitch`` reuses it) and also written to ``out`` when given.
+    heads ``stitch`` trains (so ``stitch`` reuses it) and also written to ``out`` (``.safetensors`` added
+    when missing, the config beside it as ``.json``) when given.
     """
     from stitchcli.device import resolve_device
 
@@ -980,14 +986,21 @@ def fit_head(
     def features() -> torch.Tensor:
         return product_values(view.train.embeddings, view.anchors, projections, settings.transform, device)
 
-    reporter.info(f"training a {settings.aggregations[0]} head on {model.name}'s {','.join(projections)} product space ({view.train.rows} rows, {data.manifest.num} anchors)")
+    def train_features() -> torch.Tensor:
+        reporter.info(
+            f"training a {settings.aggregations[0]} head on {model.name}'s {','.join(projections)} product space "
+            f"({view.train.rows} rows, {data.manifest.num} anchors)"
+        )
+        return features()
+
     head, hit = obtain_head(store, data, view, HeadRequest("relative", projections, settings.aggregations[0], seed), settings,
-                            features, device, reporter=reporter, force=force)
+                            train_features, device, reporter=reporter, force=force)
+    written = None
     if out is not None:
         cached_path = head.path
-        save_head(out, head)
+        written = save_head(out, head)
         head.path = cached_path
-    return head, hit
+    return head, hit, written
 
 
 def stitching_matrix(report: StitchReport, setting: tuple[str, tuple[str, ...], str | None], names: Iterable[str], metric: str = "accuracy") -> list[list[float | None]]:

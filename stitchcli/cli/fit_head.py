@@ -56,15 +56,17 @@ def fit_head_command(
 
     settings = build_settings(locals(), anchor_model=model, seeds=str(seed))
     progress, store, reporter = progress_and_store(cache_dir, quiet)
-    head, cached = fit_head(store, ModelRef(model), settings, seed=seed, out=out, force=force, reporter=reporter)
+    head, cached, written = fit_head(store, ModelRef(model), settings, seed=seed, out=out, force=force, reporter=reporter)
     if cached:
         progress.info(f"read the head from the cache: {head.path} (--force trains it again)")
     else:
-        progress.info(f"saved the head: {head.path}" + (f" and {out}" if out is not None else ""))
+        progress.info(f"saved the head: {head.path}")
+    if written is not None:
+        progress.info(f"wrote {written} and {written.with_suffix('.json')}")
     config = head.config
     training = head.training
     if json_output:
-        print_json({**config, "path": str(head.path), "out": str(out) if out is not None else None, "cached": cached})
+        print_json({**config, "path": str(head.path), "out": str(written) if written is not None else None, "cached": cached})
         return
     print_table(
         f"Head of {model} on {dataset} ({config['num_anchors']} anchors {config['anchors']['name']!r}; seed {seed})",
@@ -78,7 +80,7 @@ def fit_head_command(
             training["epochs_run"],
             training["best_epoch"],
             f"{training['train_rows']}/{training['val_rows']}",
-            str(out if out is not None else head.path),
+            str(written or head.path),
         ]],
         justify={"train acc": "right", "val acc": "right", "epochs": "right", "best epoch": "right"},
         trailing="path",
