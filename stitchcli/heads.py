@@ -305,13 +305,14 @@ def train_classifier(
             curve.append(point)
             if progress is not None:
                 progress(epoch, point)
+            # Patience counts epochs without a better accuracy; the loss only breaks ties in which weights to keep
+            # (on easy data it keeps falling long after the accuracy stopped rising).
+            stale = 0 if val_accuracy > best[0] else stale + 1
             if (val_accuracy, -val_loss) > (best[0], -best[1]):
-                best, best_epoch, stale = (val_accuracy, val_loss), epoch, 0
+                best, best_epoch = (val_accuracy, val_loss), epoch
                 best_state = copy.deepcopy(module.state_dict())
-            else:
-                stale += 1
-                if stale >= settings.patience:
-                    break
+            if stale >= settings.patience:
+                break
     module.load_state_dict(best_state)
     module.eval()
     _, train_accuracy = _evaluate(module, x, y, train_idx, loss_fn, settings.batch_size)
@@ -374,8 +375,10 @@ def load_head(path: str | Path, *, device: torch.device | str = "cpu") -> Fitted
         UsageError: the file is missing, unreadable, not a stitchcli head, or from another head format.
     """
     path = Path(path).expanduser()
-    if not path.is_file() and path.with_suffix(".safetensors").is_file():
-        path = path.with_suffix(".safetensors")
+    if not path.is_file():
+        # save_head adds the suffix to the whole name ("heads/mnist.lite0" -> "mnist.lite0.safetensors")
+        candidates = (path.with_name(path.name + ".safetensors"), path.with_suffix(".safetensors"))
+        path = next((candidate for candidate in candidates if candidate.is_file()), path)
     if not path.is_file():
         raise UsageError(f"head file {str(path)!r} does not exist: train one with `stitchcli fit-head --out FILE`")
     try:

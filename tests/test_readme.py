@@ -30,10 +30,17 @@ def test_readme_python_examples_run(cache_dir, image_folder, monkeypatch):
     text = (ROOT / "README.md").read_text()
     code = "\n".join(re.findall(r"```python\n(.*?)```", text, flags=re.S))
     assert "relative_projection" in code and "embed(" in code
-    small = code.replace('"resnet18"', '"test_vit"').replace("limit=1000", "limit=12").replace("num=1280", "num=6")
+    small = (
+        code.replace('"resnet18"', '"test_vit"').replace('"efficientnet_b0"', '"test_efficientnet"')
+        .replace("limit=1000", "limit=12").replace("num=1280", "num=6").replace("epochs=40", "epochs=2")
+    )
     monkeypatch.chdir(image_folder.parent)  # the examples read ./images
     namespace: dict[str, object] = {}
     exec(compile(small, "README.md", "exec"), namespace)
     assert tuple(namespace["rel"].shape) == (12, 6)
     assert tuple(namespace["space"].values.shape) == (12, 4, 6)
     assert tuple(namespace["features"].shape) == (12, 6)
+    rows = namespace["report"].rows
+    assert {row.method for row in rows} == {"relative", "absolute", "translation"}
+    assert all(row.accuracy is None or 0.0 <= row.accuracy <= 1.0 for row in rows)
+    assert len(namespace["sweep"].similarity) == 5  # one model pair: four projections and the absolute latents

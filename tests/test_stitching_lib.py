@@ -1,0 +1,295 @@
+"""The stitching library without the CLI: latent translation, settings, reports, and sweeps on imported arrays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from data_fixtures import _write_csv
+from test_heads import one_torch_thread  # noqa: F401 - the autouse fixture applies here too
+
+from stitchcli.embedding import ModelRef, embed
+from stitchcli.errors import UsageError
+from stitchcli.heads import HeadSettings
+from stitchcli.stitching import (
+    LatentTranslation,
+    StitchReport,
+    StitchRow,
+    StitchSettings,
+    evaluate,
+    stitch,
+    stitching_matrix,
+)
+from stitchcli.store import EmbeddingStore
+
+
+def random_orthogonal(rows: int, cols: int, seed: int) -> np.ndarray:
+    """Give a (rows, cols) matrix with orthonormal rows (rows <= cols) or columns (rows >= cols)."""
+    q = np.linalg.qr(np.random.default_rng(seed).normal(size=(max(rows, cols), min(rows, cols))))[0]
+    return q if rows >= cols else q.T
+
+
+# ----- latent translation ---------------------------------------------------------------------------
+
+
+def test_translation_recovers_an_orthogonal_map_with_scale_and_shift():
+    rng = np.random.default_rng(0)
+    q, scale, shift = random_orthogonal(8, 8, seed=1), 2.5, rng.normal(size=8) * 3
+    source = rng.normal(size=(40, 8))  # k = 40 anchors > d = 8
+    translation = LatentTranslation.fit(source, source @ q * scale + shift)
+    np.testing.assert_allclose(translation.rotation, q, atol=1e-6)
+    np.testing.assert_allclose(translation.target_scale / translation.source_scale, scale, rtol=1e-6)
+    samples = rng.normal(size=(25, 8))
+    mapped = translation(samples)
+    assert mapped.dtype == np.float32 and mapped.shape == (25, 8)
+    np.testing.assert_allclose(mapped, samples @ q * scale + shift, atol=1e-5)
+
+
+def test_translation_into_a_larger_space_is_exact():
+    rng = np.random.default_rng(2)
+    w, shift = random_orthogonal(8, 12, seed=3), rng.normal(size=12)
+    np.testing.assert_allclose(w @ w.T, np.eye(8), atol=1e-12)
+    source = rng.normal(size=(30, 8))
+    translation = LatentTranslation.fit(source.astype(np.float32), (source @ w + shift).astype(np.float32))
+    assert translation.rotation.shape == (8, 12)
+    samples = rng.normal(size=(10, 8))
+    mapped = translation(samples)
+    assert mapped.dtype == np.float32 and mapped.shape == (10, 12)
+    np.testing.assert_allclose(mapped, samples @ w + shift, atol=1e-5)
+
+
+def test_translation_needs_the_same_anchors_in_both_spaces():
+    with pytest.raises(UsageError, match="same anchors"):
+        LatentTranslation.fit(np.zeros((10, 4)), np.zeros((9, 4)))
+
+
+# ----- settings --------------------------------------------------------------------------------------
+
+
+def test_default_settings_pass_the_check():
+    StitchSettings(dataset="x").check()
+    StitchSettings(dataset="x", anchor_strategy="fps", anchor_model="A").check()
+    StitchSettings(dataset="x", split="validation", train_split="train", baselines=()).check()
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"projections": ("cosin",)}, "unknown projection 'cosin' \\(did you mean 'cosine'\\?\\)"),
+        ({"aggregations": ("mlp_sum",)}, "unknown aggregation 'mlp_sum' \\(did you mean 'mlp-sum'\\?\\)"),
+        ({"transform": "centre"}, "unknown transform 'centre' \\(did you mean 'center'\\?\\)"),
+        ({"baselines": ("translate",)}, "unknown baseline 'translate' \\(did you mean 'translation'\\?\\)"),
+        ({"metrics": ("jacard",)}, "unknown metric 'jacard' \\(did you mean 'jaccard'\\?\\)"),
+        ({"anchor_strategy": "kmean"}, "unknown anchor strategy 'kmean'.*kmeans"),
+        ({"projections": ("cosine", "l1", "cosine")}, "--projection lists a value twice"),
+        ({"aggregations": ("sum", "sum")}, "--aggregation lists a value twice"),
+        ({"seeds": (0, 1, 0)}, "--seeds lists a value twice"),
+        ({"projections": ()}, "--projection lists nothing"),
+        ({"aggregations": ()}, "--aggregation lists nothing"),
+        ({"seeds": ()}, "--seeds lists nothing"),
+        ({"seeds": (0, -1)}, "seeds must be 0 or more"),
+        ({"anchor_seed": -1}, "seeds must be 0 or more"),
+        ({"embed_seed": -2}, "seeds must be 0 or more"),
+        ({"limit": 0}, "--limit must be a positive"),
+        ({"num_anchors": 0}, "--num-anchors must be a positive"),
+        ({"k": 0}, "--k must be at least 1"),
+        ({"split": "train"}, "--split and --train-split are both 'train'"),
+        ({"train_split": "validation", "split": "test"}, "--train-split 'validation' looks like evaluation data"),
+        ({"anchor_strategy": "fps"}, "--anchor-model"),
+        ({"dataset_options": {"input_col": "text"}}, "unknown dataset option input_col"),
+    ],
+)
+def test_settings_check_refuses(options, match):
+    with pytest.raises(UsageError, match=match):
+        StitchSettings(dataset="x", **options).check()
+
+
+def test_projection_sets_give_each_projection_then_the_product():
+    four = ("cosine", "euclidean", "l1", "linf")
+    assert StitchSettings(dataset="x").projection_sets() == [("cosine",), ("euclidean",), ("l1",), ("linf",), four]
+    assert StitchSettings(dataset="x", singles=False).projection_sets() == [four]
+    assert StitchSettings(dataset="x", projections=("l1", "cosine"), singles=False).projection_sets() == [("l1", "cosine")]
+    for singles in (True, False):
+        assert StitchSettings(dataset="x", projections=("l1",), singles=singles).projection_sets() == [("l1",)]
+
+
+# ----- reports -----------------------------------------------------------------------------------------
+
+COSINE = ("relative", ("cosine",), "mlp-sum")
+
+
+def make_row(encoder: str, decoder: str, accuracy: float | None, macro_f1: float | None = None, *, method: str = "relative") -> StitchRow:
+    relative = method == "relative"
+    return StitchRow(
+        encoder, decoder, method, ["cosine"] if relative else [], "mlp-sum" if relative else None, encoder != decoder,
+        accuracy, 0.0 if accuracy is not None else None, macro_f1, 0.0 if macro_f1 is not None else None, [0],
+        note=None if accuracy is not None else "not defined",
+    )
+
+
+@pytest.fixture
+def hand_made_report() -> StitchReport:
+    rows = [
+        make_row("A", "A", 0.8, 0.7),
+        make_row("B", "B", 0.6, 0.5),
+        make_row("A", "B", 0.5, 0.4),
+        make_row("B", "A", 0.3, 0.1),
+        make_row("C", "A", None),
+        make_row("A", "A", 0.9, 0.9, method="absolute"),
+        make_row("A", "B", None, method="absolute"),
+    ]
+    return StitchReport(dataset="toy", dataset_id="local:toy", split="test", train_split="train", anchors={}, models=[], settings={}, rows=rows)
+
+
+def test_summary_gives_mean_and_population_std_of_defined_rows(hand_made_report):
+    relative, absolute = hand_made_report.summary()
+    assert (relative["method"], relative["projections"], relative["aggregation"]) == ("relative", ["cosine"], "mlp-sum")
+    assert relative["reference_accuracy"] == pytest.approx(0.7) and relative["reference_accuracy_std"] == pytest.approx(0.1)
+    assert relative["reference_macro_f1"] == pytest.approx(0.6) and relative["reference_macro_f1_std"] == pytest.approx(0.1)
+    assert relative["stitched_accuracy"] == pytest.approx(0.4) and relative["stitched_accuracy_std"] == pytest.approx(0.1)
+    assert relative["stitched_macro_f1"] == pytest.approx(0.25) and relative["stitched_macro_f1_std"] == pytest.approx(0.15)
+    assert (relative["reference_pairs"], relative["stitched_pairs"]) == (2, 2)  # the undefined C→A row is not a pair
+    assert absolute["method"] == "absolute" and absolute["reference_accuracy"] == pytest.approx(0.9)
+    assert absolute["stitched_accuracy"] is None and absolute["stitched_accuracy_std"] is None
+    assert (absolute["reference_pairs"], absolute["stitched_pairs"]) == (1, 0)
+
+
+def test_stitching_matrix_is_encoder_by_decoder(hand_made_report):
+    names = ["A", "B", "C"]
+    assert stitching_matrix(hand_made_report, COSINE, names) == [[0.8, 0.5, None], [0.3, 0.6, None], [None, None, None]]
+    assert stitching_matrix(hand_made_report, COSINE, ["B", "A"], "macro_f1") == [[0.5, 0.1], [0.4, 0.7]]
+    assert stitching_matrix(hand_made_report, ("absolute", (), None), ["A", "B"]) == [[0.9, None], [None, None]]
+    assert stitching_matrix(hand_made_report, ("translation", (), None), ["A"]) == [[None]]
+
+
+# ----- sweeps on imported arrays ------------------------------------------------------------------------
+
+CLASSES, DIM = 3, 16
+PER_CLASS = {"train": 60, "test": 20}
+
+
+@pytest.fixture
+def clusters(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """Give a CSV dataset folder (rows in class order) and Gaussian-cluster latents Z of its rows, per split.
+
+    The clusters overlap: a head reaches about 70-90% on the test split, so equal accuracies mean something.
+    """
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(CLASSES, DIM)) * 0.6
+    root = tmp_path / "clusters"
+    root.mkdir()
+    latents = {}
+    for split, per_class in PER_CLASS.items():
+        labels = np.repeat(np.arange(CLASSES), per_class)
+        latents[split] = (means[labels] + rng.normal(size=(len(labels), DIM))).astype(np.float32)
+        _write_csv(root / f"{split}.csv", [(f"{split} row {i}", f"class{c}") for i, c in enumerate(labels)])
+    return root, latents
+
+
+def import_model(store: EmbeddingStore, dataset: Path, name: str, latents: dict[str, np.ndarray]) -> ModelRef:
+    """Import one model's latents of every split (row i of an array is row i of the CSV) and give its ref."""
+    files = []
+    for split, values in latents.items():
+        path = dataset.parent / f"{name}-{split}.npy"
+        np.save(path, values.astype(np.float32))
+        files.append(f"{split}={path}")
+    embed([name], str(dataset), list(latents), store=store, from_array=files)
+    return ModelRef(name)
+
+
+def invariant_twin(latents: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Give Z @ Q * 3 + t of every split (Q a random orthogonal map): centred cosine and normalised euclidean do not change."""
+    q, shift = random_orthogonal(DIM, DIM, seed=5), np.random.default_rng(6).normal(size=DIM) * 5
+    return {split: z @ q * 3 + shift for split, z in latents.items()}
+
+
+def sweep_settings(dataset: Path) -> StitchSettings:
+    return StitchSettings(
+        dataset=str(dataset), seeds=(0,), projections=("cosine", "euclidean"), num_anchors=48, transform="center",
+        head=HeadSettings(epochs=5, hidden=64, batch_size=32),
+    )
+
+
+def rows_by(report: StitchReport) -> dict[tuple, StitchRow]:
+    return {(row.encoder, row.decoder, row.setting): row for row in report.rows}
+
+
+def test_stitch_through_an_invariance_matches_the_reference_and_reuses_its_heads(clusters, tmp_path):
+    dataset, z = clusters
+    store = EmbeddingStore(tmp_path / "cache")
+    a, b = import_model(store, dataset, "A", z), import_model(store, dataset, "B", invariant_twin(z))
+    settings = sweep_settings(dataset)
+    report = stitch(store, a, b, settings)
+    rows = rows_by(report)
+    relative_sets = [("relative", s, "mlp-sum") for s in settings.projection_sets()]
+    assert len(report.rows) == 2 * (len(relative_sets) + 2)
+    assert (report.heads_trained, report.heads_cached) == (len(relative_sets) + 1, 0)
+    for setting in relative_sets:
+        reference, stitched = rows[("B", "B", setting)], rows[("A", "B", setting)]
+        assert 0.5 < reference.accuracy < 1.0, setting  # not trivial: equality below says something
+        assert (stitched.accuracy, stitched.macro_f1, stitched.per_seed) == (reference.accuracy, reference.macro_f1, reference.per_seed)
+        assert stitched.stitched and not reference.stitched
+    reference = rows[("B", "B", ("absolute", (), None))]
+    assert 0.5 < reference.accuracy < 1.0
+    assert rows[("A", "B", ("translation", (), None))].accuracy == reference.accuracy
+    assert rows[("A", "B", ("absolute", (), None))].accuracy < reference.accuracy - 0.25
+
+    again = stitch(store, a, b, settings)
+    assert (again.heads_trained, again.heads_cached) == (0, report.heads_trained)
+    assert [row.to_dict() for row in again.rows] == [row.to_dict() for row in report.rows]
+
+
+def test_stitch_and_evaluate_refuse_too_few_models(clusters, tmp_path):
+    dataset, _ = clusters
+    store = EmbeddingStore(tmp_path / "cache")
+    with pytest.raises(UsageError, match="stitching needs two models"):
+        stitch(store, ModelRef("A"), ModelRef("A"), sweep_settings(dataset))
+    with pytest.raises(UsageError, match="at least two"):
+        evaluate(store, [ModelRef("A")], sweep_settings(dataset))
+
+
+def test_evaluate_gives_every_pair_and_the_similarity_table(clusters, tmp_path):
+    dataset, z = clusters
+    store = EmbeddingStore(tmp_path / "cache")
+    rng = np.random.default_rng(7)
+    warped = {split: np.tanh(v[:, :12]) + 0.3 * rng.normal(size=(len(v), 12)) for split, v in z.items()}  # 12-d, not invariant
+    models = [import_model(store, dataset, "A", z), import_model(store, dataset, "B", invariant_twin(z)), import_model(store, dataset, "C", warped)]
+    settings = sweep_settings(dataset)
+    report = evaluate(store, models, settings)
+
+    names = ["A", "B", "C"]
+    settings_seen = {row.setting for row in report.rows}
+    relative_sets = {("relative", s, "mlp-sum") for s in settings.projection_sets()}
+    assert settings_seen == relative_sets | {("absolute", (), None), ("translation", (), None)}
+    assert len(report.rows) == len(settings_seen) * 9
+    for setting in settings_seen:
+        pairs = [(row.encoder, row.decoder) for row in report.rows if row.setting == setting]
+        assert sorted(pairs) == [(e, d) for e in names for d in names]
+    assert all(row.stitched == (row.encoder != row.decoder) for row in report.rows)
+    assert report.heads_trained == 3 * (len(relative_sets) + 1)
+
+    rows = rows_by(report)
+    for setting in relative_sets:  # A and B see the same relative representation
+        assert rows[("A", "B", setting)].accuracy == rows[("B", "B", setting)].accuracy
+        assert rows[("B", "A", setting)].accuracy == rows[("A", "A", setting)].accuracy
+    absolute = ("absolute", (), None)
+    for encoder, decoder in (("A", "C"), ("C", "A"), ("B", "C"), ("C", "B")):
+        row = rows[(encoder, decoder, absolute)]
+        assert row.accuracy is None and "not defined" in row.note
+    assert rows[("C", "C", absolute)].accuracy is not None
+    assert next(s for s in report.summary() if s["method"] == "absolute")["stitched_pairs"] == 2
+    matrix = stitching_matrix(report, ("relative", ("cosine",), "mlp-sum"), names)
+    assert [matrix[i][i] for i in range(3)] == [rows[(n, n, ("relative", ("cosine",), "mlp-sum"))].accuracy for n in names]
+
+    similarity = {(row.model_a, row.model_b, row.projection): row for row in report.similarity}
+    assert set(similarity) == {(a, b, p) for a, b in (("A", "B"), ("A", "C"), ("B", "C")) for p in ("cosine", "euclidean", "absolute")}
+    for projection in ("cosine", "euclidean", "absolute"):
+        assert similarity[("A", "B", projection)].cka == pytest.approx(1.0, abs=1e-6)
+        assert similarity[("A", "C", projection)].cka < 0.95
+    for projection in ("cosine", "euclidean"):
+        assert similarity[("A", "B", projection)].jaccard == pytest.approx(1.0)
+        assert similarity[("A", "B", projection)].mrr == pytest.approx(1.0)
+    assert similarity[("A", "B", "cosine")].cosine == pytest.approx(1.0, abs=1e-6)
+    assert similarity[("A", "C", "absolute")].mrr is None and similarity[("A", "C", "absolute")].cosine is None
+    assert all(row.rows == CLASSES * PER_CLASS["test"] for row in report.similarity)
