@@ -535,6 +535,9 @@ def choose_anchors(
     if name is not None:
         check_anchor_name(name)
 
+    from stitchcli.demo import prepare_packaged
+
+    dataset = prepare_packaged(store, dataset, [model] if model else [], reporter)
     data = resolve_dataset(dataset, input_column=input_column, label_column=label_column, revision=dataset_revision)
     given = {"input_column": input_column, "label_column": label_column, "dataset_revision": dataset_revision}
     dataset_options = {k: v for k, v in given.items() if v is not None}

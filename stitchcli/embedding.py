@@ -515,9 +515,11 @@ def embed(
     resumable shards.
     """
     from stitchcli.data import load_split, resolve_dataset
+    from stitchcli.demo import prepare_packaged
 
     options = options or EmbedOptions()
     reporter = reporter or Reporter()
+    dataset = prepare_packaged(store, dataset, models, reporter)
     if not models:
         raise UsageError("no model given: pass --model NAME (a timm name, openclip:ARCH/TAG, a hub id or a local folder)")
     if len(set(models)) != len(models):

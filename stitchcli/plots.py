@@ -37,11 +37,11 @@ def heatmap(
     title: str,
     xlabel: str,
     ylabel: str,
-    scale: float = 1.0,
+    value_format: str = "{:.2f}",
     vmin: float = 0.0,
     vmax: float = 1.0,
 ) -> Path:
-    """Give the path of a PNG heatmap of ``values`` (None cells left blank), each cell annotated."""
+    """Give the path of a PNG heatmap of ``values`` (None cells left blank), each cell annotated with ``value_format``."""
     import numpy as np
 
     plt = require_matplotlib()
@@ -59,7 +59,7 @@ def heatmap(
         for j in range(grid.shape[1]):
             if not np.isnan(grid[i, j]):
                 bright = (grid[i, j] - vmin) / max(vmax - vmin, 1e-12) > 0.6
-                axes.text(j, i, f"{scale * grid[i, j]:.1f}" if scale != 1 else f"{grid[i, j]:.2f}",
+                axes.text(j, i, value_format.format(grid[i, j]),
                           ha="center", va="center", fontsize=8, color="black" if bright else "white")
     figure.colorbar(image, ax=axes)
     figure.tight_layout()
@@ -84,9 +84,10 @@ def write_plots(folder: str | Path, reports: Sequence[StitchReport]) -> list[Pat
             method, projections, aggregation = setting
             label = setting_label(projections, aggregation, method)
             name = _file_name("stitching", dataset, method, "+".join(projections), aggregation or "")
+            percent = [[None if v is None else 100 * v for v in row] for row in stitching_matrix(report, setting, names)]
             written.append(heatmap(
-                folder / name, stitching_matrix(report, setting, names), names, names,
-                title=f"{dataset}: {label}, accuracy %", xlabel="decoder", ylabel="encoder", scale=100,
+                folder / name, percent, names, names, title=f"{dataset}: {label}, accuracy %",
+                xlabel="decoder", ylabel="encoder", value_format="{:.1f}", vmax=100.0,
             ))
         if not report.similarity:
             continue

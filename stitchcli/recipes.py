@@ -5,11 +5,13 @@
     recipe = load_recipe("recipes/paper-vision.toml")   # parse and check the schema (no model, no data)
     validate_recipe(recipe)                             # resolve every dataset and model name, offline
 
-A recipe (every key but ``models`` and one of ``datasets``/``dataset`` is optional)::
+A recipe (every key but ``models`` (unless every dataset lists its own) and one of ``datasets``/``dataset`` is optional)::
 
     description = "free text"
     datasets = ["cifar10", "mnist"]        # or: dataset = "cifar10"
     models = ["rexnet_100", { name = "bert-base-cased", pooling = "mean" }]
+    # or models per dataset (then the top-level models may be left out):
+    # datasets = [{ name = "packaged:bbc-news", models = ["minilm", "mpnet"] }, "mnist"]
     split = "test"                         # evaluation split
     train_split = "train"                  # heads and anchors come from here
     limit = 500                            # seeded class-stratified subset of N rows per split
@@ -102,6 +104,7 @@ class Recipe:
     description: str
     datasets: list[str]
     models: list[ModelRef]
+    dataset_models: dict[str, list[ModelRef]]
     split: str
     train_split: str
     limit: int | None
@@ -116,8 +119,12 @@ class Recipe:
     dataset_options: dict[str, Any]
 
     def model_names(self) -> list[str]:
-        """Give the model names in recipe order."""
-        return [model.name for model in self.models]
+        """Give every model name, in recipe order (each once)."""
+        return list(dict.fromkeys(model.name for models in self.dataset_models.values() for model in models))
+
+    def models_of(self, dataset: str) -> list[ModelRef]:
+        """Give the models a dataset is swept with: its own list, else the recipe's ``models``."""
+        return self.dataset_models[dataset]
 
     def to_dict(self) -> dict[str, Any]:
         """Give a JSON-ready description (what a result file records as its settings)."""
@@ -251,29 +258,47 @@ def _model(check: _Checker, folder: Path, key: str, value: Any) -> ModelRef:
     return ModelRef(_from_recipe_folder(check.string(f"{key}.name", value["name"]), folder), options)
 
 
-def _models(check: _Checker, folder: Path, value: Any) -> list[ModelRef]:
+def _models(check: _Checker, folder: Path, value: Any, *, key: str = "models") -> list[ModelRef]:
     if not isinstance(value, list) or len(value) < _MIN_MODELS:
-        raise check.fail("models", f"a list of at least {_MIN_MODELS} models (stitching needs an encoder and a decoder)", value)
-    models = [_model(check, folder, f"models[{i}]", item) for i, item in enumerate(value)]
+        raise check.fail(key, f"a list of at least {_MIN_MODELS} models (stitching needs an encoder and a decoder)", value)
+    models = [_model(check, folder, f"{key}[{i}]", item) for i, item in enumerate(value)]
     names = [model.name for model in models]
     for name in names:
         if names.count(name) > 1:
             # Result rows are keyed by model name: two variants of one model need two names.
             raise check.error(
-                f"models lists {name!r} twice; to compare variants (pooling, weights...) register each with "
+                f"{key} lists {name!r} twice; to compare variants (pooling, weights...) register each with "
                 "`stitchcli embed --name NAME` and list the names"
             )
     return models
 
 
-def _datasets(check: _Checker, folder: Path, document: Mapping[str, Any]) -> list[str]:
+def _datasets(check: _Checker, folder: Path, document: Mapping[str, Any]) -> list[tuple[str, list[ModelRef] | None]]:
+    """Give (dataset name, its own models or None) per dataset; a dataset may be a table with ``name`` and ``models``."""
     if ("datasets" in document) == ("dataset" in document):
         raise check.error("give exactly one of datasets = [...] or dataset = \"NAME\"")
     if "dataset" in document:
-        names = [check.string("dataset", document["dataset"])]
-    else:
-        names = check.unique_list("datasets", document["datasets"], check.string, "dataset names")
-    return [_from_recipe_folder(name, folder) for name in names]
+        return [(_from_recipe_folder(check.string("dataset", document["dataset"]), folder), None)]
+    value = document["datasets"]
+    if not isinstance(value, list) or not value:
+        raise check.fail("datasets", "a non-empty list of dataset names or tables { name = ..., models = [...] }", value)
+    entries: list[tuple[str, list[ModelRef] | None]] = []
+    for i, item in enumerate(value):
+        key = f"datasets[{i}]"
+        if isinstance(item, dict):
+            check.known_keys(item, ("name", "models"), prefix=f"{key}.")
+            if "name" not in item:
+                raise check.error(f"{key} has no name: write {{ name = \"DATASET\", models = [...] }}")
+            name = check.string(f"{key}.name", item["name"])
+            models = _models(check, folder, item["models"], key=f"{key}.models") if "models" in item else None
+        else:
+            name, models = check.string(key, item), None
+        entries.append((_from_recipe_folder(name, folder), models))
+    names = [name for name, _ in entries]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise check.error(f"datasets lists {', '.join(repeated)} twice")
+    return entries
 
 
 def _anchors(check: _Checker, folder: Path, value: Any, models: list[ModelRef]) -> dict[str, Any]:
@@ -366,7 +391,7 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
         UsageError: a missing file, invalid TOML (with its line), an unknown key (with the close
             match), a value of the wrong type or range, an empty or duplicated list, an unknown name.
     """
-    from stitchcli.anchors import DEFAULT_NUM, is_evaluation_split
+    from stitchcli.anchors import is_evaluation_split
     from stitchcli.relative import list_aggregations, list_projections, list_transforms
 
     path = Path(path)
@@ -374,12 +399,12 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     check = _Checker(path)
     folder = path.absolute().parent
     check.known_keys(document, RECIPE_KEYS)
-    if "models" not in document:
-        raise check.error(f"models is missing: list at least {_MIN_MODELS} models, models = [\"A\", \"B\"]")
     values = {**DEFAULTS, **document}
-
     datasets = _datasets(check, folder, document)
-    models = _models(check, folder, values["models"])
+    if "models" not in document and any(own is None for _, own in datasets):
+        raise check.error(f"models is missing: list at least {_MIN_MODELS} models, models = [\"A\", \"B\"]")
+    models = _models(check, folder, values["models"]) if "models" in document else []
+    dataset_models = {name: own if own is not None else models for name, own in datasets}
     split = check.string("split", values["split"])
     train_split = check.string("train_split", values["train_split"])
     if is_evaluation_split(train_split):
@@ -390,19 +415,20 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     k = check.integer("k", values["k"], minimum=1)
     if limit is not None and k >= limit:
         raise check.error(f"k is {k} but limit leaves {limit} rows per split: k must be below limit")
-    anchors = _anchors(check, folder, document.get("anchors", {}), models)
+    anchors = _anchors(check, folder, document.get("anchors", {}), [m for own in dataset_models.values() for m in own])
     if anchors["name"] is not None and len(datasets) > 1:
         raise check.error("anchors.name names one dataset's anchors, and the recipe lists several datasets: drop anchors.name")
-    if limit is not None and anchors["name"] is None:
-        num = anchors["num"] or DEFAULT_NUM
+    if limit is not None and anchors["name"] is None and anchors["num"] is not None:
+        num = anchors["num"]  # left out: the default, 1280 or every training row when there are fewer
         if num > limit:
             raise check.error(f"anchors.num is {num} but limit leaves {limit} training rows: set anchors.num to at most {limit}")
 
     return Recipe(
         path=path,
         description=check.text("description", values["description"]),
-        datasets=datasets,
+        datasets=list(dataset_models),
         models=models,
+        dataset_models=dataset_models,
         split=split,
         train_split=train_split,
         limit=limit,
@@ -432,28 +458,37 @@ def validate_recipe(recipe: Recipe, store: EmbeddingStore | None = None) -> None
     from stitchcli.data import resolve_dataset
     from stitchcli.encoders import resolve_model
 
+    from stitchcli.demo import DEMO_MODELS, PACKAGED_DATASETS, PACKAGED_PREFIX
+
     check = _Checker(recipe.path)
     options = recipe.dataset_options
     for i, name in enumerate(recipe.datasets):
+        packaged = name.startswith(PACKAGED_PREFIX)
         try:
-            resolve_dataset(
-                name,
-                input_column=options.get("input_column"),
-                label_column=options.get("label_column"),
-                revision=options.get("dataset_revision"),
-            )
+            if packaged and name[len(PACKAGED_PREFIX):] not in PACKAGED_DATASETS:
+                raise UsageError(f"unknown packaged dataset {name!r}: use {' or '.join(PACKAGED_PREFIX + n for n in PACKAGED_DATASETS)}")
+            if not packaged:
+                resolve_dataset(
+                    name,
+                    input_column=options.get("input_column"),
+                    label_column=options.get("label_column"),
+                    revision=options.get("dataset_revision"),
+                )
         except UsageError as exc:
             raise check.error(f"datasets[{i}]: {exc}") from None
-    for i, model in enumerate(recipe.models):
-        try:
-            if store is None:
-                resolve_model(model.name, **model.options)
-            else:
-                from stitchcli.embedding import resolve_model_spec
+        for j, model in enumerate(recipe.models_of(name)):
+            if packaged and model.name in DEMO_MODELS:
+                continue  # registered from the packaged assets when the sweep runs
+            try:
+                if store is None:
+                    resolve_model(model.name, **model.options)
+                else:
+                    from stitchcli.embedding import resolve_model_spec
 
-                resolve_model_spec(store, model.name, **model.options)
-        except UsageError as exc:
-            raise check.error(f"models[{i}]: {exc}") from None
+                    resolve_model_spec(store, model.name, **model.options)
+            except UsageError as exc:
+                where = f"datasets[{i}].models[{j}]" if model not in recipe.models else f"models[{recipe.models.index(model)}]"
+                raise check.error(f"{where}: {exc}") from None
     if store is not None and recipe.anchors["name"] is not None:
         from stitchcli.anchors import load_anchor_manifest
 
@@ -466,3 +501,44 @@ def validate_recipe(recipe: Recipe, store: EmbeddingStore | None = None) -> None
 def list_recipes(folder: str | os.PathLike[str]) -> list[Path]:
     """Give the recipe files (``*.toml``) of a folder, sorted by name; empty if the folder is missing."""
     return sorted(Path(folder).glob("*.toml"))
+
+
+def recipe_sweeps(
+    recipe: Recipe, *, device: str = "auto", embed_batch_size: int | None = None, limit: int | None | str = "recipe"
+) -> list[tuple[list[ModelRef], Any]]:
+    """Give one (models, StitchSettings) sweep per dataset of the recipe.
+
+    Args:
+        recipe: a loaded recipe.
+        device, embed_batch_size: how to run (not part of a recipe).
+        limit: ``"recipe"`` keeps the recipe's; an int or None (every row) replaces it.
+    """
+    from stitchcli.heads import HeadSettings
+    from stitchcli.stitching import StitchSettings
+
+    sweeps = []
+    for dataset in recipe.datasets:
+        settings = StitchSettings(
+            dataset=dataset,
+            split=recipe.split,
+            train_split=recipe.train_split,
+            limit=recipe.limit if limit == "recipe" else limit,  # type: ignore[arg-type]
+            anchors=recipe.anchors.get("name"),
+            num_anchors=recipe.anchors.get("num"),
+            anchor_strategy=recipe.anchors.get("strategy") or "uniform",
+            anchor_seed=recipe.anchors.get("seed") or 0,
+            anchor_model=recipe.anchors.get("model"),
+            projections=tuple(recipe.projections),
+            aggregations=tuple(recipe.aggregations),
+            transform=recipe.transform,
+            seeds=tuple(recipe.seeds),
+            head=HeadSettings(**recipe.head),
+            metrics=tuple(recipe.metrics),
+            k=recipe.k,
+            dataset_options=dict(recipe.dataset_options),
+            device=device,
+            embed_batch_size=embed_batch_size,
+        )
+        settings.check()
+        sweeps.append((list(recipe.models_of(dataset)), settings))
+    return sweeps

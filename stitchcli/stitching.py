@@ -28,6 +28,7 @@ import torch
 
 from stitchcli.anchors import (
     DEFAULT_NUM,
+    STRATEGIES,
     AnchorManifest,
     default_anchor_name,
     is_evaluation_split,
@@ -147,10 +148,10 @@ class StitchSettings:
             raise unknown_name("anchor strategy", self.anchor_strategy, list_anchor_strategies())
         if STRATEGIES[self.anchor_strategy].needs_embeddings and self.anchor_model is None and self.anchors is None:
             raise UsageError(f"--anchor-strategy {self.anchor_strategy} chooses anchors from a model's embeddings: name one of the models with --anchor-model")
-        if self.split == self.train_split:
-            raise UsageError(f"--split and --train-split are both {self.split!r}: evaluate on data the heads were not trained on")
         if is_evaluation_split(self.train_split):
             raise UsageError(f"--train-split {self.train_split!r} looks like evaluation data: heads and anchors come from a training split")
+        if self.split == self.train_split:
+            raise UsageError(f"--split and --train-split are both {self.split!r}: evaluate on data the heads were not trained on")
         unknown = sorted(set(self.dataset_options) - set(DATASET_OPTIONS))
         if unknown:
             raise UsageError(f"unknown dataset option {', '.join(unknown)} (use some of {', '.join(DATASET_OPTIONS)})")
@@ -253,14 +254,11 @@ def ensure_anchors(
     The default draw is saved under :func:`~stitchcli.anchors.default_anchor_name` and reused while it
     still describes the same choice of the same data; otherwise it is drawn again and replaced.
     """
-    from stitchcli.anchors import STRATEGIES, choose_anchors
+    from stitchcli.anchors import choose_anchors
     from stitchcli.data import resolve_dataset
 
     if settings.anchors is not None:
-        manifest = load_anchor_manifest(store, settings.anchors)
-        if settings.num_anchors is not None and settings.num_anchors != manifest.num:
-            raise UsageError(f"anchors {manifest.name!r} hold {manifest.num} anchors, not the --num-anchors {settings.num_anchors} requested: drop one of the two")
-        return manifest
+        return load_anchor_manifest(store, settings.anchors)
     num = settings.num_anchors
     if num is not None and num > train.rows:
         raise UsageError(
@@ -336,6 +334,12 @@ def prepare(
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise UsageError(f"model {', '.join(repeated)} is listed twice")
+    if manifest is None and settings.anchors is not None:
+        manifest = load_anchor_manifest(store, settings.anchors)
+    if manifest is not None:
+        _check_manifest_before_work(manifest, settings)
+    if settings.anchor_model is not None and STRATEGIES[settings.anchor_strategy].needs_embeddings and settings.anchor_model not in names:
+        raise UsageError(f"--anchor-model {settings.anchor_model} is not one of the models: name one of {', '.join(names)}")
     train = {ref.name: ensure_embeddings(store, ref, settings.train_split, settings, reporter) for ref in refs}
     evals = {ref.name: ensure_embeddings(store, ref, settings.split, settings, reporter) for ref in refs} if evaluation else {}
     first = train[names[0]]
@@ -343,13 +347,6 @@ def prepare(
     dataset_id = str(key["dataset_id"])
     if manifest is None:
         manifest = ensure_anchors(store, settings, first, reporter, refs)
-    if manifest.dataset_id != dataset_id:
-        raise UsageError(f"anchors {manifest.name!r} are rows of {manifest.dataset_id}, not of the requested dataset {dataset_id}: choose anchors of this dataset")
-    if manifest.split != settings.train_split:
-        raise UsageError(
-            f"anchors {manifest.name!r} are rows of split {manifest.split!r}, but heads train on {settings.train_split!r}: "
-            f"pass --train-split {manifest.split} or anchors of {settings.train_split!r}"
-        )
     views: dict[str, ModelView] = {}
     for ref in refs:
         anchors = select_anchor_rows(manifest, train[ref.name], model=ref.name)
@@ -374,6 +371,33 @@ def prepare(
         train_labels=np.asarray(first.labels, dtype=np.int64),
         eval_labels=np.asarray(eval_view.labels, dtype=np.int64) if eval_view is not None else None,
     )
+
+
+def _check_manifest_before_work(manifest: AnchorManifest, settings: StitchSettings) -> None:
+    """Refuse anchors of another dataset, split or subset before any model work (UsageError)."""
+    from stitchcli.data import resolve_dataset
+
+    options = _dataset_kwargs(settings)
+    data = resolve_dataset(settings.dataset, input_column=options.get("input_column"),
+                           label_column=options.get("label_column"), revision=options.get("dataset_revision"))
+    if manifest.dataset_id != data.dataset_id:
+        raise UsageError(f"anchors {manifest.name!r} are rows of {manifest.dataset_id}, not of the requested dataset {data.dataset_id}: choose anchors of this dataset")
+    if manifest.split != settings.train_split:
+        raise UsageError(
+            f"anchors {manifest.name!r} are rows of split {manifest.split!r}, but heads train on {settings.train_split!r}: "
+            f"pass --train-split {manifest.split} or anchors of {settings.train_split!r}"
+        )
+    if settings.num_anchors is not None and settings.num_anchors != manifest.num:
+        raise UsageError(f"anchors {manifest.name!r} hold {manifest.num} anchors, not the --num-anchors {settings.num_anchors} requested: drop one of the two")
+    if settings.limit is not None and manifest.limit != settings.limit:
+        drawn = f"the --limit {manifest.limit} subset" if manifest.limit is not None else "the whole split"
+        raise UsageError(
+            f"anchors {manifest.name!r} were drawn from {drawn}, and --limit {settings.limit} embeds another subset "
+            f"that lacks some of them: pass --limit {manifest.limit} or choose anchors with --limit {settings.limit}"
+            if manifest.limit is not None else
+            f"anchors {manifest.name!r} were drawn from the whole split, and --limit {settings.limit} embeds a subset "
+            f"that lacks some of them: drop --limit, or choose anchors with `stitchcli anchor --limit {settings.limit}`"
+        )
 
 
 def _check_same_rows(reference: ModelView, view: ModelView, part: str, split: str) -> None:
@@ -401,9 +425,11 @@ class LatentTranslation:
     """An orthogonal Procrustes map from a source latent space to a target one, fitted on anchors alone.
 
     ``x -> ((x - source_mean) / source_scale) @ rotation * target_scale + target_mean``: both anchor sets
-    are centred and scaled to unit mean row norm, and ``rotation`` (source dim × target dim, orthonormal
-    rows or columns) minimises the Frobenius distance between them (Maiorca et al., NeurIPS 2023). Different
-    dimensions are handled as zero-padding the smaller space.
+    are centred and scaled to unit mean row norm, and ``rotation`` (source dim × target dim) minimises the
+    Frobenius distance between them (Maiorca et al., NeurIPS 2023). Different dimensions are handled as
+    zero-padding the smaller space. With fewer anchors than dimensions only the directions the anchors span
+    are determined; the map is kept to those (the rest maps to the target's anchor mean), rather than
+    completed with an arbitrary rotation.
     """
 
     source_mean: np.ndarray
@@ -423,8 +449,11 @@ class LatentTranslation:
         xs, xt = source - source_mean, target - target_mean
         source_scale = _mean_row_norm(xs)
         target_scale = _mean_row_norm(xt)
-        u, _, vt = np.linalg.svd((xs / source_scale).T @ (xt / target_scale), full_matrices=False)
-        return cls(source_mean, source_scale, target_mean, target_scale, u @ vt)
+        u, singular, vt = np.linalg.svd((xs / source_scale).T @ (xt / target_scale), full_matrices=False)
+        # With fewer anchors than dimensions the cross-covariance is rank-deficient and the singular vectors
+        # of its zero singular values are arbitrary: keep the map on the part the anchors determine.
+        rank = int((singular > singular.max(initial=0.0) * max(u.shape[0], vt.shape[1]) * np.finfo(np.float64).eps).sum())
+        return cls(source_mean, source_scale, target_mean, target_scale, u[:, :rank] @ vt[:rank])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Give ``x`` (N, source dim) mapped into the target space, float32."""
@@ -631,8 +660,8 @@ class StitchReport:
             for stitched, label in ((False, "reference"), (True, "stitched")):
                 for metric in ("accuracy", "macro_f1"):
                     values = [getattr(r, metric) for r in parts[stitched] if getattr(r, metric) is not None]
-                    entry[f"{label}_{metric}"] = float(np.mean(values)) if values else None
-                    entry[f"{label}_{metric}_std"] = float(np.std(values)) if values else None
+                    entry[f"{label}_{metric}"] = round(float(np.mean(values)), 6) if values else None
+                    entry[f"{label}_{metric}_std"] = round(float(np.std(values)), 6) if values else None
                 entry[f"{label}_pairs"] = sum(1 for r in parts[stitched] if r.accuracy is not None)
             out.append(entry)
         return out
@@ -666,10 +695,10 @@ def _score(predictions: list[np.ndarray], labels: np.ndarray, num_classes: int, 
     acc = np.array([s["accuracy"] for s in per_seed])
     f1 = np.array([s["macro_f1"] for s in per_seed])
     return {
-        "accuracy": float(acc.mean()),
-        "accuracy_std": float(acc.std()),
-        "macro_f1": float(f1.mean()),
-        "macro_f1_std": float(f1.std()),
+        "accuracy": round(float(acc.mean()), 6),
+        "accuracy_std": round(float(acc.std()), 6),
+        "macro_f1": round(float(f1.mean()), 6),
+        "macro_f1_std": round(float(f1.std()), 6),
         "seeds": list(seeds),
         "per_seed": per_seed,
     }
@@ -707,12 +736,16 @@ def run_sweep(
     """
     from stitchcli.device import resolve_device
 
+    from stitchcli.demo import prepare_packaged
+
     started = time.perf_counter()
     reporter = reporter or Reporter()
     settings.check()
     names = [ref.name for ref in refs]
     if len(refs) < 1:
         raise UsageError("no model given")
+    shown = settings.dataset
+    settings = replace(settings, dataset=prepare_packaged(store, settings.dataset, names, reporter))
     pairs = list(pairs) if pairs is not None else [(a, b) for a in names for b in names]
     decoders = list(dict.fromkeys(decoder for _, decoder in pairs))
     device = resolve_device(settings.device)
@@ -730,6 +763,9 @@ def run_sweep(
     data = prepare(store, refs, settings, reporter=reporter, manifest=manifest)
     if given_head is not None:
         check_head(given_head, dataset_id=data.dataset_id, dataset_fingerprint=data.dataset_fingerprint, num_classes=data.num_classes)
+    rows_evaluated = len(data.eval_labels) if data.eval_labels is not None else 0
+    if similarity and {"jaccard", "mrr"} & set(settings.metrics) and settings.k >= rows_evaluated:
+        raise UsageError(f"--k {settings.k} neighbours need more than the {rows_evaluated} evaluation rows: pass a smaller --k")
     assert data.eval_labels is not None
     projections = list(settings.projections)
     encoders = list(dict.fromkeys(encoder for encoder, _ in pairs))
@@ -751,9 +787,9 @@ def run_sweep(
         return compute
 
     relative_jobs = [(d, s, a, seed) for d in decoders for s in sets for a in aggregations for seed in seeds]
-    absolute_jobs = [(d, seed) for d in decoders for seed in seeds] if settings.baselines and given_head is None else []
+    absolute_jobs = [(d, seed) for d in decoders for seed in seeds] if settings.baselines else []
     total = len(relative_jobs) + len(absolute_jobs)
-    reporter.start("training heads", total, 0, unit="heads")
+    reporter.start("heads (trained, or read from the cache)", total, 0, unit="heads")
     trained = cached = 0
     heads: dict[tuple[str, tuple[str, ...], str | None, int], FittedHead] = {}
     try:
@@ -792,7 +828,7 @@ def run_sweep(
         for encoder, decoder in pairs:
             rows.append(_baseline_row(method, data, encoder, decoder, heads, seeds, labels))
     report = StitchReport(
-        dataset=settings.dataset,
+        dataset=shown,
         dataset_id=data.dataset_id,
         split=settings.split,
         train_split=settings.train_split,
@@ -876,7 +912,7 @@ def _baseline_row(
     source, target = data.models[encoder], data.models[decoder]
     assert source.evaluation is not None
     empty = {"accuracy": None, "accuracy_std": None, "macro_f1": None, "macro_f1_std": None, "seeds": list(seeds)}
-    if method == "absolute":
+    if method == "absolute" or encoder == decoder:  # a space translated to itself: the identity, nothing to fit
         if source.dim != target.dim:
             return StitchRow(encoder, decoder, method, [], None, True, **empty,
                              note=f"not defined: {encoder} has {source.dim}-d latents, {decoder} {target.dim}-d")
@@ -899,7 +935,7 @@ def similarity_rows(
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             n = int(spaces[a].shape[0])
-            k = min(settings.k, n - 1)
+            k = settings.k
             for index, projection in enumerate(projections):
                 x, y = spaces[a][:, index], spaces[b][:, index]
                 rows.append(SimilarityRow(
@@ -975,9 +1011,12 @@ def fit_head(
     """
     from stitchcli.device import resolve_device
 
+    from stitchcli.demo import prepare_packaged
+
     reporter = reporter or Reporter()
     if len(settings.aggregations) != 1:
         raise UsageError("fit-head trains one head: give one --aggregation")
+    settings = replace(settings, dataset=prepare_packaged(store, settings.dataset, [model.name], reporter))
     data = prepare(store, [model], settings, reporter=reporter, evaluation=False)
     view = data.models[model.name]
     device = resolve_device(settings.device)
@@ -993,14 +1032,35 @@ def fit_head(
         )
         return features()
 
-    head, hit = obtain_head(store, data, view, HeadRequest("relative", projections, settings.aggregations[0], seed), settings,
-                            train_features, device, reporter=reporter, force=force)
+    request = HeadRequest("relative", projections, settings.aggregations[0], seed)
+    if out is not None:
+        _check_out_file(Path(out), head_digest(_head_identity(data, view, request, settings)), force=force)
+    head, hit = obtain_head(store, data, view, request, settings, train_features, device, reporter=reporter, force=force)
     written = None
     if out is not None:
         cached_path = head.path
         written = save_head(out, head)
         head.path = cached_path
     return head, hit, written
+
+
+def _check_out_file(out: Path, digest: str, *, force: bool) -> None:
+    """Refuse an ``--out`` that is a folder, or a file holding another head (unless ``force``)."""
+    if str(out).endswith(("/", "\\")) or out.expanduser().is_dir():
+        raise UsageError(f"--out {out} is a folder: give a file name such as {Path(out) / 'head'}")
+    target = out.expanduser()
+    target = target if target.suffix == ".safetensors" else target.with_name(target.name + ".safetensors")
+    if not target.exists() or force:
+        return
+    try:
+        existing = load_head(target)
+    except UsageError:
+        raise UsageError(f"{target} exists and is not a stitchcli head: choose another --out, or pass --force to replace it") from None
+    if existing.config.get("identity_digest") != digest:
+        raise UsageError(
+            f"{target} holds another head ({existing.config.get('model')} on {existing.config.get('dataset')}): "
+            "choose another --out, or pass --force to replace it"
+        )
 
 
 def stitching_matrix(report: StitchReport, setting: tuple[str, tuple[str, ...], str | None], names: Iterable[str], metric: str = "accuracy") -> list[list[float | None]]:

@@ -156,6 +156,12 @@ def _check_entry(path: Path, key: EntryKey) -> CachedEmbeddings:
     return CachedEmbeddings(path=path, metadata=meta, rows=n, dim=emb_shape[1])
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
     """Write tensors atomically: a temporary file in the same folder, fsync, then rename."""
     from safetensors.numpy import save_file
@@ -171,6 +177,7 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict
         )
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the permissions a plain open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -228,7 +228,7 @@ def test_ctrl_c_says_how_to_resume(cache_dir, tmp_path):
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130
     assert "Traceback" not in stderr
-    assert stderr.strip().splitlines()[-1].startswith("stitchcli: error: interrupted; finished shards are kept")
+    assert stderr.strip().splitlines()[-1].startswith("stitchcli: error: interrupted; finished work (embedding shards, heads) is kept")
 
 
 def test_offline_typo_of_a_known_text_model_suggests_it(cache_dir, text_table):

@@ -32,7 +32,7 @@ def test_readme_python_examples_run(cache_dir, image_folder, monkeypatch):
     assert "relative_projection" in code and "embed(" in code
     small = (
         code.replace('"resnet18"', '"test_vit"').replace('"efficientnet_b0"', '"test_efficientnet"')
-        .replace("limit=1000", "limit=12").replace("num=1280", "num=6").replace("epochs=40", "epochs=2")
+        .replace("limit=1000", "limit=12").replace("num=1280", "num=6").replace("epochs=40", "epochs=2").replace("k=10", "k=3")
     )
     monkeypatch.chdir(image_folder.parent)  # the examples read ./images
     namespace: dict[str, object] = {}

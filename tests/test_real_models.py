@@ -57,15 +57,16 @@ def test_minilm_puts_paraphrases_closer_than_unrelated_sentences(cache_dir, tmp_
 
 
 def test_efficientnet_lite0_features_beat_random_weights_on_real_mnist(cache_dir):
-    from stitchcli.demo import prepare_demo_assets
+    from stitchcli.demo import packaged_dataset, register_demo_models
 
     store = EmbeddingStore(cache_dir)
-    paths = prepare_demo_assets(store)
+    mnist = packaged_dataset(store, "packaged:mnist5k")
+    register_demo_models(store, ["lite0"])
     accuracy = {}
     for name, weights in (("lite0", None), ("timm:tf_efficientnet_lite0", "random")):
-        embed([name], paths["mnist5k"], ["train", "test"], store=store, weights=weights, options=EmbedOptions(limit=300))
-        train = load_embeddings(store, name, paths["mnist5k"], "train", weights=weights, limit=300)
-        test = load_embeddings(store, name, paths["mnist5k"], "test", weights=weights, limit=300)
+        embed([name], mnist, ["train", "test"], store=store, weights=weights, options=EmbedOptions(limit=300))
+        train = load_embeddings(store, name, mnist, "train", weights=weights, limit=300)
+        test = load_embeddings(store, name, mnist, "test", weights=weights, limit=300)
         assert train.embeddings.shape == (300, 1280)
         accuracy[name] = _ridge_probe_accuracy(train, test, 10)
     # measured: pretrained 0.77, the same architecture with random weights 0.60 (300 train / 300 test rows)
@@ -73,19 +74,44 @@ def test_efficientnet_lite0_features_beat_random_weights_on_real_mnist(cache_dir
     assert accuracy["lite0"] > accuracy["timm:tf_efficientnet_lite0"] + 0.08, accuracy
 
 
-def test_demo_command_embeds_the_packaged_assets_then_hits_the_cache(cache_dir):
+def test_demo_stitches_both_real_pairs_offline_then_reads_the_cache(cache_dir):
+    """A reduced demo (30 rows per split): MiniLM <-> MPNet on BBC News, Lite0 <-> Lite2 on MNIST."""
     import json
+    import time
 
     from conftest import run_cli
 
-    first = run_cli("demo", "--limit", "20", "--json", env={"STITCHCLI_CACHE": str(cache_dir)})
+    first = run_cli("demo", "--limit", "30", "--json", env={"STITCHCLI_CACHE": str(cache_dir)}, timeout=1200)
     assert first.returncode == 0, first.stderr
-    entries = json.loads(first.stdout)["entries"]
-    assert [(e["model"], e["dataset"], e["split"]) for e in entries] == [
-        (m, d, s) for m, d in (("minilm", "bbc-news"), ("lite0", "mnist5k"), ("lite2", "mnist5k")) for s in ("train", "test")
-    ]
-    assert {e["dim"] for e in entries} == {384, 1280} and all(e["rows"] == 20 for e in entries)
-    assert not any(e["cache_hit"] for e in entries)
-    second = run_cli("demo", "--limit", "20", "--json", env={"STITCHCLI_CACHE": str(cache_dir)})
+    document = json.loads(first.stdout)
+    assert document["datasets"] == ["packaged:bbc-news", "packaged:mnist5k"]
+    pairs = {(row["dataset"], row["encoder"], row["decoder"]) for row in document["rows"]}
+    assert pairs == {
+        (d, e, c) for d, models in (("packaged:bbc-news", ("minilm", "mpnet")), ("packaged:mnist5k", ("lite0", "lite2")))
+        for e in models for c in models
+    }
+    dims = {model["name"]: model["dim"] for run in document["runs"] for model in run["models"]}
+    assert dims == {"minilm": 384, "mpnet": 768, "lite0": 1280, "lite2": 1280}
+    relative = [row for row in document["rows"] if row["method"] == "relative"]
+    assert all(0.0 <= row["accuracy"] <= 1.0 for row in relative)
+    # real pretrained encoders on real data: the non-stitched product head is well above chance (5 and 10 classes)
+    product = {(row["dataset"], row["encoder"]): row["accuracy"] for row in relative
+               if not row["stitched"] and len(row["projections"]) == 4}
+    assert product[("packaged:bbc-news", "mpnet")] > 0.5 and product[("packaged:mnist5k", "lite2")] > 0.3
+    assert {s["projection"] for s in document["similarity"]} == {"cosine", "euclidean", "l1", "linf", "absolute"}
+    assert sum(run["heads_trained"] for run in document["runs"]) > 0
+
+    started = time.perf_counter()
+    second = run_cli("demo", "--limit", "30", "--json", env={"STITCHCLI_CACHE": str(cache_dir)})
     assert second.returncode == 0, second.stderr
-    assert all(e["cache_hit"] for e in json.loads(second.stdout)["entries"])
+    again = json.loads(second.stdout)
+    assert sum(run["heads_trained"] for run in again["runs"]) == 0
+    assert [row["accuracy"] for row in again["rows"]] == [row["accuracy"] for row in document["rows"]]
+    assert time.perf_counter() - started < 120  # seconds, not minutes: nothing is embedded or trained again
+
+
+def test_the_demo_recipe_in_the_package_is_the_one_in_recipes():
+    from stitchcli.demo import demo_recipe_path
+
+    root = Path(__file__).resolve().parent.parent
+    assert demo_recipe_path().read_text() == (root / "recipes" / "offline-demo.toml").read_text()

@@ -46,8 +46,38 @@ def test_the_paper_recipes_are_shipped() -> None:
 def test_every_shipped_recipe_parses_and_resolves_offline(path: Path) -> None:
     recipe = load_recipe(path)
     validate_recipe(recipe)
-    assert len(recipe.models) >= 2 and recipe.datasets
+    assert recipe.datasets and all(len(recipe.models_of(d)) >= 2 for d in recipe.datasets)
     assert recipe.split != recipe.train_split
+
+
+def test_datasets_may_list_their_own_models(tmp_path: Path) -> None:
+    path = tmp_path / "per-dataset.toml"
+    path.write_text(
+        'datasets = [{ name = "packaged:bbc-news", models = ["minilm", "mpnet"] }, "mnist"]\n'
+        'models = ["rexnet_100", "vit_small_patch16_224"]\n'
+    )
+    recipe = load_recipe(path)
+    validate_recipe(recipe)
+    assert [m.name for m in recipe.models_of("packaged:bbc-news")] == ["minilm", "mpnet"]
+    assert [m.name for m in recipe.models_of("mnist")] == ["rexnet_100", "vit_small_patch16_224"]
+    assert recipe.model_names() == ["minilm", "mpnet", "rexnet_100", "vit_small_patch16_224"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('datasets = [{ name = "mnist" }]\n', "models is missing"),
+        ('datasets = [{ name = "mnist", models = ["a"] }]\n', "datasets[0].models must be a list of at least 2 models"),
+        ('datasets = [{ models = ["a", "b"] }]\n', "datasets[0] has no name"),
+        ('datasets = ["packaged:nope"]\nmodels = ["a", "b"]\n', "unknown packaged dataset 'packaged:nope'"),
+    ],
+)
+def test_per_dataset_models_errors(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(UsageError) as info:
+        validate_recipe(load_recipe(path))
+    assert message in str(info.value) and "bad.toml" in str(info.value)
 
 
 def test_paper_recipes_hold_the_paper_settings() -> None:
@@ -163,7 +193,7 @@ def test_paths_are_relative_to_the_recipe_folder(tmp_path: Path) -> None:
         (MINIMAL + '[anchors]\nstrategy = "fps"\n', "set anchors.model to one of the recipe's models"),
         (MINIMAL + '[anchors]\nmodel = "rexnet_100"\n', "anchors.model applies to the fps and kmeans strategies"),
         (MINIMAL + '[anchors]\nname = "saved"\nnum = 10\n', "drop anchors.num"),
-        (MINIMAL + "limit = 100\n", "anchors.num is 1280 but limit leaves 100 training rows"),
+        (MINIMAL + "limit = 100\n[anchors]\nnum = 200\n", "anchors.num is 200 but limit leaves 100 training rows"),
         (MINIMAL + "limit = 5\nk = 5\n[anchors]\nnum = 4\n", "k must be below limit"),
         (MINIMAL + "[head]\ndropout = 1.0\n", "head: --dropout must be in [0, 1), not 1.0"),
         (MINIMAL + "[head]\nval_fraction = 0\n", "head: --val-fraction must be between 0 and 1"),

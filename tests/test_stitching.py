@@ -125,7 +125,7 @@ def test_output_contract_json_tables_and_progress(clusters, tmp_path):
         assert {"encoder", "decoder", "method", "projections", "aggregation", "stitched", "accuracy", "macro_f1"} <= set(row)
         assert row["method"] in ("relative", "absolute", "translation")
         assert row["accuracy"] is None or 0.0 <= row["accuracy"] <= 1.0
-    assert "training heads" in first.stderr  # progress goes to stderr
+    assert "heads (trained, or read from the cache)" in first.stderr  # progress goes to stderr
     assert document["heads_trained"] > 0
 
     # a second call only reads the cache
@@ -138,7 +138,7 @@ def test_output_contract_json_tables_and_progress(clusters, tmp_path):
     table = run_cli("stitch", *args)
     assert table.returncode == 0, table.stderr
     assert "B→B acc" in table.stdout and "A→B acc" in table.stdout and "translation" in table.stdout
-    assert "training heads" not in table.stdout and "read from the cache" in table.stderr
+    assert "heads (trained" not in table.stdout and "read from the cache" in table.stderr
 
 
 def test_eval_matrix_similarity_csv_and_plots(clusters, tmp_path):
@@ -249,8 +249,21 @@ def test_anchors_missing_from_the_encoders_cache_are_refused(tmp_path, cache_dir
     result = run_cli("fit-head", "--model", str(tiny_bert), "--dataset", str(texts), "--limit", "10", "--anchors", "whole", *FAST)
 
     assert result.returncode == 2, result.stderr
-    assert "of the 30 anchors of 'whole' are not in" in result.stderr and "cached entry" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "anchors 'whole' were drawn from the whole split" in result.stderr and "lacks some of them" in result.stderr
+    assert "Traceback" not in result.stderr and "embedding them now" not in result.stderr  # refused before any work
+
+    # an encoder whose cached entry (the 10-row subset) lacks the anchors, named without --limit
+    subset = run_cli("embed", "--model", str(tiny_bert), "--dataset", str(texts), "--limit", "10", "--name", "tiny10", "-q")
+    assert subset.returncode == 0, subset.stderr
+    from stitchcli.anchors import load_anchor_manifest, select_anchor_rows
+    from stitchcli.embedding import load_embeddings
+    from stitchcli.errors import UsageError
+    from stitchcli.store import EmbeddingStore
+
+    store = EmbeddingStore(cache_dir)
+    entry = load_embeddings(store, "tiny10", str(texts), "train", limit=10)
+    with pytest.raises(UsageError, match="of the 30 anchors of 'whole' are not in tiny10's cached entry"):
+        select_anchor_rows(load_anchor_manifest(store, "whole"), entry, model="tiny10")
 
 
 @pytest.mark.real
@@ -271,3 +284,36 @@ def test_stitch_two_models_of_different_sizes_with_no_step_before(tmp_path, cach
     absolute = [row for row in document["rows"] if row["method"] == "absolute" and row["stitched"]]
     assert absolute[0]["accuracy"] is None and "32-d" in absolute[0]["note"]
     assert "embedding them now" in result.stderr
+
+
+def test_anchors_are_checked_before_any_embedding(clusters, tmp_path):
+    data, _ = clusters
+    elsewhere = tmp_path / "elsewhere"
+    write_clusters(elsewhere, seed=7)
+    made = run_cli("anchor", "--dataset", str(elsewhere), "--num", "20", "--name", "other-data")
+    assert made.returncode == 0, made.stderr
+
+    # "hub-model" is not cached and could only be downloaded: the anchors are refused first, in seconds
+    result = run_cli("stitch", "A", "hub-org/hub-model", "--dataset", str(data), "--anchors", "other-data")
+
+    assert result.returncode == 2
+    assert "are rows of" in result.stderr and "not of the requested dataset" in result.stderr
+    assert "embedding them now" not in result.stderr and "download" not in result.stderr
+
+
+def test_fit_head_out_refuses_to_replace_another_head(clusters, tmp_path):
+    data, z = clusters
+    import_model("B", data, z, tmp_path)
+    out = tmp_path / "head"
+    assert run_cli("fit-head", "-m", "A", "-d", str(data), *FAST, "--out", str(out), "-q").returncode == 0
+    again = run_cli("fit-head", "-m", "A", "-d", str(data), *FAST, "--out", str(out), "-q")
+    assert again.returncode == 0, again.stderr  # the same head: a cache hit, written again
+
+    other = run_cli("fit-head", "-m", "B", "-d", str(data), *FAST, "--out", str(out))
+    assert other.returncode == 2 and "holds another head (A on" in other.stderr and "--force" in other.stderr
+    assert json.loads(out.with_suffix(".json").read_text())["model"] == "A"
+    forced = run_cli("fit-head", "-m", "B", "-d", str(data), *FAST, "--out", str(out), "--force", "-q")
+    assert forced.returncode == 0 and json.loads(out.with_suffix(".json").read_text())["model"] == "B"
+
+    fixed = run_cli("stitch", "A", "B", "-d", str(data), "--head", str(out.with_suffix(".safetensors")), "--seeds", "3")
+    assert fixed.returncode == 2 and "--head fixes" in fixed.stderr and "drop --seeds" in fixed.stderr

@@ -293,3 +293,17 @@ def test_evaluate_gives_every_pair_and_the_similarity_table(clusters, tmp_path):
     assert similarity[("A", "B", "cosine")].cosine == pytest.approx(1.0, abs=1e-6)
     assert similarity[("A", "C", "absolute")].mrr is None and similarity[("A", "C", "absolute")].cosine is None
     assert all(row.rows == CLASSES * PER_CLASS["test"] for row in report.similarity)
+
+
+def test_translation_with_fewer_anchors_than_dimensions_keeps_to_the_anchors_span():
+    """k < d: the directions the anchors do not span are not given an arbitrary rotation."""
+    rng = np.random.default_rng(0)
+    anchors = rng.normal(size=(10, 32))
+    translation = LatentTranslation.fit(anchors, anchors)
+    inside = rng.normal(size=(5, 10)) @ (anchors - anchors.mean(0)) + anchors.mean(0)
+    np.testing.assert_allclose(translation(inside), inside, atol=1e-4)  # identity where the anchors determine it
+    outside = rng.normal(size=(5, 32))
+    mapped = translation(outside)
+    centred = anchors - anchors.mean(0)
+    residual = (mapped - anchors.mean(0)) - ((mapped - anchors.mean(0)) @ np.linalg.pinv(centred)) @ centred
+    assert np.abs(residual).max() < 1e-3  # the result stays in the anchors' span: nothing made up outside it

@@ -56,7 +56,7 @@ def _click_exceptions() -> Any:
     return exceptions
 
 
-INTERRUPTED = "interrupted; finished shards are kept in the cache: run the same command again to resume"
+INTERRUPTED = "interrupted; finished work (embedding shards, heads) is kept in the cache: run the same command again to resume"
 
 
 def _report(message: str) -> None:

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from stitchcli.cli import options as opt
 from stitchcli.errors import UsageError
-
-if TYPE_CHECKING:
-    from stitchcli.recipes import Recipe
-    from stitchcli.stitching import StitchSettings
 
 
 def eval_command(
@@ -78,11 +74,17 @@ def eval_command(
         from stitchcli.plots import require_matplotlib
 
         require_matplotlib()  # before any work, not after it
+        if plot.exists() and not plot.is_dir():
+            raise UsageError(f"--plot {plot} is a file: give a folder for the heatmap PNGs")
     progress, store, reporter = progress_and_store(cache_dir, quiet)
     if recipe is not None:
         if dataset is not None or models is not None:
             raise UsageError("--recipe names the datasets and models itself: drop --dataset and --models (or drop --recipe)")
-        runs = recipe_runs(recipe, store, options)
+        from stitchcli.recipes import load_recipe, recipe_sweeps, validate_recipe
+
+        loaded = load_recipe(recipe)
+        validate_recipe(loaded, store)
+        runs = recipe_sweeps(loaded, device=device, embed_batch_size=embed_batch_size)
     else:
         if dataset is None or models is None:
             raise UsageError("eval needs --dataset D and --models A,B (at least two), or --recipe FILE")
@@ -104,39 +106,3 @@ def eval_command(
         written = write_plots(plot, reports)
         progress.info(f"wrote {len(written)} heatmap(s) to {plot}")
     render_eval(reports, json_output=json_output, recipe=str(recipe) if recipe is not None else None)
-
-
-def recipe_runs(path: Path, store: Any, options: dict[str, Any]) -> list[tuple[list[Any], "StitchSettings"]]:
-    """Give one (models, settings) run per dataset of a recipe; the recipe's values replace the command's defaults."""
-    from stitchcli.heads import HeadSettings
-    from stitchcli.recipes import load_recipe, validate_recipe
-    from stitchcli.stitching import StitchSettings
-
-    recipe: Recipe = load_recipe(path)
-    validate_recipe(recipe, store)
-    runs = []
-    for dataset in recipe.datasets:
-        settings = StitchSettings(
-            dataset=dataset,
-            split=recipe.split,
-            train_split=recipe.train_split,
-            limit=recipe.limit,
-            anchors=recipe.anchors.get("name"),
-            num_anchors=recipe.anchors.get("num"),
-            anchor_strategy=recipe.anchors.get("strategy") or "uniform",
-            anchor_seed=recipe.anchors.get("seed") or 0,
-            anchor_model=recipe.anchors.get("model"),
-            projections=tuple(recipe.projections),
-            aggregations=tuple(recipe.aggregations),
-            transform=recipe.transform,
-            seeds=tuple(recipe.seeds),
-            head=HeadSettings(**recipe.head),
-            metrics=tuple(recipe.metrics),
-            k=recipe.k,
-            dataset_options=dict(recipe.dataset_options),
-            device=options["device"],
-            embed_batch_size=options["embed_batch_size"],
-        )
-        settings.check()
-        runs.append((list(recipe.models), settings))
-    return runs

@@ -18,7 +18,7 @@ def fit_head_command(
     embed_seed: opt.EmbedSeed = 0,
     anchors: opt.Anchors = None,
     num_anchors: opt.NumAnchors = None,
-    anchor_strategy: opt.AnchorStrategy = "uniform",
+    anchor_strategy: Annotated[str, typer.Option("--anchor-strategy", help="uniform, class-balanced, fps or kmeans (fps/kmeans choose by MODEL's embeddings).")] = "uniform",
     anchor_seed: opt.AnchorSeed = 0,
     projection: opt.Projection = None,
     aggregation: Annotated[str, typer.Option("--aggregation", "-a", help="concat, sum, mlp-sum or self-attention.")] = "mlp-sum",
@@ -66,7 +66,8 @@ def fit_head_command(
     config = head.config
     training = head.training
     if json_output:
-        print_json({**config, "path": str(head.path), "out": str(written) if written is not None else None, "cached": cached})
+        anchors = {key: config["anchors"][key] for key in ("name", "num", "strategy", "seed", "split", "limit")}
+        print_json({**config, "anchors": anchors, "path": str(head.path), "out": str(written) if written is not None else None, "cached": cached})
         return
     print_table(
         f"Head of {model} on {dataset} ({config['num_anchors']} anchors {config['anchors']['name']!r}; seed {seed})",

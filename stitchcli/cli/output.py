@@ -37,20 +37,36 @@ def print_table(
     justify: dict[str, str] | None = None,
     trailing: str | None = None,
 ) -> None:
-    """Print a table to stdout, every cell on one line.
+    """Print a table to stdout; numbers (right-justified columns) are never cut.
 
-    When a terminal is too narrow for the ``trailing`` column (a long path, say), the table is
-    printed without it and each row's value follows the table on a line of its own, whole, so
-    that it can still be copied.
+    Piped, the table is as wide as it needs and every cell stays on one line. On a terminal too narrow
+    for it, the ``trailing`` column (a long path or a note) is printed after the table instead, one
+    whole line per non-empty value so it can still be copied, and left-justified text cells wrap.
+    A trailing column with no values is left out.
     """
     console = stdout_console()
     justify = justify or {}
+    index = list(columns).index(trailing) if trailing is not None else -1
+    if trailing is not None and all(row[index] in (None, "") for row in rows):
+        columns = [c for c in columns if c != trailing]
+        rows = [[v for i, v in enumerate(row) if i != index] for row in rows]
+        trailing, index = None, -1
 
-    def build(shown: Sequence[str]) -> Table:
+    def build(shown: Sequence[str], *, wrap: bool = False) -> Table:
         # Text, not str: names such as "cosine [mlp-sum]" or a model "x[1]" are not rich markup.
-        table = Table(title=Text(title), title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
-        for column in shown:
-            table.add_column(column, justify=justify.get(column, "left"), no_wrap=True)  # type: ignore[arg-type]
+        table = Table(header_style="bold", box=box.SIMPLE_HEAD)
+        for position, column in enumerate(columns):
+            if column not in shown:
+                continue
+            numeric = justify.get(column) == "right"
+            widest = max((len(str(row[position] or "")) for row in rows), default=0)
+            table.add_column(
+                column,
+                justify=justify.get(column, "left"),  # type: ignore[arg-type]
+                no_wrap=numeric or not wrap,
+                overflow="fold",
+                min_width=widest if numeric else None,
+            )
         for row in rows:
             table.add_row(*(Text("" if v is None else str(v)) for c, v in zip(columns, row) if c in shown))
         return table
@@ -61,13 +77,17 @@ def print_table(
     needed = Measurement.get(console, console.options.update_width(10**5), table).maximum
     if not console.is_terminal:
         console.width = max(needed, len(title))  # piped: as wide as the table (or its title), no made-up width
-    if trailing is None or needed <= console.width:
+    # The title on its own line(s), not as the table's title: a table title wraps at the table's width.
+    console.print(Text(title, style="italic"), soft_wrap=not console.is_terminal)
+    if needed <= console.width:
         console.print(table)
         return
-    console.print(build([c for c in columns if c != trailing]))
-    index = list(columns).index(trailing)
-    for row in rows:
-        console.print(f"{trailing}: {row[index]}", soft_wrap=True, highlight=False, markup=False)
+    shown = [c for c in columns if c != trailing]
+    console.print(build(shown, wrap=True))
+    if trailing is not None:
+        for row in rows:
+            if row[index] not in (None, ""):
+                console.print(f"{trailing}: {row[index]}", soft_wrap=True, highlight=False, markup=False)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from stitchcli.cli.output import print_json, print_table
 
 if TYPE_CHECKING:
-    from stitchcli.stitching import StitchReport
+    from stitchcli.stitching import StitchReport, StitchRow
 
 ROW_FIELDS = ("dataset", "encoder", "decoder", "method", "projections", "aggregation", "stitched",
               "accuracy", "accuracy_std", "macro_f1", "macro_f1_std", "seeds", "note")
@@ -30,11 +30,15 @@ def _number(value: float | None) -> str:
 
 
 def setting_label(projections: Sequence[str], aggregation: str | None, method: str = "relative") -> str:
-    """Give a short label of a row's setting: ``cosine+l1 (mlp-sum)``, or the baseline's name."""
+    """Give a short label of a row's setting: ``cosine+l1 [mlp-sum]``, or the baseline's name."""
     if method != "relative":
         return method
-    joined = "+".join(projections) if len(projections) < 4 else f"product ({len(projections)})"
-    return f"{joined} [{aggregation}]"
+    return f"{'+'.join(projections)} [{aggregation}]"
+
+
+def spread(row: StitchRow, metric: str = "accuracy") -> str:
+    """Give a row's metric as ``mean ± std`` over its seeds (the mean alone for one seed)."""
+    return percent(getattr(row, metric), getattr(row, f"{metric}_std") if len(row.seeds) > 1 else None)
 
 
 def _anchor_text(report: StitchReport) -> str:
@@ -56,19 +60,17 @@ def render_stitch(report: StitchReport, *, json_output: bool) -> None:
     for row in stitched:
         ref = reference.get(row.setting)
         table_rows.append([
-            row.method,
-            "+".join(row.projections) or "-",
-            row.aggregation or "-",
-            percent(ref.accuracy, ref.accuracy_std) if ref else "-",
-            percent(row.accuracy, row.accuracy_std),
-            percent(ref.macro_f1, ref.macro_f1_std) if ref else "-",
-            percent(row.macro_f1, row.macro_f1_std),
+            setting_label(row.projections, row.aggregation, row.method),
+            spread(ref) if ref else "-",
+            spread(row),
+            spread(ref, "macro_f1") if ref else "-",
+            spread(row, "macro_f1"),
             row.note or "",
         ])
     seeds = ",".join(str(s) for s in stitched[0].seeds)
     print_table(
         f"{encoder} → {decoder} on {report.dataset} ({report.split}; {_anchor_text(report)}; seeds {seeds}; accuracy and macro-F1 %)",
-        ["method", "projections", "aggregation", f"{decoder}→{decoder} acc", f"{encoder}→{decoder} acc",
+        ["setting", f"{decoder}→{decoder} acc", f"{encoder}→{decoder} acc",
          f"{decoder}→{decoder} F1", f"{encoder}→{decoder} F1", "note"],
         table_rows,
         justify={name: "right" for name in (f"{decoder}→{decoder} acc", f"{encoder}→{decoder} acc", f"{decoder}→{decoder} F1", f"{encoder}→{decoder} F1")},
@@ -103,6 +105,10 @@ def render_eval(reports: Sequence[StitchReport], *, json_output: bool, recipe: s
 
     for report in reports:
         names = [model["name"] for model in report.models]
+        if len(names) == 2:
+            _render_pair(report, names)
+            _render_similarity(report)
+            continue
         summary_rows = [
             [
                 setting_label(entry["projections"], entry["aggregation"], entry["method"]),
@@ -129,14 +135,41 @@ def render_eval(reports: Sequence[StitchReport], *, json_output: bool, recipe: s
                 [[encoder, *(percent(value) for value in values)] for encoder, values in zip(names, matrix)],
                 justify={name: "right" for name in names},
             )
-        if report.similarity:
-            k = report.settings.get("k")
-            print_table(
-                f"Similarity of the {report.split} representations",
-                ["model a", "model b", "space", "CKA", f"Jaccard@{k}", f"MRR@{k}", "cosine"],
-                [[r.model_a, r.model_b, r.projection, _number(r.cka), _number(r.jaccard), _number(r.mrr), _number(r.cosine)] for r in report.similarity],
-                justify={name: "right" for name in ("CKA", f"Jaccard@{k}", f"MRR@{k}", "cosine")},
-            )
+        _render_similarity(report)
+
+
+def _render_pair(report: StitchReport, names: Sequence[str]) -> None:
+    """Print both directions of a two-model sweep in one table: one line per setting."""
+    a, b = names
+    cells = {(row.setting, row.encoder, row.decoder): row for row in report.rows}
+    directions = [(a, a), (b, a), (b, b), (a, b)]
+    table_rows = []
+    for setting in dict.fromkeys(row.setting for row in report.rows):
+        line = [setting_label(setting[1], setting[2], setting[0])]
+        for encoder, decoder in directions:
+            row = cells.get((setting, encoder, decoder))
+            line.append(spread(row) if row is not None else "-")
+        table_rows.append(line)
+    headers = [f"{encoder}→{decoder}" for encoder, decoder in directions]
+    seeds = ",".join(str(s) for s in report.settings.get("seeds", []))
+    print_table(
+        f"{report.dataset} ({report.split}, {_anchor_text(report)}, seeds {seeds}): accuracy %, encoder→decoder",
+        ["setting", *headers],
+        table_rows,
+        justify={header: "right" for header in headers},
+    )
+
+
+def _render_similarity(report: StitchReport) -> None:
+    if not report.similarity:
+        return
+    k = report.settings.get("k")
+    print_table(
+        f"{report.dataset}: similarity of the {report.split} representations",
+        ["model a", "model b", "space", "CKA", f"Jaccard@{k}", f"MRR@{k}", "cosine"],
+        [[r.model_a, r.model_b, r.projection, _number(r.cka), _number(r.jaccard), _number(r.mrr), _number(r.cosine)] for r in report.similarity],
+        justify={name: "right" for name in ("CKA", f"Jaccard@{k}", f"MRR@{k}", "cosine")},
+    )
 
 
 def _csv_text(records: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:

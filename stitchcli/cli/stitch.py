@@ -18,9 +18,11 @@ def split_list(value: str | None, option: str) -> tuple[str, ...] | None:
     """Give the comma-separated names of an option (None when not given); UsageError when empty."""
     if value is None:
         return None
-    names = tuple(part.strip() for part in value.split(",") if part.strip())
-    if not names:
-        raise UsageError(f"{option} is empty: give comma-separated names")
+    names = tuple(part.strip() for part in value.split(","))
+    if not any(names):
+        raise UsageError(f"{option} is empty: give comma-separated values")
+    if not all(names):
+        raise UsageError(f"{option} {value!r} has an empty value between commas")
     return names
 
 
@@ -80,6 +82,22 @@ def build_settings(options: Mapping[str, Any], **overrides: Any) -> "StitchSetti
     return settings
 
 
+# What a head file fixes (its anchors, training and seed), with the command's defaults.
+HEAD_FIXES = {
+    "seeds": "0,1,2", "limit": None, "embed_seed": 0, "anchors": None, "num_anchors": None, "anchor_strategy": "uniform",
+    "anchor_seed": 0, "anchor_model": None, "train_split": "train", "epochs": 40, "lr": 1e-3, "batch_size": 256,
+    "hidden": 512, "dropout": 0.1, "patience": 5, "weight_decay": 0.0, "val_fraction": 0.1,
+}
+
+
+def _refuse_options_the_head_fixes(given: Mapping[str, Any]) -> None:
+    """Refuse options that a --head file decides itself (rather than ignoring them silently)."""
+    changed = [name for name, default in HEAD_FIXES.items() if given.get(name) != default and name != "anchors"]
+    if changed:
+        flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+        raise UsageError(f"--head fixes the anchors, training settings and seed of the head: drop {flags}")
+
+
 def stitch_command(
     encoder: Annotated[str, typer.Argument(help="Model whose latents are stitched in (any embed --model name, or a saved --name).", show_default=False)],
     decoder: Annotated[str, typer.Argument(help="Model whose head reads them.", show_default=False)],
@@ -133,6 +151,8 @@ def stitch_command(
 
     explicit = {"projections": split_list(projection, "--projection"), "aggregation": aggregation, "transform": transform}
     settings = build_settings(locals())
+    if head is not None:
+        _refuse_options_the_head_fixes(locals())
     if head is not None and explicit["projections"] == ("all",):
         from stitchcli.relative import DEFAULT_PROJECTIONS
 
