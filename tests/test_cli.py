@@ -214,7 +214,8 @@ def test_sigkill_midway_then_rerun_matches_an_uninterrupted_run(cache_dir, tmp_p
 def test_ctrl_c_says_how_to_resume(cache_dir, tmp_path):
     from conftest import make_image_folder
 
-    data = make_image_folder(tmp_path / "many", per_class={"train": 64}, size=32)
+    # enough work (600 images at 64 px) that the run is still going when the signal arrives, even on a loaded machine
+    data = make_image_folder(tmp_path / "many", per_class={"train": 200}, size=64)
     proc = subprocess.Popen(
         [sys.executable, "-m", "stitchcli", "embed", "-m", "resnet18", "--weights", "random", "-d", str(data), "--split", "train",
          "--batch-size", "8", "--shard-rows", "16", "--num-workers", "0"],
