@@ -225,8 +225,19 @@ def test_ctrl_c_says_how_to_resume(cache_dir, tmp_path):
     while time.time() < deadline and proc.poll() is None and not list(cache_dir.glob("embeddings/*/*/*.partial/shard-*")):
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    # Press Ctrl-C, and again if the first press is lost: on a heavily loaded machine one SIGINT was seen to be
+    # swallowed (the run then finished normally); where that happens is an open question of issue #8.
+    stderr = ""
+    for _ in range(5):
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, stderr = proc.communicate(timeout=30)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    else:
+        proc.kill()
+        raise AssertionError("five SIGINTs did not stop the run")
     assert proc.returncode == 130
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("stitchcli: error: interrupted; finished work (embedding shards, heads) is kept")
