@@ -211,6 +211,11 @@ def test_sigkill_midway_then_rerun_matches_an_uninterrupted_run(cache_dir, tmp_p
     assert entry["resumed_rows"] == 16 * len(mtimes)
 
 
+def _default_sigint() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_says_how_to_resume(cache_dir, tmp_path):
     from conftest import make_image_folder
 
@@ -220,9 +225,9 @@ def test_ctrl_c_says_how_to_resume(cache_dir, tmp_path):
         [sys.executable, "-m", "stitchcli", "embed", "-m", "resnet18", "--weights", "random", "-d", str(data), "--split", "train",
          "--batch-size", "8", "--shard-rows", "16", "--num-workers", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "STITCHCLI_CACHE": str(cache_dir)},
-        # A child inherits an ignored SIGINT, and Python then never installs its KeyboardInterrupt handler: reset it
-        # to the default a shell gives, whatever the test process (or a library it loaded) did to its own.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        # A child inherits a blocked or ignored SIGINT (and Python then never sees it): start it as a shell would,
+        # whatever the test process (or a library it loaded, e.g. multiprocessing's resource tracker) did to its own.
+        preexec_fn=_default_sigint,
     )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and not list(cache_dir.glob("embeddings/*/*/*.partial/shard-*")):
