@@ -221,6 +221,15 @@ def _dataset_kwargs(settings: StitchSettings) -> dict[str, Any]:
     return {k: v for k, v in settings.dataset_options.items() if v is not None}
 
 
+def _resolved_dataset(settings: StitchSettings) -> Any:
+    """Give the DatasetSpec of the settings' dataset with its dataset options (no data is read)."""
+    from stitchcli.data import resolve_dataset
+
+    options = _dataset_kwargs(settings)
+    return resolve_dataset(settings.dataset, input_column=options.get("input_column"),
+                           label_column=options.get("label_column"), revision=options.get("dataset_revision"))
+
+
 def ensure_embeddings(store: EmbeddingStore, ref: ModelRef, split: str, settings: StitchSettings, reporter: Reporter) -> CachedEmbeddings:
     """Give a model's cached embeddings of one split (arrays loaded), embedding them first if missing."""
     from stitchcli.embedding import embed, load_embeddings
@@ -249,16 +258,13 @@ def ensure_embeddings(store: EmbeddingStore, ref: ModelRef, split: str, settings
 def ensure_anchors(
     store: EmbeddingStore, settings: StitchSettings, train: CachedEmbeddings, reporter: Reporter, refs: Sequence[ModelRef] = ()
 ) -> AnchorManifest:
-    """Give the sweep's anchor manifest: the one named in the settings, else the default draw (saved once).
+    """Give the sweep's default anchor manifest (``settings.anchors`` is None: named anchors are loaded by prepare).
 
     The default draw is saved under :func:`~stitchcli.anchors.default_anchor_name` and reused while it
     still describes the same choice of the same data; otherwise it is drawn again and replaced.
     """
     from stitchcli.anchors import choose_anchors
-    from stitchcli.data import resolve_dataset
 
-    if settings.anchors is not None:
-        return load_anchor_manifest(store, settings.anchors)
     num = settings.num_anchors
     if num is not None and num > train.rows:
         raise UsageError(
@@ -270,8 +276,7 @@ def ensure_anchors(
         if num < DEFAULT_NUM:
             reporter.info(f"using all {num} training rows as anchors (fewer than the default {DEFAULT_NUM})")
     options = _dataset_kwargs(settings)
-    data = resolve_dataset(settings.dataset, input_column=options.get("input_column"),
-                           label_column=options.get("label_column"), revision=options.get("dataset_revision"))
+    data = _resolved_dataset(settings)
     model_options: dict[str, Any] = {}
     if STRATEGIES[settings.anchor_strategy].needs_embeddings:
         chooser = {ref.name: ref for ref in refs}.get(str(settings.anchor_model))
@@ -375,11 +380,7 @@ def prepare(
 
 def _check_manifest_before_work(manifest: AnchorManifest, settings: StitchSettings) -> None:
     """Refuse anchors of another dataset, split or subset before any model work (UsageError)."""
-    from stitchcli.data import resolve_dataset
-
-    options = _dataset_kwargs(settings)
-    data = resolve_dataset(settings.dataset, input_column=options.get("input_column"),
-                           label_column=options.get("label_column"), revision=options.get("dataset_revision"))
+    data = _resolved_dataset(settings)
     if manifest.dataset_id != data.dataset_id:
         raise UsageError(f"anchors {manifest.name!r} are rows of {manifest.dataset_id}, not of the requested dataset {data.dataset_id}: choose anchors of this dataset")
     if manifest.split != settings.train_split:
@@ -855,16 +856,12 @@ def _settings_of_head(
     device: torch.device,
 ) -> tuple[FittedHead, AnchorManifest, StitchSettings]:
     """Give (the head, its anchors, the settings it implies) after refusing a head that does not fit the request."""
-    from stitchcli.data import resolve_dataset
-
     head = load_head(head_file, device=device)
     if head.kind != "relative":
         raise UsageError(f"head {head_file} is an absolute head: stitching needs a relative head (train one with `stitchcli fit-head`)")
     if len(decoders) != 1:
         raise UsageError("a head file is one decoder's head: give one decoder with it")
-    options = _dataset_kwargs(settings)
-    data = resolve_dataset(settings.dataset, input_column=options.get("input_column"),
-                           label_column=options.get("label_column"), revision=options.get("dataset_revision"))
+    data = _resolved_dataset(settings)
     requested = load_anchor_manifest(store, settings.anchors) if settings.anchors is not None else None
     check_head(
         head,
@@ -935,14 +932,13 @@ def similarity_rows(
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             n = int(spaces[a].shape[0])
-            k = settings.k
             for index, projection in enumerate(projections):
                 x, y = spaces[a][:, index], spaces[b][:, index]
                 rows.append(SimilarityRow(
                     a, b, projection,
                     cka=linear_cka(x, y) if "cka" in metrics else None,
-                    jaccard=jaccard_at_k(x, y, k) if "jaccard" in metrics and k >= 1 else None,
-                    mrr=mrr_at_k(x, y, k) if "mrr" in metrics and k >= 1 else None,
+                    jaccard=jaccard_at_k(x, y, settings.k) if "jaccard" in metrics else None,
+                    mrr=mrr_at_k(x, y, settings.k) if "mrr" in metrics else None,
                     cosine=mean_cosine(x, y) if "cosine" in metrics else None,
                     rows=n,
                 ))
@@ -951,7 +947,7 @@ def similarity_rows(
             rows.append(SimilarityRow(
                 a, b, "absolute",
                 cka=linear_cka(xa, xb) if "cka" in metrics else None,
-                jaccard=jaccard_at_k(xa, xb, k) if "jaccard" in metrics and k >= 1 else None,
+                jaccard=jaccard_at_k(xa, xb, settings.k) if "jaccard" in metrics else None,
                 mrr=None,
                 cosine=None,
                 rows=n,

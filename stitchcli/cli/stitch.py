@@ -82,17 +82,19 @@ def build_settings(options: Mapping[str, Any], **overrides: Any) -> "StitchSetti
     return settings
 
 
-# What a head file fixes (its anchors, training and seed), with the command's defaults.
-HEAD_FIXES = {
-    "seeds": "0,1,2", "limit": None, "embed_seed": 0, "anchors": None, "num_anchors": None, "anchor_strategy": "uniform",
-    "anchor_seed": 0, "anchor_model": None, "train_split": "train", "epochs": 40, "lr": 1e-3, "batch_size": 256,
-    "hidden": 512, "dropout": 0.1, "patience": 5, "weight_decay": 0.0, "val_fraction": 0.1,
-}
+# What a head file fixes: its anchors' draw, its training settings and its seed (--anchors is checked against it).
+HEAD_FIXES = (
+    "seeds", "limit", "embed_seed", "num_anchors", "anchor_strategy", "anchor_seed", "anchor_model", "train_split",
+    *HEAD_OPTIONS,
+)
 
 
 def _refuse_options_the_head_fixes(given: Mapping[str, Any]) -> None:
     """Refuse options that a --head file decides itself (rather than ignoring them silently)."""
-    changed = [name for name, default in HEAD_FIXES.items() if given.get(name) != default and name != "anchors"]
+    import inspect
+
+    defaults = {name: p.default for name, p in inspect.signature(stitch_command).parameters.items()}
+    changed = [name for name in HEAD_FIXES if given.get(name) != defaults[name]]
     if changed:
         flags = ", ".join("--" + name.replace("_", "-") for name in changed)
         raise UsageError(f"--head fixes the anchors, training settings and seed of the head: drop {flags}")
