@@ -21,6 +21,8 @@ A recipe (every key but ``models`` (unless every dataset lists its own) and one 
     seeds = [0, 1, 2]
     metrics = ["cka", "jaccard", "mrr", "cosine"]
     k = 10
+    baselines = ["absolute", "translation", "affine"]   # or "all"; [] for none
+    ridge = 0.1                            # the affine baseline's ridge strength
     [anchors]        # num, strategy, seed, model (fps/kmeans) -- or name: a saved manifest
     [head]           # any field of stitchcli.heads.HeadSettings (hidden, epochs, lr, dropout...)
     [dataset_options]  # input_column, label_column, dataset_revision
@@ -48,7 +50,8 @@ if TYPE_CHECKING:
     from stitchcli.store import EmbeddingStore
 
 ALL = "all"
-METRICS = ("cka", "jaccard", "mrr", "cosine")
+METRICS = ("cka", "jaccard", "mrr", "cosine")  # stitching.py's defaults too (kept here: this module stays light)
+BASELINES = ("absolute", "translation", "affine")
 
 ANCHOR_KEYS = ("num", "strategy", "seed", "name", "model")
 DATASET_OPTION_KEYS = ("input_column", "label_column", "dataset_revision")
@@ -66,6 +69,8 @@ RECIPE_KEYS = (
     "seeds",
     "metrics",
     "k",
+    "baselines",
+    "ridge",
     "anchors",
     "head",
     "dataset_options",
@@ -81,6 +86,7 @@ DEFAULTS: dict[str, Any] = {
     "seeds": [0, 1, 2],
     "metrics": ALL,
     "k": 10,
+    "baselines": ALL,
 }
 ANCHOR_DEFAULTS: dict[str, Any] = {"num": None, "strategy": "uniform", "seed": 0, "name": None, "model": None}
 
@@ -115,6 +121,8 @@ class Recipe:
     metrics: list[str]
     k: int
     anchors: dict[str, Any]
+    baselines: list[str]
+    ridge: float | None
     head: dict[str, Any]
     dataset_options: dict[str, Any]
 
@@ -439,9 +447,18 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
         metrics=check.names("metrics", values["metrics"], list(METRICS), "metric"),
         k=k,
         anchors=anchors,
+        baselines=[] if values["baselines"] == [] else check.names("baselines", values["baselines"], list(BASELINES), "baseline"),
+        ridge=None if "ridge" not in document else _positive(check, "ridge", values["ridge"]),
         head=_head(check, document.get("head", {})),
         dataset_options=_dataset_options(check, document.get("dataset_options", {})),
     )
+
+
+def _positive(check: Any, key: str, value: Any) -> float:
+    number = check.number(key, value)
+    if not number > 0:
+        raise check.fail(key, "a positive number", value)
+    return number
 
 
 def validate_recipe(recipe: Recipe, store: EmbeddingStore | None = None) -> None:
@@ -535,6 +552,8 @@ def recipe_sweeps(
             head=HeadSettings(**recipe.head),
             metrics=tuple(recipe.metrics),
             k=recipe.k,
+            baselines=tuple(recipe.baselines),
+            **({"ridge": recipe.ridge} if recipe.ridge is not None else {}),
             dataset_options=dict(recipe.dataset_options),
             device=device,
             embed_batch_size=embed_batch_size,

@@ -41,6 +41,6 @@ def test_readme_python_examples_run(cache_dir, image_folder, monkeypatch):
     assert tuple(namespace["space"].values.shape) == (12, 4, 6)
     assert tuple(namespace["features"].shape) == (12, 6)
     rows = namespace["report"].rows
-    assert {row.method for row in rows} == {"relative", "absolute", "translation"}
+    assert {row.method for row in rows} == {"relative", "absolute", "translation", "affine"}
     assert all(row.accuracy is None or 0.0 <= row.accuracy <= 1.0 for row in rows)
     assert len(namespace["sweep"].similarity) == 5  # one model pair: four projections and the absolute latents

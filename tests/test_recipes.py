@@ -115,6 +115,18 @@ def test_defaults_are_filled_when_keys_are_left_out(tmp_path: Path) -> None:
     assert recipe.metrics == list(METRICS)
     assert recipe.anchors == {"num": None, "strategy": "uniform", "seed": 0, "name": None, "model": None}
     assert recipe.head == {} and recipe.dataset_options == {} and recipe.description == ""
+    assert recipe.baselines == ["absolute", "translation", "affine"] and recipe.ridge is None
+
+
+def test_baselines_and_ridge_reach_the_settings(tmp_path: Path) -> None:
+    from stitchcli.recipes import recipe_sweeps
+    from stitchcli.stitching import BASELINES, StitchSettings
+
+    assert tuple(load_recipe(write(tmp_path, MINIMAL)).baselines) == BASELINES
+    (_, settings), = recipe_sweeps(load_recipe(write(tmp_path, MINIMAL + 'baselines = ["affine"]\nridge = 2.5\n')))
+    assert settings.baselines == ("affine",) and settings.ridge == 2.5
+    (_, settings), = recipe_sweeps(load_recipe(write(tmp_path, MINIMAL + "baselines = []\n")))
+    assert settings.baselines == () and settings.ridge == StitchSettings(dataset="x").ridge
 
 
 def test_all_expands_to_every_registered_name(tmp_path: Path) -> None:
@@ -189,6 +201,9 @@ def test_paths_are_relative_to_the_recipe_folder(tmp_path: Path) -> None:
         (MINIMAL + 'aggregations = ["mlp_sum"]\n', "aggregations: unknown aggregation 'mlp_sum' (did you mean 'mlp-sum'?)"),
         (MINIMAL + 'transform = "centre"\n', "transform: unknown transform 'centre' (did you mean 'center'?)"),
         (MINIMAL + 'metrics = ["mmr"]\n', "metrics: unknown metric 'mmr' (did you mean 'mrr'?)"),
+        (MINIMAL + 'baselines = ["procrustes"]\n', "baselines: unknown baseline 'procrustes'"),
+        (MINIMAL + "ridge = 0\n", "ridge must be a positive number, not 0"),
+        (MINIMAL + 'ridge = "big"\n', "ridge must be a number, not 'big' (a string)"),
         (MINIMAL + '[anchors]\nstrategy = "kmean"\n', "anchors.strategy: unknown anchor strategy 'kmean' (did you mean 'kmeans'?)"),
         (MINIMAL + '[anchors]\nstrategy = "fps"\n', "set anchors.model to one of the recipe's models"),
         (MINIMAL + '[anchors]\nmodel = "rexnet_100"\n', "anchors.model applies to the fps and kmeans strategies"),

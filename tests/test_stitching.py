@@ -123,7 +123,7 @@ def test_output_contract_json_tables_and_progress(clusters, tmp_path):
     assert {"rows", "anchors", "models", "settings", "dataset", "split"} <= set(document)
     for row in document["rows"]:
         assert {"encoder", "decoder", "method", "projections", "aggregation", "stitched", "accuracy", "macro_f1"} <= set(row)
-        assert row["method"] in ("relative", "absolute", "translation")
+        assert row["method"] in ("relative", "absolute", "translation", "affine")
         assert row["accuracy"] is None or 0.0 <= row["accuracy"] <= 1.0
     assert "heads (trained, or read from the cache)" in first.stderr  # progress goes to stderr
     assert document["heads_trained"] > 0
@@ -232,6 +232,8 @@ def test_bad_input_is_one_line_and_exit_2(clusters, tmp_path):
         (["stitch", "A", "B", "--dataset", str(data), "--train-split", "validation"], "looks like evaluation data"),
         (["eval", "--dataset", str(data), "--models", "A"], "at least two"),
         (["eval", "--dataset", str(data), "--models", "A,B", "--metrics", "ckaa"], "did you mean 'cka'"),
+        (["stitch", "A", "B", "--dataset", str(data), "--ridge", "0"], "--ridge must be a positive number"),
+        (["stitch", "A", "B", "--dataset", str(data), "--baselines", "afine"], "did you mean 'affine'"),
     ]
     for argv, message in cases:
         result = run_cli(*argv)

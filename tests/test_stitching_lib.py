@@ -13,6 +13,7 @@ from stitchcli.embedding import ModelRef, embed
 from stitchcli.errors import UsageError
 from stitchcli.heads import HeadSettings
 from stitchcli.stitching import (
+    AffineTranslation,
     LatentTranslation,
     StitchReport,
     StitchRow,
@@ -94,6 +95,8 @@ def test_default_settings_pass_the_check():
         ({"limit": 0}, "--limit must be a positive"),
         ({"num_anchors": 0}, "--num-anchors must be a positive"),
         ({"k": 0}, "--k must be at least 1"),
+        ({"ridge": 0.0}, "--ridge must be a positive number"),
+        ({"ridge": float("nan")}, "--ridge must be a positive number"),
         ({"split": "train"}, "--split and --train-split are both 'train'"),
         ({"train_split": "validation", "split": "test"}, "--train-split 'validation' looks like evaluation data"),
         ({"anchor_strategy": "fps"}, "--anchor-model"),
@@ -223,7 +226,7 @@ def test_stitch_through_an_invariance_matches_the_reference_and_reuses_its_heads
     report = stitch(store, a, b, settings)
     rows = rows_by(report)
     relative_sets = [("relative", s, "mlp-sum") for s in settings.projection_sets()]
-    assert len(report.rows) == 2 * (len(relative_sets) + 2)
+    assert len(report.rows) == 2 * (len(relative_sets) + 3)
     assert (report.heads_trained, report.heads_cached) == (len(relative_sets) + 1, 0)
     for setting in relative_sets:
         reference, stitched = rows[("B", "B", setting)], rows[("A", "B", setting)]
@@ -233,6 +236,7 @@ def test_stitch_through_an_invariance_matches_the_reference_and_reuses_its_heads
     reference = rows[("B", "B", ("absolute", (), None))]
     assert 0.5 < reference.accuracy < 1.0
     assert rows[("A", "B", ("translation", (), None))].accuracy == reference.accuracy
+    assert rows[("A", "B", ("affine", (), None))].accuracy >= reference.accuracy - 0.05  # ridge-shrunk, nearly exact
     assert rows[("A", "B", ("absolute", (), None))].accuracy < reference.accuracy - 0.25
 
     again = stitch(store, a, b, settings)
@@ -261,7 +265,7 @@ def test_evaluate_gives_every_pair_and_the_similarity_table(clusters, tmp_path):
     names = ["A", "B", "C"]
     settings_seen = {row.setting for row in report.rows}
     relative_sets = {("relative", s, "mlp-sum") for s in settings.projection_sets()}
-    assert settings_seen == relative_sets | {("absolute", (), None), ("translation", (), None)}
+    assert settings_seen == relative_sets | {("absolute", (), None), ("translation", (), None), ("affine", (), None)}
     assert len(report.rows) == len(settings_seen) * 9
     for setting in settings_seen:
         pairs = [(row.encoder, row.decoder) for row in report.rows if row.setting == setting]
@@ -293,6 +297,38 @@ def test_evaluate_gives_every_pair_and_the_similarity_table(clusters, tmp_path):
     assert similarity[("A", "B", "cosine")].cosine == pytest.approx(1.0, abs=1e-6)
     assert similarity[("A", "C", "absolute")].mrr is None and similarity[("A", "C", "absolute")].cosine is None
     assert all(row.rows == CLASSES * PER_CLASS["test"] for row in report.similarity)
+
+
+def test_affine_translation_recovers_a_general_affine_map():
+    """A stretch and shear (not orthogonal) that Procrustes cannot undo; with a negligible ridge it is recovered."""
+    rng = np.random.default_rng(0)
+    matrix, shift = rng.normal(size=(8, 12)), rng.normal(size=12) * 3
+    source = rng.normal(size=(60, 8)) * np.linspace(0.5, 4.0, 8)  # k = 60 anchors > d = 8
+    target = source @ matrix + shift
+    affine = AffineTranslation.fit(source, target, ridge=1e-9)
+    np.testing.assert_allclose(affine.matrix, matrix, atol=1e-5)
+    samples = rng.normal(size=(25, 8))
+    mapped = affine(samples)
+    assert mapped.dtype == np.float32 and mapped.shape == (25, 12)
+    np.testing.assert_allclose(mapped, samples @ matrix + shift, rtol=1e-4, atol=1e-4)
+    orthogonal = LatentTranslation.fit(source, target)(samples)
+    assert np.abs(orthogonal - (samples @ matrix + shift)).max() > 0.5  # the orthogonal map cannot do this
+
+
+@pytest.mark.parametrize(("k", "d"), [(40, 10), (10, 40)])
+def test_affine_translation_is_the_ridge_solution_in_either_form(k, d):
+    """The d x d (k >= d) and k x k (k < d) solves give the ridge regression solution, shrinking toward zero."""
+    rng = np.random.default_rng(1)
+    source, target = rng.normal(size=(k, d)), rng.normal(size=(k, 6))
+    a, b = source - source.mean(0), target - target.mean(0)
+    ridge = 0.5
+    penalty = ridge * k * (a**2).mean()
+    expected = np.linalg.lstsq(np.vstack([a, np.sqrt(penalty) * np.eye(d)]), np.vstack([b, np.zeros((d, 6))]), rcond=None)[0]
+    affine = AffineTranslation.fit(source, target, ridge=ridge)
+    np.testing.assert_allclose(affine.matrix, expected, atol=1e-8)
+    stronger = AffineTranslation.fit(source, target, ridge=50.0)
+    assert np.linalg.norm(stronger.matrix) < np.linalg.norm(affine.matrix)
+    np.testing.assert_allclose(affine(source.mean(0, keepdims=True))[0], target.mean(0), atol=1e-5)  # mean to mean
 
 
 def test_translation_with_fewer_anchors_than_dimensions_keeps_to_the_anchors_span():

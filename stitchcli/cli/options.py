@@ -88,7 +88,18 @@ Patience = Annotated[int, typer.Option("--patience", help="Epochs without a bett
 WeightDecay = Annotated[float, typer.Option("--weight-decay", help="Adam weight decay.")]
 ValFraction = Annotated[float, typer.Option("--val-fraction", help="Class-stratified part of the training split held out for early stopping.")]
 Seeds = Annotated[str, typer.Option("--seeds", help="Comma-separated head seeds; results are mean ± std over them.")]
-Baselines = Annotated[str, typer.Option("--baselines", help="Comma-separated baselines beside the relative rows: absolute, translation, or none.")]
+Baselines = Annotated[
+    Optional[str],
+    typer.Option(
+        "--baselines",
+        help="Comma-separated baselines beside the relative rows: absolute, translation (orthogonal Procrustes), affine (ridge least squares), or none. [default: absolute,translation,affine]",
+        show_default=False,
+    ),
+]
+Ridge = Annotated[
+    Optional[float],
+    typer.Option("--ridge", help="Ridge strength of the affine baseline, relative to the anchors' variance. [default: 0.1]", show_default=False),
+]
 EmbedBatchSize = Annotated[
     Optional[int], typer.Option("--embed-batch-size", help="Batch size when missing embeddings are computed (default: embed's).", show_default=False)
 ]

@@ -36,7 +36,7 @@ def parse_seeds(value: str, option: str = "--seeds") -> tuple[int, ...]:
 
 SETTINGS_OPTIONS = (
     "dataset", "split", "train_split", "limit", "embed_seed", "anchors", "num_anchors", "anchor_strategy", "anchor_seed",
-    "anchor_model", "projection", "aggregation", "transform", "seeds", "baselines", "metrics", "k", "device",
+    "anchor_model", "projection", "aggregation", "transform", "seeds", "baselines", "ridge", "metrics", "k", "device",
     "embed_batch_size", "input_column", "label_column", "dataset_revision",
 )
 HEAD_OPTIONS = ("hidden", "dropout", "epochs", "lr", "batch_size", "weight_decay", "val_fraction", "patience")
@@ -123,7 +123,8 @@ def stitch_command(
         Optional[Path],
         typer.Option("--head", help="Use this head (from `fit-head --out`) as DECODER's; its anchors, projections and aggregation apply.", show_default=False),
     ] = None,
-    baselines: opt.Baselines = "absolute,translation",
+    baselines: opt.Baselines = None,
+    ridge: opt.Ridge = None,
     epochs: opt.Epochs = 40,
     lr: opt.Lr = 1e-3,
     batch_size: opt.HeadBatchSize = 256,
