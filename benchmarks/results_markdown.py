@@ -41,7 +41,7 @@ def main(path: str) -> None:
         anchors = run["anchors"]
         print(f"### {dataset}: {a} ↔ {b}\n")
         print(f"{run['models'][0]['train_rows']} training / {run['models'][0]['eval_rows']} test rows, "
-              f"{anchors['num']} anchors ({anchors['strategy']}, seed {anchors['seed']}), seeds "
+              f"{anchors['num']} anchors ({anchors['strategy']}, seed {anchors['seed']}), transform {run['settings']['transform']}, seeds "
               f"{','.join(map(str, run['settings']['seeds']))}; accuracy / macro-F1 in %, mean ± std over seeds.\n")
         directions = [(a, a), (b, a), (b, b), (a, b)]
         header = " | ".join(f"{e}→{d}" for e, d in directions)

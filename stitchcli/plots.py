@@ -54,7 +54,9 @@ def heatmap(
     axes.set_yticks(range(len(row_labels)), labels=list(row_labels))
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
-    axes.set_title(title, fontsize=10)
+    import textwrap
+
+    axes.set_title(textwrap.fill(title, width=max(30, int(9 * width)), break_on_hyphens=False), fontsize=10)  # long titles wrap, never cut
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
             if not np.isnan(grid[i, j]):
@@ -64,7 +66,7 @@ def heatmap(
     figure.colorbar(image, ax=axes)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
     return path
 

@@ -15,9 +15,9 @@ A recipe (every key but ``models`` (unless every dataset lists its own) and one 
     split = "test"                         # evaluation split
     train_split = "train"                  # heads and anchors come from here
     limit = 500                            # seeded class-stratified subset of N rows per split
-    projections = ["cosine", "l1"]         # or "all"; likewise aggregations and metrics
+    projections = ["cosine", "l1"]         # or "all"; likewise aggregations and metrics (default: stitch's)
     aggregations = ["mlp-sum"]
-    transform = "none"
+    transform = "center"
     seeds = [0, 1, 2]
     metrics = ["cka", "jaccard", "mrr", "cosine"]
     k = 10
@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from stitchcli import defaults
 from stitchcli.embedding import MODEL_OPTIONS as MODEL_OPTION_KEYS
 from stitchcli.embedding import ModelRef
 from stitchcli.errors import UsageError
@@ -50,8 +51,7 @@ if TYPE_CHECKING:
     from stitchcli.store import EmbeddingStore
 
 ALL = "all"
-METRICS = ("cka", "jaccard", "mrr", "cosine")  # stitching.py's defaults too (kept here: this module stays light)
-BASELINES = ("absolute", "translation", "affine")
+BASELINES, METRICS = defaults.BASELINES, defaults.METRICS  # the names a recipe may list
 
 ANCHOR_KEYS = ("num", "strategy", "seed", "name", "model")
 DATASET_OPTION_KEYS = ("input_column", "label_column", "dataset_revision")
@@ -80,9 +80,9 @@ DEFAULTS: dict[str, Any] = {
     "split": "test",
     "train_split": "train",
     "limit": None,
-    "projections": ALL,
-    "aggregations": ["mlp-sum"],
-    "transform": "none",
+    "projections": list(defaults.PROJECTIONS),
+    "aggregations": [defaults.AGGREGATION],
+    "transform": defaults.TRANSFORM,
     "seeds": [0, 1, 2],
     "metrics": ALL,
     "k": 10,

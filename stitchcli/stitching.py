@@ -49,15 +49,14 @@ from stitchcli.heads import (
     save_head,
     train_classifier,
 )
-from stitchcli.recipes import BASELINES as RECIPE_BASELINES
-from stitchcli.recipes import METRICS
+from stitchcli import defaults
 from stitchcli.store import CachedEmbeddings, EmbeddingStore, slug
 
-DEFAULT_AGGREGATION = "mlp-sum"
-DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
-DEFAULT_METRICS: tuple[str, ...] = METRICS
-BASELINES: tuple[str, ...] = RECIPE_BASELINES
-DEFAULT_RIDGE = 0.1
+DEFAULT_AGGREGATION = defaults.AGGREGATION
+DEFAULT_SEEDS: tuple[int, ...] = defaults.SEEDS
+DEFAULT_METRICS: tuple[str, ...] = defaults.METRICS
+BASELINES: tuple[str, ...] = defaults.BASELINES
+DEFAULT_RIDGE = defaults.RIDGE
 DATASET_OPTIONS: tuple[str, ...] = ("input_column", "label_column", "dataset_revision")
 HEADS_FOLDER = "heads"
 
@@ -102,9 +101,9 @@ class StitchSettings:
     anchor_strategy: str = "uniform"
     anchor_seed: int = 0
     anchor_model: str | None = None
-    projections: tuple[str, ...] = ("cosine", "euclidean", "l1", "linf")
+    projections: tuple[str, ...] = defaults.PROJECTIONS
     aggregations: tuple[str, ...] = (DEFAULT_AGGREGATION,)
-    transform: str = "none"
+    transform: str = defaults.TRANSFORM
     seeds: tuple[int, ...] = DEFAULT_SEEDS
     head: HeadSettings = field(default_factory=HeadSettings)
     baselines: tuple[str, ...] = BASELINES

@@ -43,4 +43,4 @@ def test_readme_python_examples_run(cache_dir, image_folder, monkeypatch):
     rows = namespace["report"].rows
     assert {row.method for row in rows} == {"relative", "absolute", "translation", "affine"}
     assert all(row.accuracy is None or 0.0 <= row.accuracy <= 1.0 for row in rows)
-    assert len(namespace["sweep"].similarity) == 5  # one model pair: four projections and the absolute latents
+    assert len(namespace["sweep"].similarity) == 3  # one model pair: the two default projections and the absolute latents

@@ -102,14 +102,16 @@ def test_distance_rows_stitch_exactly_through_a_translation(clusters, tmp_path):
     shift = np.random.default_rng(2).normal(0.0, 5.0, DIM).astype(np.float32)
     import_model("B", data, {split: values + shift for split, values in z.items()}, tmp_path)
 
-    document = stitch_json("A", "B", "--dataset", str(data), *FAST, "--seeds", "0,1")
+    document = stitch_json("A", "B", "--dataset", str(data), *FAST, "--seeds", "0,1", "--projection", "all")
 
     rows = relative_rows(document)
-    for projection in ("euclidean", "l1", "linf"):
-        pair = rows[(projection,)]
-        assert abs(pair[True]["accuracy"] - pair[False]["accuracy"]) <= 0.005, projection
+    four = ("cosine", "euclidean", "l1", "linf")
+    assert set(rows) == {("cosine",), ("euclidean",), ("l1",), ("linf",), four}
+    # distances ignore a shift; cosine does too on centred latents (the default transform); so does their product
+    for projections in [(p,) for p in four] + [four]:
+        pair = rows[projections]
+        assert abs(pair[True]["accuracy"] - pair[False]["accuracy"]) <= 0.005, projections
         assert pair[True]["seeds"] == [0, 1] and len(pair[True]["per_seed"]) == 2
-    assert set(rows) == {("cosine",), ("euclidean",), ("l1",), ("linf",), ("cosine", "euclidean", "l1", "linf")}
 
 
 def test_output_contract_json_tables_and_progress(clusters, tmp_path):
@@ -183,7 +185,8 @@ def test_fit_head_saves_a_head_that_stitch_reads_and_refuses_mismatches(clusters
     fitted = run_cli("fit-head", "--model", "B", "--dataset", str(data), *FAST, "--out", str(out), "--json")
     assert fitted.returncode == 0, fitted.stderr
     config = json.loads(fitted.stdout)
-    assert config["projections"] == ["cosine", "euclidean", "l1", "linf"] and config["aggregation"] == "mlp-sum"
+    assert config["projections"] == ["cosine", "euclidean"] and config["aggregation"] == "mlp-sum"  # the defaults
+    assert config["transform"] == "center"
     assert config["num_classes"] == CLASSES and 0.0 <= config["training"]["val_accuracy"] <= 1.0
     assert len(config["training"]["curve"]) == config["training"]["epochs_run"]
     head = Path(config["out"])
@@ -191,11 +194,11 @@ def test_fit_head_saves_a_head_that_stitch_reads_and_refuses_mismatches(clusters
 
     used = stitch_json("A", "B", "--dataset", str(data), "--head", str(head))
     rows = [row for row in used["rows"] if row["method"] == "relative"]
-    assert [tuple(r["projections"]) for r in rows] == [("cosine", "euclidean", "l1", "linf")] * 2
+    assert [tuple(r["projections"]) for r in rows] == [("cosine", "euclidean")] * 2
     assert rows[0]["accuracy"] == pytest.approx(rows[1]["accuracy"], abs=0.005)  # A = B / 3: a rescaling
 
     mismatches = [
-        (["--projection", "cosine"], "reads projections cosine,euclidean,l1,linf, not the requested cosine"),
+        (["--projection", "cosine"], "reads projections cosine,euclidean, not the requested cosine"),
         (["--aggregation", "sum"], "aggregates with 'mlp-sum', not the requested 'sum'"),
     ]
     for extra, message in mismatches:
@@ -281,7 +284,7 @@ def test_stitch_two_models_of_different_sizes_with_no_step_before(tmp_path, cach
     dims = {model["name"]: model["dim"] for model in document["models"]}
     assert dims == {str(tiny_bert): 32, minilm: 384}
     rows = relative_rows(document)
-    product = rows[("cosine", "euclidean", "l1", "linf")]
+    product = rows[("cosine", "euclidean")]  # the default product
     assert product[True]["accuracy"] is not None and product[False]["accuracy"] is not None
     absolute = [row for row in document["rows"] if row["method"] == "absolute" and row["stitched"]]
     assert absolute[0]["accuracy"] is None and "32-d" in absolute[0]["note"]

@@ -110,8 +110,9 @@ def test_settings_check_refuses(options, match):
 
 def test_projection_sets_give_each_projection_then_the_product():
     four = ("cosine", "euclidean", "l1", "linf")
-    assert StitchSettings(dataset="x").projection_sets() == [("cosine",), ("euclidean",), ("l1",), ("linf",), four]
-    assert StitchSettings(dataset="x", singles=False).projection_sets() == [four]
+    assert StitchSettings(dataset="x", projections=four).projection_sets() == [("cosine",), ("euclidean",), ("l1",), ("linf",), four]
+    assert StitchSettings(dataset="x", projections=four, singles=False).projection_sets() == [four]
+    assert StitchSettings(dataset="x").projection_sets() == [("cosine",), ("euclidean",), ("cosine", "euclidean")]  # the default
     assert StitchSettings(dataset="x", projections=("l1", "cosine"), singles=False).projection_sets() == [("l1", "cosine")]
     for singles in (True, False):
         assert StitchSettings(dataset="x", projections=("l1",), singles=singles).projection_sets() == [("l1",)]

@@ -73,11 +73,11 @@ AnchorModel = Annotated[
 ]
 Projection = Annotated[
     Optional[str],
-    typer.Option("--projection", "-p", help="Comma-separated projections, or all: cosine, euclidean, l1, linf. [default: all]", show_default=False),
+    typer.Option("--projection", "-p", help="Comma-separated projections, or all: cosine, euclidean, l1, linf. [default: cosine,euclidean]", show_default=False),
 ]
 Transform = Annotated[
     Optional[str],
-    typer.Option("--transform", help="Absolute transform fitted on each model's anchors: none, center, standardize, l2. [default: none]", show_default=False),
+    typer.Option("--transform", help="Absolute transform fitted on each model's anchors: none, center, standardize, l2. [default: center]", show_default=False),
 ]
 Epochs = Annotated[int, typer.Option("--epochs", help="Most training epochs (early stopping on the validation part).")]
 Lr = Annotated[float, typer.Option("--lr", help="Adam learning rate.")]

@@ -1,0 +1,85 @@
+"""The product space alone (no single-projection rows) across numbers of anchors and aggregations, on the
+offline demo's real pairs, test split, both directions.
+
+For each number of anchors K (drawn uniformly, seed 0, from the training split; "all" = every training
+row) and each aggregation, `stitchcli.stitching.evaluate` with the defaults of `stitch` otherwise (or the
+--projections and --transform given): the product's rows, and the translation and affine baselines
+(fitted on the same anchors). Heads are cached like `stitch`'s, so a rerun only reads. One JSON line per
+(dataset, K, aggregation) on stdout, and a markdown table at the end.
+
+Needs the demo's full embeddings in the cache (else they are computed, which takes long):
+
+    stitchcli demo --full --cache-dir CACHE
+    python benchmarks/product_sweep.py --cache-dir CACHE --anchors 100,300,640,1280,all             # anchors
+    python benchmarks/product_sweep.py --cache-dir CACHE --aggregations concat,sum,mlp-sum,self-attention \
+        --projections cosine,euclidean,l1,linf                                                  # aggregations
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from dataclasses import replace
+
+from stitchcli.demo import packaged_dataset
+from stitchcli.embedding import ModelRef, load_embeddings
+from stitchcli.stitching import StitchSettings, evaluate
+from stitchcli.store import EmbeddingStore
+
+PAIRS = {"packaged:bbc-news": ("minilm", "mpnet"), "packaged:mnist5k": ("lite0", "lite2")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache-dir", required=True, type=Path)
+    parser.add_argument("--anchors", default="100,300,640,1280,all", help="numbers of anchors (comma-separated; all = every training row)")
+    parser.add_argument("--datasets", default=",".join(PAIRS), help="comma-separated packaged datasets")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--aggregations", default=None, help="comma-separated aggregations (default: stitch's)")
+    parser.add_argument("--projections", default=None, help="comma-separated projections of the product (default: stitch's)")
+    parser.add_argument("--transform", default=None, help="absolute transform (default: stitch's)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON lines to this file")
+    args = parser.parse_args()
+    store = EmbeddingStore(args.cache_dir)
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    base = StitchSettings(dataset="", seeds=seeds, singles=False, metrics=(), baselines=("translation", "affine"))
+    if args.projections:
+        base = replace(base, projections=tuple(args.projections.split(",")))
+    if args.transform:
+        base = replace(base, transform=args.transform)
+    aggregations = args.aggregations.split(",") if args.aggregations else list(base.aggregations)
+    table: list[tuple[str, int, str, dict]] = []
+    out = args.out.open("a") if args.out else None
+    for dataset in args.datasets.split(","):
+        models = [ModelRef(name) for name in PAIRS[dataset]]
+        for count in args.anchors.split(","):
+            if count == "all":  # every training row (the embeddings are cached by the first K)
+                count = str(len(load_embeddings(store, models[0].name, packaged_dataset(store, dataset), "train").labels))
+            for aggregation in aggregations:
+                settings = replace(base, dataset=dataset, num_anchors=int(count), aggregations=(aggregation,))
+                settings.check()
+                report = evaluate(store, models, settings)
+                cells = {f"{row.encoder}->{row.decoder} {row.method}": (row.accuracy, row.accuracy_std) for row in report.rows}
+                line = json.dumps({"dataset": dataset, "num_anchors": report.anchors["num"], "projections": list(settings.projections),
+                                   "aggregation": aggregation, "transform": settings.transform, "seeds": list(seeds), "accuracy": cells})
+                print(line, flush=True)
+                if out is not None:
+                    out.write(line + "\n")
+                    out.flush()
+                table.append((dataset, report.anchors["num"], aggregation, cells))
+    for dataset in args.datasets.split(","):
+        a, b = PAIRS[dataset]
+        cells_of = [f"{d} {m}" for d in (f"{a}->{a}", f"{b}->{a}", f"{b}->{b}", f"{a}->{b}") for m in ("relative",)]
+        cells_of += [f"{d} {m}" for m in ("translation", "affine") for d in (f"{b}->{a}", f"{a}->{b}")]
+        print(f"\n{dataset}: accuracy % (mean ± std over seeds {args.seeds}), encoder->decoder\n")
+        print("| anchors | aggregation | " + " | ".join(c.replace("relative", "product") for c in cells_of) + " |")
+        print("| --- " * (len(cells_of) + 2) + "|")
+        for name, num, aggregation, cells in table:
+            if name == dataset:
+                print(f"| {num} | {aggregation} | " + " | ".join(f"{100 * cells[c][0]:.1f} ± {100 * cells[c][1]:.1f}" for c in cells_of) + " |")
+
+
+if __name__ == "__main__":
+    main()
