@@ -5,23 +5,24 @@ For each number of anchors K (drawn uniformly, seed 0, from the training split; 
 row) and each aggregation, `stitchcli.stitching.evaluate` with the defaults of `stitch` otherwise (or the
 --projections and --transform given): the product's rows, and the translation and affine baselines
 (fitted on the same anchors). Heads are cached like `stitch`'s, so a rerun only reads. One JSON line per
-(dataset, K, aggregation) on stdout, and a markdown table at the end.
+(dataset, K, aggregation) on stdout (and appended to --out), and markdown tables at the end
+(`--table` prints them again from the --out file).
 
 Needs the demo's full embeddings in the cache (else they are computed, which takes long):
 
     stitchcli demo --full --cache-dir CACHE
-    python benchmarks/product_sweep.py --cache-dir CACHE --anchors 100,300,640,1280,all             # anchors
-    python benchmarks/product_sweep.py --cache-dir CACHE --aggregations concat,sum,mlp-sum,self-attention \
-        --projections cosine,euclidean,l1,linf                                                  # aggregations
+    python benchmarks/product_sweep.py --cache-dir CACHE --anchors 100,300,640,1280,all --out anchors.jsonl
+    python benchmarks/product_sweep.py --cache-dir CACHE --aggregations mlp-sum,concat,sum,self-attention \
+        --projections cosine,euclidean,l1,linf --transform center --out aggregations.jsonl
+    python benchmarks/product_sweep.py --out anchors.jsonl --table
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
-
 from dataclasses import replace
+from pathlib import Path
 
 from stitchcli.demo import packaged_dataset
 from stitchcli.embedding import ModelRef, load_embeddings
@@ -31,9 +32,32 @@ from stitchcli.store import EmbeddingStore
 PAIRS = {"packaged:bbc-news": ("minilm", "mpnet"), "packaged:mnist5k": ("lite0", "lite2")}
 
 
+def print_tables(table: list[tuple[str, int, str, dict]], seeds: str) -> None:
+    """Print per dataset: the product's four cells per (anchors, aggregation), then the translations per anchors."""
+    def cell(value: list[float] | tuple[float, float]) -> str:
+        return f"{100 * value[0]:.1f} ± {100 * value[1]:.1f}"
+
+    for dataset in dict.fromkeys(name for name, *_ in table):
+        a, b = PAIRS[dataset]
+        mine = [(num, aggregation, cells) for name, num, aggregation, cells in table if name == dataset]
+        directions = [(a, a), (b, a), (b, b), (a, b)]
+        print(f"\n{dataset}, product: accuracy % (mean ± std over seeds {seeds}), encoder→decoder\n")
+        print("| anchors | aggregation | " + " | ".join(f"{e}→{d}" for e, d in directions) + " |")
+        print("| --- " * 6 + "|")
+        for num, aggregation, cells in mine:
+            print(f"| {num} | {aggregation} | " + " | ".join(cell(cells[f"{e}->{d} relative"]) for e, d in directions) + " |")
+        stitched = [(b, a), (a, b)]
+        print(f"\n{dataset}, latent translations fitted on the same anchors: stitched accuracy %\n")
+        print("| anchors | " + " | ".join(f"{m} {e}→{d}" for m in ("translation", "affine") for e, d in stitched) + " |")
+        print("| --- " * 5 + "|")
+        for num in dict.fromkeys(num for num, *_ in mine):
+            cells = next(c for n, _, c in mine if n == num)
+            print(f"| {num} | " + " | ".join(cell(cells[f"{e}->{d} {m}"]) for m in ("translation", "affine") for e, d in stitched) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache-dir", required=True, type=Path)
+    parser.add_argument("--cache-dir", type=Path, help="the cache holding the demo's full embeddings (required unless --table)")
     parser.add_argument("--anchors", default="100,300,640,1280,all", help="numbers of anchors (comma-separated; all = every training row)")
     parser.add_argument("--datasets", default=",".join(PAIRS), help="comma-separated packaged datasets")
     parser.add_argument("--seeds", default="0,1,2")
@@ -41,7 +65,15 @@ def main() -> None:
     parser.add_argument("--projections", default=None, help="comma-separated projections of the product (default: stitch's)")
     parser.add_argument("--transform", default=None, help="absolute transform (default: stitch's)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON lines to this file")
+    parser.add_argument("--table", action="store_true", help="print the markdown tables of the --out file and exit")
     args = parser.parse_args()
+    if args.table:
+        lines = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
+        print_tables([(d["dataset"], d["num_anchors"], d["aggregation"], d["accuracy"]) for d in lines],
+                     ",".join(map(str, lines[0]["seeds"])) if lines else args.seeds)
+        return
+    if args.cache_dir is None:
+        parser.error("--cache-dir is required")
     store = EmbeddingStore(args.cache_dir)
     seeds = tuple(int(s) for s in args.seeds.split(","))
     base = StitchSettings(dataset="", seeds=seeds, singles=False, metrics=(), baselines=("translation", "affine"))
@@ -69,17 +101,7 @@ def main() -> None:
                     out.write(line + "\n")
                     out.flush()
                 table.append((dataset, report.anchors["num"], aggregation, cells))
-    for dataset in args.datasets.split(","):
-        a, b = PAIRS[dataset]
-        cells_of = [f"{d} {m}" for d in (f"{a}->{a}", f"{b}->{a}", f"{b}->{b}", f"{a}->{b}") for m in ("relative",)]
-        cells_of += [f"{d} {m}" for m in ("translation", "affine") for d in (f"{b}->{a}", f"{a}->{b}")]
-        print(f"\n{dataset}: accuracy % (mean ± std over seeds {args.seeds}), encoder->decoder\n")
-        print("| anchors | aggregation | " + " | ".join(c.replace("relative", "product") for c in cells_of) + " |")
-        print("| --- " * (len(cells_of) + 2) + "|")
-        for name, num, aggregation, cells in table:
-            if name == dataset:
-                print(f"| {num} | {aggregation} | " + " | ".join(f"{100 * cells[c][0]:.1f} ± {100 * cells[c][1]:.1f}" for c in cells_of) + " |")
-
+    print_tables(table, args.seeds)
 
 if __name__ == "__main__":
     main()

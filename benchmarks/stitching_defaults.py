@@ -139,7 +139,7 @@ def print_tables(path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache-dir", required=True, type=Path)
+    parser.add_argument("--cache-dir", type=Path, help="the cache holding the demo's full embeddings (required unless --table)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/stitching_defaults.json"))
     parser.add_argument("--seeds", default="0", help="head seeds of the grid (comma-separated)")
     parser.add_argument("--transforms", default="none,center,standardize")
@@ -154,6 +154,8 @@ def main() -> None:
     if args.table:
         print_tables(args.out)
         return
+    if args.cache_dir is None:
+        parser.error("--cache-dir is required")
     assert set(m for pair in PAIRS.values() for m in pair) <= set(DEMO_MODELS)
     store = EmbeddingStore(args.cache_dir)
     device = torch.device("cpu")

@@ -50,6 +50,15 @@ def test_all_five_subcommands_are_listed():
         assert name in result.stdout
 
 
+def test_help_shows_the_defaults_that_are_written_in_the_text():
+    """rich reads "[default: x]" as a markup tag and drops it: defaults written by hand must reach the screen."""
+    env = {**os.environ, "COLUMNS": "200"}
+    result = subprocess.run([sys.executable, "-m", "stitchcli", "stitch", "--help"], capture_output=True, text=True, env=env)
+    assert result.returncode == 0
+    for shown in ("(default: cosine,euclidean)", "(default: center)", "(default: absolute,translation,affine)", "(default: 0.1)", "(default: mlp-sum)"):
+        assert shown in result.stdout, shown
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

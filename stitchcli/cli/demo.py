@@ -12,7 +12,7 @@ from stitchcli.cli import options as opt
 def demo_command(
     limit: Annotated[
         Optional[int],
-        typer.Option(help="Rows per split: a seeded, class-stratified subset, the same for every model. [default: the recipe's 300]", show_default=False),
+        typer.Option(help="Rows per split: a seeded, class-stratified subset, the same for every model. (default: the recipe's 300)", show_default=False),
     ] = None,
     full: Annotated[bool, typer.Option("--full", help="Use every row (BBC News 1780/445, MNIST 4000/1000; MPNet makes this take about an hour on 2 cores).")] = False,
     embed_batch_size: opt.EmbedBatchSize = None,

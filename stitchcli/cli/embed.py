@@ -37,7 +37,7 @@ def embed_command(
     ],
     split: Annotated[
         Optional[List[str]],
-        typer.Option("--split", "-s", help="Split to encode (repeatable), or NAME=PATH for a table file. [default: train, test]", show_default=False),
+        typer.Option("--split", "-s", help="Split to encode (repeatable), or NAME=PATH for a table file. (default: train, test)", show_default=False),
     ] = None,
     input_column: opt.InputColumn = None,
     label_column: opt.LabelColumn = None,

@@ -31,7 +31,7 @@ def eval_command(
     projection: opt.Projection = None,
     aggregation: Annotated[
         Optional[str],
-        typer.Option("--aggregations", "--aggregation", "-a", help="Comma-separated aggregations: concat, sum, mlp-sum, self-attention, or all. [default: mlp-sum]", show_default=False),
+        typer.Option("--aggregations", "--aggregation", "-a", help="Comma-separated aggregations: concat, sum, mlp-sum, self-attention, or all. (default: mlp-sum)", show_default=False),
     ] = None,
     transform: opt.Transform = None,
     seeds: opt.Seeds = "0,1,2",

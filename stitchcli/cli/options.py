@@ -18,7 +18,7 @@ CacheDir = Annotated[
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 Precision = Annotated[
     Optional[str],
-    typer.Option("--precision", help="fp32, bf16 or fp16 (autocast; the cache stores float32). [default: fp32, or a saved name's own]", show_default=False),
+    typer.Option("--precision", help="fp32, bf16 or fp16 (autocast; the cache stores float32). (default: fp32, or a saved name's own)", show_default=False),
 ]
 BatchSize = Annotated[
     Optional[int], typer.Option("--batch-size", help="Rows per batch (default: 64 on a GPU, 32 on the CPU).", show_default=False)
@@ -60,11 +60,11 @@ Limit = Annotated[
 EmbedSeed = Annotated[int, typer.Option("--embed-seed", help="embed's --seed: picks the --limit subset and seeds --weights random.")]
 Anchors = Annotated[
     Optional[str],
-    typer.Option("--anchors", help="Anchor manifest: a name saved by `stitchcli anchor`, or a manifest file. [default: draw --num-anchors]", show_default=False),
+    typer.Option("--anchors", help="Anchor manifest: a name saved by `stitchcli anchor`, or a manifest file. (default: draw --num-anchors)", show_default=False),
 ]
 NumAnchors = Annotated[
     Optional[int],
-    typer.Option("--num-anchors", "-k", help="Anchors to draw from the training split. [default: 1280, or every training row when fewer]", show_default=False),
+    typer.Option("--num-anchors", "-k", help="Anchors to draw from the training split. (default: 1280, or every training row when fewer)", show_default=False),
 ]
 AnchorStrategy = Annotated[str, typer.Option("--anchor-strategy", help="uniform, class-balanced, fps or kmeans (fps/kmeans need --anchor-model).")]
 AnchorSeed = Annotated[int, typer.Option("--anchor-seed", help="Seed of the anchor draw.")]
@@ -73,11 +73,11 @@ AnchorModel = Annotated[
 ]
 Projection = Annotated[
     Optional[str],
-    typer.Option("--projection", "-p", help="Comma-separated projections, or all: cosine, euclidean, l1, linf. [default: cosine,euclidean]", show_default=False),
+    typer.Option("--projection", "-p", help="Comma-separated projections, or all: cosine, euclidean, l1, linf. (default: cosine,euclidean)", show_default=False),
 ]
 Transform = Annotated[
     Optional[str],
-    typer.Option("--transform", help="Absolute transform fitted on each model's anchors: none, center, standardize, l2. [default: center]", show_default=False),
+    typer.Option("--transform", help="Absolute transform fitted on each model's anchors: none, center, standardize, l2. (default: center)", show_default=False),
 ]
 Epochs = Annotated[int, typer.Option("--epochs", help="Most training epochs (early stopping on the validation part).")]
 Lr = Annotated[float, typer.Option("--lr", help="Adam learning rate.")]
@@ -92,13 +92,13 @@ Baselines = Annotated[
     Optional[str],
     typer.Option(
         "--baselines",
-        help="Comma-separated baselines beside the relative rows: absolute, translation (orthogonal Procrustes), affine (ridge least squares), or none. [default: absolute,translation,affine]",
+        help="Baselines beside the relative rows: absolute, translation (orthogonal), affine (ridge), or none. (default: absolute,translation,affine)",
         show_default=False,
     ),
 ]
 Ridge = Annotated[
     Optional[float],
-    typer.Option("--ridge", help="Ridge strength of the affine baseline, relative to the anchors' variance. [default: 0.1]", show_default=False),
+    typer.Option("--ridge", help="Ridge strength of the affine baseline, relative to the anchors' variance. (default: 0.1)", show_default=False),
 ]
 EmbedBatchSize = Annotated[
     Optional[int], typer.Option("--embed-batch-size", help="Batch size when missing embeddings are computed (default: embed's).", show_default=False)

@@ -115,7 +115,7 @@ def stitch_command(
     anchor_model: opt.AnchorModel = None,
     projection: opt.Projection = None,
     aggregation: Annotated[
-        Optional[str], typer.Option("--aggregation", "-a", help="Comma-separated aggregations: concat, sum, mlp-sum, self-attention, or all. [default: mlp-sum]", show_default=False)
+        Optional[str], typer.Option("--aggregation", "-a", help="Comma-separated aggregations: concat, sum, mlp-sum, self-attention, or all. (default: mlp-sum)", show_default=False)
     ] = None,
     transform: opt.Transform = None,
     seeds: opt.Seeds = "0,1,2",
