@@ -382,3 +382,47 @@ def test_empty_split_says_it_has_no_rows(cache_dir, tmp_path):
     (folder / "train.csv").write_text("text,label\n")
     with pytest.raises(UsageError, match="has no rows"):
         embed([TINY], str(folder), ["train"], store=EmbeddingStore(cache_dir), weights="random")
+
+
+def test_text_is_encoded_longest_first_and_written_back_in_row_order(cache_dir, tmp_path, tiny_bert):
+    """Length-sorted batches (little padding) give the embeddings of a plain padded loop in row order."""
+    import csv
+
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from stitchcli.data import load_split, resolve_dataset
+    from stitchcli.embedding import shard_order
+
+    rng = np.random.default_rng(0)
+    words = "the team won match a late goal decided final striker scored twice new phone has faster chip".split()
+    texts = [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(1, 40, size=50)]  # 1 to 39 words
+    folder = tmp_path / "lengths"
+    folder.mkdir()
+    with open(folder / "train.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows([t, str(i % 2)] for i, t in enumerate(texts))
+
+    store = EmbeddingStore(cache_dir)
+    options = EmbedOptions(num_workers=0, batch_size=8, shard_rows=24)  # shards of 24 rows: [0, 24), [24, 48), [48, 50)
+    result = embed([str(tiny_bert)], str(folder), ["train"], store=store, pooling="mean", max_length=48, options=options)[0]
+    entry = load_embeddings(store, str(tiny_bert), str(folder), "train", pooling="mean", max_length=48)
+    assert entry.metadata["batching"] == "length-sorted within shards" and result.rows == 50
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    model = AutoModel.from_pretrained(tiny_bert).eval()
+    order = [int(i) for i in entry.ids]  # the rows as the entry holds them
+    plain = []
+    with torch.inference_mode():
+        for b in range(0, len(order), 8):  # the plain loop: row order, each batch padded to its longest text
+            batch = tokenizer([texts[i] for i in order[b : b + 8]], padding="longest", truncation=True, max_length=48, return_tensors="pt")
+            hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            plain.append(((hidden * mask).sum(1) / mask.sum(1)).numpy())
+    np.testing.assert_allclose(entry.embeddings, np.concatenate(plain), atol=1e-5)
+
+    split = load_split(resolve_dataset(str(folder)), "train")
+    first = shard_order(split, 0, 24)
+    lengths = [len(texts[int(entry.ids[p])]) for p in first]
+    assert sorted(first.tolist()) == list(range(24)) and lengths == sorted(lengths, reverse=True)
