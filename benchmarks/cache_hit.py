@@ -32,7 +32,8 @@ def write_table(folder: Path, rows: int) -> Path:
     return folder
 
 
-def write_model(folder: Path) -> Path:
+def write_model(folder: Path, hidden: int = 32) -> Path:
+    """Save a random 2-layer BERT of this width with a vocabulary of the table's words, and give the folder."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
@@ -41,8 +42,8 @@ def write_model(folder: Path) -> Path:
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=16)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=max(1, hidden // 64),
+                        intermediate_size=2 * hidden, max_position_embeddings=16)
     BertModel(config).save_pretrained(folder)
     return folder
 

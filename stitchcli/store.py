@@ -184,6 +184,49 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict
         raise
 
 
+_SAFETENSORS_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64"}
+
+
+def write_safetensors_streamed(
+    path: Path, tensors: list[tuple[str, np.dtype, tuple[int, ...], Iterator[np.ndarray]]], metadata: dict[str, Any]
+) -> None:
+    """Write a safetensors file whose tensors arrive in row chunks, atomically, never holding a tensor whole.
+
+    ``tensors``: (name, dtype, shape, chunks) with the chunks in row order; the header is written first
+    (the format is an 8-byte little-endian header size, the JSON header padded with spaces to 8 bytes,
+    then the tensors' bytes back to back), so memory stays at one chunk whatever the number of rows.
+    """
+    header: dict[str, Any] = {"__metadata__": {METADATA_KEY: json.dumps(metadata, sort_keys=True, default=str)}}
+    offset = 0
+    for name, dtype, shape, _ in tensors:
+        size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[np.dtype(dtype)], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(len(encoded).to_bytes(8, "little"))
+            f.write(encoded)
+            for name, dtype, shape, chunks in tensors:
+                written = 0
+                for chunk in chunks:
+                    data = np.ascontiguousarray(chunk, dtype=dtype)
+                    f.write(data.tobytes())
+                    written += data.nbytes
+                if written != int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize:
+                    raise ValueError(f"tensor {name}: {written} bytes written for shape {shape}")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 @dataclass
 class ShardPlan:
     """How the rows of an entry are cut into resumable shards, and which are already done."""
@@ -337,9 +380,31 @@ class EmbeddingStore:
         ids: np.ndarray,
         metadata: dict[str, Any],
     ) -> CachedEmbeddings:
-        """Join the shards into the entry file (atomic rename), remove the shards, give the entry."""
-        embeddings = np.concatenate(list(self.iter_shards(model_name, key, plan)), axis=0) if plan.rows else np.zeros((0, 0), np.float32)
-        return self.write_entry(model_name, key, embeddings=embeddings, labels=labels, ids=ids, metadata=metadata)
+        """Join the shards into the entry file (atomic rename), remove the shards, give the entry.
+
+        The shards are streamed into the file one at a time, so the memory this takes does not grow with
+        the number of rows.
+        """
+        if not plan.rows:
+            return self.write_entry(model_name, key, embeddings=np.zeros((0, 0), np.float32), labels=labels, ids=ids, metadata=metadata)
+        first = next(self.iter_shards(model_name, key, plan))
+        dim = int(first.shape[1])
+        labels, ids = np.asarray(labels, dtype=np.int64), np.asarray(ids, dtype=np.int64)
+        if len(labels) != plan.rows or len(ids) != plan.rows:
+            raise ValueError("embeddings, labels and ids must have one row per sample")
+        meta = self._entry_metadata(key, metadata, rows=plan.rows, dim=dim)
+        path = self.entry_path(model_name, key)
+        write_safetensors_streamed(
+            path,
+            [
+                ("embeddings", np.dtype(np.float32), (plan.rows, dim), self.iter_shards(model_name, key, plan)),
+                ("labels", np.dtype(np.int64), (plan.rows,), iter([labels])),
+                ("ids", np.dtype(np.int64), (plan.rows,), iter([ids])),
+            ],
+            meta,
+        )
+        self._drop_partial(model_name, key)
+        return CachedEmbeddings(path=path, metadata=meta, rows=plan.rows, dim=dim)
 
     def write_entry(
         self,
@@ -355,15 +420,7 @@ class EmbeddingStore:
         embeddings = np.asarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2 or embeddings.shape[0] != len(ids) or len(labels) != len(ids):
             raise ValueError("embeddings, labels and ids must have one row per sample")
-        meta = {
-            **metadata,
-            "schema_version": SCHEMA_VERSION,
-            "key": json.loads(canonical_json(key.to_dict())),
-            "key_digest": key.digest,
-            "rows": int(embeddings.shape[0]),
-            "dim": int(embeddings.shape[1]),
-            "created": metadata.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+        meta = self._entry_metadata(key, metadata, rows=int(embeddings.shape[0]), dim=int(embeddings.shape[1]))
         path = self.entry_path(model_name, key)
         write_safetensors(
             path,
@@ -374,10 +431,25 @@ class EmbeddingStore:
             },
             meta,
         )
+        self._drop_partial(model_name, key)
+        return CachedEmbeddings(path=path, metadata=meta, rows=int(embeddings.shape[0]), dim=int(embeddings.shape[1]))
+
+    @staticmethod
+    def _entry_metadata(key: EntryKey, metadata: dict[str, Any], *, rows: int, dim: int) -> dict[str, Any]:
+        return {
+            **metadata,
+            "schema_version": SCHEMA_VERSION,
+            "key": json.loads(canonical_json(key.to_dict())),
+            "key_digest": key.digest,
+            "rows": rows,
+            "dim": dim,
+            "created": metadata.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+    def _drop_partial(self, model_name: str, key: EntryKey) -> None:
         pdir = self.partial_dir(model_name, key)
         if pdir.exists():
             shutil.rmtree(pdir, ignore_errors=True)
-        return CachedEmbeddings(path=path, metadata=meta, rows=int(embeddings.shape[0]), dim=int(embeddings.shape[1]))
 
     # ----- names and resolutions -----------------------------------------------------------
     def _name_path(self, name: str) -> Path:

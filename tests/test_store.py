@@ -139,3 +139,34 @@ def test_slug_keeps_paths_apart():
     assert slug("resnet18") == "resnet18"
     assert slug("/a/b/data") != slug("/a/b_data")
     assert "/" not in slug("hf:org/name")
+
+
+def test_streamed_safetensors_equal_the_library_writer_and_refuse_short_input(tmp_path):
+    """finish() streams shards into the entry: the file reads back exactly like safetensors' own save_file."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    from stitchcli.store import read_safetensors_header, write_safetensors, write_safetensors_streamed
+
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(70, 5)).astype(np.float32)
+    labels, ids = rng.integers(0, 3, 70).astype(np.int64), np.arange(70, dtype=np.int64)[::-1].copy()
+    meta = {"rows": 70, "note": "ünïcode"}
+    chunks = [embeddings[b : b + 32] for b in range(0, 70, 32)]
+    streamed, reference = tmp_path / "streamed.safetensors", tmp_path / "reference.safetensors"
+    write_safetensors_streamed(streamed, [("embeddings", np.dtype(np.float32), (70, 5), iter(chunks)),
+                                          ("labels", np.dtype(np.int64), (70,), iter([labels])),
+                                          ("ids", np.dtype(np.int64), (70,), iter([ids]))], meta)
+    write_safetensors(reference, {"embeddings": embeddings, "labels": labels, "ids": ids}, meta)
+    a, b = load_file(str(streamed)), load_file(str(reference))
+    assert set(a) == set(b) == {"embeddings", "labels", "ids"}
+    for name in a:
+        assert a[name].dtype == b[name].dtype and np.array_equal(a[name], b[name])
+    assert read_safetensors_header(streamed) == read_safetensors_header(reference)
+    with safe_open(str(streamed), framework="numpy") as f:  # a partial read works too
+        assert np.array_equal(f.get_slice("embeddings")[10:20], embeddings[10:20])
+
+    short = tmp_path / "short.safetensors"
+    with pytest.raises(ValueError, match="bytes written"):
+        write_safetensors_streamed(short, [("embeddings", np.dtype(np.float32), (70, 5), iter(chunks[:1]))], meta)
+    assert not short.exists() and not list(tmp_path.glob(".short*"))  # nothing that looks complete is left
