@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -54,8 +55,6 @@ def heatmap(
     axes.set_yticks(range(len(row_labels)), labels=list(row_labels))
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
-    import textwrap
-
     axes.set_title(textwrap.fill(title, width=max(30, int(9 * width)), break_on_hyphens=False), fontsize=10)  # long titles wrap, never cut
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):

@@ -83,10 +83,11 @@ DEFAULTS: dict[str, Any] = {
     "projections": list(defaults.PROJECTIONS),
     "aggregations": [defaults.AGGREGATION],
     "transform": defaults.TRANSFORM,
-    "seeds": [0, 1, 2],
+    "seeds": list(defaults.SEEDS),
     "metrics": ALL,
     "k": 10,
     "baselines": ALL,
+    "ridge": defaults.RIDGE,
 }
 ANCHOR_DEFAULTS: dict[str, Any] = {"num": None, "strategy": "uniform", "seed": 0, "name": None, "model": None}
 
@@ -122,7 +123,7 @@ class Recipe:
     k: int
     anchors: dict[str, Any]
     baselines: list[str]
-    ridge: float | None
+    ridge: float
     head: dict[str, Any]
     dataset_options: dict[str, Any]
 
@@ -174,6 +175,12 @@ class _Checker:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.fail(key, "a number", value)
         return float(value)
+
+    def positive_number(self, key: str, value: Any) -> float:
+        number = self.number(key, value)
+        if not number > 0:
+            raise self.fail(key, "a positive number", value)
+        return number
 
     def string(self, key: str, value: Any) -> str:
         if not isinstance(value, str) or not value.strip():
@@ -448,17 +455,10 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
         k=k,
         anchors=anchors,
         baselines=[] if values["baselines"] == [] else check.names("baselines", values["baselines"], list(BASELINES), "baseline"),
-        ridge=None if "ridge" not in document else _positive(check, "ridge", values["ridge"]),
+        ridge=check.positive_number("ridge", values["ridge"]),
         head=_head(check, document.get("head", {})),
         dataset_options=_dataset_options(check, document.get("dataset_options", {})),
     )
-
-
-def _positive(check: Any, key: str, value: Any) -> float:
-    number = check.number(key, value)
-    if not number > 0:
-        raise check.fail(key, "a positive number", value)
-    return number
 
 
 def validate_recipe(recipe: Recipe, store: EmbeddingStore | None = None) -> None:
@@ -553,7 +553,7 @@ def recipe_sweeps(
             metrics=tuple(recipe.metrics),
             k=recipe.k,
             baselines=tuple(recipe.baselines),
-            **({"ridge": recipe.ridge} if recipe.ridge is not None else {}),
+            ridge=recipe.ridge,
             dataset_options=dict(recipe.dataset_options),
             device=device,
             embed_batch_size=embed_batch_size,

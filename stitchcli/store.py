@@ -20,7 +20,9 @@ Only numpy and safetensors are imported here: a cache hit never pays for importi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -162,26 +164,35 @@ def _umask() -> int:
     return mask
 
 
-def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
-    """Write tensors atomically: a temporary file in the same folder, fsync, then rename."""
-    from safetensors.numpy import save_file
-
+@contextlib.contextmanager
+def _atomic_file(path: Path) -> Iterator[str]:
+    """Give a temporary path beside ``path`` to write; then fsync it, give it the permissions a plain open()
+    would (mkstemp makes 0600) and rename it onto ``path``. On any failure the temporary file is removed, so
+    nothing that looks complete is left."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
+    """Write tensors atomically: a temporary file in the same folder, fsync, then rename."""
+    from safetensors.numpy import save_file
+
+    with _atomic_file(path) as tmp:
         save_file(
             {k: np.ascontiguousarray(v) for k, v in tensors.items()},
             tmp,
             metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True, default=str)},
         )
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the permissions a plain open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 _SAFETENSORS_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64"}
@@ -197,34 +208,24 @@ def write_safetensors_streamed(
     then the tensors' bytes back to back), so memory stays at one chunk whatever the number of rows.
     """
     header: dict[str, Any] = {"__metadata__": {METADATA_KEY: json.dumps(metadata, sort_keys=True, default=str)}}
+    sizes = [int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize for _, dtype, shape, _ in tensors]
     offset = 0
-    for name, dtype, shape, _ in tensors:
-        size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    for (name, dtype, shape, _), size in zip(tensors, sizes):
         header[name] = {"dtype": _SAFETENSORS_DTYPES[np.dtype(dtype)], "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(len(encoded).to_bytes(8, "little"))
-            f.write(encoded)
-            for name, dtype, shape, chunks in tensors:
-                written = 0
-                for chunk in chunks:
-                    data = np.ascontiguousarray(chunk, dtype=dtype)
-                    f.write(data.tobytes())
-                    written += data.nbytes
-                if written != int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize:
-                    raise ValueError(f"tensor {name}: {written} bytes written for shape {shape}")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(len(encoded).to_bytes(8, "little"))
+        f.write(encoded)
+        for (name, dtype, shape, chunks), size in zip(tensors, sizes):
+            written = 0
+            for chunk in chunks:
+                data = np.ascontiguousarray(chunk, dtype=dtype)
+                f.write(data.tobytes())
+                written += data.nbytes
+            if written != size:
+                raise ValueError(f"tensor {name}: {written} bytes written for shape {shape}")
 
 
 @dataclass
@@ -387,24 +388,10 @@ class EmbeddingStore:
         """
         if not plan.rows:
             return self.write_entry(model_name, key, embeddings=np.zeros((0, 0), np.float32), labels=labels, ids=ids, metadata=metadata)
-        first = next(self.iter_shards(model_name, key, plan))
-        dim = int(first.shape[1])
-        labels, ids = np.asarray(labels, dtype=np.int64), np.asarray(ids, dtype=np.int64)
-        if len(labels) != plan.rows or len(ids) != plan.rows:
-            raise ValueError("embeddings, labels and ids must have one row per sample")
-        meta = self._entry_metadata(key, metadata, rows=plan.rows, dim=dim)
-        path = self.entry_path(model_name, key)
-        write_safetensors_streamed(
-            path,
-            [
-                ("embeddings", np.dtype(np.float32), (plan.rows, dim), self.iter_shards(model_name, key, plan)),
-                ("labels", np.dtype(np.int64), (plan.rows,), iter([labels])),
-                ("ids", np.dtype(np.int64), (plan.rows,), iter([ids])),
-            ],
-            meta,
-        )
-        self._drop_partial(model_name, key)
-        return CachedEmbeddings(path=path, metadata=meta, rows=plan.rows, dim=dim)
+        shards = self.iter_shards(model_name, key, plan)
+        first = next(shards)  # gives the dimension; read once, then written first
+        return self._write_entry(model_name, key, itertools.chain([first], shards), plan.rows, int(first.shape[1]),
+                                 labels=labels, ids=ids, metadata=metadata)
 
     def write_entry(
         self,
@@ -418,25 +405,28 @@ class EmbeddingStore:
     ) -> CachedEmbeddings:
         """Write a complete entry atomically (and drop its shards), give it back."""
         embeddings = np.asarray(embeddings, dtype=np.float32)
-        if embeddings.ndim != 2 or embeddings.shape[0] != len(ids) or len(labels) != len(ids):
+        if embeddings.ndim != 2:
             raise ValueError("embeddings, labels and ids must have one row per sample")
-        meta = self._entry_metadata(key, metadata, rows=int(embeddings.shape[0]), dim=int(embeddings.shape[1]))
-        path = self.entry_path(model_name, key)
-        write_safetensors(
-            path,
-            {
-                "embeddings": embeddings,
-                "labels": np.asarray(labels, dtype=np.int64),
-                "ids": np.asarray(ids, dtype=np.int64),
-            },
-            meta,
-        )
-        self._drop_partial(model_name, key)
-        return CachedEmbeddings(path=path, metadata=meta, rows=int(embeddings.shape[0]), dim=int(embeddings.shape[1]))
+        rows, dim = embeddings.shape
+        return self._write_entry(model_name, key, iter([embeddings]), rows, dim, labels=labels, ids=ids, metadata=metadata)
 
-    @staticmethod
-    def _entry_metadata(key: EntryKey, metadata: dict[str, Any], *, rows: int, dim: int) -> dict[str, Any]:
-        return {
+    def _write_entry(
+        self,
+        model_name: str,
+        key: EntryKey,
+        embeddings: Iterator[np.ndarray],
+        rows: int,
+        dim: int,
+        *,
+        labels: np.ndarray,
+        ids: np.ndarray,
+        metadata: dict[str, Any],
+    ) -> CachedEmbeddings:
+        """Stream the (rows, dim) embeddings, given in row chunks, into the entry file with labels, ids and metadata."""
+        labels, ids = np.asarray(labels, dtype=np.int64), np.asarray(ids, dtype=np.int64)
+        if len(labels) != rows or len(ids) != rows:
+            raise ValueError("embeddings, labels and ids must have one row per sample")
+        meta = {
             **metadata,
             "schema_version": SCHEMA_VERSION,
             "key": json.loads(canonical_json(key.to_dict())),
@@ -445,11 +435,20 @@ class EmbeddingStore:
             "dim": dim,
             "created": metadata.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-
-    def _drop_partial(self, model_name: str, key: EntryKey) -> None:
+        path = self.entry_path(model_name, key)
+        write_safetensors_streamed(
+            path,
+            [
+                ("embeddings", np.dtype(np.float32), (rows, dim), embeddings),
+                ("labels", np.dtype(np.int64), (rows,), iter([labels])),
+                ("ids", np.dtype(np.int64), (rows,), iter([ids])),
+            ],
+            meta,
+        )
         pdir = self.partial_dir(model_name, key)
         if pdir.exists():
             shutil.rmtree(pdir, ignore_errors=True)
+        return CachedEmbeddings(path=path, metadata=meta, rows=rows, dim=dim)
 
     # ----- names and resolutions -----------------------------------------------------------
     def _name_path(self, name: str) -> Path:

@@ -118,7 +118,7 @@ def test_defaults_are_filled_when_keys_are_left_out(tmp_path: Path) -> None:
     assert recipe.metrics == list(METRICS)
     assert recipe.anchors == {"num": None, "strategy": "uniform", "seed": 0, "name": None, "model": None}
     assert recipe.head == {} and recipe.dataset_options == {} and recipe.description == ""
-    assert recipe.baselines == ["absolute", "translation", "affine"] and recipe.ridge is None
+    assert recipe.baselines == ["absolute", "translation", "affine"] and recipe.ridge == 0.1
 
 
 def test_baselines_and_ridge_reach_the_settings(tmp_path: Path) -> None:

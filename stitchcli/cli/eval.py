@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from stitchcli import defaults
 from stitchcli.cli import options as opt
 from stitchcli.errors import UsageError
 
@@ -31,7 +32,7 @@ def eval_command(
     projection: opt.Projection = None,
     aggregation: Annotated[
         Optional[str],
-        typer.Option("--aggregations", "--aggregation", "-a", help="Comma-separated aggregations: concat, sum, mlp-sum, self-attention, or all. (default: mlp-sum)", show_default=False),
+        typer.Option("--aggregations", "--aggregation", "-a", help=f"Comma-separated aggregations: concat, sum, mlp-sum, self-attention, or all. (default: {defaults.AGGREGATION})", show_default=False),
     ] = None,
     transform: opt.Transform = None,
     seeds: opt.Seeds = "0,1,2",

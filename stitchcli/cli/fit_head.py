@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from stitchcli import defaults
 from stitchcli.cli import options as opt
 
 
@@ -21,7 +22,7 @@ def fit_head_command(
     anchor_strategy: Annotated[str, typer.Option("--anchor-strategy", help="uniform, class-balanced, fps or kmeans (fps/kmeans choose by MODEL's embeddings).")] = "uniform",
     anchor_seed: opt.AnchorSeed = 0,
     projection: opt.Projection = None,
-    aggregation: Annotated[str, typer.Option("--aggregation", "-a", help="concat, sum, mlp-sum or self-attention.")] = "mlp-sum",
+    aggregation: Annotated[str, typer.Option("--aggregation", "-a", help="concat, sum, mlp-sum or self-attention.")] = defaults.AGGREGATION,
     transform: opt.Transform = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights, the validation part, shuffling and dropout.")] = 0,
     epochs: opt.Epochs = 40,

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from stitchcli import defaults
+
 CacheDir = Annotated[
     Optional[Path],
     typer.Option(
@@ -73,11 +75,11 @@ AnchorModel = Annotated[
 ]
 Projection = Annotated[
     Optional[str],
-    typer.Option("--projection", "-p", help="Comma-separated projections, or all: cosine, euclidean, l1, linf. (default: cosine,euclidean)", show_default=False),
+    typer.Option("--projection", "-p", help=f"Comma-separated projections, or all: cosine, euclidean, l1, linf. (default: {','.join(defaults.PROJECTIONS)})", show_default=False),
 ]
 Transform = Annotated[
     Optional[str],
-    typer.Option("--transform", help="Absolute transform fitted on each model's anchors: none, center, standardize, l2. (default: center)", show_default=False),
+    typer.Option("--transform", help=f"Absolute transform fitted on each model's anchors: none, center, standardize, l2. (default: {defaults.TRANSFORM})", show_default=False),
 ]
 Epochs = Annotated[int, typer.Option("--epochs", help="Most training epochs (early stopping on the validation part).")]
 Lr = Annotated[float, typer.Option("--lr", help="Adam learning rate.")]
@@ -92,13 +94,13 @@ Baselines = Annotated[
     Optional[str],
     typer.Option(
         "--baselines",
-        help="Baselines beside the relative rows: absolute, translation (orthogonal), affine (ridge), or none. (default: absolute,translation,affine)",
+        help=f"Baselines beside the relative rows: absolute, translation (orthogonal), affine (ridge), or none. (default: {','.join(defaults.BASELINES)})",
         show_default=False,
     ),
 ]
 Ridge = Annotated[
     Optional[float],
-    typer.Option("--ridge", help="Ridge strength of the affine baseline, relative to the anchors' variance. (default: 0.1)", show_default=False),
+    typer.Option("--ridge", help=f"Ridge strength of the affine baseline, relative to the anchors' variance. (default: {defaults.RIDGE:g})", show_default=False),
 ]
 EmbedBatchSize = Annotated[
     Optional[int], typer.Option("--embed-batch-size", help="Batch size when missing embeddings are computed (default: embed's).", show_default=False)

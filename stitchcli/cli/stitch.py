@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Mapping, Optional
 
 import typer
 
+from stitchcli import defaults
 from stitchcli.cli import options as opt
 from stitchcli.errors import UsageError
 
@@ -115,7 +116,7 @@ def stitch_command(
     anchor_model: opt.AnchorModel = None,
     projection: opt.Projection = None,
     aggregation: Annotated[
-        Optional[str], typer.Option("--aggregation", "-a", help="Comma-separated aggregations: concat, sum, mlp-sum, self-attention, or all. (default: mlp-sum)", show_default=False)
+        Optional[str], typer.Option("--aggregation", "-a", help=f"Comma-separated aggregations: concat, sum, mlp-sum, self-attention, or all. (default: {defaults.AGGREGATION})", show_default=False)
     ] = None,
     transform: opt.Transform = None,
     seeds: opt.Seeds = "0,1,2",
