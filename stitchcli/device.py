@@ -66,3 +66,23 @@ def autocast(device: "torch.device", precision: str) -> ContextManager[object]:
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+_OUT_OF_MEMORY_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "cublas_status_alloc_failed")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Tell whether an exception raised by a forward pass means the batch did not fit in memory.
+
+    torch's OutOfMemoryError (CUDA), a plain MemoryError, or a RuntimeError from an allocator that says so:
+    the CPU's ("DefaultCPUAllocator: can't allocate memory"), MPS's ("MPS backend out of memory"), cuBLAS's.
+    As timm's ``check_batch_size_retry``, an illegal memory access is not retried: it leaves CUDA unusable.
+    """
+    import torch
+
+    if isinstance(exc, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError), torch.cuda.OutOfMemoryError)):
+        return True
+    if not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc).lower()
+    return "illegal" not in text and any(marker in text for marker in _OUT_OF_MEMORY_MARKERS)

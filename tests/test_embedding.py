@@ -426,3 +426,155 @@ def test_text_is_encoded_longest_first_and_written_back_in_row_order(cache_dir, 
     first = shard_order(split, 0, 24)
     lengths = [len(texts[int(entry.ids[p])]) for p in first]
     assert sorted(first.tolist()) == list(range(24)) and lengths == sorted(lengths, reverse=True)
+
+
+# ----- out of memory: smaller slices of the same batch --------------------------------------------------------
+
+
+def _encoder_that_runs_out_of_memory(monkeypatch, fits, error=None) -> list[int]:
+    """Make built encoders raise an out-of-memory error for the batches ``fits(rows, calls_so_far)`` refuses.
+
+    Gives the list of the batch rows each ``encode`` call was given (refused ones included), filled as the run goes.
+    """
+    import torch
+
+    import stitchcli.encoders
+
+    error = error or (lambda rows: torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {rows} GiB"))
+    real_build = stitchcli.encoders.build_encoder
+    seen: list[int] = []
+
+    def build(*args, **kwargs):
+        encoder = real_build(*args, **kwargs)
+        real_encode = encoder.encode
+
+        def encode(batch):
+            rows = int(batch["input_ids"].shape[0] if isinstance(batch, dict) else batch.shape[0])
+            seen.append(rows)
+            if not fits(rows, len(seen) - 1):
+                raise error(rows)
+            return real_encode(batch)
+
+        encoder.encode = encode
+        return encoder
+
+    monkeypatch.setattr(stitchcli.encoders, "build_encoder", build)
+    return seen
+
+
+def test_out_of_memory_retries_the_same_batch_in_smaller_slices(cache_dir, image_folder, tmp_path, monkeypatch):
+    from stitchcli.embedding import Reporter
+
+    seen = _encoder_that_runs_out_of_memory(monkeypatch, lambda rows, _: rows <= 4)
+    infos: list[str] = []
+    store = EmbeddingStore(cache_dir)
+    results = _embed(store, image_folder, options=EmbedOptions(num_workers=0, batch_size=16), reporter=Reporter(info=infos.append))
+    assert [(r.split, r.rows) for r in results] == [("train", 18), ("test", 9)]
+    # train: the batch of 16 fails at 16, 12, 8, 6 (timm's decay_batch_step), then goes in slices of 4; the batch
+    # of 2 and the test split (one batch of 9) start at 4 at once: the size that fitted is kept, across splits too
+    assert seen == [16, 12, 8, 6, 4, 4, 4, 4, 2, 4, 4, 1]
+    assert [line for line in infos if "out of memory" in line] == ["out of memory at batch 16 on cpu: continuing with 12"]
+
+    reference = EmbeddingStore(tmp_path / "reference")
+    _embed(reference, image_folder, options=EmbedOptions(num_workers=0, batch_size=4))
+    for split in ("train", "test"):
+        got = load_embeddings(store, TINY, str(image_folder), split, weights="random")
+        want = load_embeddings(reference, TINY, str(image_folder), split, weights="random")
+        np.testing.assert_array_equal(got.ids, want.ids)
+        np.testing.assert_allclose(got.embeddings, want.embeddings, rtol=0, atol=1e-6)
+        assert (got.metadata["batch_size"], got.metadata["micro_batch_size"]) == (16, 4)
+        assert (want.metadata["batch_size"], want.metadata["micro_batch_size"]) == (4, 4)
+
+
+def test_text_batches_are_sliced_key_by_key_on_a_cpu_allocator_failure(cache_dir, text_table, tmp_path, tiny_bert, monkeypatch):
+    cpu_failure = lambda rows: RuntimeError(  # noqa: E731 - what torch's CPU allocator raises
+        f"[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to allocate {rows << 30} bytes."
+    )
+    seen = _encoder_that_runs_out_of_memory(monkeypatch, lambda rows, _: rows <= 3, cpu_failure)
+    store = EmbeddingStore(cache_dir)
+    options = EmbedOptions(num_workers=0, batch_size=8)
+    embed([str(tiny_bert)], str(text_table), ["train"], store=store, pooling="mean", options=options)
+    assert seen == [8, 6, 4, 3, 3, 2]
+    reference = EmbeddingStore(tmp_path / "reference")
+    monkeypatch.undo()
+    embed([str(tiny_bert)], str(text_table), ["train"], store=reference, pooling="mean", options=options)
+    got = load_embeddings(store, str(tiny_bert), str(text_table), "train", pooling="mean")
+    want = load_embeddings(reference, str(tiny_bert), str(text_table), "train", pooling="mean")
+    np.testing.assert_allclose(got.embeddings, want.embeddings, rtol=0, atol=1e-6)  # slices keep the batch's padding
+    assert got.metadata["micro_batch_size"] == 3 and want.metadata["micro_batch_size"] == 8
+
+
+def test_other_errors_are_not_taken_for_out_of_memory(cache_dir, image_folder, monkeypatch):
+    seen = _encoder_that_runs_out_of_memory(monkeypatch, lambda rows, _: False, lambda rows: RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        _embed(EmbeddingStore(cache_dir), image_folder, options=EmbedOptions(num_workers=0, batch_size=8))
+    assert seen == [8]
+    from stitchcli.device import is_out_of_memory
+
+    assert is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 1 GB)"))
+    assert not is_out_of_memory(RuntimeError("CUDA error: an illegal memory access was encountered (out of memory?)"))
+
+
+def test_out_of_memory_at_one_row_fails_with_one_line_and_keeps_finished_shards(cache_dir, image_folder, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import stitchcli.encoders
+    from stitchcli.cli import app
+
+    real_build = stitchcli.encoders.build_encoder
+    seen = _encoder_that_runs_out_of_memory(monkeypatch, lambda rows, calls: calls == 0)  # only the first batch fits
+    args = ["embed", "-m", TINY, "--weights", "random", "-d", str(image_folder), "--split", "train", "--batch-size", "4",
+            "--shard-rows", "4", "--num-workers", "0", "--json", "--cache-dir", str(cache_dir)]
+    failed = CliRunner().invoke(app, args)
+    assert failed.exit_code == 1, failed.output
+    assert seen == [4, 4, 3, 2, 1]
+    assert "Traceback" not in failed.stderr and failed.stdout == ""
+    lines = [line for line in failed.stderr.splitlines() if line.strip()]
+    assert [line for line in lines if "error" in line.lower()] == [lines[-1]]
+    assert lines[-1].startswith(f"stitchcli: error: out of memory encoding with {TINY} on cpu, even one row at a time")
+    assert "smaller model" in lines[-1] and "--precision bf16" in lines[-1] and "resumes" in lines[-1]
+    store = EmbeddingStore(cache_dir)
+    with pytest.raises(UsageError, match="no cached embeddings"):
+        load_embeddings(store, TINY, str(image_folder), "train", weights="random")
+    assert [p.name for p in cache_dir.glob("embeddings/*/*/*.partial/shard-*")] == ["shard-000000.safetensors"]
+
+    monkeypatch.setattr(stitchcli.encoders, "build_encoder", real_build)
+    resumed = CliRunner().invoke(app, args)
+    assert resumed.exit_code == 0, resumed.output
+    entry = json.loads(resumed.stdout)["entries"][0]
+    assert (entry["rows"], entry["resumed_rows"]) == (18, 4)
+    reference = EmbeddingStore(tmp_path / "reference")
+    _embed(reference, image_folder, splits=["train"], options=EmbedOptions(num_workers=0, batch_size=4))
+    np.testing.assert_allclose(
+        load_embeddings(store, TINY, str(image_folder), "train", weights="random").embeddings,
+        load_embeddings(reference, TINY, str(image_folder), "train", weights="random").embeddings,
+        rtol=0, atol=1e-6,
+    )
+
+
+def test_batch_decay_follows_timm_and_default_batch_sizes():
+    from timm.utils.decay_batch import decay_batch_step
+
+    from stitchcli.embedding import _decay_batch_step, _default_batch_size
+
+    assert [_decay_batch_step(n) for n in range(0, 600)] == [decay_batch_step(n) for n in range(0, 600)]
+    assert (_default_batch_size("cpu"), _default_batch_size("cuda"), _default_batch_size("mps")) == (32, 256, 256)
+
+
+def test_compile_option_runs_the_compiled_model_and_says_so(cache_dir, image_folder):
+    from conftest import run_cli
+
+    base = ["embed", "-m", TINY, "--weights", "random", "-d", str(image_folder), "--split", "test",
+            "--batch-size", "4", "--num-workers", "0", "--cache-dir", str(cache_dir), "--json"]
+    from safetensors.numpy import load_file
+
+    eager = run_cli(*base)
+    assert eager.returncode == 0, eager.stderr
+    reference = load_file(json.loads(eager.stdout)["entries"][0]["path"])["embeddings"]  # read before --force replaces it
+    compiled = run_cli(*base, "--compile", "--force")  # 9 rows: batches of 4, 4 and 1 (padded to 4)
+    assert compiled.returncode == 0, compiled.stderr
+    assert "compiling with torch.compile" in compiled.stderr and "failed" not in compiled.stderr
+    entry = load_embeddings(EmbeddingStore(cache_dir), TINY, str(image_folder), "test", weights="random")
+    assert entry.metadata["compiled"] is True and entry.embeddings.shape == (9, 64)
+    assert entry.metadata["compiled"] is True and json.loads(eager.stdout)["entries"][0]["cache_hit"] is False
+    np.testing.assert_allclose(entry.embeddings, reference, rtol=1e-4, atol=1e-5)

@@ -300,7 +300,8 @@ def test_timm_weights_file_loads_every_backbone_key(tmp_path: Path) -> None:
         encoder = build_encoder(resolve_model("test_resnet", weights=str(path)), "image", CPU)
         batch = encoder.collate(images)
         with torch.no_grad():
-            expected = source.forward_head(source.forward_features(batch), pre_logits=True)
+            pixels = encoder.model_input(batch)
+            expected = source.forward_head(source.forward_features(pixels), pre_logits=True)
         torch.testing.assert_close(encoder.encode(batch), expected)
 
 
@@ -473,3 +474,85 @@ def test_hub_vision_model_without_network_is_a_work_error(monkeypatch: pytest.Mo
     # the image processor loader hides the network cause: the failure must still say "no network"
     with pytest.raises(WorkError, match="offline alternatives"):
         build_encoder(resolve_model("hf:stitchcli-tests/not-a-cached-vit"), "image", CPU)
+
+
+def _noise_images() -> list[Image.Image]:
+    """Give images of varied sizes and modes with noise in them (flat colours would hide rounding)."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    sizes = [(61, 47), (300, 200), (224, 224), (97, 311)]
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+    return images + [images[1].convert("L"), images[2].convert("RGBA")]
+
+
+def test_image_batches_cross_as_uint8_and_finish_to_the_transforms_own_values() -> None:
+    import open_clip
+    import timm
+    from torchvision import transforms
+
+    from stitchcli.encoders import ImageCollator
+
+    images = _noise_images()
+    model = timm.create_model("test_vit", pretrained=False, num_classes=0)
+    timm_transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    clip_transform = open_clip.image_transform(64, is_train=False)
+    for transform in (timm_transform, clip_transform):
+        collate = ImageCollator(transform)
+        batch = collate(images)
+        assert batch.dtype == torch.uint8 and batch.shape[-1] == 3  # (batch, height, width, channels)
+        expected = torch.stack([transform(image.convert("RGB")) for image in images])
+        assert torch.equal(collate.finish(batch), expected)  # bit for bit
+        assert torch.equal(pickle.loads(pickle.dumps(collate))(images), batch)
+
+    # A transform that does more after Normalize is applied whole, per image, as before.
+    extra = transforms.Compose([*timm_transform.transforms, transforms.Lambda(lambda x: x * 2)])
+    collate = ImageCollator(extra)
+    batch = collate(images)
+    assert batch.dtype == torch.float32
+    assert torch.equal(collate.finish(batch), torch.stack([extra(image.convert("RGB")) for image in images]))
+
+
+def test_bf16_on_the_cpu_casts_the_weights_once_and_uses_matmul_attention() -> None:
+    images = _noise_images()[:4]
+    full = build_encoder(resolve_model("test_vit", weights="random", seed=2), "image", CPU)
+    half = build_encoder(resolve_model("test_vit", weights="random", seed=2, precision="bf16"), "image", CPU)
+    assert all(p.dtype == torch.float32 for p in full._model.parameters())
+    assert all(p.dtype == torch.bfloat16 for p in half._model.parameters())
+    fused = [m.fused_attn for m in half._model.modules() if hasattr(m, "fused_attn")]
+    assert fused and not any(fused)
+    assert all(m.fused_attn for m in full._model.modules() if hasattr(m, "fused_attn"))  # fp32 keeps timm's choice
+    batch = full.collate(images)
+    a, b = full.encode(batch), half.encode(batch)
+    assert b.dtype == torch.float32 and b.shape == a.shape
+    cosine = torch.nn.functional.cosine_similarity(a, b)
+    assert float(cosine.min()) > 0.999 and not torch.equal(a, b)
+
+
+def test_compiled_encoder_equals_eager_and_pads_a_short_last_batch() -> None:
+    images = _noise_images()
+    eager = build_encoder(resolve_model("test_vit", weights="random", seed=1), "image", CPU)
+    compiled = build_encoder(resolve_model("test_vit", weights="random", seed=1), "image", CPU)
+    compiled.compile()
+    first, last = compiled.collate(images[:4]), compiled.collate(images[4:])
+    torch.testing.assert_close(compiled.encode(first), eager.encode(first), rtol=1e-4, atol=1e-5)
+    out = compiled.encode(last)  # 2 rows, padded to the compiled 4 and cut back
+    assert out.shape == (2, eager.encode(last).shape[1])
+    torch.testing.assert_close(out, eager.encode(last), rtol=1e-4, atol=1e-5)
+    assert compiled.compiled and compiled.compile_error is None
+
+
+def test_a_failed_compilation_falls_back_to_the_eager_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(model: object, **kwargs: object) -> object:
+        def run(*args: object, **kw: object) -> object:
+            raise RuntimeError("InductorError: no working C++ compiler found")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    encoder = build_encoder(resolve_model("test_vit", weights="random", seed=1), "image", CPU)
+    eager = build_encoder(resolve_model("test_vit", weights="random", seed=1), "image", CPU)
+    encoder.compile()
+    batch = encoder.collate(_noise_images()[:3])
+    assert torch.equal(encoder.encode(batch), eager.encode(batch))
+    assert not encoder.compiled and "C++ compiler" in (encoder.compile_error or "")

@@ -60,6 +60,15 @@ def embed_command(
     batch_size: opt.BatchSize = None,
     device: opt.Device = "auto",
     precision: opt.Precision = None,
+    compile_model: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="Compile the model with torch.compile first: tens of seconds once (cached by torch), then faster "
+            "batches (on a 2-core CPU, vit_small_patch16_224 in bf16 ran 1.2x faster; see docs/PERFORMANCE.md). "
+            "Worth it for long runs.",
+        ),
+    ] = False,
     seed: opt.Seed = 0,
     cache_dir: opt.CacheDir = None,
     json_output: opt.Json = False,
@@ -83,6 +92,7 @@ def embed_command(
             force=force,
             limit=limit,
             seed=seed,
+            compile=compile_model,
         ),
         weights=weights,
         pooling=pooling,

@@ -23,7 +23,13 @@ Precision = Annotated[
     typer.Option("--precision", help="fp32, bf16 or fp16 (autocast; the cache stores float32). (default: fp32, or a saved name's own)", show_default=False),
 ]
 BatchSize = Annotated[
-    Optional[int], typer.Option("--batch-size", help="Rows per batch (default: 64 on a GPU, 32 on the CPU).", show_default=False)
+    Optional[int],
+    typer.Option(
+        "--batch-size",
+        help="Rows per batch; a batch that runs out of memory is encoded in smaller slices, and later batches use the size that fitted. "
+        "(default: 256 on a GPU, 32 on the CPU)",
+        show_default=False,
+    ),
 ]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for --limit subsets and --weights random.")]
 Json = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout.")]

@@ -8,6 +8,7 @@ model of that kind is built.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import json
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from stitchcli.device import check_precision_name
+from stitchcli.device import check_precision_name, is_out_of_memory
 from stitchcli.encoders.base import Encoder, ModelSpec
 from stitchcli.errors import (
     OFFLINE_MODEL_ALTERNATIVES,
@@ -478,6 +479,17 @@ class TorchEncoder(Encoder):
         self._collator = collator
         self._device = device
         self._preprocessing = preprocessing
+        # bf16 on the CPU: the weights themselves are cast once. CPU autocast would cast every weight again on
+        # every batch, and the CPU's fused (flash) attention kernel is no faster in bf16 than in fp32, while
+        # plain matmul attention is (vit_small_patch16_224, batch 32: 2.1x fp32 under autocast, 2.5x this way;
+        # docs/PERFORMANCE.md). Inputs are cast in ``encode``; GPUs keep autocast.
+        self._weights_dtype: Any = None
+        if device.type == "cpu" and spec.precision == "bf16" and model is not None:
+            import torch
+
+            self._weights_dtype = torch.bfloat16
+            self._model = model.to(torch.bfloat16)
+            prefer_matmul_attention(self._model)
 
     def collate(self, inputs: Sequence[Any]) -> Any:
         """Give the CPU batch the collator makes of raw inputs."""
@@ -491,9 +503,67 @@ class TorchEncoder(Encoder):
 
         if self._model is None:
             raise RuntimeError("this encoder was unpickled without its model: encode in the main process")
-        with torch.inference_mode(), autocast(self._device, self.spec.precision):
-            out = self.forward(_to_device(batch, self._device))
+        batch = self.model_input(batch)
+        if self._weights_dtype is not None:
+            context: Any = contextlib.nullcontext()
+            batch = _cast_floats(batch, self._weights_dtype)
+        else:
+            context = autocast(self._device, self.spec.precision)
+        with torch.inference_mode(), context:
+            out = self._forward_compiled(batch) if self.compiled else self.forward(batch)
         return out.float().cpu()
+
+    def compile(self) -> None:
+        """Compile the model with torch.compile (inductor), from its first batch on.
+
+        On the CPU the weights are frozen into the graph (inductor's ``freezing``), which lets it pre-pack
+        them for the CPU's matmul kernels. Image batches shorter than the first (the last of a split) are
+        padded to its size, so one graph serves them all instead of a second compilation. If compiling
+        fails (no C compiler, an unsupported model), the model runs uncompiled and ``compile_error`` says why.
+        """
+        import logging
+
+        import torch
+
+        # torch logs a CUDA_HOME warning from its C++ build helper on machines without CUDA: not ours to show.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        options = {"freezing": True} if self._device.type == "cpu" else None
+        self._eager_model = self._model
+        self._model = torch.compile(self._model, options=options)
+        self._compiled_rows = 0
+        self.compile_error: str | None = None
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the model runs compiled (``compile`` was called and compiling did not fail)."""
+        return getattr(self, "_eager_model", None) is not None and self._model is not self._eager_model
+
+    def _forward_compiled(self, batch: Any) -> "torch.Tensor":
+        import torch
+
+        rows = int(batch.shape[0]) if isinstance(batch, torch.Tensor) else 0
+        if rows and self._compiled_rows and rows < self._compiled_rows:
+            pad = batch.new_zeros((self._compiled_rows - rows, *batch.shape[1:]))
+            return self._forward_compiled(torch.cat([batch, pad]))[:rows]
+        try:
+            out = self.forward(batch)
+        except Exception as exc:  # compilation failed: run the same batch uncompiled from now on
+            if is_out_of_memory(exc):
+                self._compiled_rows = 0  # the caller retries smaller slices: do not pad them back up
+                raise
+            if self._compiled_rows:
+                raise
+            self.compile_error = short_reason(exc)
+            self._model = self._eager_model
+            return self.forward(batch)
+        self._compiled_rows = self._compiled_rows or rows
+        return out
+
+    def model_input(self, batch: Any) -> Any:
+        """Give a collated batch as the model takes it: on the device, images as normalised floats."""
+        batch = _to_device(batch, self._device)
+        finish = getattr(self._collator, "finish", None)
+        return finish(batch) if finish is not None else batch
 
     @abstractmethod
     def forward(self, batch: Any) -> "torch.Tensor":
@@ -511,7 +581,24 @@ class TorchEncoder(Encoder):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_model"] = None
+        state.pop("_eager_model", None)
         return state
+
+
+def prefer_matmul_attention(model: Any) -> None:
+    """Make timm attention layers use plain matmul attention instead of the fused kernel (see ``TorchEncoder``)."""
+    for module in model.modules():
+        if isinstance(getattr(module, "fused_attn", None), bool):
+            module.fused_attn = False
+
+
+def _cast_floats(batch: Any, dtype: "torch.dtype") -> Any:
+    """Give the batch with its floating-point tensors cast to ``dtype`` (token ids and masks stay as they are)."""
+    if isinstance(batch, dict):
+        return {k: _cast_floats(v, dtype) for k, v in batch.items()}
+    if hasattr(batch, "is_floating_point") and batch.is_floating_point():
+        return batch.to(dtype)
+    return batch
 
 
 def _to_device(batch: Any, device: "torch.device") -> Any:
@@ -524,18 +611,64 @@ def _to_device(batch: Any, device: "torch.device") -> Any:
 
 
 class ImageCollator:
-    """Turns PIL images into one stacked tensor with an eval transform; picklable, model-free."""
+    """Turns PIL images into one batch with an eval transform; picklable, model-free.
+
+    When the transform is a torchvision ``Compose`` that ends in ``ToTensor`` (or timm's ``MaybeToTensor``)
+    and at most one ``Normalize``, the collator runs only the steps before them (decode, resize, crop) and
+    gives a uint8 (batch, height, width, channels) tensor: a quarter of float32's bytes to pass from a
+    loader worker, and less work in the worker, which shares the CPU with the model. ``finish`` then does
+    ``ToTensor`` and ``Normalize`` on the whole batch, with the same arithmetic, so the values are the same
+    as the transform's, bit for bit. Any other transform is applied whole, per image, and ``finish`` gives
+    its batch back unchanged.
+    """
 
     def __init__(self, transform: Callable[[Any], Any]) -> None:
         self.transform = transform
+        self._image_steps, self._mean, self._std = _split_to_tensor(transform)
 
     def __call__(self, images: Sequence[Any]) -> "torch.Tensor":
+        import numpy as np
         import torch
         from PIL import Image
 
-        tensors = []
-        for image in images:
-            if not isinstance(image, Image.Image):
-                image = Image.fromarray(image)
-            tensors.append(self.transform(image.convert("RGB")))
-        return torch.stack(tensors)
+        rgb = [(image if isinstance(image, Image.Image) else Image.fromarray(image)).convert("RGB") for image in images]
+        if self._image_steps is not None:
+            arrays = [np.asarray(_apply(self._image_steps, image)) for image in rgb]
+            if all(a.shape == arrays[0].shape and a.ndim == 3 for a in arrays):
+                return torch.from_numpy(np.stack(arrays))
+        return torch.stack([self.transform(image) for image in rgb])
+
+    def finish(self, batch: "torch.Tensor") -> "torch.Tensor":
+        """Give the float (batch, channels, height, width) model input of a collated batch (on its device)."""
+        import torch
+
+        if batch.dtype != torch.uint8:
+            return batch  # the transform was applied whole
+        # As torchvision's to_tensor: channels first, contiguous, float, / 255; then normalize: - mean, / std.
+        x = batch.permute(0, 3, 1, 2).contiguous().to(torch.get_default_dtype()).div(255)
+        if self._mean is not None:
+            mean = torch.as_tensor(self._mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+            std = torch.as_tensor(self._std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+            x = x.sub_(mean).div_(std)
+        return x
+
+
+def _apply(steps: Sequence[Callable[[Any], Any]], image: Any) -> Any:
+    for step in steps:
+        image = step(image)
+    return image
+
+
+def _split_to_tensor(transform: Any) -> tuple[list[Any] | None, Any, Any]:
+    """Give (steps before ToTensor, Normalize mean, std) of a Compose that ends in ToTensor [+ Normalize], else Nones."""
+    steps = list(getattr(transform, "transforms", None) or ())
+    names = [type(step).__name__ for step in steps]
+    at = next((i for i, name in enumerate(names) if name in ("ToTensor", "MaybeToTensor")), None)
+    if at is None:
+        return None, None, None
+    rest = steps[at + 1 :]
+    if not rest:
+        return steps[:at], None, None
+    if len(rest) == 1 and type(rest[0]).__name__ == "Normalize" and not getattr(rest[0], "inplace", False):
+        return steps[:at], [float(v) for v in rest[0].mean], [float(v) for v in rest[0].std]
+    return None, None, None

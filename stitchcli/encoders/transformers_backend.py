@@ -70,6 +70,7 @@ class VisionEncoder(TorchEncoder):
 
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Give the mean of the token states over the tokens the attention mask keeps (not padding)."""
+    hidden = hidden.float()  # summed in fp32 even when the model ran in bf16
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
