@@ -476,6 +476,7 @@ def encode_split(
 
     reporter.start(f"{spec.name} · {data.name}/{split.split}", plan.rows, resumed)
     started = time.perf_counter()
+    first_batch: float | None = None  # seconds to the first batch's embeddings: loader start-up, and compilation if any
     pending: list[np.ndarray] = []
     pending_rows = 0
     shard_iter = iter(todo)
@@ -484,6 +485,8 @@ def encode_split(
         with torch.inference_mode():
             for batch in loader:
                 arr = encode(batch)
+                if first_batch is None:
+                    first_batch = time.perf_counter() - started
                 pending.append(arr)
                 pending_rows += arr.shape[0]
                 reporter.advance(arr.shape[0])
@@ -514,6 +517,7 @@ def encode_split(
             "batching": "length-sorted within shards" if split.modality == "text" else "row order",
             "compiled": bool(getattr(encoder, "compiled", False)),
             "seconds": round(seconds, 3),
+            "first_batch_seconds": None if first_batch is None else round(first_batch, 3),
             "resumed_rows": resumed,
         },
     )

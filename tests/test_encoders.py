@@ -556,3 +556,14 @@ def test_a_failed_compilation_falls_back_to_the_eager_model(monkeypatch: pytest.
     batch = encoder.collate(_noise_images()[:3])
     assert torch.equal(encoder.encode(batch), eager.encode(batch))
     assert not encoder.compiled and "C++ compiler" in (encoder.compile_error or "")
+
+
+def test_batch_norm_models_keep_fp32_weights_under_bf16_and_run_channels_last() -> None:
+    encoder = build_encoder(resolve_model("test_resnet", weights="random", seed=2, precision="bf16"), "image", CPU)
+    reference = build_encoder(resolve_model("test_resnet", weights="random", seed=2), "image", CPU)
+    assert all(p.dtype == torch.float32 for p in encoder._model.parameters())  # autocast, not cast whole
+    conv = next(m for m in encoder._model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    batch = encoder.collate(_noise_images()[:3])
+    cosine = torch.nn.functional.cosine_similarity(encoder.encode(batch), reference.encode(batch))
+    assert float(cosine.min()) > 0.99

@@ -479,12 +479,14 @@ class TorchEncoder(Encoder):
         self._collator = collator
         self._device = device
         self._preprocessing = preprocessing
-        # bf16 on the CPU: the weights themselves are cast once. CPU autocast would cast every weight again on
-        # every batch, and the CPU's fused (flash) attention kernel is no faster in bf16 than in fp32, while
-        # plain matmul attention is (vit_small_patch16_224, batch 32: 2.1x fp32 under autocast, 2.5x this way;
-        # docs/PERFORMANCE.md). Inputs are cast in ``encode``; GPUs keep autocast.
+        # bf16 on the CPU, for models without batch norm (transformers): the weights themselves are cast once.
+        # CPU autocast would cast every weight again on every batch, and the CPU's fused (flash) attention
+        # kernel is no faster in bf16 than in fp32, while plain matmul attention is (vit_small_patch16_224,
+        # batch 32: 2.1x fp32 under autocast, 2.5x this way). Batch-norm models keep autocast: cast whole,
+        # EfficientNet-Lite0 lost too much (mean cosine to fp32 0.9933, against 0.9989 under autocast; MiniLM
+        # cast whole: 0.99996). docs/PERFORMANCE.md. Inputs are cast in ``encode``; GPUs keep autocast.
         self._weights_dtype: Any = None
-        if device.type == "cpu" and spec.precision == "bf16" and model is not None:
+        if device.type == "cpu" and spec.precision == "bf16" and model is not None and not _has_batch_norm(model):
             import torch
 
             self._weights_dtype = torch.bfloat16
@@ -583,6 +585,12 @@ class TorchEncoder(Encoder):
         state["_model"] = None
         state.pop("_eager_model", None)
         return state
+
+
+def _has_batch_norm(model: Any) -> bool:
+    import torch
+
+    return any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in model.modules())
 
 
 def prefer_matmul_attention(model: Any) -> None:
