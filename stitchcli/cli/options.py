@@ -20,7 +20,7 @@ CacheDir = Annotated[
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 Precision = Annotated[
     Optional[str],
-    typer.Option("--precision", help="fp32, bf16 or fp16 (autocast; the cache stores float32). (default: fp32, or a saved name's own)", show_default=False),
+    typer.Option("--precision", help="fp32, bf16 or fp16 (GPU). bf16 on the CPU casts a transformer's weights once and uses autocast for batch-norm models; GPUs use autocast; the cache stores float32 either way. (default: fp32, or a saved name's own)", show_default=False),
 ]
 BatchSize = Annotated[
     Optional[int],
