@@ -164,9 +164,9 @@ def jaccard_at_k(x: ArrayLike, y: ArrayLike, k: int = 10, *, chunk_size: int = 1
     y_unit = _unit_rows(yt.to(xt.device), _cosine_dtype(yt))
     total = torch.zeros((), dtype=torch.float64, device=xt.device)
     for rows in _row_blocks(n, chunk_size):
-        near_x = _nearest_mask(_without_self(x_unit[rows] @ x_unit.T, rows), k)
-        near_y = _nearest_mask(_without_self(y_unit[rows] @ y_unit.T, rows), k)
-        shared = (near_x & near_y).sum(dim=1, dtype=torch.float64)
+        near_x = _nearest_indices(_without_self(x_unit[rows] @ x_unit.T, rows), k)
+        near_y = _nearest_indices(_without_self(y_unit[rows] @ y_unit.T, rows), k)
+        shared = (near_x[:, :, None] == near_y[:, None, :]).sum(dim=(1, 2), dtype=torch.float64)
         total += (shared / (2 * k - shared)).sum()
     return min(1.0, max(-1.0, float(total / n)))  # rounding can leave a mean of unit cosines just above 1
 
@@ -196,13 +196,27 @@ def mrr_at_k(x: ArrayLike, y: ArrayLike, k: int = 10, *, chunk_size: int = 1024)
     total = torch.zeros((), dtype=torch.float64, device=xt.device)
     for rows in _row_blocks(n, chunk_size):
         similarity = x_unit[rows] @ y_unit.T
-        own_column = columns[rows]
-        own = similarity.gather(1, own_column[:, None])
-        # The rank follows from counts, so no sort is needed: every strictly closer row comes first, and so
-        # does every equally close row with a lower index.
-        ahead = (similarity > own).sum(dim=1) + ((similarity == own) & (columns < own_column[:, None])).sum(dim=1)
+        own_column = columns[rows][:, None]
+        own = similarity.gather(1, own_column)
+        # The rank is 1 + the number of rows ahead: every strictly closer one, and every equally close one
+        # with a lower index. Only ranks up to k score, so the k + 1 largest similarities settle almost
+        # every row: if the counterpart beats the (k+1)-th, all rows ahead of it are among the first k;
+        # if it falls short of the k-th, it scores 0.
+        values, indices = similarity.topk(min(k + 1, n), dim=1)
+        head, head_index = values[:, :k], indices[:, :k]
+        after = values[:, k:] if k < n else torch.full_like(own, float("-inf"))
+        settled = own > after
+        ahead = (head > own).sum(dim=1, keepdim=True)
+        ahead += ((head == own) & (head_index < own_column)).sum(dim=1, keepdim=True)
         rank = (ahead + 1).to(torch.float64)
-        total += torch.where(rank <= k, 1.0 / rank, torch.zeros_like(rank)).sum()
+        total += torch.where(settled, 1.0 / rank, torch.zeros_like(rank)).sum()
+        # Left: a counterpart tied with both the k-th and the (k+1)-th (a tie across the cut), counted in full.
+        tied = (~settled & (own >= head[:, -1:])).squeeze(1).nonzero().squeeze(1)
+        if tied.numel():
+            block, own_tied, column = similarity[tied], own[tied], own_column[tied]
+            ahead = (block > own_tied).sum(dim=1) + ((block == own_tied) & (columns < column)).sum(dim=1)
+            rank = (ahead + 1).to(torch.float64)
+            total += torch.where(rank <= k, 1.0 / rank, torch.zeros_like(rank)).sum()
     return float(total / n)
 
 
@@ -234,6 +248,24 @@ def _without_self(similarity: torch.Tensor, rows: slice) -> torch.Tensor:
     own = torch.arange(rows.start, rows.stop, device=similarity.device)
     similarity[own - rows.start, own] = float("-inf")
     return similarity
+
+
+def _nearest_indices(similarity: torch.Tensor, k: int) -> torch.Tensor:
+    """Give each row's k most similar columns as a (b, k) index tensor (a set: in no particular order), ties
+    to the lower column index.
+
+    The k largest entries form the same set whichever way topk orders ties among them, unless a tie crosses
+    the cut (the (k+1)-th value equals the k-th); only such rows go through the full (row, N) mask.
+    """
+    n = similarity.shape[1]
+    values, indices = similarity.topk(min(k + 1, n), dim=1)
+    chosen = indices[:, :k]
+    if k < n:
+        crossing = (values[:, k] == values[:, k - 1]).nonzero().squeeze(1)
+        if crossing.numel():
+            chosen = chosen.clone()
+            chosen[crossing] = _nearest_mask(similarity[crossing], k).nonzero()[:, 1].view(-1, k)
+    return chosen
 
 
 def _nearest_mask(similarity: torch.Tensor, k: int) -> torch.Tensor:

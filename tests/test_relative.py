@@ -295,6 +295,75 @@ def test_euclidean_in_float64_survives_a_large_offset_and_near_duplicates() -> N
     assert ((actual - expected).abs() / expected).max().item() <= 1e-9
 
 
+def _entrywise_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Give max |actual − expected| / expected over the entries, the absolute gap where expected is 0."""
+    gap = (actual.double() - expected).abs()
+    return torch.where(expected > 0, gap / expected.clamp(min=1e-300), gap).max().item()
+
+
+def test_float32_euclidean_holds_every_entry_to_1e_6_at_every_distance(monkeypatch: pytest.MonkeyPatch) -> None:
+    # float32 inputs take a float32 matmul, whose expansion is off by ~7 units of rounding × (‖z‖² + ‖e‖²):
+    # ~1e-6 relative at r = d² / (‖z‖² + ‖e‖²) = 0.3 and worse below. Each sample has one anchor close by (r
+    # from 1e-8 to 0.5, most of them between 0.005 and 0.5; one exact duplicate) and the other 63 far away,
+    # so the close pairs are recomputed one by one (no row has enough of them to go to float64). Recomputing
+    # only below r = 0.1 leaves entries 1.5e-6 off here; below 0.3 (the threshold) they are within 3.4e-7.
+    gen = torch.Generator().manual_seed(1)
+    e = torch.randn(64, 256, generator=gen) + 5.0
+    own = torch.randint(0, 64, (1000,), generator=gen)
+    scale = torch.cat([torch.logspace(-4, -1, 200), torch.logspace(-1, 0, 800)])
+    z = e[own] + torch.randn(1000, 256, generator=gen) * scale[:, None]
+    z[0] = e[own[0]]
+    monkeypatch.setattr(projections_module, "_euclidean_float64", lambda *args: pytest.fail("no row needs float64"))
+    actual = relative_projection(z, e, "euclidean")
+    assert actual.dtype == torch.float32 and actual[0, own[0]].item() == 0.0
+    expected = torch.cdist(z.double(), e.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    assert _entrywise_error(actual, expected) <= 1e-6
+
+
+@pytest.mark.parametrize("memory_budget", [projections_module.DEFAULT_MEMORY_BUDGET, 64 * 64 * 5])
+def test_float32_euclidean_sends_rows_with_many_close_anchors_to_float64(
+    memory_budget: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tight clusters: every sample is close (r ≈ 0.02) to the 16 anchors of its cluster, more than 1/32 of
+    # the 64 anchors, so its row is redone through the float64 matmul; after a first block where most rows
+    # needed that, the rest of the chunk goes there directly. A small budget cuts the rows into blocks of 5.
+    gen = torch.Generator().manual_seed(13)
+    centres = torch.randn(4, 64, generator=gen) * 2
+    e = centres.repeat_interleave(16, dim=0) + 0.3 * torch.randn(64, 64, generator=gen)
+    z = centres[torch.randint(0, 4, (1100,), generator=gen)] + 0.3 * torch.randn(1100, 64, generator=gen)
+    widened: list[int] = []
+    real = projections_module._euclidean_float64
+
+    def spy(x: torch.Tensor, anchors: torch.Tensor, budget: int) -> torch.Tensor:
+        widened.append(x.shape[0])
+        return real(x, anchors, budget)
+
+    monkeypatch.setattr(projections_module, "_euclidean_float64", spy)
+    actual = relative_projection(z, e, "euclidean", memory_budget=memory_budget)
+    assert sum(widened) == 1100
+    assert _entrywise_error(actual, naive("euclidean", z, e)) <= 1e-6
+
+
+def test_float32_euclidean_runs_in_float64_when_matmuls_may_use_tf32_or_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
+    # set_float32_matmul_precision("high") or lower lets float32 matmuls round like TF32 or bfloat16, far
+    # beyond what the float32 path's threshold allows for.
+    gen = torch.Generator().manual_seed(14)
+    z, e = torch.randn(20, 64, generator=gen), torch.randn(8, 64, generator=gen)
+    widened: list[int] = []
+    real = projections_module._euclidean_float64
+    monkeypatch.setattr(projections_module, "_euclidean_float64", lambda *args: widened.append(1) or real(*args))
+    relative_projection(z, e, "euclidean")
+    assert not widened  # full float32 precision (the default): no pair is close, nothing goes to float64
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        actual = relative_projection(z, e, "euclidean")
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert widened and actual.dtype == torch.float32
+    assert _entrywise_error(actual, naive("euclidean", z, e)) <= 1e-6
+
+
 @pytest.mark.parametrize("kernel", ["cdist", "blocked"])
 @pytest.mark.parametrize("p", [1, float("inf")])
 def test_distance_kernels_match_the_reference(kernel: str, p: float) -> None:
