@@ -20,9 +20,10 @@ from stitchcli.device import is_out_of_memory
 from stitchcli.errors import UsageError, WorkError
 from stitchcli.fingerprint import path_identity
 from stitchcli.hub import prefer_offline_when_unreachable
-from stitchcli.store import CachedEmbeddings, EmbeddingStore, EntryKey, canonical_json
+from stitchcli.store import CachedEmbeddings, EmbeddingStore, EntryKey, ShardPlan, canonical_json, file_lock
 
 if TYPE_CHECKING:
+    from stitchcli.distributed import Workers
     from stitchcli.encoders.base import Encoder
 
 DEFAULT_SPLITS = ("train", "test")
@@ -66,6 +67,10 @@ class EmbedResult:
     cache_hit: bool
     path: str
     resumed_rows: int = 0
+    num_shards: int = 1
+    shard_index: int | None = None
+    complete: bool = True
+    waiting_for_shards: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Give a JSON-ready record."""
@@ -84,6 +89,9 @@ class EmbedOptions:
     limit: int | None = None
     seed: int = 0
     compile: bool = False
+    num_shards: int = 1
+    shard_index: int | None = None
+    merge: bool = False
 
 
 @dataclass
@@ -405,6 +413,18 @@ def shard_order(split: SplitData, start: int, stop: int) -> np.ndarray:
     return positions[np.argsort(-lengths, kind="stable")]
 
 
+def _shard_rows(options: EmbedOptions, batch_size: int, rows: int, jobs: int) -> int:
+    """Give the rows per shard: whole batches, and for several jobs small enough that each job gets shards."""
+    # Shards hold whole batches, so a resumed run cuts the same batches as an uninterrupted one
+    # (slices made after running out of memory are cut inside a batch, so they change nothing here).
+    whole = max(batch_size, (options.shard_rows + batch_size - 1) // batch_size * batch_size)
+    if jobs == 1:
+        return whole
+    # at least 4 shards per job where batches allow, so the jobs' contiguous runs of shards come out even
+    per_shard = max(1, (rows + 4 * jobs - 1) // (4 * jobs))
+    return min(whole, (per_shard + batch_size - 1) // batch_size * batch_size)
+
+
 def encode_split(
     store: EmbeddingStore,
     spec: ModelSpec,
@@ -415,26 +435,85 @@ def encode_split(
     options: EmbedOptions,
     reporter: Reporter,
     micro: MicroBatch | None = None,
-) -> tuple[CachedEmbeddings, int, float]:
-    """Encode a split into the cache shard by shard; give (entry, rows resumed, seconds of model work).
+    workers: "Workers | None" = None,
+) -> tuple[CachedEmbeddings | None, ShardPlan, int, float]:
+    """Encode a split into the cache shard by shard; give (entry, plan, rows resumed, seconds of model work).
 
     A batch that runs out of memory is encoded again in slices, smaller each time (timm's
     ``decay_batch_step``) until they fit; later batches start at the size that fitted (``micro``, which
     the splits of one encoder share). The rows, their order and the shards are those of whole batches.
+
+    With several ``workers`` this process encodes only its own shards; the entry is None when it is not
+    assembled here (under torchrun rank 0 assembles it; an array job, when other jobs' shards are missing).
     """
+    from stitchcli.distributed import Workers
+
+    workers = workers or Workers()
+    batch_size = options.batch_size or _default_batch_size(encoder.device.type)
+    micro = micro if micro is not None else MicroBatch()
+    shard_rows = _shard_rows(options, batch_size, len(split.ids), workers.count)
+    plan = store.plan(spec.storage_name, key, split.ids, shard_rows, fresh=options.force, jobs=workers.count)
+    mine = plan.job_shards(workers.index)
+    # --force with several jobs recomputes this job's shards and leaves the others' alone
+    done = set(plan.done)
+    todo = mine if options.force and workers.count > 1 else [i for i in mine if i not in done]
+    resumed = plan.rows_in(set(mine) - set(todo))
+    where = "" if workers.count == 1 else f" (shard {workers.index} of {workers.count})"
+    if resumed:
+        own = plan.rows_in(mine)
+        reporter.info(f"{spec.name} {data.name}/{split.split}{where}: resuming, {resumed} of {own} rows already done")
+    job_record = {"job": workers.index, "jobs": workers.count, "rows": plan.rows_in(mine), "host": platform.node(),
+                  "device": str(encoder.device), "preprocessing": encoder.preprocessing()}
+    if workers.count > 1:  # saved before the first shard, so a job with shards always has its record
+        store.write_job_record(spec.storage_name, key, workers.index, {**job_record, "seconds": None, "resumed_rows": resumed})
+    reporter.start(f"{spec.name} · {data.name}/{split.split}{where}", resumed + plan.rows_in(todo), resumed)
+    try:
+        seconds, first_batch = _encode_shards(store, spec, key, split, encoder, plan, todo, batch_size, options, reporter, micro)
+    finally:
+        reporter.stop()
+    compile_error = getattr(encoder, "compile_error", None)
+    if compile_error:
+        reporter.warn(f"{spec.name}: torch.compile failed ({compile_error}); the model ran uncompiled")
+    record = {
+        "device": str(encoder.device),
+        "batch_size": batch_size,
+        "micro_batch_size": min(batch_size, micro.size or batch_size),  # the slices that fitted in memory
+        "batching": "length-sorted within shards" if split.modality == "text" else "row order",
+        "compiled": bool(getattr(encoder, "compiled", False)),
+        "seconds": round(seconds, 3),
+        "first_batch_seconds": None if first_batch is None else round(first_batch, 3),
+        "resumed_rows": resumed,
+    }
+    if workers.count == 1:
+        metadata = _metadata(spec, data, split, preprocessing=job_record["preprocessing"], extra=record)
+        entry = store.finish(spec.storage_name, key, plan, labels=split.labels, ids=split.ids, metadata=metadata)
+        return entry, plan, resumed, seconds
+    store.write_job_record(spec.storage_name, key, workers.index, {**job_record, **record})
+    if workers.distributed:
+        workers.barrier()  # every rank has written its shards
+        entry = assemble(store, spec, key, split, data) if workers.leader else None
+        workers.barrier()  # the entry exists before any rank goes on
+        return entry, plan, resumed, seconds
+    return assemble(store, spec, key, split, data), plan, resumed, seconds
+
+
+def _encode_shards(
+    store: EmbeddingStore,
+    spec: ModelSpec,
+    key: EntryKey,
+    split: SplitData,
+    encoder: "Encoder",
+    plan: ShardPlan,
+    todo: list[int],
+    batch_size: int,
+    options: EmbedOptions,
+    reporter: Reporter,
+    micro: MicroBatch,
+) -> tuple[float, float | None]:
+    """Encode the shards ``todo`` and write each as it completes; give (seconds, seconds to the first batch)."""
     import torch
     from torch.utils.data import DataLoader
 
-    batch_size = options.batch_size or _default_batch_size(encoder.device.type)
-    micro = micro if micro is not None else MicroBatch()
-    # Shards hold whole batches, so a resumed run cuts the same batches as an uninterrupted one
-    # (slices made after running out of memory are cut inside a batch, so they change nothing here).
-    shard_rows = max(batch_size, (options.shard_rows + batch_size - 1) // batch_size * batch_size)
-    plan = store.plan(spec.storage_name, key, split.ids, shard_rows, fresh=options.force)
-    resumed = plan.rows_done
-    if resumed:
-        reporter.info(f"{spec.name} {data.name}/{split.split}: resuming, {resumed} of {plan.rows} rows already done")
-    todo = plan.todo
     orders = {index: shard_order(split, *plan.bounds(index)) for index in todo}
     batches = [order[b : b + batch_size].tolist() for order in orders.values() for b in range(0, len(order), batch_size)]
     workers = _default_workers() if options.num_workers is None else options.num_workers
@@ -474,55 +553,54 @@ def encode_split(
             micro.size = smaller
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=0)
 
-    reporter.start(f"{spec.name} · {data.name}/{split.split}", plan.rows, resumed)
     started = time.perf_counter()
     first_batch: float | None = None  # seconds to the first batch's embeddings: loader start-up, and compilation if any
     pending: list[np.ndarray] = []
     pending_rows = 0
     shard_iter = iter(todo)
     current = next(shard_iter, None)
-    try:
-        with torch.inference_mode():
-            for batch in loader:
-                arr = encode(batch)
-                if first_batch is None:
-                    first_batch = time.perf_counter() - started
-                pending.append(arr)
-                pending_rows += arr.shape[0]
-                reporter.advance(arr.shape[0])
-                assert current is not None
-                start, stop = plan.bounds(current)
-                if pending_rows == stop - start:
-                    done = np.concatenate(pending, axis=0)
-                    shard = np.empty_like(done)
-                    shard[orders[current] - start] = done  # back to row order
-                    store.write_shard(spec.storage_name, key, plan, current, shard)
-                    pending, pending_rows = [], 0
-                    current = next(shard_iter, None)
-    finally:
-        reporter.stop()
-    seconds = time.perf_counter() - started
-    compile_error = getattr(encoder, "compile_error", None)
-    if compile_error:
-        reporter.warn(f"{spec.name}: torch.compile failed ({compile_error}); the model ran uncompiled")
-    metadata = _metadata(
-        spec,
-        data,
-        split,
-        preprocessing=encoder.preprocessing(),
-        extra={
-            "device": str(encoder.device),
-            "batch_size": batch_size,
-            "micro_batch_size": min(batch_size, micro.size or batch_size),  # the slices that fitted in memory
-            "batching": "length-sorted within shards" if split.modality == "text" else "row order",
-            "compiled": bool(getattr(encoder, "compiled", False)),
-            "seconds": round(seconds, 3),
-            "first_batch_seconds": None if first_batch is None else round(first_batch, 3),
-            "resumed_rows": resumed,
-        },
-    )
-    entry = store.finish(spec.storage_name, key, plan, labels=split.labels, ids=split.ids, metadata=metadata)
-    return entry, resumed, seconds
+    with torch.inference_mode():
+        for batch in loader:
+            arr = encode(batch)
+            if first_batch is None:
+                first_batch = time.perf_counter() - started
+            pending.append(arr)
+            pending_rows += arr.shape[0]
+            reporter.advance(arr.shape[0])
+            assert current is not None
+            start, stop = plan.bounds(current)
+            if pending_rows == stop - start:
+                done = np.concatenate(pending, axis=0)
+                shard = np.empty_like(done)
+                shard[orders[current] - start] = done  # back to row order
+                store.write_shard(spec.storage_name, key, plan, current, shard)
+                pending, pending_rows = [], 0
+                current = next(shard_iter, None)
+    return time.perf_counter() - started, first_batch
+
+
+def assemble(store: EmbeddingStore, spec: ModelSpec, key: EntryKey, split: SplitData, data: DatasetSpec) -> CachedEmbeddings | None:
+    """Join the shards that several jobs wrote into the entry, once all are there; give it, or None while
+    shards are missing. Processes take turns on the entry's lock, so only one joins and the others find it."""
+    with file_lock(store.lock_path(spec.storage_name, key)):
+        entry = store.lookup(spec.storage_name, key)
+        if entry is not None:
+            return entry
+        plan = store.read_plan(spec.storage_name, key, split.ids)
+        if plan is None or plan.todo:
+            return None
+        records = store.job_records(spec.storage_name, key)
+        if not records:
+            return None
+        first = records[0]
+        extra = {k: v for k, v in first.items() if k not in ("job", "jobs", "preprocessing", "rows", "host")}
+        extra.update(
+            seconds=max(r.get("seconds") or 0.0 for r in records),  # the jobs ran side by side: the slowest one's time
+            resumed_rows=sum(r.get("resumed_rows") or 0 for r in records),
+            jobs=[{k: r.get(k) for k in ("job", "host", "device", "rows", "seconds", "resumed_rows")} for r in records],
+        )
+        metadata = _metadata(spec, data, split, preprocessing=first.get("preprocessing", {}), extra=extra)
+        return store.finish(spec.storage_name, key, plan, labels=split.labels, ids=split.ids, metadata=metadata)
 
 
 def read_array(path: Path) -> np.ndarray:
@@ -659,6 +737,7 @@ def embed(
     """
     from stitchcli.data import load_split, resolve_dataset
     from stitchcli.demo import prepare_packaged
+    from stitchcli.distributed import check_shard_options, start_workers
 
     options = options or EmbedOptions()
     reporter = reporter or Reporter()
@@ -676,6 +755,11 @@ def embed(
     if options.shard_rows <= 0:
         raise UsageError(f"--shard-rows must be positive, not {options.shard_rows}")
     _check_device_options(options.device, precision)
+    check_shard_options(options.num_shards, options.shard_index)
+    if options.merge and (options.force or options.num_shards > 1 or from_array):
+        raise UsageError("--merge joins finished array jobs' shards: it takes no --force, --num-shards or --from-array")
+    if options.num_shards > 1 and (from_array or register_as):
+        raise UsageError("--num-shards splits the encoding of rows: --from-array and --name do not apply")
     if register_as and len(models) != 1:
         raise UsageError("--name registers one model: give exactly one --model with it")
     split_names, split_paths = parse_splits(splits)
@@ -725,6 +809,33 @@ def embed(
         if register_as:
             reporter.info(f"saved model spec as {register_as!r}: later commands accept --model {register_as}")
 
+    workers, device = start_workers(options.num_shards, options.shard_index, options.device)
+    if options.merge and workers.count > 1:
+        workers.close()
+        raise UsageError("--merge runs in one process: run it without torchrun")
+    if device != options.device:
+        from dataclasses import replace
+
+        options = replace(options, device=device)
+    try:
+        return _embed_all(store, specs, split_names, keys, data, arrays, split_rows, options, reporter, workers)
+    finally:
+        workers.close()
+
+
+def _embed_all(
+    store: EmbeddingStore,
+    specs: Sequence[ModelSpec],
+    split_names: Sequence[str],
+    keys: Mapping[tuple[str, str], EntryKey],
+    data: DatasetSpec,
+    arrays: Mapping[str, Path],
+    split_rows: Callable[[str], SplitData],
+    options: EmbedOptions,
+    reporter: Reporter,
+    workers: "Workers",
+) -> list[EmbedResult]:
+    """Give one result per (model, split): a cache hit, a merge of finished jobs' shards, or new work."""
     results: list[EmbedResult] = []
     for spec in specs:
         encoder: Encoder | None = None
@@ -737,21 +848,84 @@ def embed(
                 results.append(_result(spec.name, data, split_name, entry, time.perf_counter() - started, hit))
                 continue
             entry = None if options.force else store.lookup(spec.storage_name, key)
-            if entry is not None:
-                results.append(_result(spec.name, data, split_name, entry, time.perf_counter() - started, True))
+            if workers.agree(entry is not None):  # every rank takes rank 0's branch
+                entry = entry or store.lookup(spec.storage_name, key)
+                if entry is not None:
+                    results.append(_result(spec.name, data, split_name, entry, time.perf_counter() - started, True))
                 continue
             split = split_rows(split_name)
+            if workers.count == 1 and not options.force:
+                entry = _merge_array_jobs(store, spec, key, split, data, merge_only=options.merge)
+                if entry is not None:
+                    results.append(_result(spec.name, data, split_name, entry, time.perf_counter() - started, False))
+                    continue
             if encoder is None:
                 encoder = _build(spec, split.modality, options, reporter)
             elif encoder.modality != split.modality:
                 raise UsageError(f"split {split_name!r} holds {split.modality} data but others hold {encoder.modality}")
-            entry, resumed, seconds = encode_split(store, spec, key, split, data, encoder, options, reporter, micro)
-            computed = entry.rows - resumed
-            result = _result(spec.name, data, split_name, entry, time.perf_counter() - started, False)
+            entry, plan, resumed, seconds = encode_split(store, spec, key, split, data, encoder, options, reporter, micro, workers)
+            computed = plan.rows_in(plan.job_shards(workers.index)) - resumed
+            if entry is not None:
+                result = _result(spec.name, data, split_name, entry, time.perf_counter() - started, False)
+            else:
+                result = _pending_result(store, spec, key, data, split, plan, workers.index, time.perf_counter() - started)
+            if workers.count > 1:
+                result.num_shards, result.shard_index = workers.count, workers.index
+            if workers.distributed and entry is not None:  # the whole entry's figures: the ranks ran side by side
+                resumed, seconds = int(entry.metadata.get("resumed_rows", 0)), float(entry.metadata.get("seconds", 0.0))
+                computed = entry.rows - resumed
             result.resumed_rows = resumed
             result.rows_per_s = round(computed / seconds, 2) if seconds > 0 and computed else None
-            results.append(result)
+            if workers.leader:
+                results.append(result)
     return results
+
+
+def _merge_array_jobs(
+    store: EmbeddingStore, spec: ModelSpec, key: EntryKey, split: SplitData, data: DatasetSpec, *, merge_only: bool
+) -> CachedEmbeddings | None:
+    """Give the entry joined from array jobs' shards when all are there; UsageError naming the jobs still
+    missing when some are not; None when no array job started this entry (``merge_only``: UsageError then)."""
+    plan = store.read_plan(spec.storage_name, key, split.ids)
+    where = f"{spec.name} on {data.name}/{split.split}"
+    if plan is None or plan.jobs == 1:
+        if merge_only:
+            raise UsageError(
+                f"nothing to merge for {where}: no array job has written shards of it; run embed with --num-shards K --shard-index I first"
+            )
+        return None
+    missing = plan.missing_jobs
+    entry = None if missing else assemble(store, spec, key, split, data)
+    if entry is None:
+        missing = missing or [0]  # every shard there but no job's record (removed by hand): any one job's rerun writes it
+        done = [j for j in range(plan.jobs) if j not in missing]
+        raise UsageError(
+            f"embeddings of {where} are incomplete: shard{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(map(str, missing))} of {plan.jobs} not done (done: {', '.join(map(str, done)) or 'none'}); "
+            f"run the same embed with --num-shards {plan.jobs} --shard-index {missing[0]}"
+            f"{' (and the others)' if len(missing) > 1 else ''}, or add --force to embed it all in one process"
+        )
+    return entry
+
+
+def _pending_result(
+    store: EmbeddingStore, spec: ModelSpec, key: EntryKey, data: DatasetSpec, split: SplitData, plan: ShardPlan, job: int, seconds: float
+) -> EmbedResult:
+    """Give the result of an array job whose entry waits for other jobs' shards."""
+    plan = store.read_plan(spec.storage_name, key, split.ids) or plan
+    return EmbedResult(
+        model=spec.name,
+        dataset=data.name,
+        split=split.split,
+        rows=plan.rows_in(plan.job_shards(job)),  # this job's rows
+        dim=store.shard_dim(spec.storage_name, key, plan) or 0,
+        seconds=round(seconds, 3),
+        rows_per_s=None,
+        cache_hit=False,
+        path=str(store.partial_dir(spec.storage_name, key)),
+        complete=False,
+        waiting_for_shards=plan.missing_jobs,
+    )
 
 
 def _check_device_options(device: str, precision: str | None) -> None:

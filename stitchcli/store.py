@@ -31,7 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -228,13 +228,46 @@ def write_safetensors_streamed(
                 raise ValueError(f"tensor {name}: {written} bytes written for shape {shape}")
 
 
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing) while the block runs, waiting for
+    any other holder first. POSIX ``flock``; where fcntl does not exist the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: one process per entry is the user's to ensure
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 @dataclass
 class ShardPlan:
-    """How the rows of an entry are cut into resumable shards, and which are already done."""
+    """How the rows of an entry are cut into resumable shards, and which are already done.
+
+    ``jobs`` > 1 when the entry is built by several processes (torchrun ranks or array jobs): job ``j``
+    computes the contiguous run of shards :meth:`job_shards` gives, so every shard is in exactly one job.
+    """
 
     rows: int
     shard_rows: int
     done: list[int]
+    jobs: int = 1
+
+    def job_shards(self, job: int) -> list[int]:
+        """Give the shard indices job ``job`` (of ``jobs``) computes."""
+        return list(range(job * self.num_shards // self.jobs, (job + 1) * self.num_shards // self.jobs))
+
+    @property
+    def missing_jobs(self) -> list[int]:
+        """Give the jobs that still have a shard to compute."""
+        done = set(self.done)
+        return [j for j in range(self.jobs) if any(i not in done for i in self.job_shards(j))]
 
     @property
     def num_shards(self) -> int:
@@ -252,10 +285,14 @@ class ShardPlan:
         done = set(self.done)
         return [i for i in range(self.num_shards) if i not in done]
 
+    def rows_in(self, indices: Iterable[int]) -> int:
+        """Give the number of rows the shards ``indices`` hold."""
+        return sum(self.bounds(i)[1] - self.bounds(i)[0] for i in indices)
+
     @property
     def rows_done(self) -> int:
         """Give the number of rows already in finished shards."""
-        return sum(self.bounds(i)[1] - self.bounds(i)[0] for i in self.done)
+        return self.rows_in(self.done)
 
 
 class EmbeddingStore:
@@ -308,32 +345,90 @@ class EmbeddingStore:
         return entry
 
     # ----- building an entry ---------------------------------------------------------------
-    def plan(self, model_name: str, key: EntryKey, ids: np.ndarray, shard_rows: int, *, fresh: bool = False) -> ShardPlan:
+    def lock_path(self, model_name: str, key: EntryKey) -> Path:
+        """Give the lock file that processes building the same entry take turns on (kept beside the entry)."""
+        final = self.entry_path(model_name, key)
+        return final.with_name(final.name.replace(".safetensors", ".lock"))
+
+    def read_plan(self, model_name: str, key: EntryKey, ids: np.ndarray) -> ShardPlan | None:
+        """Give the plan of an earlier, unfinished build of this entry with its finished shards, or None when
+        there is none for these exact rows."""
+        pdir = self.partial_dir(model_name, key)
+        try:
+            existing = json.loads((pdir / "plan.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if not isinstance(existing, dict) or any(existing.get(k) != v for k, v in self._plan_identity(key, ids).items()):
+            return None
+        if not isinstance(existing.get("shard_rows"), int) or existing["shard_rows"] <= 0:
+            return None
+        plan = ShardPlan(rows=len(ids), shard_rows=existing["shard_rows"], done=[], jobs=int(existing.get("jobs", 1)))
+        plan.done = [i for i in range(plan.num_shards) if self._shard_ok(pdir, plan, i)]
+        return plan
+
+    @staticmethod
+    def _plan_identity(key: EntryKey, ids: np.ndarray) -> dict[str, Any]:
+        ids_digest = hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest()
+        return {"key_digest": key.digest, "rows": int(len(ids)), "ids_sha256": ids_digest}
+
+    def plan(
+        self, model_name: str, key: EntryKey, ids: np.ndarray, shard_rows: int, *, fresh: bool = False, jobs: int = 1
+    ) -> ShardPlan:
         """Give the shard plan for building an entry, resuming the finished shards of an earlier run.
 
-        An earlier run's shards are reused only when they were made for the same key, the same row
-        ids and the same shard size; otherwise (or with ``fresh``) they are discarded.
+        An earlier run's shards are reused when they were made for the same key, the same row ids and the
+        same number of jobs, and the earlier shard size is kept (so several jobs, each calling this, cut the
+        same shards: the first to come writes the plan). Otherwise they are discarded: with one job (or
+        ``fresh``) silently, as before; with several, a plan another number of jobs left is a UsageError
+        while it has finished shards. ``fresh`` with several jobs keeps the plan (each job then recomputes
+        its own shards). Processes take turns on the entry's lock file, so two never write the plan at once.
         """
         pdir = self.partial_dir(model_name, key)
-        plan_file = pdir / "plan.json"
-        ids_digest = hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest()
-        wanted = {"key_digest": key.digest, "rows": int(len(ids)), "ids_sha256": ids_digest}
-        if not fresh and plan_file.exists():
+        with file_lock(self.lock_path(model_name, key)):
+            existing = None if fresh and jobs == 1 else self.read_plan(model_name, key, ids)
+            if existing is not None:
+                if existing.jobs == jobs:
+                    return existing
+                if jobs > 1 and existing.done and not fresh:
+                    made_by = "one process" if existing.jobs == 1 else f"{existing.jobs} jobs"
+                    raise UsageError(
+                        f"{pdir} holds {len(existing.done)} finished shards made by {made_by}, not {jobs}: "
+                        f"run with the same number of shards, or add --force to start over"
+                    )
+            if pdir.exists():
+                shutil.rmtree(pdir)
+            pdir.mkdir(parents=True, exist_ok=True)
+            plan_file = pdir / "plan.json"
+            tmp = plan_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({**self._plan_identity(key, ids), "shard_rows": int(shard_rows), "jobs": int(jobs)}))
+            os.replace(tmp, plan_file)
+        return ShardPlan(rows=len(ids), shard_rows=int(shard_rows), done=[], jobs=jobs)
+
+    def write_job_record(self, model_name: str, key: EntryKey, job: int, record: dict[str, Any]) -> None:
+        """Save what one job of a several-process build reports (device, timings, preprocessing), for the merge."""
+        path = self.partial_dir(model_name, key) / f"job-{job:06d}.json"
+        with _atomic_file(path) as tmp:
+            Path(tmp).write_text(json.dumps(record, sort_keys=True, default=str))
+
+    def job_records(self, model_name: str, key: EntryKey) -> list[dict[str, Any]]:
+        """Give the records the jobs of a several-process build saved, in job order (unreadable ones skipped)."""
+        records = []
+        for path in sorted(self.partial_dir(model_name, key).glob("job-*.json")):
             try:
-                existing = json.loads(plan_file.read_text())
+                records.append(json.loads(path.read_text()))
             except (OSError, json.JSONDecodeError):
-                existing = {}
-            if all(existing.get(k) == v for k, v in wanted.items()) and existing.get("shard_rows"):
-                plan = ShardPlan(rows=len(ids), shard_rows=int(existing["shard_rows"]), done=[])
-                plan.done = [i for i in range(plan.num_shards) if self._shard_ok(pdir, plan, i)]
-                return plan
-        if pdir.exists():
-            shutil.rmtree(pdir)
-        pdir.mkdir(parents=True, exist_ok=True)
-        tmp = plan_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**wanted, "shard_rows": int(shard_rows)}))
-        os.replace(tmp, plan_file)
-        return ShardPlan(rows=len(ids), shard_rows=int(shard_rows), done=[])
+                continue
+        return records
+
+    def shard_dim(self, model_name: str, key: EntryKey, plan: ShardPlan) -> int | None:
+        """Give the embedding width of the first finished shard, or None when none is finished."""
+        for index in sorted(plan.done):
+            try:
+                _, shapes, _ = read_safetensors_header(self._shard_path(self.partial_dir(model_name, key), index))
+            except CorruptEntry:
+                continue
+            return int(shapes["embeddings"][1])
+        return None
 
     @staticmethod
     def _shard_path(pdir: Path, index: int) -> Path:

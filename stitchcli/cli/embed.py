@@ -69,16 +69,38 @@ def embed_command(
             "Worth it for long runs.",
         ),
     ] = False,
+    num_shards: Annotated[
+        int,
+        typer.Option(
+            "--num-shards",
+            help="Split the rows among K array jobs (with --shard-index): each writes its shards into the same cache "
+            "entry and the last to finish joins them. Under torchrun the ranks split the rows on their own.",
+        ),
+    ] = 1,
+    shard_index: Annotated[
+        Optional[int], typer.Option("--shard-index", help="Which of the --num-shards jobs this is: 0 to K-1.", show_default=False)
+    ] = None,
+    merge: Annotated[
+        bool,
+        typer.Option("--merge", help="Only join the shards array jobs finished into the entry (no model work); say which are missing."),
+    ] = False,
     seed: opt.Seed = 0,
     cache_dir: opt.CacheDir = None,
     json_output: opt.Json = False,
     quiet: opt.Quiet = False,
 ) -> None:
-    """Encode dataset splits with each model and cache the embeddings (a cache hit does no model work)."""
+    """Encode dataset splits with each model and cache the embeddings (a cache hit does no model work).
+
+    Scale out with `torchrun --nproc-per-node N -m stitchcli embed ...` (rank 0 prints the summary) or with
+    array jobs: `--num-shards K --shard-index I`.
+    """
     from stitchcli.cli.output import progress_and_store
+    from stitchcli.distributed import torchrun_rank
     from stitchcli.embedding import EmbedOptions, embed
 
-    progress, store, reporter = progress_and_store(cache_dir, quiet)
+    launched = torchrun_rank()
+    follower = launched is not None and launched[1] != 0  # ranks other than 0 report nothing but warnings and errors
+    progress, store, reporter = progress_and_store(cache_dir, quiet or follower)
     results = embed(
         model,
         dataset,
@@ -93,6 +115,9 @@ def embed_command(
             limit=limit,
             seed=seed,
             compile=compile_model,
+            num_shards=num_shards,
+            shard_index=shard_index,
+            merge=merge,
         ),
         weights=weights,
         pooling=pooling,
@@ -106,7 +131,8 @@ def embed_command(
         register_as=name,
         reporter=reporter,
     )
-    render_results(results, store, json_output=json_output)
+    if not follower:
+        render_results(results, store, json_output=json_output)
 
 
 def render_results(results: Sequence["EmbedResult"], store: "EmbeddingStore", *, json_output: bool) -> None:
@@ -128,7 +154,7 @@ def render_results(results: Sequence["EmbedResult"], store: "EmbeddingStore", *,
                 r.dim,
                 f"{r.seconds:.2f}",
                 "" if r.rows_per_s is None else f"{r.rows_per_s:.1f}",
-                "hit" if r.cache_hit else ("resumed" if r.resumed_rows else "new"),
+                _cache_state(r),
                 _relative(r.path, store.root),
             ]
             for r in results
@@ -136,6 +162,16 @@ def render_results(results: Sequence["EmbedResult"], store: "EmbeddingStore", *,
         justify={"rows": "right", "dim": "right", "seconds": "right", "rows/s": "right"},
         trailing="path",
     )
+
+
+def _cache_state(r: "EmbedResult") -> str:
+    """Say how an entry came about: hit, new, resumed, or an array job's shard waiting for the others."""
+    state = "hit" if r.cache_hit else ("resumed" if r.resumed_rows else "new")
+    if r.shard_index is not None:
+        state = f"{state}, shard {r.shard_index}/{r.num_shards}"
+    if not r.complete:
+        state += f"; waiting for shard{'s' if len(r.waiting_for_shards) > 1 else ''} {', '.join(map(str, r.waiting_for_shards))}"
+    return state
 
 
 def _relative(path: str, root: Path) -> str:
