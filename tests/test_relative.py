@@ -691,3 +691,25 @@ def test_mlp_sum_and_self_attention_compute_what_method_md_says() -> None:
     torch.testing.assert_close(concat(s)[:, 5:10], concat.subspace_norms[1](s[:, 1]))
     total = build_aggregation("sum", 3, 5)
     torch.testing.assert_close(total(s), total.normalize(s).sum(dim=1))
+
+
+def test_cosine_writes_chunks_straight_into_the_result_and_matches_the_plain_function():
+    from stitchcli.relative.projections import cosine, register_projection
+
+    g = torch.Generator().manual_seed(0)
+    x, anchors = torch.randn(50, 8, generator=g), torch.randn(7, 8, generator=g)
+    x[3] = 0  # a zero row stays 0, never NaN
+    out = torch.full((50, 7), float("nan"))
+    got = relative_projection(x, anchors, "cosine", chunk_size=16, out=out)
+    assert got is out and not torch.isnan(out).any()
+    torch.testing.assert_close(out, cosine(x, anchors), rtol=0, atol=1e-6)
+    torch.testing.assert_close(out, torch.nn.functional.cosine_similarity(x[:, None], anchors[None], dim=-1), rtol=0, atol=1e-6)
+    # a result of another dtype goes through the copy path and agrees
+    wide = relative_projection(x, anchors, "cosine", chunk_size=16, out=torch.empty((50, 7), dtype=torch.float64))
+    torch.testing.assert_close(wide, out.double(), rtol=0, atol=1e-6)
+    # gradients still flow through the prepared anchors
+    a = anchors.clone().requires_grad_(True)
+    relative_projection(x, a, "cosine").sum().backward()
+    assert a.grad is not None and torch.isfinite(a.grad).all()
+    with pytest.raises(ValueError, match="together"):
+        register_projection("half-prepared", prepare=lambda a: a)

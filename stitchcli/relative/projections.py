@@ -77,6 +77,10 @@ class Projection:
     kind: Literal["similarity", "distance"]
     summary: str
     options: frozenset[str]
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None
+    """Work on the anchors that does not depend on the samples, done once per relative_projection call."""
+    prepared_function: Callable[..., torch.Tensor] | None = None
+    """``(x_block, prepare(anchors), out=None) -> (b, k)``, writing into ``out`` (a (b, k) tensor) when given."""
 
 
 _PROJECTIONS: dict[str, Projection] = {}
@@ -84,16 +88,27 @@ _OPTIONS = frozenset({"kernel", "memory_budget"})
 
 
 def register_projection(
-    name: str, *, kind: Literal["similarity", "distance"] = "distance"
+    name: str,
+    *,
+    kind: Literal["similarity", "distance"] = "distance",
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    prepared: Callable[..., torch.Tensor] | None = None,
 ) -> Callable[[ProjectionFunction], ProjectionFunction]:
-    """Give a decorator that registers ``function(x_block, anchors) -> (b, k)`` as projection ``name``."""
+    """Give a decorator that registers ``function(x_block, anchors) -> (b, k)`` as projection ``name``.
+
+    ``prepare`` and ``prepared`` (given together) let a long computation work on the anchors once:
+    ``function(x, anchors)`` must equal ``prepared(x, prepare(anchors))``, and ``prepared`` also takes
+    ``out=`` to write its block straight into the result.
+    """
+    if (prepare is None) != (prepared is None):
+        raise ValueError("register_projection: give prepare and prepared together")
 
     def decorator(function: ProjectionFunction) -> ProjectionFunction:
         if name in _PROJECTIONS:
             raise ValueError(f"projection {name!r} is already registered")
         accepted = frozenset(inspect.signature(function).parameters) & _OPTIONS
         summary = (inspect.getdoc(function) or name).splitlines()[0]
-        _PROJECTIONS[name] = Projection(name, function, kind, summary, accepted)
+        _PROJECTIONS[name] = Projection(name, function, kind, summary, accepted, prepare, prepared)
         return function
 
     return decorator
@@ -119,10 +134,17 @@ def get_projection(name: str) -> Projection:
 # --------------------------------------------------------------------------------------------- built-ins
 
 
-@register_projection("cosine", kind="similarity")
+def _cosine_to_unit_anchors(x: torch.Tensor, unit_anchors: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Cosine similarity of the rows of ``x`` to anchors already scaled to unit norm (into ``out`` if given)."""
+    if out is None:
+        return l2_normalize_rows(x) @ unit_anchors.T
+    return torch.mm(l2_normalize_rows(x), unit_anchors.T, out=out)
+
+
+@register_projection("cosine", kind="similarity", prepare=l2_normalize_rows, prepared=_cosine_to_unit_anchors)
 def cosine(x: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     """Cosine similarity <z, e> / (‖z‖ ‖e‖); a zero vector gives 0, never NaN."""
-    return l2_normalize_rows(x) @ l2_normalize_rows(anchors).T
+    return _cosine_to_unit_anchors(x, l2_normalize_rows(anchors))
 
 
 @register_projection("euclidean")
@@ -526,8 +548,11 @@ def _resolve_kernel(kernel: str, projection: Projection, terms: int, device: tor
 
 
 def _call_block(
-    projection: Projection, x: torch.Tensor, anchors: torch.Tensor, kernel: str, memory_budget: int
+    projection: Projection, x: torch.Tensor, anchors: torch.Tensor, kernel: str, memory_budget: int,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    if projection.prepared_function is not None:  # the anchors were prepared in _prepare
+        return projection.prepared_function(x, anchors, out=out)
     options: dict[str, Any] = {}
     if "kernel" in projection.options:
         options["kernel"] = kernel
@@ -637,20 +662,24 @@ def _prepare(
             fitted = None
         else:
             anchors_c = fitted.apply(anchors_c)
+    if spec.prepare is not None:
+        anchors_c = spec.prepare(anchors_c)
     rows = chunk_size or chunk_rows(at.shape[0], at.shape[1], memory_budget)
     terms = xt.shape[0] * at.shape[0] * at.shape[1]
     concrete = _resolve_kernel(kernel, spec, terms, target, needs_grad)
     return _Prepared(spec, xt, anchors_c, fitted, target, dtype, rows, concrete, memory_budget, needs_grad)
 
 
-def _blocks(job: _Prepared) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield ``(start, block)`` over the rows of the output, one chunk at a time."""
+def _blocks(job: _Prepared, out: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(start, block)`` over the rows of the output, one chunk at a time. With ``out`` (a result
+    tensor the projection can write into: same device and dtype, contiguous), blocks are views of it."""
     n = job.x.shape[0]
     for start in range(0, n, job.chunk_size):
         xb = job.x[start : start + job.chunk_size].to(device=job.device, dtype=job.dtype)
         if job.transform is not None:
             xb = job.transform.apply(xb)
-        yield start, _call_block(job.projection, xb, job.anchors, job.kernel, job.memory_budget)
+        dest = None if out is None else out[start : start + xb.shape[0]]
+        yield start, _call_block(job.projection, xb, job.anchors, job.kernel, job.memory_budget, dest)
 
 
 @overload
@@ -750,9 +779,15 @@ def _fill(job: _Prepared, out: torch.Tensor | np.ndarray | BlockSink) -> None:
             raise UsageError(f"out has shape {tuple(out.shape)} but the result is ({n}, {k})")
     elif not callable(out):
         raise UsageError(f"out must be None, a tensor, a numpy array or a callable, not {type(out).__name__}")
+    direct = (
+        isinstance(out, torch.Tensor) and job.projection.prepared_function is not None and out.is_contiguous()
+        and out.dtype == job.dtype and out.device == job.device
+    )
     with torch.no_grad():
-        for start, block in _blocks(job):
+        for start, block in _blocks(job, out if direct else None):
             stop = start + block.shape[0]
+            if direct:
+                continue  # written in place
             if isinstance(out, torch.Tensor):
                 out[start:stop].copy_(block)
             elif isinstance(out, np.ndarray):
