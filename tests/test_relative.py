@@ -713,3 +713,14 @@ def test_cosine_writes_chunks_straight_into_the_result_and_matches_the_plain_fun
     assert a.grad is not None and torch.isfinite(a.grad).all()
     with pytest.raises(ValueError, match="together"):
         register_projection("half-prepared", prepare=lambda a: a)
+
+
+def test_euclidean_writes_into_the_result_and_keeps_near_duplicates_exact():
+    g = torch.Generator().manual_seed(1)
+    anchors = torch.randn(9, 16, generator=g) * 100
+    x = torch.cat([anchors[:3] + 1e-3 * torch.randn(3, 16, generator=g), torch.randn(30, 16, generator=g)])
+    out = torch.full((33, 9), float("nan"))
+    got = relative_projection(x, anchors, "euclidean", chunk_size=8, out=out)
+    assert got is out and not torch.isnan(out).any()
+    want = torch.cdist(x.double(), anchors.double())
+    torch.testing.assert_close(out.double(), want, rtol=1e-6, atol=1e-9)

@@ -69,7 +69,8 @@ class Projection:
             dtype; it may also accept the keyword options ``kernel`` and ``memory_budget``.
         kind: ``similarity`` (larger = closer) or ``distance`` (larger = farther).
         summary: one line for listings (the function's docstring's first line).
-        options: the keyword options among ``kernel`` and ``memory_budget`` that ``function`` accepts.
+        options: the keyword options among ``kernel``, ``memory_budget`` and ``out`` (a (b, k) tensor to write
+            into) that ``function`` accepts.
     """
 
     name: str
@@ -84,7 +85,7 @@ class Projection:
 
 
 _PROJECTIONS: dict[str, Projection] = {}
-_OPTIONS = frozenset({"kernel", "memory_budget"})
+_OPTIONS = frozenset({"kernel", "memory_budget", "out"})
 
 
 def register_projection(
@@ -149,7 +150,7 @@ def cosine(x: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
 
 @register_projection("euclidean")
 def euclidean(
-    x: torch.Tensor, anchors: torch.Tensor, *, memory_budget: int = DEFAULT_MEMORY_BUDGET
+    x: torch.Tensor, anchors: torch.Tensor, *, memory_budget: int = DEFAULT_MEMORY_BUDGET, out: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Euclidean distance ‖z − e‖₂ (each entry within 1e-6 relative, 0 for a sample equal to an anchor).
 
@@ -159,7 +160,8 @@ def euclidean(
     ‖z‖² + ‖e‖², are recomputed from the differences (rows with many such pairs redo their matmul in
     float64 instead), so every entry is accurate, near-duplicates included. float64 inputs, inputs that
     need gradients, and float32 matmuls allowed below full precision (TF32, bfloat16) use a float64 matmul
-    and recompute the pairs under 1e-4.
+    and recompute the pairs under 1e-4. ``out``: a float32 (b, k) tensor the float32 path writes into (the
+    float64 path returns a new tensor).
     """
     differentiable = torch.is_grad_enabled() and (x.requires_grad or anchors.requires_grad)
     float32 = x.dtype == torch.float32 and anchors.dtype == torch.float32
@@ -168,7 +170,9 @@ def euclidean(
     mean = anchors.mean(dim=0, dtype=torch.float64).to(torch.float32)
     centred = anchors - mean
     a_sq = centred.square().sum(dim=1)
-    result = torch.empty((x.shape[0], anchors.shape[0]), dtype=torch.float32, device=x.device)
+    shape = (x.shape[0], anchors.shape[0])
+    usable = out is not None and tuple(out.shape) == shape and out.dtype == torch.float32 and out.device == x.device
+    result = out if usable else torch.empty(shape, dtype=torch.float32, device=x.device)
     # Blocks of rows: their (block, k) temporaries stay in cache between passes, and on data where most
     # rows need float64 (tight clusters) the rest of the chunk goes there directly after one block.
     block = max(1, min(_EUCLIDEAN_BLOCK_ROWS, memory_budget // (64 * anchors.shape[0])))
@@ -209,18 +213,17 @@ def _euclidean_float32(
     x_sq = xc.square().sum(dim=1)
     squared = torch.add(x_sq[:, None], a_sq[None, :], out=out).addmm_(xc, centred.T, alpha=-2)
     del xc
-    # A first test against the largest anchor norm compares each entry with its row's one bound, and for
-    # most data finds nothing; only then is each entry held to its own bound.
-    close = squared <= (x_sq + a_sq.amax()).mul_(_EUCLIDEAN_RECOMPUTE_BELOW_FLOAT32)[:, None]
+    # A first test, each row's smallest entry against its row's bound with the largest anchor norm (one read
+    # of the block, no (b, k) mask), finds nothing for most data; only then is each entry held to its own bound.
     rows = cols = redo = None
-    if bool(close.any()):
-        torch.le(squared, (x_sq[:, None] + a_sq[None, :]).mul_(_EUCLIDEAN_RECOMPUTE_BELOW_FLOAT32), out=close)
+    if bool((squared.amin(dim=1) <= (x_sq + a_sq.amax()).mul_(_EUCLIDEAN_RECOMPUTE_BELOW_FLOAT32)).any()):
+        close = squared <= (x_sq[:, None] + a_sq[None, :]).mul_(_EUCLIDEAN_RECOMPUTE_BELOW_FLOAT32)
         many = close.sum(dim=1) > _EUCLIDEAN_FLOAT64_ROW_SHARE * anchors.shape[0]
         if bool(many.any()):
             redo = many.nonzero().squeeze(1)
             close[redo] = False
         rows, cols = close.nonzero().unbind(dim=1)
-    del close
+        del close
     distances = squared.sqrt_()  # a square rounded below 0 gives NaN here, but such a pair is recomputed below
     if redo is not None:
         distances[redo] = _euclidean_float64(x[redo], anchors, memory_budget).to(torch.float32)
@@ -554,6 +557,8 @@ def _call_block(
     if projection.prepared_function is not None:  # the anchors were prepared in _prepare
         return projection.prepared_function(x, anchors, out=out)
     options: dict[str, Any] = {}
+    if "out" in projection.options and out is not None:
+        options["out"] = out
     if "kernel" in projection.options:
         options["kernel"] = kernel
     if "memory_budget" in projection.options:
@@ -779,17 +784,17 @@ def _fill(job: _Prepared, out: torch.Tensor | np.ndarray | BlockSink) -> None:
             raise UsageError(f"out has shape {tuple(out.shape)} but the result is ({n}, {k})")
     elif not callable(out):
         raise UsageError(f"out must be None, a tensor, a numpy array or a callable, not {type(out).__name__}")
+    writes_into = job.projection.prepared_function is not None or "out" in job.projection.options
     direct = (
-        isinstance(out, torch.Tensor) and job.projection.prepared_function is not None and out.is_contiguous()
-        and out.dtype == job.dtype and out.device == job.device
+        isinstance(out, torch.Tensor) and writes_into and out.is_contiguous() and out.dtype == job.dtype
+        and out.device == job.device
     )
     with torch.no_grad():
         for start, block in _blocks(job, out if direct else None):
             stop = start + block.shape[0]
-            if direct:
-                continue  # written in place
             if isinstance(out, torch.Tensor):
-                out[start:stop].copy_(block)
+                if not (direct and block.data_ptr() == out[start:stop].data_ptr()):  # else written in place
+                    out[start:stop].copy_(block)
             elif isinstance(out, np.ndarray):
                 out[start:stop] = block.cpu().numpy()
             else:
