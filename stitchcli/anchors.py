@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
-from stitchcli.errors import UsageError
+from stitchcli.errors import UsageError, out_of_space_as_work_error
 
 if TYPE_CHECKING:
     from stitchcli.data.base import DatasetSpec
@@ -623,7 +623,7 @@ def _write_json_atomically(path: Path, document: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
+        with out_of_space_as_work_error(path), os.fdopen(fd, "w") as f:
             json.dump(document, f, indent=2)
             f.write("\n")
             f.flush()

@@ -106,7 +106,14 @@ def start_workers(num_shards: int, shard_index: int | None, device: str) -> tupl
     import torch
     import torch.distributed as dist
 
+    if device.startswith("cuda:"):
+        raise UsageError(f"--device {device} under torchrun would put every rank on one GPU: use --device cuda (or auto), and each rank takes cuda:LOCAL_RANK")
     if device in ("auto", "cuda") and torch.cuda.is_available():
+        if local_rank >= torch.cuda.device_count():
+            raise UsageError(
+                f"rank {rank} has LOCAL_RANK {local_rank} but this machine shows {torch.cuda.device_count()} GPUs: "
+                f"start at most {torch.cuda.device_count()} processes per node (--nproc-per-node), or use --device cpu"
+            )
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(local_rank)
     owns = not dist.is_initialized()

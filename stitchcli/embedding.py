@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -17,7 +18,7 @@ import numpy as np
 from stitchcli.data.base import DatasetSpec, SplitData
 from stitchcli.encoders.base import ModelSpec
 from stitchcli.device import is_out_of_memory
-from stitchcli.errors import UsageError, WorkError
+from stitchcli.errors import UsageError, WorkError, out_of_space_as_work_error
 from stitchcli.fingerprint import path_identity
 from stitchcli.hub import prefer_offline_when_unreachable
 from stitchcli.store import CachedEmbeddings, EmbeddingStore, EntryKey, ShardPlan, canonical_json, file_lock
@@ -92,6 +93,7 @@ class EmbedOptions:
     num_shards: int = 1
     shard_index: int | None = None
     merge: bool = False
+    trust_remote_code: bool = False  # let a transformers model run the code it ships (auto_map); off: refused
 
 
 @dataclass
@@ -492,6 +494,11 @@ def encode_split(
     if workers.distributed:
         workers.barrier()  # every rank has written its shards
         entry = assemble(store, spec, key, split, data) if workers.leader else None
+        if workers.leader and entry is None:
+            raise UsageError(
+                f"rank 0 does not see every rank's shards of {spec.name} on {data.name}/{split.split} in "
+                f"{store.partial_dir(spec.storage_name, key)}: all ranks must use one cache folder (--cache-dir on a shared file system)"
+            )
         workers.barrier()  # the entry exists before any rank goes on
         return entry, plan, resumed, seconds
     return assemble(store, spec, key, split, data), plan, resumed, seconds
@@ -583,11 +590,10 @@ def assemble(store: EmbeddingStore, spec: ModelSpec, key: EntryKey, split: Split
     """Join the shards that several jobs wrote into the entry, once all are there; give it, or None while
     shards are missing. Processes take turns on the entry's lock, so only one joins and the others find it."""
     with file_lock(store.lock_path(spec.storage_name, key)):
-        entry = store.lookup(spec.storage_name, key)
-        if entry is not None:
-            return entry
         plan = store.read_plan(spec.storage_name, key, split.ids)
-        if plan is None or plan.todo:
+        if plan is None:  # another job joined it already (the partial folder goes with the join)
+            return store.lookup(spec.storage_name, key)
+        if plan.todo:
             return None
         records = store.job_records(spec.storage_name, key)
         if not records:
@@ -843,42 +849,61 @@ def _embed_all(
         for split_name in split_names:
             key = keys[(spec.name, split_name)]
             started = time.perf_counter()
-            if split_name in arrays:
-                entry, hit = import_array(store, spec, data, split_rows(split_name), arrays[split_name], key)
-                results.append(_result(spec.name, data, split_name, entry, time.perf_counter() - started, hit))
-                continue
-            entry = None if options.force else store.lookup(spec.storage_name, key)
-            if workers.agree(entry is not None):  # every rank takes rank 0's branch
-                entry = entry or store.lookup(spec.storage_name, key)
-                if entry is not None:
-                    results.append(_result(spec.name, data, split_name, entry, time.perf_counter() - started, True))
-                continue
-            split = split_rows(split_name)
-            if workers.count == 1 and not options.force:
-                entry = _merge_array_jobs(store, spec, key, split, data, merge_only=options.merge)
-                if entry is not None:
-                    results.append(_result(spec.name, data, split_name, entry, time.perf_counter() - started, False))
+            # the entry's path names the write that ran out of room; a one-process build holds the entry's lock
+            with out_of_space_as_work_error(store.entry_path(spec.storage_name, key)), contextlib.ExitStack() as building:
+                if split_name in arrays:
+                    entry, hit = import_array(store, spec, data, split_rows(split_name), arrays[split_name], key)
+                    results.append(_result(spec.name, data, split_name, entry, time.perf_counter() - started, hit))
                     continue
-            if encoder is None:
-                encoder = _build(spec, split.modality, options, reporter)
-            elif encoder.modality != split.modality:
-                raise UsageError(f"split {split_name!r} holds {split.modality} data but others hold {encoder.modality}")
-            entry, plan, resumed, seconds = encode_split(store, spec, key, split, data, encoder, options, reporter, micro, workers)
-            computed = plan.rows_in(plan.job_shards(workers.index)) - resumed
-            if entry is not None:
-                result = _result(spec.name, data, split_name, entry, time.perf_counter() - started, False)
-            else:
-                result = _pending_result(store, spec, key, data, split, plan, workers.index, time.perf_counter() - started)
-            if workers.count > 1:
-                result.num_shards, result.shard_index = workers.count, workers.index
-            if workers.distributed and entry is not None:  # the whole entry's figures: the ranks ran side by side
-                resumed, seconds = int(entry.metadata.get("resumed_rows", 0)), float(entry.metadata.get("seconds", 0.0))
-                computed = entry.rows - resumed
-            result.resumed_rows = resumed
-            result.rows_per_s = round(computed / seconds, 2) if seconds > 0 and computed else None
-            if workers.leader:
-                results.append(result)
+                entry = None if options.force else store.lookup(spec.storage_name, key)
+                if workers.count == 1 and entry is None:
+                    # One process builds an entry at a time: another one that needs it waits, then reads it.
+                    lock = store.lock_path(spec.storage_name, key)
+                    building.enter_context(file_lock(lock, on_wait=lambda: reporter.info(
+                        f"{spec.name} {data.name}/{split_name}: waiting for another process building the same cache entry ({lock})"
+                    )))
+                    entry = None if options.force else store.lookup(spec.storage_name, key)
+                    if entry is None:
+                        _remove_interrupted_writes(store.entry_path(spec.storage_name, key))
+                if workers.agree(entry is not None):  # every rank takes rank 0's branch
+                    entry = entry or store.lookup(spec.storage_name, key)
+                    if entry is not None:
+                        results.append(_result(spec.name, data, split_name, entry, time.perf_counter() - started, True))
+                    continue
+                split = split_rows(split_name)
+                if workers.count == 1 and not options.force:
+                    entry = _merge_array_jobs(store, spec, key, split, data, merge_only=options.merge)
+                    if entry is not None:
+                        results.append(_result(spec.name, data, split_name, entry, time.perf_counter() - started, False))
+                        continue
+                if encoder is None:
+                    encoder = _build(spec, split.modality, options, reporter)
+                elif encoder.modality != split.modality:
+                    raise UsageError(f"split {split_name!r} holds {split.modality} data but others hold {encoder.modality}")
+                entry, plan, resumed, seconds = encode_split(store, spec, key, split, data, encoder, options, reporter, micro, workers)
+                computed = plan.rows_in(plan.job_shards(workers.index)) - resumed
+                if entry is not None:
+                    result = _result(spec.name, data, split_name, entry, time.perf_counter() - started, False)
+                else:
+                    result = _pending_result(store, spec, key, data, split, plan, workers.index, time.perf_counter() - started)
+                if workers.count > 1:
+                    result.num_shards, result.shard_index = workers.count, workers.index
+                if workers.distributed and entry is not None:  # the whole entry's figures: the ranks ran side by side
+                    resumed, seconds = int(entry.metadata.get("resumed_rows", 0)), float(entry.metadata.get("seconds", 0.0))
+                    computed = entry.rows - resumed
+                result.resumed_rows = resumed
+                result.rows_per_s = round(computed / seconds, 2) if seconds > 0 and computed else None
+                if workers.leader:
+                    results.append(result)
     return results
+
+
+def _remove_interrupted_writes(path: Path) -> None:
+    """Remove the temporary files a killed process left while writing the entry at ``path`` (as large as the
+    entry itself). Called only under the entry's lock, which whoever writes an encoded entry holds (a one-process
+    build throughout, array jobs and torchrun's rank 0 while joining the shards), so none of them is live."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def _merge_array_jobs(
@@ -894,25 +919,30 @@ def _merge_array_jobs(
                 f"nothing to merge for {where}: no array job has written shards of it; run embed with --num-shards K --shard-index I first"
             )
         return None
-    missing = plan.missing_jobs
-    entry = None if missing else assemble(store, spec, key, split, data)
+    entry = None if plan.missing_jobs else assemble(store, spec, key, split, data)
     if entry is None:
-        missing = missing or [0]  # every shard there but no job's record (removed by hand): any one job's rerun writes it
-        done = [j for j in range(plan.jobs) if j not in missing]
-        raise UsageError(
-            f"embeddings of {where} are incomplete: shard{'s' if len(missing) > 1 else ''} "
-            f"{', '.join(map(str, missing))} of {plan.jobs} not done (done: {', '.join(map(str, done)) or 'none'}); "
-            f"run the same embed with --num-shards {plan.jobs} --shard-index {missing[0]}"
-            f"{' (and the others)' if len(missing) > 1 else ''}, or add --force to embed it all in one process"
-        )
+        raise UsageError(_missing_jobs_message(where, plan))
     return entry
+
+
+def _missing_jobs_message(where: str, plan: ShardPlan) -> str:
+    """Say which array jobs of an entry have not finished, and how to run them (one line)."""
+    missing = plan.missing_jobs or [0]  # every shard there but no job's record (removed by hand): any one job's rerun writes it
+    done = [j for j in range(plan.jobs) if j not in missing]
+    return (
+        f"embeddings of {where} are incomplete: shard{'s' if len(missing) > 1 else ''} "
+        f"{', '.join(map(str, missing))} of {plan.jobs} not done (done: {', '.join(map(str, done)) or 'none'}); "
+        f"run `stitchcli embed` for it with --num-shards {plan.jobs} --shard-index {missing[0]}"
+        f"{' (and the others)' if len(missing) > 1 else ''}, or `stitchcli embed ... --force` to embed it all in one process"
+    )
 
 
 def _pending_result(
     store: EmbeddingStore, spec: ModelSpec, key: EntryKey, data: DatasetSpec, split: SplitData, plan: ShardPlan, job: int, seconds: float
 ) -> EmbedResult:
     """Give the result of an array job whose entry waits for other jobs' shards."""
-    plan = store.read_plan(spec.storage_name, key, split.ids) or plan
+    latest = store.read_plan(spec.storage_name, key, split.ids)
+    plan = latest if latest is not None and latest.jobs == plan.jobs else plan
     return EmbedResult(
         model=spec.name,
         dataset=data.name,
@@ -969,7 +999,7 @@ def _build(spec: ModelSpec, modality: str, options: EmbedOptions, reporter: Repo
     if _needs_hub(spec):
         prefer_offline_when_unreachable()
     reporter.info(f"loading {spec.name} ({spec.backend}: {spec.source}) on {device}")
-    encoder = build_encoder(spec, modality, device)
+    encoder = build_encoder(spec, modality, device, trust_remote_code=options.trust_remote_code)
     if options.compile:
         encoder.compile()
         reporter.info(f"{spec.name}: compiling with torch.compile on the first batch (tens of seconds; cached by torch for later runs)")
@@ -1016,6 +1046,9 @@ def load_embeddings(
     )
     key = entry_key(spec, data, split, limit=limit, seed=seed)
     entry = store.lookup(spec.storage_name, key)
+    pending = None if entry is not None else store.read_plan(spec.storage_name, key, None)
+    if pending is not None and pending.jobs > 1 and pending.missing_jobs:
+        raise UsageError(_missing_jobs_message(f"{model} on {dataset}/{split}", pending))
     if entry is None:
         raise UsageError(
             f"no cached embeddings of {model!r} on {dataset}/{split} with these options: run `stitchcli embed --model {model} --dataset {dataset} --split {split}` first"

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import re
+from typing import Iterator
+
 
 class StitchError(Exception):
     """Base class of the errors stitchcli reports as one line instead of a traceback."""
@@ -71,3 +77,53 @@ def looks_like_network_failure(exc: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+_OUT_OF_SPACE = {  # errno: (what happened, why, what to do)
+    errno.ENOSPC: ("no space left on the device", "", "free space"),
+    errno.EDQUOT: ("disk quota exceeded", "", "free space"),
+    errno.EFBIG: ("file too large", " (a file-size limit, see `ulimit -f`, or the file system's largest file)", "raise the limit"),
+}
+
+
+def out_of_space_errno(exc: BaseException) -> int | None:
+    """Give ENOSPC, EDQUOT or EFBIG when a failed write ran out of room, else None.
+
+    safetensors reports these as a SafetensorError whose text ends in "(os error 28)", not as an OSError,
+    so the text is read too (along the chain of causes).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _OUT_OF_SPACE:
+            return current.errno
+        found = re.search(r"\(os error (\d+)\)", str(current))
+        if found and int(found.group(1)) in _OUT_OF_SPACE:
+            return int(found.group(1))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def out_of_space_message(code: int, path: str | os.PathLike[str]) -> str:
+    """Give the one line that says which write ran out of room (``code`` from :func:`out_of_space_errno`) and what to do."""
+    what, why, fix = _OUT_OF_SPACE[code]
+    return (
+        f"{what} writing {os.fspath(path)}{why}: {fix} or choose another --cache-dir, then run the same command again "
+        "(finished embedding shards and heads are kept)"
+    )
+
+
+@contextlib.contextmanager
+def out_of_space_as_work_error(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Run the block; a write in it that runs out of room (a full disk, a quota, a file-size limit) becomes a
+    WorkError naming ``path``, so the user gets one line instead of a traceback."""
+    try:
+        yield
+    except StitchError:
+        raise
+    except Exception as exc:
+        code = out_of_space_errno(exc)
+        if code is None:
+            raise
+        raise WorkError(out_of_space_message(code, path)) from exc

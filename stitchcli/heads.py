@@ -9,7 +9,8 @@ Training uses the decoder's training split only: a seeded class-stratified valid
 epoch (early stopping on validation accuracy), and the weights of the best epoch are kept.
 
 A saved head is one safetensors file (the module's tensors, the JSON config in the metadata) with the same
-config beside it as ``.json`` for people; :func:`load_head` reads the safetensors file alone.
+config beside it as ``.json`` for people; :func:`load_head` reads the safetensors file alone, and uses it only
+when it passes the checksums its metadata carries (see :mod:`stitchcli.store`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from torch import nn
 
 from stitchcli.errors import UsageError
 from stitchcli.relative.aggregation import Aggregation, build_aggregation
-from stitchcli.store import METADATA_KEY, CorruptEntry, canonical_json, read_safetensors_header, write_safetensors
+from stitchcli.store import CHECKSUM_FIELD, CorruptEntry, canonical_json, read_header, write_safetensors
 
 HEAD_FORMAT = 1
 HEAD_KINDS = ("relative", "absolute")
@@ -260,6 +261,8 @@ def train_classifier(
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) != len(features):
         raise ValueError(f"{len(features)} feature rows but {len(labels)} labels")
+    if len(np.unique(labels)) < 2:
+        raise UsageError(f"a head tells classes apart, and all {len(labels)} training rows are of one class: use a training split with two or more classes")
     train_rows, val_rows = stratified_split(labels, settings.val_fraction, seed)
     if len(val_rows) == 0:
         raise UsageError(
@@ -372,7 +375,8 @@ def load_head(path: str | Path, *, device: torch.device | str = "cpu") -> Fitted
     """Give the head saved at ``path`` (a ``.safetensors`` file written by :func:`save_head`).
 
     Raises:
-        UsageError: the file is missing, unreadable, not a stitchcli head, or from another head format.
+        UsageError: the file is missing, unreadable, not a stitchcli head, from another head format, or fails
+            its checksum (truncated, bit rot, edited by hand, or written before heads carried one).
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -381,11 +385,19 @@ def load_head(path: str | Path, *, device: torch.device | str = "cpu") -> Fitted
         path = next((candidate for candidate in candidates if candidate.is_file()), path)
     if not path.is_file():
         raise UsageError(f"head file {str(path)!r} does not exist: train one with `stitchcli fit-head --out FILE`")
+    retrain = "train it again with `stitchcli fit-head`, or copy it again from where it came"
     try:
-        config, shapes, _ = read_safetensors_header(path)
+        header = read_header(path)  # never unpickled: a file that is not safetensors + JSON stops here
     except CorruptEntry as exc:
         raise UsageError(f"cannot read head {str(path)!r}: {exc}") from None
-    if config.get("format") != HEAD_FORMAT or config.get("kind") not in HEAD_KINDS:
+    config = {key: value for key, value in header.metadata.items() if key != CHECKSUM_FIELD}  # what save_head was given
+    is_head = config.get("format") == HEAD_FORMAT and config.get("kind") in HEAD_KINDS
+    if is_head or header.has_checksum:  # an intact file of another kind is told apart below, as such
+        try:
+            header.verify()
+        except CorruptEntry as exc:
+            raise UsageError(f"head {str(path)!r} cannot be used: {exc}; {retrain}") from None
+    if not is_head:
         raise UsageError(
             f"{str(path)!r} is not a stitchcli head of format {HEAD_FORMAT} "
             f"(kind {config.get('kind')!r}, format {config.get('format')!r}): train it again with `stitchcli fit-head`"
@@ -401,9 +413,10 @@ def load_head(path: str | Path, *, device: torch.device | str = "cpu") -> Fitted
             num_subspaces=len(config.get("projections") or ()) or None,
             num_anchors=config.get("num_anchors"),
         )
-        from safetensors.torch import load_file
-
-        module.load_state_dict(load_file(str(path)), strict=True)
+        tensors = header.read_tensors()
+        module.load_state_dict({name: torch.from_numpy(array) for name, array in tensors.items()}, strict=True)
+    except CorruptEntry as exc:
+        raise UsageError(f"head {str(path)!r} cannot be used: {exc}; {retrain}") from None
     except (KeyError, TypeError, ValueError, RuntimeError, UsageError) as exc:
         raise UsageError(f"head {str(path)!r} is damaged or inconsistent with its config: {str(exc).splitlines()[0]}") from None
     module.to(device).eval()

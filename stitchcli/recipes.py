@@ -521,13 +521,20 @@ def list_recipes(folder: str | os.PathLike[str]) -> list[Path]:
 
 
 def recipe_sweeps(
-    recipe: Recipe, *, device: str = "auto", embed_batch_size: int | None = None, limit: int | None | str = "recipe"
+    recipe: Recipe,
+    *,
+    device: str = "auto",
+    embed_batch_size: int | None = None,
+    limit: int | None | str = "recipe",
+    trust_remote_code: bool = False,
 ) -> list[tuple[list[ModelRef], Any]]:
     """Give one (models, StitchSettings) sweep per dataset of the recipe.
 
     Args:
         recipe: a loaded recipe.
         device, embed_batch_size: how to run (not part of a recipe).
+        trust_remote_code: the command line's --trust-remote-code; never a recipe's to give, so that running
+            someone's recipe cannot make stitchcli run a model's code.
         limit: ``"recipe"`` keeps the recipe's; an int or None (every row) replaces it.
     """
     from stitchcli.heads import HeadSettings
@@ -557,6 +564,7 @@ def recipe_sweeps(
             dataset_options=dict(recipe.dataset_options),
             device=device,
             embed_batch_size=embed_batch_size,
+            trust_remote_code=trust_remote_code,
         )
         settings.check()
         sweeps.append((list(recipe.models_of(dataset)), settings))

@@ -37,7 +37,7 @@ from stitchcli.anchors import (
     select_anchor_rows,
 )
 from stitchcli.embedding import EmbedOptions, ModelRef, Reporter, library_versions
-from stitchcli.errors import UsageError
+from stitchcli.errors import UsageError, out_of_space_as_work_error
 from stitchcli.heads import (
     HEAD_FORMAT,
     FittedHead,
@@ -89,6 +89,7 @@ class StitchSettings:
         device: where heads train and projections run (auto, cpu, cuda…); also used to embed.
         embed_batch_size: the batch size used when embeddings must be computed.
         singles: add a row for every single projection besides the product.
+        trust_remote_code: let transformers models embedded on demand run the code they ship (auto_map).
     """
 
     dataset: str
@@ -114,6 +115,7 @@ class StitchSettings:
     device: str = "auto"
     embed_batch_size: int | None = None
     singles: bool = True
+    trust_remote_code: bool = False
 
     def check(self) -> None:
         """Refuse settings that cannot be right, before any work (UsageError naming the option)."""
@@ -253,7 +255,8 @@ def ensure_embeddings(store: EmbeddingStore, ref: ModelRef, split: str, settings
         settings.dataset,
         [split],
         store=store,
-        options=EmbedOptions(batch_size=settings.embed_batch_size, device=settings.device, limit=settings.limit, seed=settings.embed_seed),
+        options=EmbedOptions(batch_size=settings.embed_batch_size, device=settings.device, limit=settings.limit, seed=settings.embed_seed,
+                             trust_remote_code=settings.trust_remote_code),
         reporter=reporter,
         **options,
         **_dataset_kwargs(settings),
@@ -344,7 +347,7 @@ def prepare(
     names = [ref.name for ref in refs]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise UsageError(f"model {', '.join(repeated)} is listed twice")
+        raise UsageError(f"model {', '.join(repeated)} is listed twice: name each model once")
     if manifest is None and settings.anchors is not None:
         manifest = load_anchor_manifest(store, settings.anchors)
     if manifest is not None:
@@ -373,6 +376,10 @@ def prepare(
         if other and other != class_names:
             raise UsageError(f"{view.name} and {names[0]} disagree on the class names of {settings.dataset}: embed both with the same label column")
     eval_view = views[names[0]].evaluation
+    unseen = sorted(set(eval_view.labels.tolist()) - set(first.labels.tolist())) if eval_view is not None else []
+    if unseen:  # a --limit subset can lack a rare class: warn rather than refuse
+        shown = ", ".join(class_names[i] if i < len(class_names) else str(i) for i in unseen)
+        reporter.warn(f"class(es) {shown} of split {settings.split!r} never occur in {settings.train_split!r}: no head learns them, so their rows count as errors")
     return SweepData(
         manifest=manifest,
         models=views,
@@ -618,7 +625,8 @@ def obtain_head(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     head = FittedHead(module, config)
-    save_head(path, head)
+    with out_of_space_as_work_error(path):
+        save_head(path, head)
     return head, False
 
 
@@ -1085,7 +1093,8 @@ def fit_head(
     written = None
     if out is not None:
         cached_path = head.path
-        written = save_head(out, head)
+        with out_of_space_as_work_error(out):
+            written = save_head(out, head)
         head.path = cached_path
     return head, hit, written
 

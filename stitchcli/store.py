@@ -12,10 +12,19 @@ and one JSON document in the safetensors metadata under ``stitchcli``. The file 
 digest of the key (model spec, dataset fingerprint, split, subset), and the key is checked again
 against the metadata on every read, so a file is used only for the exact inputs that produced it.
 
+Every file written here (entries, shards, and the heads of :mod:`stitchcli.heads`) carries SHA-256 digests of
+its header and of its tensor data in that metadata (see :data:`CHECKSUM_FIELD`). A cache hit reads the header
+alone and checks its digest and the file's size (truncation, header damage, hand edits); the data's digest is
+checked wherever the arrays are read (:meth:`EmbeddingStore.read`, resumed shards, the merge). A file that fails
+is reported and rebuilt, never used. A file without digests (written before stitchcli wrote them) is rebuilt too:
+it cannot be told apart from one whose digests were lost to damage or an edit, and rebuilding costs compute once,
+where using a damaged file would silently skew every result made from it.
+
 Writes are resumable: rows are encoded in fixed shards, each written to a temporary name and
 renamed into place, and the final file is assembled under a temporary name and renamed, so a
 killed run never leaves a file that looks complete and a rerun starts from the last whole shard.
-Only numpy and safetensors are imported here: a cache hit never pays for importing torch.
+Only numpy is imported here (the safetensors format is read and written directly, so that the digests are
+computed as the bytes go by): a cache hit never pays for importing torch.
 """
 
 from __future__ import annotations
@@ -26,8 +35,10 @@ import itertools
 import json
 import os
 import re
+import secrets
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +46,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from stitchcli.errors import UsageError
+from stitchcli.errors import UsageError, WorkError
 
 SCHEMA_VERSION = 1
 METADATA_KEY = "stitchcli"
@@ -114,36 +125,214 @@ class CachedEmbeddings:
 
 
 class CorruptEntry(Exception):
-    """A cache file that cannot be trusted (unreadable, truncated, or made for another key)."""
+    """A cache file that cannot be trusted (unreadable, truncated, failing its checksum, or made for another key)."""
+
+
+class DamagedEntry(UsageError):
+    """A cache entry whose file failed its checks when its arrays were read; it was reported and removed.
+
+    The message starts as :func:`stitchcli.embedding.load_embeddings`' cache miss does ("no cached embeddings"),
+    which is what the commands that embed on demand look for: they embed it again.
+    """
+
+
+# Every file stitchcli writes (entries, shards, heads) carries a checksum in its metadata document:
+#   "checksum": {"algorithm": "sha256", "data": <hex>, "header": <hex>}
+# ``data`` is the SHA-256 of the tensor bytes (everything after the header, in file order); ``header`` that
+# of the header without itself: the metadata document, the tensors' dtypes, shapes and offsets. The header
+# digest is checked whenever the header is read (cheap: a cache hit reads nothing else), the data digest
+# whenever the tensors are. SHA-256 because hashlib has it everywhere, hardware-accelerated on current x86
+# and ARM CPUs (1.7 GB/s on this project's 2-core test machine: 0.36 s for 200,000 x 768 float32).
+CHECKSUM_FIELD = "checksum"
+CHECKSUM_ALGORITHM = "sha256"
+_READ_CHUNK = 1 << 24
+_MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+_ITEMSIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+              "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+_NUMPY_DTYPES = {"BOOL": "?", "U8": "u1", "I8": "i1", "I16": "<i2", "U16": "<u2", "F16": "<f2", "I32": "<i4",
+                 "U32": "<u4", "F32": "<f4", "I64": "<i8", "U64": "<u8", "F64": "<f8"}
+
+
+@dataclass(frozen=True)
+class TensorSlot:
+    """Where one tensor lies in a safetensors file: dtype (safetensors' name), shape, [start, stop) in the data."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """The parsed header of a safetensors file written by stitchcli (see :func:`read_header`).
+
+    Attributes:
+        path: the file.
+        metadata: the stitchcli JSON document of the metadata.
+        tensors: name -> slot, for every tensor.
+        extra_metadata: other entries of the safetensors metadata (stitchcli writes none).
+        data_start: byte offset of the tensor data.
+    """
+
+    path: Path
+    metadata: dict[str, Any]
+    tensors: dict[str, TensorSlot]
+    extra_metadata: dict[str, str]
+    data_start: int
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Tensor name -> shape."""
+        return {name: slot.shape for name, slot in self.tensors.items()}
+
+    @property
+    def dtypes(self) -> dict[str, str]:
+        """Tensor name -> dtype, as safetensors names it (F32, I64...)."""
+        return {name: slot.dtype for name, slot in self.tensors.items()}
+
+    @property
+    def has_checksum(self) -> bool:
+        """Whether the metadata carries a checksum record at all (files written before stitchcli wrote checksums do not)."""
+        return CHECKSUM_FIELD in self.metadata
+
+    def verify(self) -> None:
+        """Check the header against its own checksum; raise CorruptEntry if it has none or it does not match."""
+        record = self.metadata.get(CHECKSUM_FIELD)
+        if record is None:
+            raise CorruptEntry("it has no checksum (written by an older stitchcli, or edited by hand)")
+        if not isinstance(record, dict) or record.get("algorithm") != CHECKSUM_ALGORITHM or not isinstance(record.get("data"), str):
+            raise CorruptEntry(f"its checksum record is damaged ({_short(record)})")
+        if _header_digest(self.metadata, self.tensors, self.extra_metadata) != record.get("header"):
+            raise CorruptEntry("its header does not match its checksum (bit rot, or edited by hand)")
+
+    def read_tensors(self) -> dict[str, np.ndarray]:
+        """Give every tensor, read in one pass; CorruptEntry if the header or the data fails its checksum."""
+        self.verify()
+        digest = hashlib.new(CHECKSUM_ALGORITHM)
+        tensors: dict[str, np.ndarray] = {}
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.data_start)
+                for name, slot in sorted(self.tensors.items(), key=lambda item: item[1].start):
+                    if slot.dtype not in _NUMPY_DTYPES:
+                        raise CorruptEntry(f"tensor {name} has dtype {slot.dtype}, which numpy cannot hold")
+                    array = np.empty(slot.shape, dtype=_NUMPY_DTYPES[slot.dtype])
+                    view = memoryview(array.reshape(-1).view(np.uint8))
+                    done = 0
+                    while done < len(view):
+                        got = f.readinto(view[done : done + _READ_CHUNK])
+                        if not got:
+                            raise CorruptEntry(f"it ends inside tensor {name} (truncated)")
+                        digest.update(view[done : done + got])
+                        done += got
+                    tensors[name] = array
+        except OSError as exc:
+            raise CorruptEntry(f"cannot read it ({exc.strerror or exc})") from exc
+        if digest.hexdigest() != self.metadata[CHECKSUM_FIELD]["data"]:
+            raise CorruptEntry("its data does not match its checksum (bit rot, or edited by hand)")
+        return tensors
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _header_digest(document: dict[str, Any], tensors: dict[str, TensorSlot], extra: dict[str, str]) -> str:
+    """Give the checksum of a header: the document (without the header digest itself), the tensors' slots and any
+    other metadata entries."""
+    record = {k: v for k, v in dict(document.get(CHECKSUM_FIELD) or {}).items() if k != "header"}
+    body = {
+        "metadata": {**document, CHECKSUM_FIELD: record},
+        "tensors": {name: [s.dtype, list(s.shape), [s.start, s.stop]] for name, s in tensors.items()},
+        "extra": extra,
+    }
+    return hashlib.new(CHECKSUM_ALGORITHM, canonical_json(body).encode()).hexdigest()
+
+
+def read_header(path: Path) -> SafetensorsHeader:
+    """Give the parsed header of a safetensors file; CorruptEntry if it is unreadable, truncated, extended or not
+    a stitchcli file. Reads the header alone (no tensor data) and checks the file's size against it; the checksums
+    are checked by :meth:`SafetensorsHeader.verify` and :meth:`SafetensorsHeader.read_tensors`."""
+    try:
+        with open(path, "rb") as f:
+            stat = os.fstat(f.fileno())
+            prefix = f.read(8)
+            size = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+            if size < 2 or size > min(_MAX_HEADER_BYTES, stat.st_size - 8):
+                raise CorruptEntry(
+                    f"unreadable safetensors file ({stat.st_size} bytes, header size {size}): truncated, or not a safetensors file"
+                )
+            raw = f.read(size)
+    except OSError as exc:
+        raise CorruptEntry(f"cannot read it ({exc.strerror or exc})") from exc
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptEntry(f"unreadable safetensors file (its header is not JSON: {exc})") from exc
+    if not isinstance(header, dict):
+        raise CorruptEntry("unreadable safetensors file (its header is not a JSON object)")
+    extra = header.pop("__metadata__", None) or {}
+    if not isinstance(extra, dict) or not all(isinstance(v, str) for v in extra.values()):
+        raise CorruptEntry("unreadable safetensors file (its metadata is not a map of strings)")
+    tensors = {name: _tensor_slot(name, entry) for name, entry in header.items()}
+    end = 0
+    for name, slot in sorted(tensors.items(), key=lambda item: item[1].start):
+        if slot.start != end:
+            raise CorruptEntry(f"unreadable safetensors file (tensor {name} starts at {slot.start}, not {end})")
+        end = slot.stop
+    data_start = 8 + size
+    if stat.st_size != data_start + end:
+        raise CorruptEntry(
+            f"the file is {stat.st_size} bytes but its header describes {data_start + end}: truncated, or bytes were added"
+        )
+    if METADATA_KEY not in extra:
+        raise CorruptEntry("no stitchcli metadata in the file")
+    try:
+        meta = json.loads(extra.pop(METADATA_KEY))
+    except json.JSONDecodeError as exc:
+        raise CorruptEntry(f"metadata is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise CorruptEntry("its metadata is not a JSON object")
+    return SafetensorsHeader(path, meta, tensors, extra, data_start)
+
+
+def _tensor_slot(name: str, entry: Any) -> TensorSlot:
+    """Give the slot a header entry describes; CorruptEntry when it is malformed or its size disagrees with its shape."""
+    try:
+        dtype, shape, (start, stop) = entry["dtype"], entry["shape"], entry["data_offsets"]
+        valid = (
+            dtype in _ITEMSIZES
+            and isinstance(shape, list)
+            and all(type(d) is int and d >= 0 for d in [*shape, start, stop])
+            and start <= stop
+            and stop - start == int(np.prod(shape, dtype=np.int64)) * _ITEMSIZES[dtype]
+        )
+    except (KeyError, TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise CorruptEntry(f"unreadable safetensors file (tensor {name}: {_short(entry)})")
+    return TensorSlot(dtype, tuple(shape), start, stop)
 
 
 def read_safetensors_header(path: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]], dict[str, str]]:
-    """Give (metadata document, tensor shapes, tensor dtypes) of a safetensors file, or raise CorruptEntry."""
-    from safetensors import safe_open
+    """Give (metadata document, tensor shapes, tensor dtypes) of a safetensors file, or raise CorruptEntry.
 
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            raw = f.metadata() or {}
-            shapes: dict[str, tuple[int, ...]] = {}
-            dtypes: dict[str, str] = {}
-            for name in f.keys():
-                sl = f.get_slice(name)
-                shapes[name] = tuple(sl.get_shape())
-                dtypes[name] = str(sl.get_dtype())
-    except Exception as exc:  # safetensors raises several types for a damaged header
-        raise CorruptEntry(f"unreadable safetensors file ({type(exc).__name__}: {exc})") from exc
-    if METADATA_KEY not in raw:
-        raise CorruptEntry("no stitchcli metadata in the file")
-    try:
-        meta = json.loads(raw[METADATA_KEY])
-    except json.JSONDecodeError as exc:
-        raise CorruptEntry(f"metadata is not valid JSON ({exc})") from exc
-    return meta, shapes, dtypes
+    The file's size is checked against the header; its checksums are not (see :func:`read_header`).
+    """
+    header = read_header(path)
+    return header.metadata, header.shapes, header.dtypes
 
 
 def _check_entry(path: Path, key: EntryKey) -> CachedEmbeddings:
-    """Give the entry at ``path`` if it is whole and made for ``key``; else raise CorruptEntry."""
-    meta, shapes, dtypes = read_safetensors_header(path)
+    """Give the entry at ``path`` if it is whole and made for ``key``; else raise CorruptEntry.
+
+    Reads the header only (its checksum included): the data's checksum is checked when the arrays are read.
+    """
+    header = read_header(path)
+    header.verify()
+    meta, shapes, dtypes = header.metadata, header.shapes, header.dtypes
     missing = [t for t in _TENSORS if t not in shapes]
     if missing:
         raise CorruptEntry(f"missing tensors {missing}")
@@ -156,6 +345,12 @@ def _check_entry(path: Path, key: EntryKey) -> CachedEmbeddings:
     if shapes["labels"] != (n,) or shapes["ids"] != (n,) or meta.get("rows") != n:
         raise CorruptEntry("row counts of embeddings, labels, ids and metadata disagree")
     return CachedEmbeddings(path=path, metadata=meta, rows=n, dim=emb_shape[1])
+
+
+def _file_identity(path: Path) -> tuple[int, int, int]:
+    """Give (inode, size, mtime in ns) of a file: a file renamed into its place later has another."""
+    stat = os.stat(path)
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def _umask() -> int:
@@ -184,18 +379,20 @@ def _atomic_file(path: Path) -> Iterator[str]:
 
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
-    """Write tensors atomically: a temporary file in the same folder, fsync, then rename."""
-    from safetensors.numpy import save_file
+    """Write tensors atomically (a temporary file in the same folder, fsync, then rename), with their checksum.
 
-    with _atomic_file(path) as tmp:
-        save_file(
-            {k: np.ascontiguousarray(v) for k, v in tensors.items()},
-            tmp,
-            metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True, default=str)},
-        )
+    The tensors are laid out in the given order: the same tensors and metadata give the same file as
+    :func:`write_safetensors_streamed`.
+    """
+    arrays = [(name, np.ascontiguousarray(value)) for name, value in tensors.items()]
+    write_safetensors_streamed(path, [(name, a.dtype, a.shape, iter([a])) for name, a in arrays], metadata)
 
 
-_SAFETENSORS_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64"}
+_SAFETENSORS_DTYPES = {
+    np.dtype(t): name
+    for t, name in ((np.float64, "F64"), (np.float32, "F32"), (np.float16, "F16"), (np.int64, "I64"), (np.int32, "I32"),
+                    (np.int16, "I16"), (np.int8, "I8"), (np.uint8, "U8"), (np.bool_, "BOOL"))
+}
 
 
 def write_safetensors_streamed(
@@ -206,43 +403,81 @@ def write_safetensors_streamed(
     ``tensors``: (name, dtype, shape, chunks) with the chunks in row order; the header is written first
     (the format is an 8-byte little-endian header size, the JSON header padded with spaces to 8 bytes,
     then the tensors' bytes back to back), so memory stays at one chunk whatever the number of rows.
+
+    The metadata document gets the file's checksum record (see :data:`CHECKSUM_FIELD`): the header is
+    written with two random 64-hex-digit placeholders in it, the data digest is computed as the chunks go
+    by, and the placeholders are then overwritten in place by the two digests, which have the same length,
+    so no offset moves.
     """
-    header: dict[str, Any] = {"__metadata__": {METADATA_KEY: json.dumps(metadata, sort_keys=True, default=str)}}
-    sizes = [int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize for _, dtype, shape, _ in tensors]
+    data_token, header_token = secrets.token_hex(32), secrets.token_hex(32)
+    document = json.loads(json.dumps(metadata, sort_keys=True, default=str))  # as a reader will parse it
+    document[CHECKSUM_FIELD] = {"algorithm": CHECKSUM_ALGORITHM, "data": data_token, "header": header_token}
+    header: dict[str, Any] = {"__metadata__": {METADATA_KEY: json.dumps(document, sort_keys=True)}}
+    slots: dict[str, TensorSlot] = {}
     offset = 0
-    for (name, dtype, shape, _), size in zip(tensors, sizes):
-        header[name] = {"dtype": _SAFETENSORS_DTYPES[np.dtype(dtype)], "shape": list(shape), "data_offsets": [offset, offset + size]}
+    for name, dtype, shape, _ in tensors:
+        size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        slots[name] = TensorSlot(_SAFETENSORS_DTYPES[np.dtype(dtype)], tuple(int(d) for d in shape), offset, offset + size)
+        header[name] = {"dtype": slots[name].dtype, "shape": list(slots[name].shape), "data_offsets": [offset, offset + size]}
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
+    where = {token: 8 + encoded.index(token.encode()) for token in (data_token, header_token)}
+    digest = hashlib.new(CHECKSUM_ALGORITHM)
     with _atomic_file(path) as tmp, open(tmp, "wb") as f:
         f.write(len(encoded).to_bytes(8, "little"))
         f.write(encoded)
-        for (name, dtype, shape, chunks), size in zip(tensors, sizes):
+        for name, dtype, shape, chunks in tensors:
             written = 0
             for chunk in chunks:
-                data = np.ascontiguousarray(chunk, dtype=dtype)
-                f.write(data.tobytes())
-                written += data.nbytes
-            if written != size:
+                data = memoryview(np.ascontiguousarray(chunk, dtype=dtype).reshape(-1).view(np.uint8))
+                f.write(data)
+                digest.update(data)
+                written += len(data)
+            if written != slots[name].stop - slots[name].start:
                 raise ValueError(f"tensor {name}: {written} bytes written for shape {shape}")
+        document[CHECKSUM_FIELD]["data"] = digest.hexdigest()
+        for token, value in ((data_token, digest.hexdigest()), (header_token, _header_digest(document, slots, {}))):
+            f.seek(where[token])
+            f.write(value.encode())
+
+
+_HELD_LOCKS: set[tuple[int, int, str]] = set()
+"""The (process, thread, lock file) triples whose lock :func:`file_lock` holds now."""
 
 
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path, *, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``path`` (created if missing) while the block runs, waiting for
-    any other holder first. POSIX ``flock``; where fcntl does not exist the block runs unlocked."""
+    any other holder first (``on_wait`` is called once before waiting, to tell the user why nothing moves).
+    POSIX ``flock``; where fcntl does not exist the block runs unlocked.
+
+    Re-entrant within a thread: a block nested in another on the same path runs at once under the outer
+    block's lock. (flock belongs to an open file, so locking the same file through a second open() would
+    wait for this very thread forever.) Other threads and processes wait as usual.
+    """
     try:
         import fcntl
     except ImportError:  # Windows: one process per entry is the user's to ensure
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    held = (os.getpid(), threading.get_ident(), os.path.realpath(path))
+    if held in _HELD_LOCKS:
+        yield
+        return
     with open(path, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        _HELD_LOCKS.add(held)
         try:
             yield
         finally:
+            _HELD_LOCKS.discard(held)
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
@@ -260,7 +495,9 @@ class ShardPlan:
     jobs: int = 1
 
     def job_shards(self, job: int) -> list[int]:
-        """Give the shard indices job ``job`` (of ``jobs``) computes."""
+        """Give the shard indices job ``job`` (of ``jobs``) computes (with fewer shards than jobs, the last jobs get none)."""
+        if self.num_shards < self.jobs:
+            return [job] if job < self.num_shards else []
         return list(range(job * self.num_shards // self.jobs, (job + 1) * self.num_shards // self.jobs))
 
     @property
@@ -303,6 +540,10 @@ class EmbeddingStore:
         if self.root.exists() and not self.root.is_dir():
             raise UsageError(f"cache folder {str(self.root)!r} is a file: give a folder with --cache-dir or $STITCHCLI_CACHE")
         self._warn = warn or (lambda message: None)
+        # shard file -> ((inode, size, mtime), its start row, its rows or None when damaged): each version of a
+        # shard file is read and checked once per store, however often the plan is read again
+        self._checked_shards: dict[Path, tuple[tuple[int, int, int], Any, Any]] = {}
+        self._reported: set[tuple[Path, Any]] = set()
 
     # ----- entries -------------------------------------------------------------------------
     def entry_path(self, model_name: str, key: EntryKey) -> Path:
@@ -328,17 +569,51 @@ class EmbeddingStore:
         try:
             return _check_entry(path, key)
         except CorruptEntry as exc:
-            self._warn(f"cache file {path} cannot be used: {exc}; rebuilding it")
+            self._warn_once(path, f"cache file {path} cannot be used: {exc}; rebuilding it")
             return None
 
-    def read(self, entry: CachedEmbeddings) -> CachedEmbeddings:
-        """Give the entry with its arrays loaded."""
-        from safetensors.numpy import load_file
-
+    def _warn_once(self, path: Path, message: str) -> None:
+        """Report a damaged file once per version of it, however often it is looked up (or its plan read)."""
         try:
-            tensors = load_file(str(entry.path))
-        except Exception as exc:
-            raise CorruptEntry(f"cannot read {entry.path}: {exc}") from exc
+            seen = (path, _file_identity(path))
+        except OSError:
+            seen = (path, None)
+        if seen not in self._reported:
+            self._reported.add(seen)
+            self._warn(message)
+
+    def read(self, entry: CachedEmbeddings) -> CachedEmbeddings:
+        """Give the entry with its arrays loaded, checked against the file's checksums on the way.
+
+        Raises:
+            DamagedEntry: the file no longer passes its checks (bit rot, truncated or edited since
+                :meth:`lookup`, or gone): it was reported through the warn callback and removed, so the next
+                ``embed`` (or any command that embeds on demand) builds it again.
+        """
+        path = entry.path
+        try:
+            before = _file_identity(path)
+        except OSError:
+            before = None
+        try:
+            header = read_header(path)
+            header.verify()
+            if header.metadata.get("key_digest") != entry.metadata.get("key_digest"):
+                raise CorruptEntry("it was replaced by an entry made for another key")
+            tensors = header.read_tensors()
+            missing = [t for t in _TENSORS if t not in tensors]
+            if missing:
+                raise CorruptEntry(f"missing tensors {missing}")
+        except CorruptEntry as exc:
+            self._warn(f"cache file {path} cannot be used: {exc}; removed it, so that it is rebuilt")
+            with file_lock(path.with_name(path.name.replace(".safetensors", ".lock"))):
+                with contextlib.suppress(OSError):
+                    if before is not None and _file_identity(path) == before:  # not a good file another process wrote since
+                        path.unlink()
+            raise DamagedEntry(
+                f"no cached embeddings in {path}: {exc}, so the file was removed; "
+                "run the same command again, or `stitchcli embed`, to rebuild it"
+            ) from None
         entry.embeddings = tensors["embeddings"]
         entry.labels = tensors["labels"]
         entry.ids = tensors["ids"]
@@ -350,19 +625,20 @@ class EmbeddingStore:
         final = self.entry_path(model_name, key)
         return final.with_name(final.name.replace(".safetensors", ".lock"))
 
-    def read_plan(self, model_name: str, key: EntryKey, ids: np.ndarray) -> ShardPlan | None:
+    def read_plan(self, model_name: str, key: EntryKey, ids: np.ndarray | None) -> ShardPlan | None:
         """Give the plan of an earlier, unfinished build of this entry with its finished shards, or None when
-        there is none for these exact rows."""
+        there is none for these exact rows (``ids`` None: for this key, whatever the rows)."""
         pdir = self.partial_dir(model_name, key)
         try:
             existing = json.loads((pdir / "plan.json").read_text())
         except (OSError, json.JSONDecodeError):
             return None
-        if not isinstance(existing, dict) or any(existing.get(k) != v for k, v in self._plan_identity(key, ids).items()):
+        wanted = {"key_digest": key.digest} if ids is None else self._plan_identity(key, ids)
+        if not isinstance(existing, dict) or any(existing.get(k) != v for k, v in wanted.items()):
             return None
-        if not isinstance(existing.get("shard_rows"), int) or existing["shard_rows"] <= 0:
+        if not isinstance(existing.get("shard_rows"), int) or existing["shard_rows"] <= 0 or not isinstance(existing.get("rows"), int):
             return None
-        plan = ShardPlan(rows=len(ids), shard_rows=existing["shard_rows"], done=[], jobs=int(existing.get("jobs", 1)))
+        plan = ShardPlan(rows=existing["rows"], shard_rows=existing["shard_rows"], done=[], jobs=int(existing.get("jobs", 1)))
         plan.done = [i for i in range(plan.num_shards) if self._shard_ok(pdir, plan, i)]
         return plan
 
@@ -389,12 +665,16 @@ class EmbeddingStore:
             if existing is not None:
                 if existing.jobs == jobs:
                     return existing
-                if jobs > 1 and existing.done and not fresh:
+                if existing.done and not fresh:
                     made_by = "one process" if existing.jobs == 1 else f"{existing.jobs} jobs"
+                    asked = "one process" if jobs == 1 else f"{jobs} jobs"
                     raise UsageError(
-                        f"{pdir} holds {len(existing.done)} finished shards made by {made_by}, not {jobs}: "
-                        f"run with the same number of shards, or add --force to start over"
+                        f"{pdir} holds {len(existing.done)} finished shards made by {made_by}, not {asked}: "
+                        f"run with the same number of shards (--num-shards, or torchrun's process count), or add --force to start over"
                     )
+            if jobs > 1 and not fresh and self.lookup(model_name, key) is not None:
+                # another job joined the entry since this one looked: nothing left to compute
+                return ShardPlan(rows=len(ids), shard_rows=int(shard_rows), done=list(range(-(-len(ids) // int(shard_rows)))), jobs=jobs)
             if pdir.exists():
                 shutil.rmtree(pdir)
             pdir.mkdir(parents=True, exist_ok=True)
@@ -435,15 +715,25 @@ class EmbeddingStore:
         return pdir / f"shard-{index:06d}.safetensors"
 
     def _shard_ok(self, pdir: Path, plan: ShardPlan, index: int) -> bool:
+        """Tell whether a shard is finished: there, holding this shard's rows, and passing its checksums (the data's
+        included: reading a shard costs far less than computing it again, and a damaged one must not be merged)."""
         path = self._shard_path(pdir, index)
-        if not path.exists():
-            return False
-        start, stop = plan.bounds(index)
         try:
-            meta, shapes, _ = read_safetensors_header(path)
-        except CorruptEntry:
+            identity = _file_identity(path)
+        except OSError:
             return False
-        return meta.get("start") == start and shapes.get("embeddings", (None,))[0] == stop - start
+        checked = self._checked_shards.get(path)
+        if checked is None or checked[0] != identity:
+            try:
+                header = read_header(path)
+                shape = header.read_tensors()["embeddings"].shape if "embeddings" in header.tensors else (None,)
+                checked = (identity, header.metadata.get("start"), shape[0])
+            except CorruptEntry as exc:
+                self._warn(f"cache shard {path} cannot be used: {exc}; computing it again")
+                checked = (identity, None, None)
+            self._checked_shards[path] = checked
+        start, stop = plan.bounds(index)
+        return checked[1] == start and checked[2] == stop - start
 
     def write_shard(self, model_name: str, key: EntryKey, plan: ShardPlan, index: int, embeddings: np.ndarray) -> None:
         """Write one finished shard atomically and mark it done."""
@@ -456,15 +746,35 @@ class EmbeddingStore:
             {"embeddings": np.asarray(embeddings, dtype=np.float32)},
             {"start": start, "stop": stop, "key_digest": key.digest},
         )
+        with contextlib.suppress(OSError):  # written from memory just now: no need to read it back to trust it
+            self._checked_shards[path] = (_file_identity(path), start, stop - start)
         plan.done.append(index)
 
     def iter_shards(self, model_name: str, key: EntryKey, plan: ShardPlan) -> Iterator[np.ndarray]:
-        """Yield the embeddings of every shard in order (all must be done)."""
-        from safetensors.numpy import load_file
+        """Yield the embeddings of every shard in order (all must be done), each checked against its checksums.
 
+        Raises:
+            WorkError: a shard is damaged; it was reported and removed, so that running the command again
+                computes it again (the other shards are kept).
+        """
         pdir = self.partial_dir(model_name, key)
         for index in range(plan.num_shards):
-            yield load_file(str(self._shard_path(pdir, index)))["embeddings"]
+            path = self._shard_path(pdir, index)
+            start, stop = plan.bounds(index)
+            try:
+                header = read_header(path)
+                embeddings = header.read_tensors().get("embeddings")
+                if header.metadata.get("start") != start or embeddings is None or embeddings.shape[0] != stop - start:
+                    raise CorruptEntry(f"it does not hold rows {start} to {stop}")
+            except CorruptEntry as exc:
+                self._warn(f"cache shard {path} cannot be used: {exc}; removed it")
+                path.unlink(missing_ok=True)
+                self._checked_shards.pop(path, None)
+                raise WorkError(
+                    f"shard {index} of {pdir} cannot be merged: {exc}, so it was removed; "
+                    "run the same command again to compute it again (the other shards are kept)"
+                ) from None
+            yield embeddings
 
     def finish(
         self,
@@ -552,7 +862,10 @@ class EmbeddingStore:
     def save_name(self, name: str, spec: dict[str, Any]) -> Path:
         """Save a model spec under a short name that every later command accepts as a model."""
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-            raise UsageError(f"--name {name!r} is not a valid name: use letters, digits, '.', '_' and '-'")
+            # the name comes from --name, or from --model when importing arrays (which saves the model under it)
+            raise UsageError(
+                f"{name!r} cannot name a saved model (--name, or --model with --from-array): use letters, digits, '.', '_' and '-'"
+            )
         path = self._name_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

@@ -7,28 +7,39 @@ itself failed), so shell scripts can rely on the exit code and never see a trace
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from typing import Any, Callable
 
 import typer
+from typer.core import TyperGroup
 
 from stitchcli import __version__
-from stitchcli.errors import StitchError
+from stitchcli.errors import StitchError, out_of_space_errno, out_of_space_message
 
 
-class StitchApp(typer.Typer):
-    """A typer app whose errors end in one line on stderr and the documented exit code.
+class StitchGroup(TyperGroup):
+    """The command group, whose errors end in one line on stderr and the documented exit code.
 
     Errors raised inside commands are reported by :func:`reports_errors`; this catches what happens
-    around them (option parsing, an interrupt outside a command, a closed pipe).
+    around them (option parsing, an interrupt outside a command, a closed pipe). It is done here, in the
+    group's ``main``, rather than in the app's ``__call__``, so that typer's CliRunner (which calls
+    ``main``) sees what the shell sees.
     """
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def main(  # type: ignore[override]
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         click = _click_exceptions()
-        kwargs.setdefault("prog_name", "stitchcli")
-        kwargs["standalone_mode"] = False
         try:
-            result = super().__call__(*args, **kwargs)
+            result = super().main(args, prog_name or "stitchcli", complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
             if type(exc).__name__ == "NoArgsIsHelpError":
                 sys.exit(2)  # the help text was printed already
@@ -47,6 +58,14 @@ class StitchApp(typer.Typer):
         return result
 
 
+class StitchApp(typer.Typer):
+    """A typer app whose group is a :class:`StitchGroup`, named ``stitchcli`` in messages."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("prog_name", "stitchcli")
+        return super().__call__(*args, **kwargs)
+
+
 def _click_exceptions() -> Any:
     """Give the click exceptions module typer uses (recent typer vendors click as typer._click)."""
     try:
@@ -62,8 +81,21 @@ INTERRUPTED = "interrupted; finished work (embedding shards, heads) is kept in t
 def _report(message: str) -> None:
     """Write the one error line on stderr (after whatever stdout holds)."""
     sys.stdout.flush()
-    sys.stderr.write(f"stitchcli: error: {message}\n")
+    sys.stderr.write(f"stitchcli: error: {one_line(message)}\n")
     sys.stderr.flush()
+
+
+def one_line(message: str) -> str:
+    """Give an error message on one line.
+
+    An error raised in a DataLoader worker comes back re-raised by torch with the worker's traceback in its
+    message ("Caught UsageError in DataLoader worker process 0. Original Traceback ... UsageError: what"):
+    its last line holds what the user needs. Any other message has its lines joined.
+    """
+    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught ") and lines[1].startswith("Original Traceback"):
+        return re.sub(r"^[A-Za-z_][\w.]*: ", "", lines[-1], count=1)
+    return " ".join(lines)
 
 
 def _fail(message: str, code: int) -> None:
@@ -72,6 +104,7 @@ def _fail(message: str, code: int) -> None:
 
 
 app = StitchApp(
+    cls=StitchGroup,
     name="stitchcli",
     help="Zero-shot stitching of pretrained encoders with product-space relative representations.",
     no_args_is_help=True,
@@ -110,12 +143,16 @@ def _describe_os_error(exc: OSError) -> tuple[str, int] | None:
     import errno
 
     where = f" {exc.filename!r}" if exc.filename else ""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"no space left on the device writing{where}; finished shards are kept: free space and run again", 1
+    code = out_of_space_errno(exc)
+    if code is not None:
+        return out_of_space_message(code, exc.filename or "a file"), 1
     if isinstance(exc, PermissionError):
         return f"permission denied on{where}: choose a --cache-dir (or $STITCHCLI_CACHE) you can write to", 2
     if isinstance(exc, (NotADirectoryError, FileExistsError)):
         return f"{where.strip() or 'a path'} is a file where a folder is needed: choose another --cache-dir", 2
+    if isinstance(exc, IsADirectoryError):
+        target = f" {exc.filename2!r}" if exc.filename2 else where
+        return f"{target.strip() or 'a path'} is a folder where a file is needed: give a file name instead", 2
     if exc.errno == errno.EROFS:
         return f"read-only file system at{where}: choose a writable --cache-dir", 2
     return None

@@ -64,8 +64,9 @@ def anchor_command(
 ) -> None:
     """Choose anchor rows from the training split and save the manifest in the cache (and --out)."""
     from stitchcli.anchors import choose_anchors, save_anchor_manifest
-    from stitchcli.cli.output import progress_and_store
+    from stitchcli.cli.output import check_output_path, progress_and_store
 
+    check_output_path(out, "--out")
     progress, store, reporter = progress_and_store(cache_dir, quiet)
     manifest = choose_anchors(
         store,

@@ -55,6 +55,7 @@ def eval_command(
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write heatmap PNGs of every matrix and similarity measure into this folder.", show_default=False)] = None,
     device: opt.Device = "auto",
     embed_batch_size: opt.EmbedBatchSize = None,
+    trust_remote_code: opt.TrustRemoteCode = False,
     cache_dir: opt.CacheDir = None,
     json_output: opt.Json = False,
     quiet: opt.Quiet = False,
@@ -72,6 +73,10 @@ def eval_command(
     from stitchcli.stitching import evaluate
 
     options = dict(locals())
+    from stitchcli.cli.output import check_output_path
+
+    check_output_path(csv_file, "--csv")
+    check_output_path(plot, "--plot", folder=True)
     if plot is not None:
         from stitchcli.plots import require_matplotlib
 
@@ -86,7 +91,7 @@ def eval_command(
 
         loaded = load_recipe(recipe)
         validate_recipe(loaded, store)
-        runs = recipe_sweeps(loaded, device=device, embed_batch_size=embed_batch_size)
+        runs = recipe_sweeps(loaded, device=device, embed_batch_size=embed_batch_size, trust_remote_code=trust_remote_code)
     else:
         if dataset is None or models is None:
             raise UsageError("eval needs --dataset D and --models A,B (at least two), or --recipe FILE")

@@ -42,6 +42,7 @@ def fit_head_command(
     dataset_revision: opt.DatasetRevision = None,
     device: opt.Device = "auto",
     embed_batch_size: opt.EmbedBatchSize = None,
+    trust_remote_code: opt.TrustRemoteCode = False,
     cache_dir: opt.CacheDir = None,
     json_output: opt.Json = False,
     quiet: opt.Quiet = False,
@@ -50,11 +51,12 @@ def fit_head_command(
 
     Missing embeddings and anchors are built with the defaults. The head is cached, so `stitch` reuses it.
     """
-    from stitchcli.cli.output import print_json, print_table, progress_and_store
+    from stitchcli.cli.output import check_output_path, print_json, print_table, progress_and_store
     from stitchcli.cli.stitch import build_settings
     from stitchcli.embedding import ModelRef
     from stitchcli.stitching import fit_head
 
+    check_output_path(out, "--out")
     settings = build_settings(locals(), anchor_model=model, seeds=str(seed))
     progress, store, reporter = progress_and_store(cache_dir, quiet)
     head, cached, written = fit_head(store, ModelRef(model), settings, seed=seed, out=out, force=force, reporter=reporter)

@@ -34,6 +34,14 @@ BatchSize = Annotated[
 Seed = Annotated[int, typer.Option("--seed", help="Seed for --limit subsets and --weights random.")]
 Json = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log lines on stderr (warnings still).")]
+TrustRemoteCode = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code",
+        help="Let a transformers model run the Python code it ships (auto_map in its config.json). Off, such a model "
+        "is refused: read its code first. Not part of any cache key.",
+    ),
+]
 
 # How a model was (or is to be) embedded: the same options name the same cache entries in every command.
 Weights = Annotated[

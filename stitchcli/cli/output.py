@@ -170,6 +170,32 @@ class Progress:
             self._bar = None
 
 
+def check_output_path(path: Any, option: str, *, folder: bool = False) -> None:
+    """Refuse, before any work, an output ``path`` that cannot be written (UsageError naming ``option``).
+
+    Refused: a folder where a file is wanted (or a file where a folder is), and a path whose nearest
+    existing ancestor is a file. Missing folders on the way are fine (they are created on writing).
+    """
+    import os
+    from pathlib import Path
+
+    from stitchcli.errors import UsageError
+
+    if path is None:
+        return
+    target = Path(path).expanduser()
+    if folder:
+        if target.exists() and not target.is_dir():
+            raise UsageError(f"{option} {path} is a file: give a folder")
+    elif target.is_dir() or str(path).endswith(("/", os.sep)):
+        raise UsageError(f"{option} {path} is a folder: give a file name such as {target / 'name'}")
+    ancestor = target if folder else target.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor.exists() and not ancestor.is_dir():
+        raise UsageError(f"{option} {path} lies under {ancestor}, which is a file, not a folder: choose another {option}")
+
+
 def progress_and_store(cache_dir: Any, quiet: bool) -> tuple[Progress, Any, Any]:
     """Give the (progress, EmbeddingStore, Reporter) a command works with, all reporting to stderr."""
     from stitchcli.embedding import Reporter
@@ -177,5 +203,8 @@ def progress_and_store(cache_dir: Any, quiet: bool) -> tuple[Progress, Any, Any]
 
     progress = Progress(quiet=quiet)
     store = EmbeddingStore(cache_dir, warn=progress.warn)
+    # Before any work (a model can take minutes to load): a cache "folder" that is, or lies under, a file.
+    # A read-only cache is not refused here: reading its entries needs no writes.
+    check_output_path(store.root, "--cache-dir", folder=True)
     reporter = Reporter(warn=progress.warn, info=progress.info, start=progress.start, advance=progress.advance, stop=progress.stop)
     return progress, store, reporter

@@ -38,7 +38,7 @@ def parse_seeds(value: str, option: str = "--seeds") -> tuple[int, ...]:
 SETTINGS_OPTIONS = (
     "dataset", "split", "train_split", "limit", "embed_seed", "anchors", "num_anchors", "anchor_strategy", "anchor_seed",
     "anchor_model", "projection", "aggregation", "transform", "seeds", "baselines", "ridge", "metrics", "k", "device",
-    "embed_batch_size", "input_column", "label_column", "dataset_revision",
+    "embed_batch_size", "input_column", "label_column", "dataset_revision", "trust_remote_code",
 )
 HEAD_OPTIONS = ("hidden", "dropout", "epochs", "lr", "batch_size", "weight_decay", "val_fraction", "patience")
 
@@ -139,6 +139,7 @@ def stitch_command(
     dataset_revision: opt.DatasetRevision = None,
     device: opt.Device = "auto",
     embed_batch_size: opt.EmbedBatchSize = None,
+    trust_remote_code: opt.TrustRemoteCode = False,
     cache_dir: opt.CacheDir = None,
     json_output: opt.Json = False,
     quiet: opt.Quiet = False,

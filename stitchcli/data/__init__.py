@@ -17,7 +17,7 @@ import numpy as np
 
 from stitchcli.data import hub, local
 from stitchcli.data.aliases import ALIASES, canonical_alias, close_aliases, list_aliases
-from stitchcli.data.base import DatasetSpec, SplitData, stratified_subset
+from stitchcli.data.base import DatasetSpec, SplitData, printable, stratified_subset
 from stitchcli.data.columns import encode_labels, infer_columns
 from stitchcli.data.sources import SplitSource, unknown_split
 from stitchcli.errors import UsageError
@@ -152,7 +152,7 @@ def load_split(spec: DatasetSpec, split: str, *, limit: int | None = None, seed:
     source = _KINDS[spec.kind][0](spec)
     if split not in source.splits:
         raise unknown_split(spec.name, split, source.splits)
-    where = f"dataset '{spec.name}' split '{split}'"
+    where = f"dataset '{printable(spec.name)}' split '{printable(split)}'"
     if source.num_rows(split) == 0:
         raise UsageError(f"{where} has no rows: give a split that holds data")
     columns = source.columns(split)

@@ -78,6 +78,12 @@ class SplitData:
         return self.fetch([int(self.ids[p]) for p in positions])
 
 
+def printable(text: object) -> str:
+    """Give ``text`` with its control characters escaped (a newline as \\n), so an error message naming a
+    column, split or file stays on one line whatever the data calls it."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def stratified_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
     """Give ascending row indices of a seeded, class-stratified subset of ``limit`` rows.
 

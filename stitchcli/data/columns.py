@@ -7,7 +7,7 @@ from typing import Callable, Iterable, Literal, Sequence
 
 import numpy as np
 
-from stitchcli.data.base import Modality
+from stitchcli.data.base import Modality, printable
 from stitchcli.errors import UsageError
 
 ColumnKind = Literal["image", "image_path", "class_label", "string", "integer", "float", "other"]
@@ -30,6 +30,7 @@ LABEL_COLUMN_NAMES = ("label", "labels", "class", "category", "target")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 _LABEL_KINDS = ("class_label", "integer", "string", "float")
+MAX_INTEGER_CLASSES = 1_000_000  # integer labels name classes 0..largest; more than this is not a label column
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,9 @@ class ColumnInfo:
 
 
 def _missing_column(name: str, columns: Sequence[ColumnInfo], where: str) -> UsageError:
-    available = ", ".join(c.name for c in columns) or "none"
+    available = ", ".join(printable(c.name) for c in columns) or "none"
     return UsageError(
-        f"{where} has no column '{name}' (columns: {available}); "
+        f"{where} has no column '{printable(name)}' (columns: {available}); "
         "pass --input-column/--label-column with one of these"
     )
 
@@ -92,7 +93,7 @@ def infer_columns(
             return (by_lower[name].name,), label, "text"
     if len(texts) == 1:
         return (texts[0].name,), label, "text"
-    available = ", ".join(f"{c.name} ({c.kind})" for c in columns)
+    available = ", ".join(f"{printable(c.name)} ({c.kind})" for c in columns)
     raise UsageError(
         f"cannot tell which column of {where} is the input (columns: {available}); "
         "pass --input-column NAME (a comma list joins text columns)"
@@ -108,7 +109,7 @@ def _pick_label(
         info = by_name[label_column]
         if info.kind not in _LABEL_KINDS:
             raise UsageError(
-                f"column '{label_column}' of {where} holds {info.kind} values, not class labels; "
+                f"column '{printable(label_column)}' of {where} holds {info.kind} values, not class labels; "
                 "pass --label-column with a column of class names or integers"
             )
         return label_column
@@ -119,7 +120,7 @@ def _pick_label(
     class_labels = [c for c in columns if c.kind == "class_label"]
     if class_labels:
         return class_labels[0].name
-    available = ", ".join(c.name for c in columns) or "none"
+    available = ", ".join(printable(c.name) for c in columns) or "none"
     raise UsageError(
         f"cannot tell which column of {where} holds the labels (columns: {available}); "
         "pass --label-column NAME"
@@ -132,14 +133,14 @@ def _modality_of(chosen: Sequence[ColumnInfo], where: str) -> Modality:
         if len(chosen) > 1:
             raise UsageError(
                 f"several input columns are joined only for text, but {where} columns "
-                f"{', '.join(c.name for c in chosen)} hold images; pass one --input-column"
+                f"{', '.join(printable(c.name) for c in chosen)} hold images; pass one --input-column"
             )
         return "image"
     if kinds == {"string"}:
         return "text"
     wrong = next(c for c in chosen if c.kind != "string")
     raise UsageError(
-        f"input column '{wrong.name}' of {where} holds {wrong.kind} values; "
+        f"input column '{printable(wrong.name)}' of {where} holds {wrong.kind} values; "
         "pass --input-column with a text or image column"
     )
 
@@ -178,12 +179,17 @@ def encode_labels(
     largest = int(ids.max(initial=-1))
     for split_values in every_split_values():
         largest = max(largest, int(_as_int_labels(split_values, info.name, where).max(initial=-1)))
+    if largest >= MAX_INTEGER_CLASSES:  # ids 0..largest would all be classes: an id or count column, not labels
+        raise UsageError(
+            f"label column '{printable(info.name)}' of {where} holds integers up to {largest}, more classes than the "
+            f"{MAX_INTEGER_CLASSES} integer labels may name; pass --label-column with class ids 0..K-1 or class names"
+        )
     return ids, [str(i) for i in range(largest + 1)]
 
 
 def _empty_labels(column: str, where: str) -> UsageError:
     return UsageError(
-        f"label column '{column}' of {where} has empty values; fill them in or pass another --label-column"
+        f"label column '{printable(column)}' of {where} has empty values; fill them in or pass another --label-column"
     )
 
 
@@ -200,14 +206,21 @@ def _as_int_labels(values: np.ndarray, column: str, where: str) -> np.ndarray:
             array = array.astype(np.float64)
         except (TypeError, ValueError):
             raise UsageError(
-                f"label column '{column}' of {where} mixes numbers and other values; pass another --label-column"
+                f"label column '{printable(column)}' of {where} mixes numbers and other values; pass another --label-column"
             ) from None
+    if array.dtype.kind == "u" and array.size and int(array.max()) >= 2**63:
+        array = array.astype(np.float64)  # past int64: refused as huge below
     if array.dtype.kind == "f":
         if np.isnan(array).any():
             raise _empty_labels(column, where)
+        if not np.isfinite(array).all() or (array.size and float(np.abs(array).max()) >= 2**53):
+            raise UsageError(
+                f"label column '{printable(column)}' of {where} holds infinite or huge numbers, not classes; "
+                "pass --label-column with a column of class names or integers"
+            )
         if not np.all(array == np.round(array)):
             raise UsageError(
-                f"label column '{column}' of {where} holds fractional numbers, not classes; "
+                f"label column '{printable(column)}' of {where} holds fractional numbers, not classes; "
                 "pass --label-column with a column of class names or integers"
             )
     return array.astype(np.int64)

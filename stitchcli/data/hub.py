@@ -44,7 +44,8 @@ def open_hub(spec: DatasetSpec) -> HFSplitSource:
     import datasets
 
     try:
-        loaded = datasets.load_dataset(spec.source, spec.config, revision=spec.revision)
+        # A dataset's loading script never runs: datasets 2.x ran it by default; 4.0 dropped scripts altogether.
+        loaded = datasets.load_dataset(spec.source, spec.config, revision=spec.revision, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - every failure is translated, the cause is chained
         raise _translate(spec, exc) from exc
     if isinstance(loaded, datasets.DatasetDict):

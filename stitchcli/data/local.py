@@ -51,7 +51,11 @@ def resolve_local(name: str, path: Path) -> DatasetSpec:
         return DatasetSpec(name, "table", str(path), split_paths=((SINGLE_FILE_SPLIT, str(path)),))
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         return DatasetSpec(name, "disk", str(path))
-    tables = sorted(p for p in path.iterdir() if _is_table_file(p))
+    try:
+        tables = sorted(p for p in path.iterdir() if _is_table_file(p))
+    except OSError as exc:
+        reason = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or type(exc).__name__)
+        raise UsageError(f"cannot read the dataset folder {path}: {reason}; make it readable or choose another dataset") from None
     if tables:
         return DatasetSpec(name, "table", str(path), split_paths=_splits_by_stem(tables))
     if image_folder_splits(path):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from stitchcli.data.base import Modality
+from stitchcli.data.base import Modality, printable
 from stitchcli.data.columns import IMAGE_EXTENSIONS, ColumnInfo
 from stitchcli.errors import UsageError
 
@@ -61,27 +61,76 @@ def to_rgb_image(value: Any, base_dir: str | None = None) -> "Image.Image":
     from PIL import Image
 
     if isinstance(value, Image.Image):
-        return value if value.mode == "RGB" else value.convert("RGB")
+        return _converted(value, "an image value")
     if isinstance(value, dict):
         value = value.get("bytes") or value.get("path")
     if isinstance(value, (bytes, bytearray, memoryview)):
-        with Image.open(io.BytesIO(bytes(value))) as image:
-            return image.convert("RGB")
+        return _open_image(io.BytesIO(bytes(value)), "an encoded image value in the dataset")
     if isinstance(value, (str, os.PathLike)):
         path = Path(value)
         if not path.is_absolute() and base_dir is not None:
             path = Path(base_dir) / path
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except FileNotFoundError:
-            raise UsageError(f"image file {path} does not exist; fix the path in the dataset") from None
+        if not path.is_file():
+            raise UsageError(f"image file {printable(path)} does not exist (or is not a file); fix the path in the dataset")
+        return _open_image(path, f"image file {printable(path)}")
     if isinstance(value, np.ndarray):
         array = value
-        if array.dtype.kind == "f" and array.size and float(array.max()) <= 1.0:
-            array = array * 255.0  # float images in [0, 1]
-        return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).convert("RGB")
+        if array.dtype.kind not in "biuf" or array.ndim not in (2, 3) or array.size == 0:
+            raise UsageError(f"cannot read an image from an array of shape {array.shape} ({array.dtype}); pass an image --input-column")
+        if array.dtype != np.uint8:
+            floats = array.dtype.kind == "f"
+            array = np.nan_to_num(np.asarray(array, dtype=np.float64))
+            if floats and float(array.max()) <= 1.0:
+                array = array * 255.0  # float images in [0, 1]
+            array = np.clip(array, 0, 255).astype(np.uint8)
+        if array.ndim == 3 and array.shape[2] == 1:
+            array = array[:, :, 0]
+        try:
+            image = Image.fromarray(array)
+        except (TypeError, ValueError):
+            raise UsageError(f"cannot read an image from an array of shape {value.shape}; pass an image --input-column") from None
+        return _converted(image, "an image array in the dataset")
     raise UsageError(f"cannot read an image from a {type(value).__name__} value; pass an image --input-column")
+
+
+# What Pillow raises for a file that is not a readable image: UnidentifiedImageError and truncated data are
+# OSErrors, an image that claims billions of pixels a DecompressionBombError, a mode it cannot convert a ValueError.
+def _image_errors() -> tuple[type[BaseException], ...]:
+    from PIL import Image
+
+    return (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def _converted(image: "Image.Image", what: str) -> "Image.Image":
+    """Give ``image`` in RGB; UsageError naming ``what`` when Pillow cannot convert it."""
+    if image.mode == "RGB":
+        return image
+    try:
+        return image.convert("RGB")
+    except _image_errors() as exc:
+        raise UsageError(f"cannot convert {what} (mode {image.mode}) to RGB: {_first_line(exc)}; fix or remove it") from None
+
+
+def _open_image(source: Any, what: str) -> "Image.Image":
+    """Give the RGB image decoded from a path or file object; UsageError naming ``what`` when it is not one."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(source) as image:
+            return image.convert("RGB")  # a copy: it outlives the file (convert decodes the whole image)
+    except UnidentifiedImageError:
+        empty = (isinstance(source, Path) and source.stat().st_size == 0) or (
+            isinstance(source, io.BytesIO) and not source.getbuffer().nbytes
+        )
+        reason = "it is empty" if empty else "not an image format Pillow reads"
+        raise UsageError(f"cannot decode {what}: {reason}; fix or remove it") from None
+    except _image_errors() as exc:
+        raise UsageError(f"cannot decode {what}: {_first_line(exc)}; fix or remove it") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def join_text(parts: Sequence[Any]) -> str:
@@ -131,7 +180,14 @@ class HFDatasetFetcher:
         self.modality = modality
 
     def __call__(self, row_ids: Sequence[int]) -> list[Any]:
-        batch = self.dataset[[int(i) for i in row_ids]]
+        rows = [int(i) for i in row_ids]
+        try:
+            batch = self.dataset[rows]  # datasets decodes Image features here
+        except _image_errors() as exc:
+            if self.modality != "image":
+                raise
+            shown = ", ".join(map(str, rows[:5])) + ("…" if len(rows) > 5 else "")
+            raise UsageError(f"cannot decode the images of rows {shown}: {_first_line(exc)}; fix or remove them") from None
         return _decode_rows([batch[c] for c in self.input_columns], self.modality)
 
 
@@ -196,9 +252,14 @@ def read_table(path: str | os.PathLike[str], columns: Sequence[str] | None = Non
                 table = table.select(list(columns))
         else:
             raise UsageError(f"{p} is not a table file; use one of {', '.join(TABLE_SUFFIXES)}")
-    except (pa.ArrowException, ValueError, KeyError, TypeError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"cannot read table file {p}: {first_line}") from exc
+    except PermissionError:
+        raise UsageError(f"cannot read table file {p}: permission denied; make it readable or choose another dataset") from None
+    except (pa.ArrowException, OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
+        raise UsageError(f"cannot read table file {p}: {_first_line(exc)}") from exc
+    names = table.column_names
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"table file {p} has {len(twice)} column name(s) more than once ({', '.join(map(repr, twice))}): give each column its own name")
     return table
 
 
@@ -312,9 +373,28 @@ class TableSource:
 # --- image folders (split/class/file) -----------------------------------------------------------------
 
 
-def _visible_dirs(folder: Path) -> list[Path]:
+def _entries(folder: Path, *, strict: bool = True) -> list[os.DirEntry[str]]:
+    """Give a folder's entries; an unreadable folder is a UsageError (``strict``) or has none."""
+    try:
+        with os.scandir(folder) as found:
+            return list(found)
+    except OSError as exc:
+        if not strict:
+            return []
+        reason = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or type(exc).__name__)
+        raise UsageError(f"cannot read the dataset folder {folder}: {reason}; make it readable or choose another dataset") from None
+
+
+def _is_kind(entry: os.DirEntry[str], kind: str) -> bool:
+    try:
+        return entry.is_dir() if kind == "dir" else entry.is_file()
+    except OSError:  # an entry that vanished or cannot be looked at is not data
+        return False
+
+
+def _visible_dirs(folder: Path, *, strict: bool = True) -> list[Path]:
     return sorted(
-        (Path(e.path) for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")),
+        (Path(e.path) for e in _entries(folder, strict=strict) if not e.name.startswith(".") and _is_kind(e, "dir")),
         key=lambda p: p.name,
     )
 
@@ -325,15 +405,18 @@ def _is_image(name: str) -> bool:
 
 def _holds_image(folder: Path) -> bool:
     # stops at the first image: detection must stay cheap on large folders
-    return any(e.is_file() and _is_image(e.name) for e in os.scandir(folder))
+    return any(_is_image(e.name) and _is_kind(e, "file") for e in _entries(folder, strict=False))
 
 
 def image_folder_splits(root: Path) -> list[str]:
-    """Give the split folders of ``root`` that hold class folders of images, sorted by name."""
+    """Give the split folders of ``root`` that hold class folders of images, sorted by name.
+
+    Folders that cannot be read are not splits (detection must not fail on, say, /proc).
+    """
     return [
         split.name
-        for split in _visible_dirs(root)
-        if any(_holds_image(class_dir) for class_dir in _visible_dirs(split))
+        for split in _visible_dirs(root, strict=False)
+        if any(_holds_image(class_dir) for class_dir in _visible_dirs(split, strict=False))
     ]
 
 
@@ -368,7 +451,7 @@ class ImageFolderSource:
                 class_dir = self.root / split / name
                 if not class_dir.is_dir():
                     continue
-                files = sorted(e.name for e in os.scandir(class_dir) if e.is_file() and _is_image(e.name))
+                files = sorted(e.name for e in _entries(class_dir) if _is_image(e.name) and _is_kind(e, "file"))
                 paths.extend(str(class_dir / f) for f in files)
                 labels.extend([class_id] * len(files))
             self._listing[split] = (paths, np.asarray(labels, dtype=np.int64))
@@ -391,5 +474,5 @@ class ImageFolderSource:
 def unknown_split(dataset: str, split: str, available: Sequence[str]) -> UsageError:
     """Give the error for a split the dataset lacks, naming the splits it has."""
     return UsageError(
-        f"dataset '{dataset}' has no split '{split}'; available splits: {', '.join(available) or 'none'}"
+        f"dataset '{printable(dataset)}' has no split '{printable(split)}'; available splits: {', '.join(map(printable, available)) or 'none'}"
     )

@@ -370,8 +370,12 @@ _BACKENDS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def build_encoder(spec: ModelSpec, modality: str, device: "torch.device") -> Encoder:
+def build_encoder(spec: ModelSpec, modality: str, device: "torch.device", *, trust_remote_code: bool = False) -> Encoder:
     """Give a loaded encoder for ``spec`` on ``device``, in eval mode, for ``image`` or ``text`` data.
+
+    ``trust_remote_code`` lets a transformers model run the Python code it ships (``auto_map`` in its config);
+    off, such a model is refused. It is not part of the model's spec, hence of no cache key: the code that
+    runs is the model folder's (whose content is in the key) or the pinned hub revision's.
 
     Raises:
         UsageError: the backend cannot encode this modality, a weights file cannot be read, the
@@ -396,7 +400,7 @@ def build_encoder(spec: ModelSpec, modality: str, device: "torch.device") -> Enc
     _check_fingerprint(spec)
     backend = importlib.import_module(module_name)
     try:
-        return backend.build_encoder(spec, modality, device)
+        return backend.build_encoder(spec, modality, device, trust_remote_code=trust_remote_code)
     except StitchError:
         raise
     except Exception as exc:
@@ -443,6 +447,51 @@ def _missing_on_hub(exc: BaseException) -> str | None:
             return "no such revision"
         current = current.__cause__ or current.__context__
     return None
+
+
+class UnreadableWeights(ValueError):
+    """A weights file that is neither safetensors nor a torch checkpoint of plain tensors; the message says why."""
+
+
+def read_weights_file(path: Path) -> Any:
+    """Give what a local weights file holds, read without running any of its code: safetensors, or a torch
+    checkpoint through ``torch.load(weights_only=True)`` (the extension picks which is tried first).
+
+    Raises:
+        UnreadableWeights: neither; a pickle that would build arbitrary Python objects (and so could run code)
+            is refused as such, never unpickled.
+    """
+    readers = [_read_safetensors_weights, _read_torch_weights]
+    if path.suffix != ".safetensors":
+        readers.reverse()
+    errors: list[BaseException] = []
+    for reader in readers:
+        try:
+            return reader(path)
+        except Exception as exc:  # any parse failure means "not this format"
+            errors.append(exc)
+    if any("weights only load failed" in str(exc).lower() for exc in errors):
+        raise UnreadableWeights(
+            "it is a pickle that would build Python objects beyond tensors (and so could run code): torch.load with "
+            "weights_only=True refused it, and stitchcli loads weights no other way; save the state dict as safetensors"
+        )
+    raise UnreadableWeights(short_reason(errors[0]))
+
+
+def _read_safetensors_weights(path: Path) -> Any:
+    from safetensors.torch import load_file
+
+    return load_file(str(path), device="cpu")
+
+
+def _read_torch_weights(path: Path) -> Any:
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():  # e.g. torch's note on a pickle protocol: the refusal, if any, says enough
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def short_reason(exc: BaseException, limit: int = 160) -> str:

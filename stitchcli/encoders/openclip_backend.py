@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import open_clip
 import torch
 
-from stitchcli.encoders import RANDOM_WEIGHTS, ImageCollator, TorchEncoder, short_reason
+from stitchcli.encoders import RANDOM_WEIGHTS, ImageCollator, TorchEncoder, UnreadableWeights, read_weights_file, short_reason
 from stitchcli.encoders.base import ModelSpec
 from stitchcli.errors import UsageError, looks_like_network_failure
 
@@ -36,9 +37,19 @@ class OpenClipTextEncoder(TorchEncoder):
         return self._model.encode_text(batch)
 
 
-def build_encoder(spec: ModelSpec, modality: str, device: torch.device) -> TorchEncoder:
-    """Give the image or text tower of the open_clip model of ``spec``."""
+def build_encoder(spec: ModelSpec, modality: str, device: torch.device, *, trust_remote_code: bool = False) -> TorchEncoder:
+    """Give the image or text tower of the open_clip model of ``spec``.
+
+    ``trust_remote_code`` is unused: open_clip models are built from open_clip's own code. A local weights
+    file is first read here as safetensors or with ``weights_only``, so that a pickle that would run code
+    is refused before open_clip (whose older releases call torch.load without ``weights_only``) opens it.
+    """
     arch, _, tag = spec.source.partition("/")
+    if spec.weights not in (None, RANDOM_WEIGHTS):
+        try:
+            read_weights_file(Path(spec.weights))
+        except UnreadableWeights as exc:
+            raise UsageError(f"cannot read weights file '{spec.weights}': {exc}; expected an open_clip checkpoint for {arch}") from None
     if spec.weights == RANDOM_WEIGHTS:
         pretrained = None
         torch.manual_seed(spec.seed)  # every process builds the same random model

@@ -8,7 +8,7 @@ from typing import Any
 import timm
 import torch
 
-from stitchcli.encoders import RANDOM_WEIGHTS, ImageCollator, TorchEncoder, short_reason
+from stitchcli.encoders import RANDOM_WEIGHTS, ImageCollator, TorchEncoder, UnreadableWeights, read_weights_file
 from stitchcli.encoders.base import ModelSpec
 from stitchcli.errors import UsageError
 
@@ -25,8 +25,12 @@ class TimmEncoder(TorchEncoder):
         return self._model(batch)
 
 
-def build_encoder(spec: ModelSpec, modality: str, device: torch.device) -> TimmEncoder:
-    """Give the timm encoder of ``spec`` (pretrained, seeded random, or a local weights file)."""
+def build_encoder(spec: ModelSpec, modality: str, device: torch.device, *, trust_remote_code: bool = False) -> TimmEncoder:
+    """Give the timm encoder of ``spec`` (pretrained, seeded random, or a local weights file).
+
+    ``trust_remote_code`` is unused: timm models are built from timm's own code, and their weights read
+    as safetensors or with ``weights_only`` (here and in timm).
+    """
     arch = spec.source.split(".", 1)[0]
     if spec.weights is None:
         model = timm.create_model(spec.source, pretrained=True, num_classes=0)
@@ -61,20 +65,10 @@ def read_state_dict(path: Path, arch: str) -> dict[str, torch.Tensor]:
     Raises:
         UsageError: the file is neither, or holds something other than named tensors.
     """
-    state: Any = None
-    errors: list[BaseException] = []
-    # Try the format the extension suggests first, then the other: files are often misnamed.
-    readers = [_read_safetensors, _read_torch]
-    if path.suffix != ".safetensors":
-        readers.reverse()
-    for reader in readers:
-        try:
-            state = reader(path)
-            break
-        except Exception as exc:  # any parse failure means "not this format"
-            errors.append(exc)
-    if state is None:
-        raise _weights_error(path, arch, short_reason(errors[0]))
+    try:
+        state: Any = read_weights_file(path)
+    except UnreadableWeights as exc:
+        raise _weights_error(path, arch, str(exc)) from None
     if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
         nested = next((state[k] for k in _CHECKPOINT_KEYS if isinstance(state.get(k), dict)), None)
         if nested is not None:
@@ -87,16 +81,6 @@ def read_state_dict(path: Path, arch: str) -> dict[str, torch.Tensor]:
         # Saved from DataParallel / DistributedDataParallel.
         state = {k[len("module.") :]: v for k, v in state.items()}
     return state
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path), device="cpu")
-
-
-def _read_torch(path: Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_weights_file(model: torch.nn.Module, path: Path, arch: str) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
@@ -86,15 +87,41 @@ def vision_features(output: Any, use_pooler: bool) -> torch.Tensor:
     return hidden[:, 0]
 
 
-def build_encoder(spec: ModelSpec, modality: str, device: torch.device) -> TorchEncoder:
-    """Give the text or vision encoder of a transformers hub id or local folder."""
+def build_encoder(spec: ModelSpec, modality: str, device: torch.device, *, trust_remote_code: bool = False) -> TorchEncoder:
+    """Give the text or vision encoder of a transformers hub id or local folder.
+
+    ``trust_remote_code`` is passed to every transformers loader as given (never left to transformers, which
+    would ask on a terminal): off, a model that ships its own code is refused with a UsageError.
+    """
     local = Path(spec.source).is_dir()
-    options: dict[str, Any] = {"revision": spec.revision, "local_files_only": local}
+    options: dict[str, Any] = {"revision": spec.revision, "local_files_only": local, "trust_remote_code": trust_remote_code}
     preprocessing: dict[str, Any] = {"backend": "transformers", "modality": modality}
     # The config first: for a hub id without network it fails with the cause intact (the tokenizer
     # and image processor loaders replace it with a generic "can't load" message).
-    config = AutoConfig.from_pretrained(spec.source, **options)
+    with _refusing_remote_code(spec):
+        config = AutoConfig.from_pretrained(spec.source, **options)
+        return _build_with_config(spec, modality, device, config, options, local, preprocessing)
 
+
+@contextlib.contextmanager
+def _refusing_remote_code(spec: ModelSpec) -> Iterator[None]:
+    """Turn transformers' refusal to run a model's own code (without trust_remote_code) into one UsageError line."""
+    try:
+        yield
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        where = spec.source if Path(spec.source).is_dir() else f"https://hf.co/{spec.source}"
+        raise UsageError(
+            f"model {spec.name!r} ships its own Python code (auto_map in its config), which stitchcli runs only "
+            f"with --trust-remote-code: read the code at {where} first, then add the flag if you trust it"
+        ) from None
+
+
+def _build_with_config(
+    spec: ModelSpec, modality: str, device: torch.device, config: Any, options: dict[str, Any], local: bool, preprocessing: dict[str, Any]
+) -> TorchEncoder:
+    """Give the encoder of :func:`build_encoder` once the model's config is loaded."""
     if modality == "text":
         if local and not any((Path(spec.source) / f).is_file() for f in TOKENIZER_FILES):
             raise UsageError(
@@ -102,6 +129,10 @@ def build_encoder(spec: ModelSpec, modality: str, device: torch.device) -> Torch
                 "save one next to the model with tokenizer.save_pretrained(folder)"
             )
         tokenizer = AutoTokenizer.from_pretrained(spec.source, **options)
+        # Longer inputs are truncated; a longer --max-length would run past the position embeddings.
+        most = min(n for n in (getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None), 10**9) if isinstance(n, int) and n > 0)
+        if spec.max_length is not None and spec.max_length > most:
+            raise UsageError(f"--max-length {spec.max_length} is more than '{spec.name}' takes: give --max-length {most} or less (longer texts are truncated)")
         model, _ = _load_model(spec, config, options)
         max_length = spec.max_length or _default_max_length(tokenizer, config, _sentence_transformers_limit(spec))
         preprocessing.update(
@@ -121,7 +152,7 @@ def build_encoder(spec: ModelSpec, modality: str, device: torch.device) -> Torch
     try:
         processor = AutoImageProcessor.from_pretrained(spec.source, **options)
     except (OSError, ValueError) as exc:
-        if local:
+        if local and "trust_remote_code" not in str(exc):
             raise UsageError(f"cannot read the image processor of '{spec.source}': {short_reason(exc)}") from exc
         raise
     model, missing = _load_model(spec, config, options)
@@ -143,7 +174,7 @@ def _load_model(spec: ModelSpec, config: Any, options: dict[str, Any]) -> tuple[
     """Give (model, names of weights missing from the checkpoint); seeded for random weights."""
     if spec.weights == RANDOM_WEIGHTS:
         torch.manual_seed(spec.seed)  # every process builds the same random model
-        return AutoModel.from_config(config), set()
+        return AutoModel.from_config(config, trust_remote_code=options["trust_remote_code"]), set()
     model, info = AutoModel.from_pretrained(spec.source, config=config, output_loading_info=True, **options)
     return model, set(info.get("missing_keys", ()))
 
