@@ -47,6 +47,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import emit
+
 JOBS = ("cosine", "euclidean", "l1", "linf", "cosine+center", "cka")
 LIBRARIES = ("latentis", "stitchcli")
 RTOL = 1e-4
@@ -386,11 +388,7 @@ def main() -> None:
         "stitchcli_never_slower": all(r["stitchcli_not_slower"] for r in results),
         "total_wall_s": round(time.time() - started, 1),
     }
-    line = json.dumps(record)
-    print(line)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(line + "\n")
+    emit(record, args.output)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import emit
+
 METRICS = ("linear_cka", "jaccard_at_k", "mrr_at_k")
 
 
@@ -169,11 +171,7 @@ def main() -> None:
         "metrics": records,
         "total_wall_s": round(time.time() - started, 1),
     }
-    line = json.dumps(record)
-    print(line)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(line + "\n")
+    emit(record, args.output)
 
 
 if __name__ == "__main__":

@@ -36,13 +36,14 @@ Prints one JSON line (``--output`` also writes it); progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from _common import emit
 
 PROJECTIONS = ("cosine", "euclidean", "l1", "linf")
 
@@ -229,11 +230,7 @@ def main() -> None:
         "load_after": _load(),
         "total_wall_s": round(time.time() - started_at, 1),
     }
-    line = json.dumps(record)
-    print(line)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(line + "\n")
+    emit(record, args.output)
 
 
 if __name__ == "__main__":

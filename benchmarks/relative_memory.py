@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import emit
+
 GB = 10**9
 PROJECTIONS = ("cosine", "euclidean", "l1", "linf")
 
@@ -192,11 +194,7 @@ def main() -> None:
         "kernels": kernels,
         "total_wall_s": round(time.time() - started, 1),
     }
-    line = json.dumps(record)
-    print(line)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(line + "\n")
+    emit(record, args.output)
 
 
 if __name__ == "__main__":
