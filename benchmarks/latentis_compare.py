@@ -47,7 +47,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import emit
+from _common import emit, load, run_child
 
 JOBS = ("cosine", "euclidean", "l1", "linf", "cosine+center", "cka")
 LIBRARIES = ("latentis", "stitchcli")
@@ -217,21 +217,6 @@ def _timing_child(job: dict) -> dict:
 # --------------------------------------------------------------------------------------------- the parent
 
 
-def _load() -> list[float]:
-    return [round(value, 2) for value in os.getloadavg()]
-
-
-def _run_child(job: dict) -> dict:
-    load_before = _load()
-    result = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(job)], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"child failed ({job['library']} {job['op']}):\n{result.stderr[-4000:]}")
-    record = json.loads(result.stdout.strip().splitlines()[-1])
-    record["load_before"], record["load_after"] = load_before, _load()
-    print(json.dumps(record), file=sys.stderr, flush=True)
-    return record
 
 
 def _compare(ours, theirs) -> dict:
@@ -329,9 +314,9 @@ def main() -> None:
                     "library": library, "op": op, "rows": args.rows, "dim": args.dim, "anchors": args.anchors,
                     "cka_rows": args.cka_rows, "seed": args.seed, "repeats": args.repeats, "out": out,
                 }
-                records[library] = _run_child(job)
+                records[library] = run_child(__file__, job)
                 records[library]["call"] = CALLS[(library, op)]
-            timing = _run_child({**job, "library": "both", "out": None}) if args.repeats else {}
+            timing = run_child(__file__, {**job, "library": "both", "out": None}) if args.repeats else {}
             for library in LIBRARIES:
                 records[library].update(
                     timing.get(library, {"seconds": [], "median_s": records[library]["first_call_s"]})

@@ -28,12 +28,10 @@ import json
 import os
 import platform
 import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from _common import emit
+from _common import emit, load, run_child
 
 METRICS = ("linear_cka", "jaccard_at_k", "mrr_at_k")
 
@@ -45,9 +43,6 @@ def _vm_rss_bytes() -> int:
                 return int(line.split()[1]) * 1024
     return 0
 
-
-def _load() -> list[float]:
-    return [round(value, 2) for value in os.getloadavg()]
 
 
 def _inputs(metric: str, rows: int, dim_x: int, dim_y: int, seed: int):
@@ -118,20 +113,6 @@ def _child(job: dict) -> dict:
     return record
 
 
-def _run_child(job: dict) -> dict:
-    load_before = _load()
-    started = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(job)], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"child failed ({job}):\n{result.stderr[-4000:]}")
-    record = json.loads(result.stdout.strip().splitlines()[-1])
-    record["wall_s"] = round(time.perf_counter() - started, 1)
-    record["load_before"], record["load_after"] = load_before, _load()
-    print(json.dumps(record), file=sys.stderr, flush=True)
-    return record
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -154,7 +135,7 @@ def main() -> None:
     started = time.time()
     names = [name.strip() for name in args.metrics.split(",") if name.strip()]
     records = [
-        _run_child(
+        run_child(__file__, 
             {"metric": name, "rows": args.rows, "dim_x": args.dim_x, "dim_y": args.dim_y, "k": args.k,
              "seed": args.seed, "gemm_blocks": args.gemm_blocks}
         )

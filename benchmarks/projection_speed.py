@@ -43,13 +43,10 @@ import sys
 import time
 from pathlib import Path
 
-from _common import emit
+from _common import emit, load
 
 PROJECTIONS = ("cosine", "euclidean", "l1", "linf")
 
-
-def _load() -> list[float]:
-    return [round(value, 2) for value in os.getloadavg()]
 
 
 def _inputs(rows: int, dim: int, k: int, seed: int, data: str):
@@ -118,7 +115,7 @@ def main() -> None:
     from stitchcli.relative import projections as projections_module
 
     started_at = time.time()
-    load_before = _load()
+    load_before = load()
     x, anchors = _inputs(args.rows, args.dim, args.anchors, args.seed, args.data)
     n, k = x.shape[0], anchors.shape[0]
     out = torch.empty(n, k)
@@ -157,19 +154,21 @@ def main() -> None:
             began = time.perf_counter()
             run(method)
             seconds = time.perf_counter() - began
-            times[method].append(round(seconds, 3))
-            print(f"round {round_index + 1}: {method} {seconds:.2f} s (load {_load()[0]})", file=sys.stderr, flush=True)
+            times[method].append(seconds)
+            print(f"round {round_index + 1}: {method} {seconds:.2f} s (load {load()[0]})", file=sys.stderr, flush=True)
 
-    summary = {}
-    for method, values in times.items():
-        median = statistics.median(values)
-        summary[method] = {
-            "seconds": values,
-            "median_s": round(median, 3),
-            "best_s": round(min(values), 3),
-            "rows_x_anchors_per_s": round(n * k / median),
+    # ratios from the unrounded times: on small inputs a rounded time can be 0
+    med = {method: statistics.median(values) for method, values in times.items()}
+    best = {method: min(values) for method, values in times.items()}
+    summary = {
+        method: {
+            "seconds": [round(value, 4) for value in values],
+            "median_s": round(med[method], 4),
+            "best_s": round(best[method], 4),
+            "rows_x_anchors_per_s": round(n * k / med[method]),
         }
-    med = {method: entry["median_s"] for method, entry in summary.items()}
+        for method, values in times.items()
+    }
     ratios = {
         "cosine_over_matmul": round(med["cosine"] / med["matmul"], 3),
         "euclidean_over_matmul": round(med["euclidean"] / med["matmul"], 3),
@@ -179,7 +178,6 @@ def main() -> None:
         ratios["cdist_p1_over_l1"] = round(med["cdist_p1"] / med["l1"], 2)
         ratios["cdist_pinf_over_linf"] = round(med["cdist_pinf"] / med["linf"], 2)
     # The same ratios from the best rounds, for a reader who prefers them.
-    best = {method: entry["best_s"] for method, entry in summary.items()}
     ratios_best = {
         "cosine_over_matmul": round(best["cosine"] / best["matmul"], 3),
         "euclidean_over_matmul": round(best["euclidean"] / best["matmul"], 3),
@@ -227,7 +225,7 @@ def main() -> None:
         "check_rows": int(check.numel()),
         "accuracy": accuracy,
         "load_before": load_before,
-        "load_after": _load(),
+        "load_after": load(),
         "total_wall_s": round(time.time() - started_at, 1),
     }
     emit(record, args.output)

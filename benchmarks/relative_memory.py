@@ -20,12 +20,10 @@ import json
 import os
 import platform
 import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from _common import emit
+from _common import emit, load, run_child
 
 GB = 10**9
 PROJECTIONS = ("cosine", "euclidean", "l1", "linf")
@@ -38,9 +36,6 @@ def _vm_rss_bytes() -> int:
                 return int(line.split()[1]) * 1024
     return 0
 
-
-def _load() -> list[float]:
-    return [round(value, 2) for value in os.getloadavg()]
 
 
 def _child(job: dict) -> dict:
@@ -127,20 +122,6 @@ def _kernel_child(job: dict) -> dict:
     }
 
 
-def _run_child(job: dict) -> dict:
-    load_before = _load()
-    started = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(job)], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"child failed ({job}):\n{result.stderr[-4000:]}")
-    record = json.loads(result.stdout.strip().splitlines()[-1])
-    record["wall_s"] = round(time.perf_counter() - started, 1)
-    record["load_before"], record["load_after"] = load_before, _load()
-    print(json.dumps(record), file=sys.stderr, flush=True)
-    return record
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -166,19 +147,19 @@ def main() -> None:
     names = [name.strip() for name in args.projections.split(",") if name.strip()]
     base = {"rows": args.rows, "dim": args.dim, "anchors": args.anchors, "seed": args.seed}
     started = time.time()
-    separate = [_run_child({**base, "projections": [name], "kernel": args.kernel}) for name in names]
+    separate = [run_child(__file__, {**base, "projections": [name], "kernel": args.kernel}) for name in names]
     if args.also_cdist:
         separate += [
-            _run_child({**base, "projections": [name], "kernel": "cdist"}) for name in names if name in ("l1", "linf")
+            run_child(__file__, {**base, "projections": [name], "kernel": "cdist"}) for name in names if name in ("l1", "linf")
         ]
-    together = None if args.no_together else _run_child({**base, "projections": names, "kernel": args.kernel})
+    together = None if args.no_together else run_child(__file__, {**base, "projections": names, "kernel": args.kernel})
     kernels = []
     if args.compare_rows:
         for name in ("l1", "linf"):
             for kernel in ("cdist", "compiled", "blocked"):
                 rows = args.compare_rows if kernel != "blocked" else max(1, args.compare_rows // 4)
                 kernels.append(
-                    _run_child({**base, "rows": rows, "full_rows": args.rows, "projection": name, "kernel": kernel, "mode": "kernel"})
+                    run_child(__file__, {**base, "rows": rows, "full_rows": args.rows, "projection": name, "kernel": kernel, "mode": "kernel"})
                 )
     record = {
         "benchmark": "relative_memory",

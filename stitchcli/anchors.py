@@ -34,7 +34,6 @@ import json
 import os
 import re
 import shlex
-import tempfile
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -43,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 
 from stitchcli.errors import UsageError, out_of_space_as_work_error
+from stitchcli.store import write_text_atomically
 
 if TYPE_CHECKING:
     from stitchcli.data.base import DatasetSpec
@@ -618,42 +618,36 @@ def list_anchor_manifests(store: EmbeddingStore) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
 
 
-def _write_json_atomically(path: Path, document: Any) -> None:
-    """Write a JSON file through a temporary name in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with out_of_space_as_work_error(path), os.fdopen(fd, "w") as f:
-            json.dump(document, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_json(path: Path, document: Any) -> None:
+    """Write a JSON document atomically (a file that already holds it is left alone)."""
+    with out_of_space_as_work_error(path):
+        write_text_atomically(path, json.dumps(document, indent=2) + "\n")
 
 
 def save_anchor_manifest(store: EmbeddingStore, manifest: AnchorManifest, *, out: str | os.PathLike[str] | None = None, force: bool = False) -> Path:
     """Give the cache path the manifest was saved to (also written to ``out`` when given).
 
-    Saving the same choice again only refreshes the file; a name that holds another choice is
-    refused unless ``force``, so anchors that heads were trained with are not replaced silently.
+    Saving the same choice again keeps the saved file as it is (``manifest`` takes its creation time and
+    versions), so nothing is written; a name that holds another choice is refused unless
+    ``force``, so anchors that heads were trained with are not replaced silently.
     """
     path = anchors_folder(store) / f"{check_anchor_name(manifest.name)}.json"
     if path.exists() and not force:
         try:
-            existing = _read_manifest(path).selection()
+            saved = _read_manifest(path)
         except UsageError:
-            existing = None  # a damaged file holds nothing worth keeping
+            saved = None  # a damaged file holds nothing worth keeping
+        existing = saved.selection() if saved is not None else None
+        if saved is not None and existing == manifest.selection():  # the same choice: keep the file as it is
+            manifest.created, manifest.stitchcli_version, manifest.numpy_version = saved.created, saved.stitchcli_version, saved.numpy_version
         if existing is not None and existing != manifest.selection():
             raise UsageError(
                 f"anchors named {manifest.name!r} already exist with another choice ({path}): "
                 "pass --name to save these under another name, or --force to replace them"
             )
-    _write_json_atomically(path, manifest.to_dict())
+    _write_json(path, manifest.to_dict())
     if out is not None:
-        _write_json_atomically(Path(out).expanduser(), manifest.to_dict())
+        _write_json(Path(out).expanduser(), manifest.to_dict())
     return path
 
 

@@ -16,7 +16,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 def check_device_name(name: str) -> str:
     """Give ``name`` back if it names a device kind stitchcli knows (no torch import), else raise a UsageError."""
-    if name.split(":", 1)[0] not in DEVICES:
+    base, colon, index = name.partition(":")
+    if base not in DEVICES or (colon and not (base == "cuda" and index.isdigit())):
         raise UsageError(f"unknown device {name!r}: use one of {', '.join(DEVICES)} (or cuda:N)")
     return name
 
@@ -34,11 +35,17 @@ def resolve_device(name: str = "auto") -> "torch.device":
         return torch.device("cpu")
     base = name.split(":", 1)[0]
     if base == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but no CUDA GPU is visible: use --device cpu or auto")
+        raise UsageError(f"--device {name} asked for, but no CUDA GPU is visible: use --device cpu or auto")
+    if base == "cuda" and ":" in name and int(name.split(":", 1)[1]) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UsageError(
+            f"--device {name} asked for, but {count} CUDA GPU{'s are' if count != 1 else ' is'} visible "
+            f"(cuda:0 to cuda:{count - 1}): choose one of them, or --device cuda (check CUDA_VISIBLE_DEVICES)"
+        )
     if base == "mps" and not (
         getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     ):
-        raise UsageError("--device mps asked for, but MPS is not available: use --device cpu or auto")
+        raise UsageError(f"--device {name} asked for, but MPS is not available: use --device cpu or auto")
     return torch.device(name)
 
 

@@ -21,7 +21,7 @@ from stitchcli.device import is_out_of_memory
 from stitchcli.errors import UsageError, WorkError, out_of_space_as_work_error
 from stitchcli.fingerprint import path_identity
 from stitchcli.hub import prefer_offline_when_unreachable
-from stitchcli.store import CachedEmbeddings, EmbeddingStore, EntryKey, ShardPlan, canonical_json, file_lock
+from stitchcli.store import CachedEmbeddings, EmbeddingStore, EntryKey, ShardPlan, canonical_json, file_lock, remove_interrupted_writes
 
 if TYPE_CHECKING:
     from stitchcli.distributed import Workers
@@ -864,7 +864,7 @@ def _embed_all(
                     )))
                     entry = None if options.force else store.lookup(spec.storage_name, key)
                     if entry is None:
-                        _remove_interrupted_writes(store.entry_path(spec.storage_name, key))
+                        remove_interrupted_writes(store.entry_path(spec.storage_name, key))  # only we write it now
                 if workers.agree(entry is not None):  # every rank takes rank 0's branch
                     entry = entry or store.lookup(spec.storage_name, key)
                     if entry is not None:
@@ -896,14 +896,6 @@ def _embed_all(
                 if workers.leader:
                     results.append(result)
     return results
-
-
-def _remove_interrupted_writes(path: Path) -> None:
-    """Remove the temporary files a killed process left while writing the entry at ``path`` (as large as the
-    entry itself). Called only under the entry's lock, which whoever writes an encoded entry holds (a one-process
-    build throughout, array jobs and torchrun's rank 0 while joining the shards), so none of them is live."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        tmp.unlink(missing_ok=True)
 
 
 def _merge_array_jobs(

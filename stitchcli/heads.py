@@ -28,7 +28,7 @@ from torch import nn
 
 from stitchcli.errors import UsageError
 from stitchcli.relative.aggregation import Aggregation, build_aggregation
-from stitchcli.store import CHECKSUM_FIELD, CorruptEntry, canonical_json, read_header, write_safetensors
+from stitchcli.store import CHECKSUM_FIELD, CorruptEntry, canonical_json, read_header, write_safetensors, write_text_atomically
 
 HEAD_FORMAT = 1
 HEAD_KINDS = ("relative", "absolute")
@@ -363,10 +363,7 @@ def save_head(path: str | Path, head: FittedHead) -> Path:
         path = path.with_name(path.name + ".safetensors")
     state = {name: tensor.detach().cpu().contiguous().numpy() for name, tensor in head.module.state_dict().items()}
     write_safetensors(path, state, head.config)
-    sidecar = path.with_suffix(".json")
-    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
-    tmp.write_text(json.dumps(head.config, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(sidecar)
+    write_text_atomically(path.with_suffix(".json"), json.dumps(head.config, indent=2, sort_keys=True, default=str) + "\n")
     head.path = path
     return path
 

@@ -50,7 +50,7 @@ from stitchcli.heads import (
     train_classifier,
 )
 from stitchcli import defaults
-from stitchcli.store import CachedEmbeddings, EmbeddingStore, slug
+from stitchcli.store import CachedEmbeddings, EmbeddingStore, file_lock, remove_interrupted_writes, slug
 
 DEFAULT_AGGREGATION = defaults.AGGREGATION
 DEFAULT_SEEDS: tuple[int, ...] = defaults.SEEDS
@@ -576,58 +576,80 @@ def obtain_head(
     identity = _head_identity(data, view, request, settings)
     digest = head_digest(identity)
     path = head_cache_path(store, view.name, data.dataset_id, request.kind, digest)
-    if path.is_file() and not force:
-        try:
-            head = load_head(path, device=device)
-            if head.config.get("identity_digest") == digest:
-                return head, True
-            reporter.warn(f"cached head {path} was made for other inputs; training it again")
-        except UsageError as exc:
+    cached = None if force else _cached_head(path, digest, device, reporter)
+    if cached is not None:
+        return cached, True
+    # One process trains a head at a time: another that needs it waits, then reads it (a read-only cache
+    # that holds the head never gets here, so it is never locked).
+    lock = path.with_suffix(".lock")
+    with file_lock(lock, on_wait=lambda: reporter.info(f"waiting for another process training the same head ({lock})")):
+        cached = None if force else _cached_head(path, digest, device, reporter, quiet=True)
+        if cached is not None:
+            return cached, True
+        remove_interrupted_writes(path)  # temporary files of a killed training; every writer holds the lock
+        remove_interrupted_writes(path.with_suffix(".json"))
+        x = features()
+        module = build_classifier(
+            request.kind,
+            data.num_classes,
+            settings.head,
+            input_dim=int(x.shape[-1]) if request.kind == "absolute" else None,
+            aggregation=request.aggregation,
+            num_subspaces=len(request.projections) or None,
+            num_anchors=data.manifest.num if request.kind == "relative" else None,
+            seed=request.seed,
+        )
+        record = train_classifier(module, x, data.train_labels, settings.head, seed=request.seed, device=device)
+        train_key = view.train.metadata["key"]
+        config = {
+            "format": HEAD_FORMAT,
+            "kind": request.kind,
+            "identity_digest": digest,
+            "model": view.name,
+            "model_options": dict(view.ref.options),
+            "model_entry": view.train.metadata.get("key_digest"),
+            "model_key": train_key,
+            "dataset": settings.dataset,
+            "dataset_id": data.dataset_id,
+            "dataset_fingerprint": data.dataset_fingerprint,
+            "train_split": settings.train_split,
+            "limit": settings.limit,
+            "num_classes": data.num_classes,
+            "class_names": data.class_names,
+            "anchors": data.manifest.to_dict() if request.kind == "relative" else None,
+            "projections": list(request.projections),
+            "aggregation": request.aggregation,
+            "transform": settings.transform if request.kind == "relative" else None,
+            "num_anchors": data.manifest.num if request.kind == "relative" else None,
+            "input_dim": view.dim if request.kind == "absolute" else None,
+            "settings": settings.head.to_dict(),
+            "seed": request.seed,
+            "training": record.to_dict(),
+            "versions": library_versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        head = FittedHead(module, config)
+        with out_of_space_as_work_error(path):
+            save_head(path, head)
+        return head, False
+
+
+def _cached_head(path: Path, digest: str, device: torch.device, reporter: Reporter, *, quiet: bool = False) -> FittedHead | None:
+    """Give the head cached at ``path`` when it is there, intact and made for ``digest``; else None (with a
+    warning why, unless ``quiet``: the caller has looked once already)."""
+    if not path.is_file():
+        return None
+    try:
+        head = load_head(path, device=device)
+    except UsageError as exc:
+        if not quiet:
             reporter.warn(f"{exc}; training it again")
-    x = features()
-    module = build_classifier(
-        request.kind,
-        data.num_classes,
-        settings.head,
-        input_dim=int(x.shape[-1]) if request.kind == "absolute" else None,
-        aggregation=request.aggregation,
-        num_subspaces=len(request.projections) or None,
-        num_anchors=data.manifest.num if request.kind == "relative" else None,
-        seed=request.seed,
-    )
-    record = train_classifier(module, x, data.train_labels, settings.head, seed=request.seed, device=device)
-    train_key = view.train.metadata["key"]
-    config = {
-        "format": HEAD_FORMAT,
-        "kind": request.kind,
-        "identity_digest": digest,
-        "model": view.name,
-        "model_options": dict(view.ref.options),
-        "model_entry": view.train.metadata.get("key_digest"),
-        "model_key": train_key,
-        "dataset": settings.dataset,
-        "dataset_id": data.dataset_id,
-        "dataset_fingerprint": data.dataset_fingerprint,
-        "train_split": settings.train_split,
-        "limit": settings.limit,
-        "num_classes": data.num_classes,
-        "class_names": data.class_names,
-        "anchors": data.manifest.to_dict() if request.kind == "relative" else None,
-        "projections": list(request.projections),
-        "aggregation": request.aggregation,
-        "transform": settings.transform if request.kind == "relative" else None,
-        "num_anchors": data.manifest.num if request.kind == "relative" else None,
-        "input_dim": view.dim if request.kind == "absolute" else None,
-        "settings": settings.head.to_dict(),
-        "seed": request.seed,
-        "training": record.to_dict(),
-        "versions": library_versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    head = FittedHead(module, config)
-    with out_of_space_as_work_error(path):
-        save_head(path, head)
-    return head, False
+        return None
+    if head.config.get("identity_digest") == digest:
+        return head
+    if not quiet:
+        reporter.warn(f"cached head {path} was made for other inputs; training it again")
+    return None
 
 
 # ----- reports ---------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ computed as the bytes go by): a cache hit never pays for importing torch.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import itertools
 import json
@@ -378,6 +379,28 @@ def _atomic_file(path: Path) -> Iterator[str]:
         raise
 
 
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write a small text file (JSON, CSV) through a temporary file beside it, fsync and a rename, so a reader
+    sees the old or the new file whole and a killed process leaves no torn one (its unique temporary name
+    never collides with another writer's). A file that already holds exactly ``text`` is left alone: nothing
+    to write, so rerunning a command on a read-only cache that holds its results does not fail."""
+    path = Path(path)
+    data = text.encode()
+    with contextlib.suppress(OSError):
+        if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+            return
+    with _atomic_file(path) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+def remove_interrupted_writes(path: Path) -> None:
+    """Remove the temporary files killed processes left while writing ``path`` through :func:`_atomic_file`.
+
+    Call it only under a lock that every writer of ``path`` holds while writing, so none of them is live."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
     """Write tensors atomically (a temporary file in the same folder, fsync, then rename), with their checksum.
 
@@ -678,17 +701,14 @@ class EmbeddingStore:
             if pdir.exists():
                 shutil.rmtree(pdir)
             pdir.mkdir(parents=True, exist_ok=True)
-            plan_file = pdir / "plan.json"
-            tmp = plan_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({**self._plan_identity(key, ids), "shard_rows": int(shard_rows), "jobs": int(jobs)}))
-            os.replace(tmp, plan_file)
+            plan = {**self._plan_identity(key, ids), "shard_rows": int(shard_rows), "jobs": int(jobs)}
+            write_text_atomically(pdir / "plan.json", json.dumps(plan))
         return ShardPlan(rows=len(ids), shard_rows=int(shard_rows), done=[], jobs=jobs)
 
     def write_job_record(self, model_name: str, key: EntryKey, job: int, record: dict[str, Any]) -> None:
         """Save what one job of a several-process build reports (device, timings, preprocessing), for the merge."""
         path = self.partial_dir(model_name, key) / f"job-{job:06d}.json"
-        with _atomic_file(path) as tmp:
-            Path(tmp).write_text(json.dumps(record, sort_keys=True, default=str))
+        write_text_atomically(path, json.dumps(record, sort_keys=True, default=str))
 
     def job_records(self, model_name: str, key: EntryKey) -> list[dict[str, Any]]:
         """Give the records the jobs of a several-process build saved, in job order (unreadable ones skipped)."""
@@ -867,10 +887,7 @@ class EmbeddingStore:
                 f"{name!r} cannot name a saved model (--name, or --model with --from-array): use letters, digits, '.', '_' and '-'"
             )
         path = self._name_path(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**spec, "name": name}, indent=2, sort_keys=True))
-        os.replace(tmp, path)
+        write_text_atomically(path, json.dumps({**spec, "name": name}, indent=2, sort_keys=True))
         return path
 
     def load_name(self, name: str) -> dict[str, Any] | None:
@@ -905,11 +922,5 @@ class EmbeddingStore:
         except (OSError, json.JSONDecodeError):
             data = {}
         data[memo_key] = value
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".resolved.", dir=path.parent)
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f)
-            os.replace(tmp, path)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            write_text_atomically(path, json.dumps(data))

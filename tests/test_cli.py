@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -262,3 +263,27 @@ def test_ctrl_c_says_how_to_resume(cache_dir, tmp_path):
 def test_offline_typo_of_a_known_text_model_suggests_it(cache_dir, text_table):
     result = run_cli("embed", "-m", "bert-base-cassed", "-d", str(text_table), "--split", "test", env={"HF_HUB_OFFLINE": "1"})
     _assert_one_line_error(result, 1, "bert-base-cassed", "did you mean bert-base-cased", "offline alternatives")
+
+
+@pytest.mark.parametrize(
+    ("name", "gpus", "needle"),
+    [
+        ("cuda:3", 2, "--device cuda:3 asked for, but 2 CUDA GPUs are visible (cuda:0 to cuda:1)"),
+        ("cuda:1", 1, "--device cuda:1 asked for, but 1 CUDA GPU is visible (cuda:0 to cuda:0)"),
+        ("cuda:3", 0, "--device cuda:3 asked for, but no CUDA GPU is visible"),
+        ("cuda:x", 2, "unknown device 'cuda:x'"),
+        ("cpu:0", 2, "unknown device 'cpu:0'"),
+    ],
+)
+def test_a_device_that_is_not_there_is_refused_in_one_line(monkeypatch, name, gpus, needle):
+    import torch
+
+    from stitchcli.device import resolve_device
+    from stitchcli.errors import UsageError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    with pytest.raises(UsageError, match="^" + re.escape(needle)):
+        resolve_device(name)
+    if gpus:
+        assert resolve_device(f"cuda:{gpus - 1}") == torch.device(f"cuda:{gpus - 1}")  # the last visible GPU is fine

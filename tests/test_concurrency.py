@@ -39,19 +39,18 @@ def _embed_args(images: Path, split: str) -> list[str]:
 
 
 def _finish(proc: subprocess.Popen, stderr_file: Path | None = None) -> tuple[dict, str]:
-    """Give (the one JSON entry, stderr) of a process that must succeed."""
+    """Give (the JSON document, stderr) of a process that must succeed."""
     out, err = proc.communicate(timeout=120)
     err = stderr_file.read_text() if stderr_file is not None else err
     assert proc.returncode == 0, err
     assert "Traceback" not in err
-    (entry,) = json.loads(out)["entries"]
-    return entry, err
+    return json.loads(out), err
 
 
-def test_two_processes_on_the_same_entry_compute_it_once(cache_dir, tmp_path, images):
-    """Started together: one takes the entry's lock and computes (it stops itself after its first shard, holding
-    the lock), the other says it waits; once the first goes on, the second reads its entry as a cache hit."""
-    args = _embed_args(images, "train")
+def _one_computes_while_the_other_waits(args: list[str], waiting: str, tmp_path: Path) -> tuple[dict, tuple[dict, str]]:
+    """Start two processes with the same arguments. One takes the lock and computes (it stops itself before its
+    first safetensors write, holding the lock); the other must say ``waiting`` while it is stopped. Then let the
+    first go on. Give (the first's JSON document, (the second's JSON document, its stderr))."""
     logs = [tmp_path / "a.err", tmp_path / "b.err"]
     handles = [log.open("w") for log in logs]
     procs = [start_cli(*args, hook_dir=tmp_path / "hook", stop_at_write=1, stderr=handle) for handle in handles]
@@ -62,19 +61,25 @@ def test_two_processes_on_the_same_entry_compute_it_once(cache_dir, tmp_path, im
             time.sleep(0.01)
         first = next(i for i, p in enumerate(procs) if is_stopped(p.pid))
         second = 1 - first
-        while WAITING not in logs[second].read_text():
+        while waiting not in logs[second].read_text():
             assert procs[second].poll() is None, logs[second].read_text()
             assert time.monotonic() < deadline, "the second process never said it waits"
             time.sleep(0.01)
         assert is_stopped(procs[first].pid)  # still holding the lock: the second one really waits for it
         os.kill(procs[first].pid, signal.SIGCONT)
         computed, _ = _finish(procs[first], logs[first])
-        reused, waited = _finish(procs[second], logs[second])
+        return computed, _finish(procs[second], logs[second])
     finally:
         for p in procs:
             p.kill()
         for handle in handles:
             handle.close()
+
+
+def test_two_processes_on_the_same_entry_compute_it_once(cache_dir, tmp_path, images):
+    """Started together: one computes, the other says it waits, then reads the first one's entry as a cache hit."""
+    computed, (reused, waited) = _one_computes_while_the_other_waits(_embed_args(images, "train"), WAITING, tmp_path)
+    (computed,), (reused,) = computed["entries"], reused["entries"]
     assert (computed["cache_hit"], computed["resumed_rows"], computed["rows"]) == (False, 0, 24)
     assert reused["cache_hit"] and reused["path"] == computed["path"]
     assert sum(WAITING in line for line in waited.splitlines()) == 1
@@ -88,6 +93,22 @@ def test_two_processes_on_the_same_entry_compute_it_once(cache_dir, tmp_path, im
     np.testing.assert_allclose(got["embeddings"], want["embeddings"], rtol=0, atol=1e-6)
 
 
+def test_two_processes_training_the_same_head_train_it_once(cache_dir, tmp_path, images):
+    """The embeddings are cached; two fit-head runs of the same head: one trains it, the other waits for the
+    head's lock and reads the head the first one saved."""
+    embed([TINY], str(images), ["train", "test"], store=EmbeddingStore(cache_dir), weights="random", register_as="tv",
+          options=EmbedOptions(num_workers=0))
+    waiting = "waiting for another process training the same head"
+    args = ["fit-head", "-m", "tv", "-d", str(images), "--epochs", "2", "--json"]
+    trained, (reused, waited) = _one_computes_while_the_other_waits(args, waiting, tmp_path)
+    assert not trained["cached"] and reused["cached"]
+    assert reused["path"] == trained["path"]
+    assert sum(waiting in line for line in waited.splitlines()) == 1
+    head = Path(trained["path"])
+    assert sorted(p.name for p in head.parent.iterdir()) == sorted(
+        [head.name, head.with_suffix(".json").name, head.with_suffix(".lock").name])
+
+
 def test_two_processes_on_different_entries_run_side_by_side(cache_dir, tmp_path, images):
     """Each stops itself after its first shard, holding its own entry's lock: both are stopped at once, so
     neither waited for the other; let go, both finish their own entry."""
@@ -96,7 +117,7 @@ def test_two_processes_on_different_entries_run_side_by_side(cache_dir, tmp_path
         wait_until_stopped(*procs)
         for p in procs:
             os.kill(p.pid, signal.SIGCONT)
-        results = [_finish(p) for p in procs]
+        results = [(document["entries"][0], err) for document, err in map(_finish, procs)]
     finally:
         for p in procs:
             p.kill()

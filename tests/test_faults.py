@@ -159,6 +159,7 @@ def test_fit_head_killed_midway_trains_again_to_the_same_head(prepared, cache_di
     assert rerun.returncode == 0, rerun.stderr
     document = json.loads(rerun.stdout)
     assert not document["cached"]
+    assert not _leftovers(heads)  # the killed write's temporary file was removed under the head's lock
     written = Path(document["out"])
 
     reference_cache = _copy_cache(prepared, tmp_path / "reference-cache")
@@ -194,6 +195,7 @@ def test_eval_killed_midway_keeps_the_finished_heads_and_gives_the_same_numbers(
     rerun = run_cli(*args)
     assert rerun.returncode == 0, rerun.stderr
     assert "4 head(s) trained, 2 read from the cache" in rerun.stderr
+    assert not _leftovers(heads)
     for name, content in finished.items():
         assert (heads / name).read_bytes() == content  # the finished heads were read, not trained again
     got = json.loads(rerun.stdout)
@@ -241,7 +243,7 @@ def test_fit_head_out_of_room_says_so_in_one_line_and_leaves_no_head(prepared, c
     line = _only_error_line(full.stderr)
     assert line.startswith("stitchcli: error: file too large writing ") and f"{cache_dir / 'heads'}" in line
     assert "--cache-dir" in line
-    assert not [p for p in cache_dir.glob("heads/**/*") if p.is_file()]
+    assert [p.suffix for p in cache_dir.glob("heads/**/*") if p.is_file()] == [".lock"]  # the head's (empty) lock file alone
     assert not list(cache_dir.rglob("*.tmp")) and not list(tmp_path.glob("head*"))
 
 

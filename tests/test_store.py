@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stitchcli.errors import UsageError
-from stitchcli.store import EmbeddingStore, EntryKey, default_cache_dir, slug
+from stitchcli.store import EmbeddingStore, EntryKey, default_cache_dir, remove_interrupted_writes, slug, write_text_atomically
 
 
 def _key(**overrides) -> EntryKey:
@@ -170,3 +170,26 @@ def test_streamed_safetensors_equal_the_library_writer_and_refuse_short_input(tm
     with pytest.raises(ValueError, match="bytes written"):
         write_safetensors_streamed(short, [("embeddings", np.dtype(np.float32), (70, 5), iter(chunks[:1]))], meta)
     assert not short.exists() and not list(tmp_path.glob(".short*"))  # nothing that looks complete is left
+
+
+def test_small_files_are_replaced_whole_and_an_identical_one_is_not_rewritten(tmp_path):
+    path = tmp_path / "deep" / "plan.json"
+    write_text_atomically(path, '{"a": 1}\n')
+    assert path.read_text() == '{"a": 1}\n'
+    first = path.stat()
+    write_text_atomically(path, '{"a": 1}\n')  # the same text: nothing written (works in a read-only folder)
+    again = path.stat()
+    assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+    write_text_atomically(path, '{"a": 2}\n')  # other text: a new file renamed over the old one
+    assert path.read_text() == '{"a": 2}\n' and path.stat().st_ino != first.st_ino
+    assert sorted(p.name for p in path.parent.iterdir()) == ["plan.json"]  # no temporary file left
+
+
+def test_interrupted_writes_of_one_file_are_removed_and_no_others(tmp_path):
+    name = "relative-[ab]*.safetensors"  # glob characters in the name are matched literally
+    left = [tmp_path / f".{name}.x1y2.tmp", tmp_path / f".{name}.q9.tmp"]
+    kept = [tmp_path / name, tmp_path / ".relative-a.safetensors.x1y2.tmp", tmp_path / f".{name}.x1y2.json"]
+    for path in left + kept:
+        path.write_text("x")
+    remove_interrupted_writes(tmp_path / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from stitchcli.cli.output import print_json, print_table
+from stitchcli.store import write_text_atomically
 
 if TYPE_CHECKING:
     from stitchcli.stitching import StitchReport, StitchRow
@@ -185,12 +186,11 @@ def write_csv(path: Path, reports: Sequence[StitchReport]) -> list[Path]:
     """Give the files written: the rows to ``path``, the similarity rows to ``<stem>.similarity.csv`` beside it."""
     document = eval_document(reports, None)
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_csv_text(document["rows"], ROW_FIELDS))
+    write_text_atomically(path, _csv_text(document["rows"], ROW_FIELDS))
     written = [path]
     if document["similarity"]:
         similarity = path.with_name(f"{path.stem}.similarity.csv")
-        similarity.write_text(_csv_text(document["similarity"], SIMILARITY_FIELDS))
+        write_text_atomically(similarity, _csv_text(document["similarity"], SIMILARITY_FIELDS))
         written.append(similarity)
     return written
 
