@@ -47,7 +47,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import emit, load, run_child
+from _common import emit, run_child
 
 JOBS = ("cosine", "euclidean", "l1", "linf", "cosine+center", "cka")
 LIBRARIES = ("latentis", "stitchcli")
@@ -215,8 +215,6 @@ def _timing_child(job: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- the parent
-
-
 
 
 def _compare(ours, theirs) -> dict:

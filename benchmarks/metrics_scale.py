@@ -31,7 +31,7 @@ import resource
 import time
 from pathlib import Path
 
-from _common import emit, load, run_child
+from _common import emit, run_child
 
 METRICS = ("linear_cka", "jaccard_at_k", "mrr_at_k")
 
@@ -42,7 +42,6 @@ def _vm_rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
-
 
 
 def _inputs(metric: str, rows: int, dim_x: int, dim_y: int, seed: int):
@@ -113,7 +112,6 @@ def _child(job: dict) -> dict:
     return record
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000, help="samples N (default 100000)")
@@ -135,7 +133,8 @@ def main() -> None:
     started = time.time()
     names = [name.strip() for name in args.metrics.split(",") if name.strip()]
     records = [
-        run_child(__file__, 
+        run_child(
+            __file__,
             {"metric": name, "rows": args.rows, "dim_x": args.dim_x, "dim_y": args.dim_y, "k": args.k,
              "seed": args.seed, "gemm_blocks": args.gemm_blocks}
         )

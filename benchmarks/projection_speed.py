@@ -48,7 +48,6 @@ from _common import emit, load
 PROJECTIONS = ("cosine", "euclidean", "l1", "linf")
 
 
-
 def _inputs(rows: int, dim: int, k: int, seed: int, data: str):
     import torch
 

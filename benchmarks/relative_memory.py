@@ -23,7 +23,7 @@ import resource
 import time
 from pathlib import Path
 
-from _common import emit, load, run_child
+from _common import emit, run_child
 
 GB = 10**9
 PROJECTIONS = ("cosine", "euclidean", "l1", "linf")
@@ -35,7 +35,6 @@ def _vm_rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
-
 
 
 def _child(job: dict) -> dict:
@@ -120,7 +119,6 @@ def _kernel_child(job: dict) -> dict:
         "terms_per_s": round(job["rows"] * job["anchors"] * job["dim"] / seconds / 1e9, 2),
         "seconds_for_full_rows": round(seconds * job["full_rows"] / job["rows"], 1),
     }
-
 
 
 def main() -> None:

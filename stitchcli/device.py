@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import TYPE_CHECKING, ContextManager
 
 from stitchcli.errors import UsageError
@@ -16,8 +17,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 def check_device_name(name: str) -> str:
     """Give ``name`` back if it names a device kind stitchcli knows (no torch import), else raise a UsageError."""
-    base, colon, index = name.partition(":")
-    if base not in DEVICES or (colon and not (base == "cuda" and index.isdigit())):
+    if name not in DEVICES and not re.fullmatch(r"cuda:(0|[1-9][0-9]*)", name, re.ASCII):
         raise UsageError(f"unknown device {name!r}: use one of {', '.join(DEVICES)} (or cuda:N)")
     return name
 

@@ -859,11 +859,11 @@ def _embed_all(
                 if workers.count == 1 and entry is None:
                     # One process builds an entry at a time: another one that needs it waits, then reads it.
                     lock = store.lock_path(spec.storage_name, key)
-                    building.enter_context(file_lock(lock, on_wait=lambda: reporter.info(
+                    locked = building.enter_context(file_lock(lock, on_wait=lambda: reporter.info(
                         f"{spec.name} {data.name}/{split_name}: waiting for another process building the same cache entry ({lock})"
                     )))
                     entry = None if options.force else store.lookup(spec.storage_name, key)
-                    if entry is None:
+                    if entry is None and locked:
                         remove_interrupted_writes(store.entry_path(spec.storage_name, key))  # only we write it now
                 if workers.agree(entry is not None):  # every rank takes rank 0's branch
                     entry = entry or store.lookup(spec.storage_name, key)

@@ -582,12 +582,13 @@ def obtain_head(
     # One process trains a head at a time: another that needs it waits, then reads it (a read-only cache
     # that holds the head never gets here, so it is never locked).
     lock = path.with_suffix(".lock")
-    with file_lock(lock, on_wait=lambda: reporter.info(f"waiting for another process training the same head ({lock})")):
+    with file_lock(lock, on_wait=lambda: reporter.info(f"waiting for another process training the same head ({lock})")) as locked:
         cached = None if force else _cached_head(path, digest, device, reporter, quiet=True)
         if cached is not None:
             return cached, True
-        remove_interrupted_writes(path)  # temporary files of a killed training; every writer holds the lock
-        remove_interrupted_writes(path.with_suffix(".json"))
+        if locked:  # temporary files of a killed training; every writer holds the lock, so none is live
+            remove_interrupted_writes(path)
+            remove_interrupted_writes(path.with_suffix(".json"))
         x = features()
         module = build_classifier(
             request.kind,

@@ -361,12 +361,15 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def _atomic_file(path: Path) -> Iterator[str]:
+def atomic_file(path: Path) -> Iterator[str]:
     """Give a temporary path beside ``path`` to write; then fsync it, give it the permissions a plain open()
     would (mkstemp makes 0600) and rename it onto ``path``. On any failure the temporary file is removed, so
     nothing that looks complete is left."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # name the file the user knows, not a temporary name
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     os.close(fd)
     try:
         yield tmp
@@ -383,18 +386,23 @@ def write_text_atomically(path: Path, text: str) -> None:
     """Write a small text file (JSON, CSV) through a temporary file beside it, fsync and a rename, so a reader
     sees the old or the new file whole and a killed process leaves no torn one (its unique temporary name
     never collides with another writer's). A file that already holds exactly ``text`` is left alone: nothing
-    to write, so rerunning a command on a read-only cache that holds its results does not fail."""
+    to write, so rerunning a command on a read-only cache that holds its results does not fail. A path the
+    user named that is a link, a pipe or a device (``--csv /dev/stdout``) is written through, not replaced."""
     path = Path(path)
     data = text.encode()
     with contextlib.suppress(OSError):
         if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
             return
-    with _atomic_file(path) as tmp:
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        with open(path, "wb") as f:
+            f.write(data)
+        return
+    with atomic_file(path) as tmp:
         Path(tmp).write_bytes(data)
 
 
 def remove_interrupted_writes(path: Path) -> None:
-    """Remove the temporary files killed processes left while writing ``path`` through :func:`_atomic_file`.
+    """Remove the temporary files killed processes left while writing ``path`` through :func:`atomic_file`.
 
     Call it only under a lock that every writer of ``path`` holds while writing, so none of them is live."""
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
@@ -447,7 +455,7 @@ def write_safetensors_streamed(
     encoded += b" " * (-len(encoded) % 8)
     where = {token: 8 + encoded.index(token.encode()) for token in (data_token, header_token)}
     digest = hashlib.new(CHECKSUM_ALGORITHM)
-    with _atomic_file(path) as tmp, open(tmp, "wb") as f:
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
         f.write(len(encoded).to_bytes(8, "little"))
         f.write(encoded)
         for name, dtype, shape, chunks in tensors:
@@ -470,10 +478,11 @@ _HELD_LOCKS: set[tuple[int, int, str]] = set()
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, *, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+def file_lock(path: Path, *, on_wait: Callable[[], None] | None = None) -> Iterator[bool]:
     """Hold an exclusive advisory lock on ``path`` (created if missing) while the block runs, waiting for
     any other holder first (``on_wait`` is called once before waiting, to tell the user why nothing moves).
-    POSIX ``flock``; where fcntl does not exist the block runs unlocked.
+    POSIX ``flock``; where fcntl does not exist the block runs unlocked. Gives whether the block holds the lock
+    (False without fcntl: the block must then not assume that no other process writes the same files).
 
     Re-entrant within a thread: a block nested in another on the same path runs at once under the outer
     block's lock. (flock belongs to an open file, so locking the same file through a second open() would
@@ -482,12 +491,12 @@ def file_lock(path: Path, *, on_wait: Callable[[], None] | None = None) -> Itera
     try:
         import fcntl
     except ImportError:  # Windows: one process per entry is the user's to ensure
-        yield
+        yield False
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     held = (os.getpid(), threading.get_ident(), os.path.realpath(path))
     if held in _HELD_LOCKS:
-        yield
+        yield True
         return
     with open(path, "a") as f:
         try:
@@ -498,7 +507,7 @@ def file_lock(path: Path, *, on_wait: Callable[[], None] | None = None) -> Itera
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         _HELD_LOCKS.add(held)
         try:
-            yield
+            yield True
         finally:
             _HELD_LOCKS.discard(held)
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)

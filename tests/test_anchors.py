@@ -72,8 +72,8 @@ def test_uniform_same_seed_same_ids_in_library_and_cli_other_seed_other_ids(cach
     document = json.loads(result.stdout)  # exactly one JSON document: json.loads refuses trailing text
     assert document["ids"] == first.ids and document["labels"] == first.labels
     assert document["name"] == first.name and document["dataset_fingerprint"] == first.dataset_fingerprint
-    saved = cache_dir / "anchors" / f"{first.name}.json"
-    assert json.loads(saved.read_text()) == document
+    saved = json.loads((cache_dir / "anchors" / f"{first.name}.json").read_text())
+    assert saved.pop("checksum")["algorithm"] == "sha256" and saved == document  # the file: the document and its checksum
     assert load_anchor_manifest(store, first.name).ids == first.ids
 
 
@@ -293,6 +293,26 @@ def test_manifest_round_trip_and_damaged_files(cache_dir, image_folder, tmp_path
     bad.write_text(json.dumps({k: v for k, v in manifest.to_dict().items() if k != "ids"}))
     with pytest.raises(UsageError, match="lacks ids"):
         load_anchor_manifest(store, bad)
+
+
+def test_a_saved_manifest_that_was_edited_is_refused_and_one_without_a_checksum_is_read(cache_dir, image_folder):
+    store = EmbeddingStore(cache_dir)
+    manifest = choose_anchors(store, str(image_folder), num=3, name="mine")
+    path = save_anchor_manifest(store, manifest)
+    document = json.loads(path.read_text())
+    edited = {**document, "ids": [*document["ids"][:-1], document["ids"][-1] + 1]}  # one anchor moved to the next row
+    assert edited["ids"][-1] not in manifest.ids
+    path.write_text(json.dumps(edited, indent=2))
+    with pytest.raises(UsageError, match=r"does not match its checksum \(bit rot, or edited by hand\).*delete its \"checksum\" field"):
+        load_anchor_manifest(store, "mine")
+    failed = run_cli("fit-head", "-m", "no-such-model", "-d", str(image_folder), "--anchors", "mine")
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert failed.stderr.strip().splitlines() == [f"stitchcli: error: anchor manifest {str(path)!r} does not match its checksum "
+                                                  "(bit rot, or edited by hand): choose the anchors again with `stitchcli anchor`, "
+                                                  "or delete its \"checksum\" field to use it as edited"]
+    del edited["checksum"]  # a manifest written by hand (or by an older stitchcli) carries none: read as it is
+    path.write_text(json.dumps(edited))
+    assert load_anchor_manifest(store, "mine").ids == edited["ids"]
 
 
 def test_library_checks_before_any_work(cache_dir, image_folder):

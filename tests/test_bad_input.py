@@ -203,6 +203,8 @@ CASES = [
          ("--k 100 neighbours need more than the 6 evaluation rows", "pass a smaller --k")),
     Case("eval: unknown --metrics", ("eval", "-d", "{img}", "--models", "arra,arrb", "--metrics", "spearman"), 2,
          ("unknown metric 'spearman'", "cka, jaccard, mrr, cosine")),
+    Case("eval: --csv in a folder that is not writable", ("eval", "-d", "{img}", "--models", "arra,arrb", "--csv", "cache/rows.csv"), 2,
+         ("--csv cache/rows.csv: cache is not writable here", "choose another --csv"), read_only=True),
     Case("eval: --recipe that does not exist", ("eval", "--recipe", "{root}/no-such.toml"), 2,
          ("not found", "check the path")),
     Case("eval: --recipe that is not TOML", ("eval", "--recipe", "{bad_toml}"), 2,

@@ -272,6 +272,9 @@ def test_offline_typo_of_a_known_text_model_suggests_it(cache_dir, text_table):
         ("cuda:1", 1, "--device cuda:1 asked for, but 1 CUDA GPU is visible (cuda:0 to cuda:0)"),
         ("cuda:3", 0, "--device cuda:3 asked for, but no CUDA GPU is visible"),
         ("cuda:x", 2, "unknown device 'cuda:x'"),
+        ("cuda:01", 2, "unknown device 'cuda:01'"),  # torch refuses leading zeros
+        ("cuda:\u00b2", 2, "unknown device 'cuda:\u00b2'"),  # str.isdigit() would take a superscript two
+        ("cuda:\u0663", 2, "unknown device 'cuda:\u0663'"),  # an Arabic-Indic three
         ("cpu:0", 2, "unknown device 'cpu:0'"),
     ],
 )
@@ -287,3 +290,13 @@ def test_a_device_that_is_not_there_is_refused_in_one_line(monkeypatch, name, gp
         resolve_device(name)
     if gpus:
         assert resolve_device(f"cuda:{gpus - 1}") == torch.device(f"cuda:{gpus - 1}")  # the last visible GPU is fine
+
+
+def test_a_gpu_index_that_is_not_there_is_one_line_through_the_command_line(cache_dir, image_folder):
+    # "but no CUDA GPU is visible" here, "but N CUDA GPUs are" on a GPU machine; nothing is written to the cache
+    for device, needle in (("cuda:99", "--device cuda:99 asked for, but "), ("cuda:01", "unknown device 'cuda:01'")):
+        result = run_cli("embed", "-m", "test_vit", "--weights", "random", "-d", str(image_folder), "--device", device)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("stitchcli: error: " + needle), line
+    assert not list(cache_dir.glob("embeddings/**/*.safetensors"))

@@ -193,3 +193,13 @@ def test_interrupted_writes_of_one_file_are_removed_and_no_others(tmp_path):
         path.write_text("x")
     remove_interrupted_writes(tmp_path / name)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)
+
+
+def test_a_link_the_user_named_is_written_through_not_replaced(tmp_path):
+    target = tmp_path / "kept" / "rows.csv"
+    target.parent.mkdir()
+    target.write_text("old\n")
+    link = tmp_path / "rows.csv"
+    link.symlink_to(target)
+    write_text_atomically(link, "new\n")  # e.g. eval --csv pointed at a link (or at /dev/stdout)
+    assert link.is_symlink() and target.read_text() == "new\n"
