@@ -629,9 +629,10 @@ def _write_json(path: Path, document: Any) -> None:
 def save_anchor_manifest(store: EmbeddingStore, manifest: AnchorManifest, *, out: str | os.PathLike[str] | None = None, force: bool = False) -> Path:
     """Give the cache path the manifest was saved to (also written to ``out`` when given).
 
-    Saving the same choice again keeps the saved file's creation time and versions (``manifest`` takes them), so
-    nothing is written when the file is this stitchcli's (one with keys this version does not know is rewritten); a name that holds another choice is refused unless
-    ``force``, so anchors that heads were trained with are not replaced silently.
+    Saving the same choice again keeps the saved file's creation time and versions (``manifest`` takes them),
+    so nothing is written when the file is this stitchcli's (one with keys this version does not know is
+    rewritten); a name that holds another choice is refused unless ``force``, so anchors that heads were
+    trained with are not replaced silently.
     """
     path = anchors_folder(store) / f"{check_anchor_name(manifest.name)}.json"
     if path.exists() and not force:

@@ -393,12 +393,18 @@ def write_text_atomically(path: Path, text: str) -> None:
     with contextlib.suppress(OSError):
         if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
             return
-    if path.is_symlink() or (path.exists() and not path.is_file()):
+    if is_written_through(path):
         with open(path, "wb") as f:
             f.write(data)
         return
     with atomic_file(path) as tmp:
         Path(tmp).write_bytes(data)
+
+
+def is_written_through(path: Path) -> bool:
+    """Tell whether ``path`` is a link, a pipe or a device: a file the user named that is written through, in
+    place, rather than replaced by a renamed temporary file."""
+    return path.is_symlink() or (path.exists() and not path.is_file())
 
 
 def remove_interrupted_writes(path: Path) -> None:

@@ -83,3 +83,14 @@ def kill_stopped(proc: subprocess.Popen) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
+
+
+def kill_at_write(*args: str, hook_dir: Path, stop_at_write: int) -> None:
+    """Run `python -m stitchcli ARGS` until it stops itself half-way through that safetensors write (the
+    temporary file torn), then SIGKILL it there: a kill that lands mid-write every time."""
+    proc = start_cli(*args, hook_dir=hook_dir, stop_at_write=stop_at_write, torn=True)
+    try:
+        wait_until_stopped(proc)
+        kill_stopped(proc)
+    finally:
+        proc.kill()

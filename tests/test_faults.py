@@ -23,7 +23,7 @@ from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
 from conftest import run_cli
-from process_faults import kill_stopped, start_cli, wait_until_stopped
+from process_faults import kill_at_write
 from stitchcli.cli import app
 from stitchcli.embedding import EmbedOptions, embed
 from stitchcli.errors import out_of_space_errno, out_of_space_message
@@ -117,12 +117,7 @@ def _run_cli_limited(args: list[str], *, limit: int) -> subprocess.CompletedProc
 def test_embed_killed_midway_resumes_to_the_uninterrupted_entry(cache_dir, tmp_path, stop_at, finished):
     data = _noise_images(tmp_path / "noise", train=8, test=0, classes=4)  # 32 rows: 8 shards of 4, then the entry
     args = ["embed", "-m", TINY, "--weights", "random", "-d", str(data), "-s", "train", *EMBED, "--json"]
-    proc = start_cli(*args, hook_dir=tmp_path / "hook", stop_at_write=stop_at, torn=True)
-    try:
-        wait_until_stopped(proc)
-        kill_stopped(proc)
-    finally:
-        proc.kill()
+    kill_at_write(*args, hook_dir=tmp_path / "hook", stop_at_write=stop_at)
     # killed midway: some shards finished, the next file half written under its temporary name, no entry
     (partial,) = cache_dir.glob("embeddings/*/*/train-*.partial")
     assert sorted(p.name for p in partial.glob("shard-*")) == [f"shard-{i:06d}.safetensors" for i in range(finished)]
@@ -143,12 +138,7 @@ def test_fit_head_killed_midway_trains_again_to_the_same_head(prepared, cache_di
     _copy_cache(prepared, cache_dir)
     data = prepared[1]
     args = ["fit-head", "-m", "tv", "-d", str(data), *HEAD, "--json"]
-    proc = start_cli(*args, "--out", str(tmp_path / "head"), hook_dir=tmp_path / "hook", stop_at_write=1, torn=True)
-    try:
-        wait_until_stopped(proc)
-        kill_stopped(proc)
-    finally:
-        proc.kill()
+    kill_at_write(*args, "--out", str(tmp_path / "head"), hook_dir=tmp_path / "hook", stop_at_write=1)
     heads = cache_dir / "heads"
     assert len(list(heads.rglob(".relative-*.safetensors.*.tmp"))) == 1  # killed while writing the head
     assert not list(heads.rglob("*.safetensors")) and not list(heads.rglob("*.json"))
@@ -182,12 +172,7 @@ def test_eval_killed_midway_keeps_the_finished_heads_and_gives_the_same_numbers(
     data = prepared[1]
     # two models, cosine, euclidean and their product, one seed: 6 heads; the run is killed writing the third
     args = ["eval", "-d", str(data), "--models", "tv,tw", "--seeds", "0", "--baselines", "none", *HEAD, "--json"]
-    proc = start_cli(*args, hook_dir=tmp_path / "hook", stop_at_write=3, torn=True)
-    try:
-        wait_until_stopped(proc)
-        kill_stopped(proc)
-    finally:
-        proc.kill()
+    kill_at_write(*args, hook_dir=tmp_path / "hook", stop_at_write=3)
     heads = cache_dir / "heads"
     finished = {p.relative_to(heads): p.read_bytes() for p in heads.rglob("*.safetensors")}
     assert len(finished) == 2 and len(list(heads.rglob(".*.safetensors.*.tmp"))) == 1

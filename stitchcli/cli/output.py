@@ -196,7 +196,9 @@ def check_output_path(path: Any, option: str, *, folder: bool = False) -> None:
         raise UsageError(f"{option} {path} lies under {ancestor}, which is a file, not a folder: choose another {option}")
     if folder:  # a folder may be only read (a read-only cache holding what is asked for)
         return
-    if not (target.is_symlink() or (target.exists() and not target.is_file())):
+    from stitchcli.store import is_written_through
+
+    if not is_written_through(target):
         writable, where = os.access(ancestor, os.W_OK | os.X_OK), ancestor  # a new file is made beside it, then renamed
     else:  # a link, pipe or device is written through
         writable, where = os.access(target, os.W_OK), target
