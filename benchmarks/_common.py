@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -23,6 +24,16 @@ def emit(record: dict[str, Any], output: Path | None) -> None:
 def load() -> list[float]:
     """Give the 1, 5 and 15 minute load averages, recorded beside timings taken on a shared machine."""
     return [round(value, 2) for value in os.getloadavg()]
+
+
+def processor() -> str:
+    """Give the CPU's model name (from /proc/cpuinfo on Linux; the machines these benchmarks run on change)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
+    except OSError:
+        name = ""
+    return name or platform.processor() or platform.machine()
 
 
 def run_child(script: str, job: dict[str, Any]) -> dict[str, Any]:

@@ -12,9 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import processor  # noqa: E402
 
 
 def gflops(n: int, dtype: torch.dtype, device: str, iters: int, repeats: int) -> float:
@@ -45,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     result: dict[str, object] = {"benchmark": "matmul_peak", "device": args.device, "threads": args.threads,
-                                 "torch": torch.__version__, "python": platform.python_version(), "processor": platform.processor()}
+                                 "torch": torch.__version__, "python": platform.python_version(), "processor": processor()}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         per_size = {n: round(gflops(n, dtype, args.device, args.iters, args.repeats), 1) for n in map(int, args.sizes.split(","))}
         result[f"{name}_gflops_by_size"] = per_size

@@ -355,9 +355,66 @@ def _out_of_memory_hint(spec: ModelSpec, device: Any) -> str:
     )
 
 
-def _default_workers() -> int:
-    # One core stays with the model; decoding and preprocessing run beside it.
-    return min(8, max(0, (os.cpu_count() or 1) - 1))
+@dataclass(frozen=True)
+class Loading:
+    """How a split's inputs are read, decoded and collated: ``workers`` loader processes that run beside
+    the model, or (0) the main process between batches, images split among ``threads`` threads."""
+
+    workers: int
+    threads: int = 1
+
+    def describe(self) -> str:
+        if self.workers:
+            return f"{self.workers} worker process{'es' if self.workers > 1 else ''}"
+        return "main process" + (f", {self.threads} threads" if self.threads > 1 else "")
+
+
+def choose_loading(num_workers: int | None, device_type: str, modality: str) -> Loading:
+    """Give the loading of ``--num-workers`` (None: the default for this device).
+
+    Beside a GPU the CPU is free: loader processes (CPU count - 1, at most 8) decode and prefetch while
+    the GPU works. On the CPU the model's threads already use every core, so a loader process can only
+    take turns with them, and a preempted thread stalls its partners at the next barrier; there the
+    default is the main process, which loads each batch between two forward passes with as many threads
+    as the model has (Pillow decodes and resizes outside the GIL). On 2 cores, ViT-S/16 on 500x375 JPEGs:
+    docs/PERFORMANCE.md. ``--num-workers 0`` chooses that, N > 0 N loader processes.
+    """
+    import torch
+
+    if num_workers is None:
+        num_workers = 0 if device_type == "cpu" else min(8, max(0, (os.cpu_count() or 1) - 1))
+    threads = max(1, torch.get_num_threads()) if num_workers == 0 and modality == "image" else 1
+    return Loading(num_workers, threads)
+
+
+def _batches_in_threads(split: SplitData, batches: list[list[int]], collate: Callable[[list[Any]], Any], threads: int) -> Iterable[Any]:
+    """Give the collated batches, each loaded in the main process with its rows split among ``threads``
+    threads: every thread reads and collates its contiguous part, and the parts are joined in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def load(positions: list[int]) -> Any:
+        return collate(split.get_inputs(positions))
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="stitchcli-load") as pool:
+        for positions in batches:
+            size = -(-len(positions) // threads)
+            parts = list(pool.map(load, [positions[i : i + size] for i in range(0, len(positions), size)]))
+            yield _join_parts(parts)
+
+
+def _join_parts(parts: list[Any]) -> Any:
+    """Join collated parts of one batch along the rows: tensors, or mappings of tensors, key by key."""
+    import torch
+
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts)
+    if isinstance(first, Mapping):
+        joined = {key: _join_parts([part[key] for part in parts]) for key in first}
+        return type(first)(joined) if type(first) is not dict else joined
+    raise TypeError(f"cannot join collated parts of type {type(first).__name__}")
 
 
 class _Rows:
@@ -452,6 +509,7 @@ def encode_split(
 
     workers = workers or Workers()
     batch_size = options.batch_size or _default_batch_size(encoder.device.type)
+    loading = choose_loading(options.num_workers, encoder.device.type, split.modality)
     micro = micro if micro is not None else MicroBatch()
     shard_rows = _shard_rows(options, batch_size, len(split.ids), workers.count)
     plan = store.plan(spec.storage_name, key, split.ids, shard_rows, fresh=options.force, jobs=workers.count)
@@ -470,7 +528,7 @@ def encode_split(
         store.write_job_record(spec.storage_name, key, workers.index, {**job_record, "seconds": None, "resumed_rows": resumed})
     reporter.start(f"{spec.name} · {data.name}/{split.split}{where}", resumed + plan.rows_in(todo), resumed)
     try:
-        seconds, first_batch = _encode_shards(store, spec, key, split, encoder, plan, todo, batch_size, options, reporter, micro)
+        seconds, first_batch, model_seconds = _encode_shards(store, spec, key, split, encoder, plan, todo, batch_size, loading, reporter, micro)
     finally:
         reporter.stop()
     compile_error = getattr(encoder, "compile_error", None)
@@ -481,9 +539,11 @@ def encode_split(
         "batch_size": batch_size,
         "micro_batch_size": min(batch_size, micro.size or batch_size),  # the slices that fitted in memory
         "batching": "length-sorted within shards" if split.modality == "text" else "row order",
+        "loading": loading.describe(),
         "compiled": bool(getattr(encoder, "compiled", False)),
         "seconds": round(seconds, 3),
         "first_batch_seconds": None if first_batch is None else round(first_batch, 3),
+        "model_seconds": round(model_seconds, 3),  # of ``seconds``, in the model (the rest: waiting for inputs, writing)
         "resumed_rows": resumed,
     }
     if workers.count == 1:
@@ -513,25 +573,29 @@ def _encode_shards(
     plan: ShardPlan,
     todo: list[int],
     batch_size: int,
-    options: EmbedOptions,
+    loading: Loading,
     reporter: Reporter,
     micro: MicroBatch,
-) -> tuple[float, float | None]:
-    """Encode the shards ``todo`` and write each as it completes; give (seconds, seconds to the first batch)."""
+) -> tuple[float, float | None, float]:
+    """Encode the shards ``todo`` and write each as it completes; give (seconds, seconds to the first batch,
+    seconds in the model)."""
     import torch
     from torch.utils.data import DataLoader
 
     orders = {index: shard_order(split, *plan.bounds(index)) for index in todo}
     batches = [order[b : b + batch_size].tolist() for order in orders.values() for b in range(0, len(order), batch_size)]
-    workers = _default_workers() if options.num_workers is None else options.num_workers
-    loader = DataLoader(
-        _Rows(split),
-        batch_sampler=batches,
-        collate_fn=encoder.collate,
-        num_workers=workers if batches else 0,
-        persistent_workers=False,
-        prefetch_factor=4 if workers and batches else None,
-    )
+    loader: Iterable[Any]
+    if loading.threads > 1:
+        loader = _batches_in_threads(split, batches, encoder.collate, loading.threads)
+    else:
+        loader = DataLoader(
+            _Rows(split),
+            batch_sampler=batches,
+            collate_fn=encoder.collate,
+            num_workers=loading.workers if batches else 0,
+            persistent_workers=False,
+            prefetch_factor=4 if loading.workers and batches else None,
+        )
 
     def encode(batch: Any) -> np.ndarray:
         """Give the float32 embeddings of one collated batch, in slices of ``micro.size`` rows once one did not fit."""
@@ -562,13 +626,16 @@ def _encode_shards(
 
     started = time.perf_counter()
     first_batch: float | None = None  # seconds to the first batch's embeddings: loader start-up, and compilation if any
+    in_model = 0.0
     pending: list[np.ndarray] = []
     pending_rows = 0
     shard_iter = iter(todo)
     current = next(shard_iter, None)
     with torch.inference_mode():
         for batch in loader:
+            before = time.perf_counter()
             arr = encode(batch)
+            in_model += time.perf_counter() - before
             if first_batch is None:
                 first_batch = time.perf_counter() - started
             pending.append(arr)
@@ -583,7 +650,7 @@ def _encode_shards(
                 store.write_shard(spec.storage_name, key, plan, current, shard)
                 pending, pending_rows = [], 0
                 current = next(shard_iter, None)
-    return time.perf_counter() - started, first_batch
+    return time.perf_counter() - started, first_batch, in_model
 
 
 def assemble(store: EmbeddingStore, spec: ModelSpec, key: EntryKey, split: SplitData, data: DatasetSpec) -> CachedEmbeddings | None:

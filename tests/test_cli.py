@@ -300,3 +300,61 @@ def test_a_gpu_index_that_is_not_there_is_one_line_through_the_command_line(cach
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith("stitchcli: error: " + needle), line
     assert not list(cache_dir.glob("embeddings/**/*.safetensors"))
+
+
+_GLIBC = hasattr(os, "confstr") and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+_PAGE_FAULTS = """
+import resource, sys
+import torch
+from stitchcli.device import keep_freed_memory_for_reuse
+if sys.argv[1] == "reuse":
+    assert keep_freed_memory_for_reuse()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(8):  # the first blocks fault their pages in in every process (here the first 5 did)
+    torch.empty(48 << 20, dtype=torch.uint8).fill_(1)
+before = faults()
+for _ in range(10):
+    torch.empty(48 << 20, dtype=torch.uint8).fill_(1)  # 48 MB, over glibc's largest adaptive mmap threshold
+print(faults() - before)
+"""
+
+
+@pytest.mark.skipif(not _GLIBC, reason="sets glibc's malloc; other C libraries are left alone (tested below)")
+def test_kept_memory_is_reused_without_faulting_its_pages_in_again():
+    def faults(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", _PAGE_FAULTS, mode], capture_output=True, text=True, check=True,
+                              env={k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")})
+        return int(done.stdout.strip().splitlines()[-1])
+
+    default, reused = faults("default"), faults("reuse")
+    assert default > 10 * (48 << 20) // 4096 // 2  # each 48 MB block mapped anew: its pages faulted in every time
+    assert reused < default / 5
+
+
+@pytest.mark.parametrize("name,value", [("MALLOC_MMAP_THRESHOLD_", "65536"), ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0"),
+                                        ("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")])
+def test_the_users_allocator_settings_are_left_alone(monkeypatch, name, value):
+    from stitchcli.device import keep_freed_memory_for_reuse
+
+    monkeypatch.setattr(os, "confstr", lambda name: pytest.fail("looked at the C library although the user chose"))
+    monkeypatch.setenv(name, value)
+    assert keep_freed_memory_for_reuse() is False
+
+
+def test_other_c_libraries_are_left_alone(monkeypatch):
+    from stitchcli.device import keep_freed_memory_for_reuse
+
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_", "GLIBC_TUNABLES", "LD_PRELOAD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(os, "confstr", lambda name: "musl 1.2")
+    assert keep_freed_memory_for_reuse() is False
+
+
+def test_every_command_sets_the_allocator_before_its_work(monkeypatch, tmp_path):
+    import stitchcli.cli as cli
+
+    calls = []
+    monkeypatch.setattr(cli, "keep_freed_memory_for_reuse", lambda: calls.append(1) or True)
+    result = CliRunner().invoke(app, ["embed", "-m", TINY, "-d", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and calls == [1]

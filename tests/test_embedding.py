@@ -578,3 +578,70 @@ def test_compile_option_runs_the_compiled_model_and_says_so(cache_dir, image_fol
     assert entry.metadata["compiled"] is True and entry.embeddings.shape == (9, 64)
     assert entry.metadata["compiled"] is True and json.loads(eager.stdout)["entries"][0]["cache_hit"] is False
     np.testing.assert_allclose(entry.embeddings, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_default_loading_is_threads_in_the_main_process_on_the_cpu_and_processes_beside_a_gpu(monkeypatch):
+    import torch
+
+    from stitchcli.embedding import Loading, choose_loading
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert choose_loading(None, "cpu", "image") == Loading(0, 3)
+    assert choose_loading(None, "cpu", "text") == Loading(0, 1)  # a batch's texts are tokenized together
+    assert choose_loading(None, "cuda", "image") == Loading(8, 1)
+    assert choose_loading(2, "cpu", "image") == Loading(2, 1)
+    assert choose_loading(0, "cuda", "image") == Loading(0, 3)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert choose_loading(None, "cuda", "image") == Loading(1, 1)
+    assert [Loading(0, 3).describe(), Loading(0, 1).describe(), Loading(1).describe(), Loading(4).describe()] == [
+        "main process, 3 threads", "main process", "1 worker process", "4 worker processes"]
+
+
+@pytest.mark.parametrize("threads", [2, 3, 7, 9])
+def test_batches_loaded_in_threads_equal_the_batches_loaded_whole(image_folder, threads):
+    import timm
+
+    from stitchcli.data import load_split, resolve_dataset
+    from stitchcli.embedding import _batches_in_threads
+    from stitchcli.encoders import ImageCollator
+
+    split = load_split(resolve_dataset(str(image_folder)), "train")
+    collate = ImageCollator(timm.data.create_transform(input_size=(3, 32, 32), crop_pct=0.9))
+    batches = [[5, 0, 17, 3, 9, 11, 2], [4], [12, 13, 14, 15, 16, 1, 6, 7]]  # uneven sizes, not in row order
+    got = list(_batches_in_threads(split, batches, collate, threads))
+    assert len(got) == 3
+    for positions, batch in zip(batches, got):
+        whole = collate(split.get_inputs(positions))
+        assert batch.dtype == whole.dtype and batch.shape == whole.shape == (len(positions), 32, 32, 3)
+        assert batch.equal(whole)
+
+
+def test_joining_collated_parts_keeps_mappings_and_their_type():
+    import torch
+    from transformers import BatchFeature
+
+    from stitchcli.embedding import _join_parts
+
+    a = {"pixel_values": torch.zeros(2, 3), "mask": torch.ones(2, dtype=torch.long)}
+    b = {"pixel_values": torch.ones(1, 3), "mask": torch.zeros(1, dtype=torch.long)}
+    joined = _join_parts([a, b])
+    assert type(joined) is dict and joined["pixel_values"].shape == (3, 3) and joined["mask"].tolist() == [1, 1, 0]
+    feature = _join_parts([BatchFeature(a), BatchFeature(b)])
+    assert isinstance(feature, BatchFeature) and feature["pixel_values"][2].tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(TypeError, match="cannot join"):
+        _join_parts([[1], [2]])
+
+
+def test_threaded_loading_embeds_what_a_loader_process_embeds_and_records_it(cache_dir, image_folder, tmp_path):
+    threaded = _embed(EmbeddingStore(cache_dir), image_folder, splits=["train"], options=EmbedOptions(num_workers=0, batch_size=5))
+    process = _embed(EmbeddingStore(tmp_path / "other"), image_folder, splits=["train"], options=EmbedOptions(num_workers=1, batch_size=5))
+    a = load_embeddings(EmbeddingStore(cache_dir), TINY, str(image_folder), "train", weights="random")
+    b = load_embeddings(EmbeddingStore(tmp_path / "other"), TINY, str(image_folder), "train", weights="random")
+    np.testing.assert_array_equal(a.embeddings, b.embeddings)
+    import torch
+
+    threads = torch.get_num_threads()
+    assert a.metadata["loading"] == ("main process" + (f", {threads} threads" if threads > 1 else ""))
+    assert b.metadata["loading"] == "1 worker process"
+    assert threaded[0].rows == process[0].rows == 18

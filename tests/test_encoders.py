@@ -513,14 +513,18 @@ def test_image_batches_cross_as_uint8_and_finish_to_the_transforms_own_values() 
     assert torch.equal(collate.finish(batch), torch.stack([extra(image.convert("RGB")) for image in images]))
 
 
-def test_bf16_on_the_cpu_casts_the_weights_once_and_uses_matmul_attention() -> None:
+@pytest.mark.parametrize("amx", [False, True])
+def test_bf16_on_the_cpu_casts_the_weights_once_and_uses_matmul_attention_without_amx(monkeypatch, amx) -> None:
+    import stitchcli.encoders
+
+    monkeypatch.setattr(stitchcli.encoders, "cpu_has_amx", lambda: amx)
     images = _noise_images()[:4]
     full = build_encoder(resolve_model("test_vit", weights="random", seed=2), "image", CPU)
     half = build_encoder(resolve_model("test_vit", weights="random", seed=2, precision="bf16"), "image", CPU)
     assert all(p.dtype == torch.float32 for p in full._model.parameters())
     assert all(p.dtype == torch.bfloat16 for p in half._model.parameters())
     fused = [m.fused_attn for m in half._model.modules() if hasattr(m, "fused_attn")]
-    assert fused and not any(fused)
+    assert fused and all(fused) == amx and (any(fused) or not amx)  # AMX: timm's fused kernel; else matmul attention
     assert all(m.fused_attn for m in full._model.modules() if hasattr(m, "fused_attn"))  # fp32 keeps timm's choice
     batch = full.collate(images)
     a, b = full.encode(batch), half.encode(batch)
@@ -540,6 +544,24 @@ def test_compiled_encoder_equals_eager_and_pads_a_short_last_batch() -> None:
     assert out.shape == (2, eager.encode(last).shape[1])
     torch.testing.assert_close(out, eager.encode(last), rtol=1e-4, atol=1e-5)
     assert compiled.compiled and compiled.compile_error is None
+
+
+def test_amx_is_read_from_the_cpu_flags(monkeypatch, tmp_path) -> None:
+    import builtins
+
+    from stitchcli.encoders import cpu_has_amx
+
+    real_open = builtins.open
+    for flags, expected in (("fpu avx512_bf16 amx_bf16 amx_tile", True), ("fpu avx512_bf16 amx_tile", False)):
+        info = tmp_path / "cpuinfo"
+        info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(info if path == "/proc/cpuinfo" else path, *a, **k))
+        cpu_has_amx.cache_clear()
+        try:
+            assert cpu_has_amx() is expected
+        finally:
+            monkeypatch.setattr(builtins, "open", real_open)
+            cpu_has_amx.cache_clear()
 
 
 def test_a_failed_compilation_falls_back_to_the_eager_model(monkeypatch: pytest.MonkeyPatch) -> None:

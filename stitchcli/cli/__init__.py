@@ -15,6 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from stitchcli import __version__
+from stitchcli.device import keep_freed_memory_for_reuse
 from stitchcli.errors import StitchError, out_of_space_errno, out_of_space_message
 
 
@@ -167,6 +168,7 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _quiet_libraries()
+        keep_freed_memory_for_reuse()  # every batch reuses the memory the last one freed (stitchcli.device)
         try:
             return command(*args, **kwargs)
         except StitchError as exc:

@@ -54,7 +54,7 @@ def embed_command(
         typer.Option("--from-array", help="Import embeddings computed elsewhere: FILE (.npy/.safetensors, one row per split row) or SPLIT=FILE.", show_default=False),
     ] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Save the full model spec under this short name for later commands.", show_default=False)] = None,
-    num_workers: Annotated[Optional[int], typer.Option(help="Data loading workers (default: CPU count - 1, at most 8).", show_default=False)] = None,
+    num_workers: Annotated[Optional[int], typer.Option(help="Loader processes beside the model; 0: load in the main process between batches, images with as many threads as the model (default: 0 on the CPU, CPU count - 1 beside a GPU, at most 8).", show_default=False)] = None,
     shard_rows: Annotated[int, typer.Option(help="Rows per resumable shard (rounded up to whole batches).")] = 1024,
     force: Annotated[bool, typer.Option("--force", help="Recompute even when the cache has the entry; with --name, replace a saved name.")] = False,
     batch_size: opt.BatchSize = None,

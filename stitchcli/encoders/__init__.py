@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import importlib
 import json
 import re
@@ -528,10 +529,11 @@ class TorchEncoder(Encoder):
         self._collator = collator
         self._device = device
         self._preprocessing = preprocessing
-        # bf16 on the CPU, for models without batch norm (transformers): the weights themselves are cast once.
-        # CPU autocast would cast every weight again on every batch, and the CPU's fused (flash) attention
-        # kernel is no faster in bf16 than in fp32, while plain matmul attention is (vit_small_patch16_224,
-        # batch 32: 2.1x fp32 under autocast, 2.5x this way). Batch-norm models keep autocast: cast whole,
+        # bf16 on the CPU, for models without batch norm (transformers): the weights themselves are cast once;
+        # CPU autocast would cast every weight again on every batch. Attention: on a CPU with AMX the fused
+        # (flash) kernel is the fastest in bf16 (benchmarks/bf16_attention.py); on AVX-512 BF16 without AMX
+        # it was no faster in bf16 than in fp32, while plain matmul attention was (2.5x fp32, against 2.1x
+        # under autocast), so there timm models use matmul attention. Batch-norm models keep autocast: cast whole,
         # EfficientNet-Lite0 lost too much (mean cosine to fp32 0.9933, against 0.9989 under autocast; MiniLM
         # cast whole: 0.99996). docs/PERFORMANCE.md. Inputs are cast in ``encode``; GPUs keep autocast.
         self._weights_dtype: Any = None
@@ -540,7 +542,8 @@ class TorchEncoder(Encoder):
 
             self._weights_dtype = torch.bfloat16
             self._model = model.to(torch.bfloat16)
-            prefer_matmul_attention(self._model)
+            if not cpu_has_amx():
+                prefer_matmul_attention(self._model)
 
     def collate(self, inputs: Sequence[Any]) -> Any:
         """Give the CPU batch the collator makes of raw inputs."""
@@ -640,6 +643,16 @@ def _has_batch_norm(model: Any) -> bool:
     import torch
 
     return any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in model.modules())
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX bf16 tiles (Intel Sapphire Rapids and later), as Linux reports its flags."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in info)
+    except OSError:  # not Linux: no way to tell here, so no
+        return False
 
 
 def prefer_matmul_attention(model: Any) -> None:
