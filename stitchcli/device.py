@@ -103,19 +103,27 @@ _ALLOCATOR_ENVIRONMENT = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "M
 
 def keep_freed_memory_for_reuse(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 30) -> bool:
     """Make this process's glibc malloc serve blocks under ``mmap_threshold`` bytes from its heap and keep up
-    to ``trim_threshold`` bytes of freed heap for reuse; give whether it did.
+    to ``trim_threshold`` bytes of freed heap for reuse; give whether the mmap threshold asked for was set
+    (glibc before 2.35 caps it at 32 MiB: that is set instead, and False given).
 
     A forward pass on the CPU allocates its activations anew on every batch, and glibc serves blocks over
     32 MB (and, until its adaptive threshold has grown, smaller ones) with a fresh mmap, so every batch pays
     for faulting in and zeroing pages it had just freed. With these settings the bare forward of
     vit_small_patch16_224 at batch 32 on 2 cores ran 1.23x faster in fp32 (1.03x in bf16, whose blocks are
-    half the size; benchmarks/embed_throughput.py, docs/PERFORMANCE.md). The process never holds more than
-    its peak, which it reached anyway. Nothing is changed where the C library is not glibc, or where the user
-    set glibc's malloc variables or preloads another allocator (jemalloc, tcmalloc) in the environment. The
-    command line does this once at start; library users may call it.
+    half the size; benchmarks/embed_throughput.py, docs/PERFORMANCE.md). The price: freed memory below the
+    trim threshold stays with the process instead of going back to the system (the peak of ``embed`` was
+    measured unchanged and flat in the dataset size). Nothing is changed where the C library is not glibc, or
+    where the user set glibc's malloc variables or preloads another allocator (jemalloc, tcmalloc) in the
+    environment. The command line does this once at start; library users may call it.
+
+    Raises:
+        ValueError: a threshold outside 0 to 2**31 - 1 (mallopt takes a C int).
     """
     import os
 
+    for value in (mmap_threshold, trim_threshold):
+        if not 0 <= int(value) < 1 << 31:
+            raise ValueError(f"malloc thresholds are C ints (0 to 2**31 - 1 bytes), not {value}")
     if (any(os.environ.get(name) for name in _ALLOCATOR_ENVIRONMENT) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "")
             or "malloc" in os.environ.get("LD_PRELOAD", "")):
         return False
@@ -125,6 +133,10 @@ def keep_freed_memory_for_reuse(mmap_threshold: int = 256 << 20, trim_threshold:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-    except (AttributeError, ValueError, OSError):  # not glibc (macOS, Windows, musl)
+    except Exception:  # not glibc (macOS, Windows, musl: confstr has no such name), or no ctypes
         return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) and libc.mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)))
+    libc.mallopt(_M_TRIM_THRESHOLD, int(trim_threshold))
+    if libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)):
+        return True
+    libc.mallopt(_M_MMAP_THRESHOLD, min(int(mmap_threshold), 32 << 20))  # the most an older glibc takes
+    return False

@@ -387,19 +387,25 @@ def choose_loading(num_workers: int | None, device_type: str, modality: str) -> 
     return Loading(num_workers, threads)
 
 
-def _batches_in_threads(split: SplitData, batches: list[list[int]], collate: Callable[[list[Any]], Any], threads: int) -> Iterable[Any]:
+def _batches_in_threads(
+    split: SplitData, batches: list[list[int]], collate: Callable[[list[Any]], Any], threads: int, *, per_part: bool = True
+) -> Iterable[Any]:
     """Give the collated batches, each loaded in the main process with its rows split among ``threads``
-    threads: every thread reads and collates its contiguous part, and the parts are joined in order."""
+    threads. With ``per_part`` (a collator that treats each input alone, as timm's and open_clip's
+    transforms do) every thread reads and collates its contiguous part and the parts are joined in order;
+    otherwise (an image processor may pad to the largest image of the batch) the threads only read and
+    decode, and the whole batch is collated once."""
     from concurrent.futures import ThreadPoolExecutor
 
     def load(positions: list[int]) -> Any:
-        return collate(split.get_inputs(positions))
+        inputs = split.get_inputs(positions)
+        return collate(inputs) if per_part else inputs
 
     with ThreadPoolExecutor(threads, thread_name_prefix="stitchcli-load") as pool:
         for positions in batches:
             size = -(-len(positions) // threads)
             parts = list(pool.map(load, [positions[i : i + size] for i in range(0, len(positions), size)]))
-            yield _join_parts(parts)
+            yield _join_parts(parts) if per_part else collate([item for part in parts for item in part])
 
 
 def _join_parts(parts: list[Any]) -> Any:
@@ -586,7 +592,8 @@ def _encode_shards(
     batches = [order[b : b + batch_size].tolist() for order in orders.values() for b in range(0, len(order), batch_size)]
     loader: Iterable[Any]
     if loading.threads > 1:
-        loader = _batches_in_threads(split, batches, encoder.collate, loading.threads)
+        per_part = bool(getattr(encoder, "collates_each_input_alone", False))
+        loader = _batches_in_threads(split, batches, encoder.collate, loading.threads, per_part=per_part)
     else:
         loader = DataLoader(
             _Rows(split),
@@ -669,6 +676,7 @@ def assemble(store: EmbeddingStore, spec: ModelSpec, key: EntryKey, split: Split
         extra = {k: v for k, v in first.items() if k not in ("job", "jobs", "preprocessing", "rows", "host")}
         extra.update(
             seconds=max(r.get("seconds") or 0.0 for r in records),  # the jobs ran side by side: the slowest one's time
+            model_seconds=max(r.get("model_seconds") or 0.0 for r in records),  # the most any one job spent in its model
             resumed_rows=sum(r.get("resumed_rows") or 0 for r in records),
             jobs=[{k: r.get(k) for k in ("job", "host", "device", "rows", "seconds", "resumed_rows")} for r in records],
         )

@@ -617,6 +617,36 @@ def test_batches_loaded_in_threads_equal_the_batches_loaded_whole(image_folder, 
         assert batch.equal(whole)
 
 
+def test_a_collator_that_pads_to_the_batch_collates_each_batch_whole_when_threads_read_it(image_folder):
+    import torch
+
+    from stitchcli.data import load_split, resolve_dataset
+    from stitchcli.embedding import _batches_in_threads
+
+    split = load_split(resolve_dataset(str(image_folder)), "train")
+    calls = []
+
+    def pad_to_widest(images):  # as an image processor that pads every image to the batch's largest
+        calls.append(len(images))
+        return torch.full((len(images), max(image.width for image in images)), 1.0)
+
+    batches = [[0, 1, 2, 3, 4], [5, 6]]
+    got = list(_batches_in_threads(split, batches, pad_to_widest, 3, per_part=False))
+    assert calls == [5, 2] and [tuple(b.shape)[0] for b in got] == [5, 2]
+    images = split.get_inputs([0, 1, 2, 3, 4])
+    assert got[0].equal(pad_to_widest(images))
+
+
+def test_only_per_image_collators_are_collated_in_parts():
+    from stitchcli.encoders import build_encoder, resolve_model
+    import torch
+
+    encoder = build_encoder(resolve_model("test_vit", weights="random"), "image", torch.device("cpu"))
+    assert encoder.collates_each_input_alone
+    encoder._collator = lambda images: images  # any other collator (an image processor) is not
+    assert not encoder.collates_each_input_alone
+
+
 def test_joining_collated_parts_keeps_mappings_and_their_type():
     import torch
     from transformers import BatchFeature

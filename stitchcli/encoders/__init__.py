@@ -549,6 +549,12 @@ class TorchEncoder(Encoder):
         """Give the CPU batch the collator makes of raw inputs."""
         return self._collator(inputs)
 
+    @property
+    def collates_each_input_alone(self) -> bool:
+        """Whether a batch's collation is its inputs' collations joined (a per-image transform), so that parts
+        of a batch may be collated apart; an image processor that pads to the batch's largest image is not."""
+        return isinstance(self._collator, ImageCollator)
+
     def encode(self, batch: Any) -> "torch.Tensor":
         """Give float32 CPU embeddings of one collated batch, shape (batch, dim)."""
         import torch
