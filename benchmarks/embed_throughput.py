@@ -60,15 +60,11 @@ def build_model(name: str, precision: str):
     import timm
     import torch
 
-    from stitchcli.encoders import cpu_has_amx, prefer_matmul_attention
+    from stitchcli.encoders import cast_to_bf16_for_cpu
 
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, num_classes=0).eval()
-    if precision == "bf16":
-        model = model.to(torch.bfloat16)
-        if not cpu_has_amx():  # as stitchcli runs it (stitchcli.encoders.TorchEncoder)
-            prefer_matmul_attention(model)
-    return model
+    return cast_to_bf16_for_cpu(model) if precision == "bf16" else model
 
 
 def flops_per_image(name: str) -> float:

@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import re
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -93,7 +93,8 @@ def main() -> None:
     sorted_embeddings = entry.embeddings
     sorted_seconds = float(entry.metadata["seconds"])  # the encode loop: tokenization and model, as the plain loop's
     shutil.rmtree(scratch)
-    order = np.argsort([-len(t) for t in texts], kind="stable")  # what a single shard does (the default shard holds 1024 rows)
+    lengths = np.array([len(t) for t in texts])
+    order = np.argsort(-lengths, kind="stable")  # what a single shard does (the default shard holds 1024 rows)
     sorted_tokens = sum(
         int(tokenizer([texts[i] for i in order[b : b + args.batch_size]], padding="longest", truncation=True,
                       max_length=args.max_length, return_tensors="pt")["input_ids"].numel())
@@ -108,7 +109,7 @@ def main() -> None:
         "speedup": round(plain_seconds / sorted_seconds, 3),
         "max_abs_difference": float(np.abs(plain_embeddings - sorted_embeddings).max()),
         "padded_tokens_plain": padded_tokens, "padded_tokens_sorted": sorted_tokens,
-        "characters_min_median_max": [int(min(map(len, texts))), int(np.median([len(t) for t in texts])), int(max(map(len, texts)))],
+        "characters_min_median_max": [int(np.min(lengths)), int(np.median(lengths)), int(np.max(lengths))],
         "torch": torch.__version__, "python": platform.python_version(), "processor": processor(),
     }))
 

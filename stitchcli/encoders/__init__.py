@@ -541,9 +541,7 @@ class TorchEncoder(Encoder):
             import torch
 
             self._weights_dtype = torch.bfloat16
-            self._model = model.to(torch.bfloat16)
-            if not cpu_has_amx():
-                prefer_matmul_attention(self._model)
+            self._model = cast_to_bf16_for_cpu(model)
 
     def collate(self, inputs: Sequence[Any]) -> Any:
         """Give the CPU batch the collator makes of raw inputs."""
@@ -659,6 +657,17 @@ def cpu_has_amx() -> bool:
             return any(line.startswith("flags") and "amx_bf16" in line.split() for line in info)
     except OSError:  # not Linux: no way to tell here, so no
         return False
+
+
+def cast_to_bf16_for_cpu(model: Any) -> Any:
+    """Give ``model`` as stitchcli runs it in bf16 on the CPU: its weights cast to bf16, and timm attention
+    layers on matmul attention unless this CPU has AMX (see ``TorchEncoder``)."""
+    import torch
+
+    model = model.to(torch.bfloat16)
+    if not cpu_has_amx():
+        prefer_matmul_attention(model)
+    return model
 
 
 def prefer_matmul_attention(model: Any) -> None:
