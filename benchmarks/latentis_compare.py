@@ -47,7 +47,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import emit, run_child
+from _common import emit, processor, run_child
 
 JOBS = ("cosine", "euclidean", "l1", "linf", "cosine+center", "cka")
 LIBRARIES = ("latentis", "stitchcli")
@@ -350,7 +350,8 @@ def main() -> None:
         "git": _git_state(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": platform.machine(),
+        "processor": processor(),
         "settings": {
             "rows": args.rows, "dim": args.dim, "anchors": args.anchors, "cka_rows": args.cka_rows,
             "repeats": args.repeats, "seed": args.seed, "dtype": "float32",

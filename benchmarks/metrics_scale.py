@@ -31,7 +31,7 @@ import resource
 import time
 from pathlib import Path
 
-from _common import emit, run_child
+from _common import emit, processor, run_child
 
 METRICS = ("linear_cka", "jaccard_at_k", "mrr_at_k")
 
@@ -146,7 +146,8 @@ def main() -> None:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpus": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": platform.machine(),
+        "processor": processor(),
         "memory": "peak_rss = ru_maxrss of a fresh process per metric, read at its end (includes torch and the inputs)",
         "metrics": records,
         "total_wall_s": round(time.time() - started, 1),

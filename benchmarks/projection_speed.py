@@ -43,7 +43,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import emit, load
+from _common import emit, load, processor
 
 PROJECTIONS = ("cosine", "euclidean", "l1", "linf")
 
@@ -207,7 +207,8 @@ def main() -> None:
         "torch": torch.__version__,
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": platform.machine(),
+        "processor": processor(),
         "data": args.data,
         "rows": n,
         "dim": args.dim,

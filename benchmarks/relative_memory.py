@@ -23,7 +23,7 @@ import resource
 import time
 from pathlib import Path
 
-from _common import emit, run_child
+from _common import emit, processor, run_child
 
 GB = 10**9
 PROJECTIONS = ("cosine", "euclidean", "l1", "linf")
@@ -166,7 +166,8 @@ def main() -> None:
         "torch": torch.__version__,
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": platform.machine(),
+        "processor": processor(),
         "bound": "peak RSS < output bytes + 1.5e9 bytes (inputs and torch itself count inside the 1.5 GB)",
         "separate": separate,
         "together": together,
