@@ -384,17 +384,33 @@ def compiled_kernel(tmp_path_factory: pytest.TempPathFactory) -> None:
             pytest.skip(f"compiled kernel unavailable: {error}")
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
-    st.integers(1, 9), st.integers(1, 40), st.integers(1, 11), st.sampled_from([1, float("inf")]),
-    st.sampled_from([torch.float32, torch.float64]), st.integers(0, 2**32 - 1),
+    st.integers(1, 13), st.integers(1, 40), st.integers(1, 13), st.sampled_from([1, float("inf")]),
+    st.sampled_from([torch.float32, torch.float64]), st.integers(0, 2**32 - 1), st.sampled_from([None, (2, 4), (4, 8)]),
+    st.sampled_from([1, 2]),
 )
-def test_the_compiled_kernel_matches_the_reference(compiled_kernel, n: int, d: int, k: int, p: float, dtype, seed: int) -> None:
-    # k and D on both sides of the kernel's 4-anchor blocks and vector widths; rows split across threads.
+def test_the_compiled_kernel_matches_the_reference(
+    compiled_kernel, n: int, d: int, k: int, p: float, dtype, seed: int, tile: tuple[int, int] | None, threads: int
+) -> None:
+    # n and k on both sides of the kernel's 2-sample × 4-anchor steps and of its tiles (the default tile, or
+    # tiles of `tile` samples × anchors, so that small inputs cross several), D of the vector widths. The rows
+    # are split across torch's threads, so they are pinned to 1 or 2: with as many threads as rows, every
+    # call would get one row and only the kernel's leftover-row loop would run.
     gen = torch.Generator().manual_seed(seed)
     z, e = torch.randn(n, d, generator=gen, dtype=dtype), torch.randn(k, d, generator=gen, dtype=dtype)
     z[0] = e[-1]
-    actual = pairwise_lp(z, e, p, kernel="compiled")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            if tile is not None:
+                row = d * z.element_size()
+                patch.setattr(projections_module, "_LP_TILE_BYTES", (tile[0] * row, tile[1] * row))
+                assert projections_module._lp_blocks(d, z.element_size()) == tile
+            actual = pairwise_lp(z, e, p, kernel="compiled")
+    finally:
+        torch.set_num_threads(before)
     assert actual.dtype == dtype and actual.shape == (n, k) and actual[0, -1].item() == 0.0
     assert normwise_error(actual, naive("l1" if p == 1 else "linf", z, e)) <= (1e-6 if dtype == torch.float32 else 1e-13)
 
