@@ -416,6 +416,24 @@ def test_the_compiled_kernel_matches_the_reference(
 
 
 @pytest.mark.parametrize("kernel", ["cdist", "blocked", "compiled"])
+@pytest.mark.parametrize("p", [1, float("inf")])
+def test_l1_and_linf_write_into_out(kernel: str, p: float, request: pytest.FixtureRequest) -> None:
+    if kernel == "compiled":
+        request.getfixturevalue("compiled_kernel")
+    gen = torch.Generator().manual_seed(5)
+    z, e = torch.randn(9, 17, generator=gen), torch.randn(6, 17, generator=gen)
+    expected = pairwise_lp(z, e, p, kernel=kernel)
+    out = torch.full((9, 6), -1.0)
+    assert pairwise_lp(z, e, p, kernel=kernel, out=out) is out and torch.equal(out, expected)
+    # an out the compiled loop cannot write straight into (not contiguous) is filled all the same
+    strided = torch.full((6, 9), -1.0).T
+    assert pairwise_lp(z, e, p, kernel=kernel, out=strided) is strided and torch.equal(strided, expected)
+    # through relative_projection: blocks written into the result, chunk by chunk
+    name = "l1" if p == 1 else "linf"
+    assert torch.equal(relative_projection(z, e, name, kernel=kernel, chunk_size=4), expected)
+
+
+@pytest.mark.parametrize("kernel", ["cdist", "blocked", "compiled"])
 def test_nan_propagates_through_l1_and_linf(kernel: str, request: pytest.FixtureRequest) -> None:
     if kernel == "compiled":
         request.getfixturevalue("compiled_kernel")

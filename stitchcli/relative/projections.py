@@ -270,18 +270,28 @@ def _euclidean_float64(x: torch.Tensor, anchors: torch.Tensor, memory_budget: in
 
 @register_projection("l1")
 def l1(
-    x: torch.Tensor, anchors: torch.Tensor, *, kernel: str = "cdist", memory_budget: int = DEFAULT_MEMORY_BUDGET
+    x: torch.Tensor,
+    anchors: torch.Tensor,
+    *,
+    kernel: str = "cdist",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Manhattan distance Σ_j |z_j − e_j|."""
-    return pairwise_lp(x, anchors, 1, kernel=kernel, memory_budget=memory_budget)
+    return pairwise_lp(x, anchors, 1, kernel=kernel, memory_budget=memory_budget, out=out)
 
 
 @register_projection("linf")
 def linf(
-    x: torch.Tensor, anchors: torch.Tensor, *, kernel: str = "cdist", memory_budget: int = DEFAULT_MEMORY_BUDGET
+    x: torch.Tensor,
+    anchors: torch.Tensor,
+    *,
+    kernel: str = "cdist",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Chebyshev distance max_j |z_j − e_j|."""
-    return pairwise_lp(x, anchors, float("inf"), kernel=kernel, memory_budget=memory_budget)
+    return pairwise_lp(x, anchors, float("inf"), kernel=kernel, memory_budget=memory_budget, out=out)
 
 
 # ------------------------------------------------------------------------------------- L1 / L∞ kernels
@@ -294,8 +304,10 @@ def pairwise_lp(
     *,
     kernel: str = "cdist",
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Give the (b, k) L1 (``p=1``) or L∞ (``p=inf``) distances between rows of ``x`` and ``anchors``.
+    """Give the (b, k) L1 (``p=1``) or L∞ (``p=inf``) distances between rows of ``x`` and ``anchors``
+    (written into ``out`` and ``out`` given back, when given).
 
     Kernels (none builds a (b, k, D) tensor):
         ``cdist``: ``torch.cdist``, one fused loop per pair (the portable default).
@@ -308,12 +320,14 @@ def pairwise_lp(
     if p not in (1, float("inf")):
         raise ValueError(f"pairwise_lp supports p=1 and p=inf, not {p}")
     if kernel == "compiled":
-        return _compiled_lp(x, anchors, p)
+        return _compiled_lp(x, anchors, p, out=out)
     if kernel == "blocked":
-        return _blocked_lp(x, anchors, p, memory_budget)
-    if kernel == "cdist":
-        return torch.cdist(x, anchors, p=p)
-    raise unknown_name("distance kernel", kernel, list(DISTANCE_KERNELS))
+        result = _blocked_lp(x, anchors, p, memory_budget)
+    elif kernel == "cdist":
+        result = torch.cdist(x, anchors, p=p)
+    else:
+        raise unknown_name("distance kernel", kernel, list(DISTANCE_KERNELS))
+    return result if out is None else out.copy_(result)
 
 
 def _blocked_lp(x: torch.Tensor, anchors: torch.Tensor, p: float, memory_budget: int) -> torch.Tensor:
@@ -548,8 +562,9 @@ def _lp_blocks(dim: int, itemsize: int) -> tuple[int, int]:
     return max(2, samples - samples % 2), max(4, anchors - anchors % 4)
 
 
-def _compiled_lp(x: torch.Tensor, anchors: torch.Tensor, p: float) -> torch.Tensor:
-    """Give the (b, k) L1/L∞ distances through the compiled C loop, rows split across torch's thread count."""
+def _compiled_lp(x: torch.Tensor, anchors: torch.Tensor, p: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Give the (b, k) L1/L∞ distances through the compiled C loop, rows split across torch's thread count;
+    written straight into ``out`` when it is a contiguous CPU tensor of that shape and dtype (else copied)."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         raise RuntimeError(f"the compiled kernel runs float32/float64 on the CPU, not {x.dtype} on {x.device}")
     library = _lp_library()
@@ -558,7 +573,13 @@ def _compiled_lp(x: torch.Tensor, anchors: torch.Tensor, p: float) -> torch.Tens
     anchors = anchors.to(x.dtype).contiguous()
     rows, dim = x.shape
     k = anchors.shape[0]
-    out = torch.empty((rows, k), dtype=x.dtype)
+    given = out
+    direct = (
+        out is not None and out.device.type == "cpu" and out.dtype == x.dtype and tuple(out.shape) == (rows, k)
+        and out.is_contiguous()
+    )
+    out = out if direct else torch.empty((rows, k), dtype=x.dtype)
+    assert out is not None
     size = x.element_size()
     p_inf = int(p != 1)
     rows_block, anchors_block = _lp_blocks(dim, size)
@@ -581,7 +602,7 @@ def _compiled_lp(x: torch.Tensor, anchors: torch.Tensor, p: float) -> torch.Tens
         # The vectorised max drops NaN; give NaN where a sample or an anchor holds one, as the sum does.
         out[x.isnan().any(dim=1)] = float("nan")
         out[:, anchors.isnan().any(dim=1)] = float("nan")
-    return out
+    return out if given is None or direct else given.copy_(out)
 
 
 def _resolve_kernel(kernel: str, projection: Projection, terms: int, device: torch.device, needs_grad: bool) -> str:
