@@ -140,3 +140,13 @@ def keep_freed_memory_for_reuse(mmap_threshold: int = 256 << 20, trim_threshold:
         return True
     libc.mallopt(_M_MMAP_THRESHOLD, min(int(mmap_threshold), 32 << 20))  # the most an older glibc takes
     return False
+
+
+def cpu_flags_line() -> str:
+    """Give the line of /proc/cpuinfo that lists the CPU's instruction-set flags ("flags" on x86, "Features"
+    on Arm), or "" where there is none to read (not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            return next((line for line in info if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return ""

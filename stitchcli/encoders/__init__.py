@@ -651,12 +651,11 @@ def _has_batch_norm(model: Any) -> bool:
 
 @functools.lru_cache(maxsize=1)
 def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX bf16 tiles (Intel Sapphire Rapids and later), as Linux reports its flags."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in info)
-    except OSError:  # not Linux: no way to tell here, so no
-        return False
+    """Whether this CPU has AMX bf16 tiles (Intel Sapphire Rapids and later), as Linux reports its flags
+    (not Linux: no way to tell here, so no)."""
+    from stitchcli.device import cpu_flags_line
+
+    return "amx_bf16" in cpu_flags_line().split()
 
 
 def cast_to_bf16_for_cpu(model: Any) -> Any:

@@ -432,16 +432,17 @@ def _lp_source() -> str:
         # The vectorised max drops NaN (NaN > e and e > NaN are both false): _compiled_lp puts it back.
         return " ".join(f"{{ {ctype} e = {absolute}({v} - {b}); {s} = {s} > e ? {s} : e; }}" for s, v, b in pairs)
 
+    # (running value, sample value, anchor value) of each step in the template's loops
+    sums = {
+        "acc_u": [(f"s0{c}", "u", f"b{c}") for c in range(4)],
+        "acc_v": [(f"s1{c}", "v", f"b{c}") for c in range(4)],
+        "acc_one": [("s00", "u", "b0"), ("s10", "v", "b0")],
+        "acc_single": [("s00", "u", "b0")],
+    }
     parts = ["#include <math.h>", "#include <stdint.h>"]
     for suffix, ctype, absolute in (("f32", "float", "fabsf"), ("f64", "double", "fabs")):
         name = f"lp_distances_{suffix}"
         for kind, op in (("sum", "+"), ("max", "max")):
-            sums = {
-                "acc_u": [(f"s0{c}", "u", f"b{c}") for c in range(4)],
-                "acc_v": [(f"s1{c}", "v", f"b{c}") for c in range(4)],
-                "acc_one": [("s00", "u", "b0"), ("s10", "v", "b0")],
-                "acc_single": [("s00", "u", "b0")],
-            }
             steps = {field: accumulate(op, ctype, absolute, pairs) for field, pairs in sums.items()}
             parts.append(_LP_TILE.format(name=f"{name}_{kind}", T=ctype, op=op, **steps))
         parts.append(_LP_ENTRY.format(name=name, T=ctype))
@@ -469,14 +470,9 @@ _LP_FAILURE: list[str] = []  # why the compiled kernel is unavailable in this pr
 def _host_signature() -> str:
     """Give a text naming this CPU's instruction set, so a library built with -march=native is never
     loaded on another machine sharing the cache folder."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith(("flags", "Features")):
-                    return line
-    except OSError:
-        pass
-    return f"{platform.machine()} {platform.processor()} {platform.platform()}"
+    from stitchcli.device import cpu_flags_line
+
+    return cpu_flags_line() or f"{platform.machine()} {platform.processor()} {platform.platform()}"
 
 
 def _kernel_folder() -> Path:
@@ -573,20 +569,18 @@ def _compiled_lp(x: torch.Tensor, anchors: torch.Tensor, p: float, out: torch.Te
     anchors = anchors.to(x.dtype).contiguous()
     rows, dim = x.shape
     k = anchors.shape[0]
-    given = out
     direct = (
         out is not None and out.device.type == "cpu" and out.dtype == x.dtype and tuple(out.shape) == (rows, k)
         and out.is_contiguous()
     )
-    out = out if direct else torch.empty((rows, k), dtype=x.dtype)
-    assert out is not None
+    result = out if out is not None and direct else torch.empty((rows, k), dtype=x.dtype)
     size = x.element_size()
     p_inf = int(p != 1)
     rows_block, anchors_block = _lp_blocks(dim, size)
 
     def run(first: int, last: int) -> None:
         rows_x = x.data_ptr() + first * dim * size
-        rows_out = out.data_ptr() + first * k * size
+        rows_out = result.data_ptr() + first * k * size
         function(rows_x, anchors.data_ptr(), rows_out, last - first, k, dim, p_inf, rows_block, anchors_block)
 
     threads = max(1, min(torch.get_num_threads(), rows))
@@ -600,9 +594,9 @@ def _compiled_lp(x: torch.Tensor, anchors: torch.Tensor, p: float, out: torch.Te
             list(pool.map(run, edges[:-1], edges[1:]))
     if p_inf:
         # The vectorised max drops NaN; give NaN where a sample or an anchor holds one, as the sum does.
-        out[x.isnan().any(dim=1)] = float("nan")
-        out[:, anchors.isnan().any(dim=1)] = float("nan")
-    return out if given is None or direct else given.copy_(out)
+        result[x.isnan().any(dim=1)] = float("nan")
+        result[:, anchors.isnan().any(dim=1)] = float("nan")
+    return result if out is None or direct else out.copy_(result)
 
 
 def _resolve_kernel(kernel: str, projection: Projection, terms: int, device: torch.device, needs_grad: bool) -> str:
