@@ -46,7 +46,7 @@ from stitchcli.store import canonical_json, write_text_atomically
 
 if TYPE_CHECKING:
     from stitchcli.data.base import DatasetSpec
-    from stitchcli.embedding import Reporter
+    from stitchcli.progress import Reporter
     from stitchcli.store import CachedEmbeddings, EmbeddingStore
 
 SCHEMA_VERSION = 1
@@ -514,7 +514,7 @@ def choose_anchors(
     """
     from stitchcli import __version__
     from stitchcli.data import load_split, resolve_dataset
-    from stitchcli.embedding import Reporter
+    from stitchcli.progress import Reporter
 
     reporter = reporter or Reporter()
     chosen_strategy = _strategy(strategy)

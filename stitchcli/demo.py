@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from stitchcli.embedding import Reporter
+from stitchcli.progress import Reporter
 from stitchcli.errors import UsageError
 from stitchcli.store import EmbeddingStore
 

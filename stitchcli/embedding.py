@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import json
 import os
 import platform
@@ -21,6 +20,9 @@ from stitchcli.device import is_out_of_memory
 from stitchcli.errors import UsageError, WorkError, out_of_space_as_work_error
 from stitchcli.fingerprint import path_identity
 from stitchcli.hub import prefer_offline_when_unreachable
+from stitchcli.models import MODEL_OPTIONS, ModelRef
+from stitchcli.progress import Reporter
+from stitchcli.provenance import library_versions
 from stitchcli.store import CachedEmbeddings, EmbeddingStore, EntryKey, ShardPlan, canonical_json, file_lock, remove_interrupted_writes
 
 if TYPE_CHECKING:
@@ -29,29 +31,6 @@ if TYPE_CHECKING:
 
 DEFAULT_SPLITS = ("train", "test")
 DEFAULT_SHARD_ROWS = 1024
-_VERSIONED = ("stitchcli", "torch", "timm", "transformers", "open_clip_torch", "datasets", "safetensors", "numpy")
-
-
-MODEL_OPTIONS = ("weights", "pooling", "max_length", "precision", "revision")
-"""embed's options that decide how a model embeds (and so which cache entries it has)."""
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A model as commands and recipes name it: a model name plus the embed options it is embedded with.
-
-    Attributes:
-        name: anything ``embed --model`` accepts (a name saved with ``--name`` carries its own options).
-        options: the non-None values of :data:`MODEL_OPTIONS`.
-    """
-
-    name: str
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.options) - set(MODEL_OPTIONS))
-        if unknown:
-            raise UsageError(f"model {self.name!r}: unknown option {', '.join(unknown)} (use some of {', '.join(MODEL_OPTIONS)})")
 
 
 @dataclass
@@ -94,28 +73,6 @@ class EmbedOptions:
     shard_index: int | None = None
     merge: bool = False
     trust_remote_code: bool = False  # let a transformers model run the code it ships (auto_map); off: refused
-
-
-@dataclass
-class Reporter:
-    """Where embedding reports progress: callbacks the CLI wires to rich, no-ops for library use."""
-
-    warn: Callable[[str], None] = lambda message: None
-    info: Callable[[str], None] = lambda message: None
-    start: Callable[..., None] = lambda label, total, done, unit="rows": None
-    advance: Callable[[int], None] = lambda rows: None
-    stop: Callable[[], None] = lambda: None
-
-
-def library_versions() -> dict[str, str]:
-    """Give the versions of the libraries that shape the embeddings (read from metadata, no imports)."""
-    versions = {"python": platform.python_version()}
-    for dist in _VERSIONED:
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
 
 
 def resolve_model_spec(

@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from stitchcli import defaults
-from stitchcli.embedding import MODEL_OPTIONS as MODEL_OPTION_KEYS
-from stitchcli.embedding import ModelRef
+from stitchcli.models import MODEL_OPTIONS as MODEL_OPTION_KEYS
+from stitchcli.models import ModelRef
 from stitchcli.errors import UsageError
 
 if TYPE_CHECKING:

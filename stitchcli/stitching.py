@@ -36,7 +36,10 @@ from stitchcli.anchors import (
     save_anchor_manifest,
     select_anchor_rows,
 )
-from stitchcli.embedding import EmbedOptions, ModelRef, Reporter, library_versions
+from stitchcli.embedding import EmbedOptions
+from stitchcli.models import ModelRef
+from stitchcli.progress import Reporter
+from stitchcli.provenance import library_versions
 from stitchcli.errors import UsageError, out_of_space_as_work_error
 from stitchcli.heads import (
     HEAD_FORMAT,

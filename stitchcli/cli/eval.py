@@ -69,7 +69,7 @@ def eval_command(
     from stitchcli.cli.output import progress_and_store
     from stitchcli.cli.report import render_eval, write_csv
     from stitchcli.cli.stitch import build_settings, split_list
-    from stitchcli.embedding import ModelRef
+    from stitchcli.models import ModelRef
     from stitchcli.stitching import evaluate
 
     options = dict(locals())

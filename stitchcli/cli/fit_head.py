@@ -53,7 +53,7 @@ def fit_head_command(
     """
     from stitchcli.cli.output import check_output_path, print_json, print_table, progress_and_store
     from stitchcli.cli.stitch import build_settings
-    from stitchcli.embedding import ModelRef
+    from stitchcli.models import ModelRef
     from stitchcli.stitching import fit_head
 
     check_output_path(out, "--out")

@@ -208,7 +208,7 @@ def check_output_path(path: Any, option: str, *, folder: bool = False) -> None:
 
 def progress_and_store(cache_dir: Any, quiet: bool) -> tuple[Progress, Any, Any]:
     """Give the (progress, EmbeddingStore, Reporter) a command works with, all reporting to stderr."""
-    from stitchcli.embedding import Reporter
+    from stitchcli.progress import Reporter
     from stitchcli.store import EmbeddingStore
 
     progress = Progress(quiet=quiet)

@@ -151,7 +151,7 @@ def stitch_command(
     """
     from stitchcli.cli.output import progress_and_store
     from stitchcli.cli.report import render_stitch
-    from stitchcli.embedding import ModelRef
+    from stitchcli.models import ModelRef
     from stitchcli.stitching import stitch
 
     explicit = {"projections": split_list(projection, "--projection"), "aggregation": aggregation, "transform": transform}
