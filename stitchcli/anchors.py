@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
-from stitchcli.errors import UsageError, out_of_space_as_work_error
+from stitchcli.errors import NotCached, UsageError, out_of_space_as_work_error
 from stitchcli.store import canonical_json, write_text_atomically
 
 if TYPE_CHECKING:
@@ -426,15 +426,16 @@ def _cached_entry(
     ``options`` are load_embeddings' model and dataset options, named as embed's flags.
     """
     from stitchcli.embedding import load_embeddings
+    from stitchcli.models import MODEL_OPTIONS, ModelRef
 
+    ref = ModelRef(model, {k: v for k, v in options.items() if k in MODEL_OPTIONS})
+    dataset_options = {k: v for k, v in options.items() if k not in MODEL_OPTIONS}
     try:
-        return load_embeddings(store, model, dataset, split, limit=limit, seed=embed_seed, **options)
-    except UsageError as exc:
-        if not str(exc).startswith("no cached embeddings"):
-            raise
+        return load_embeddings(store, ref, dataset, split, limit=limit, seed=embed_seed, **dataset_options)
+    except NotCached:
         subset = f" (the --limit {limit} subset)" if limit is not None else ""
         command = _embed_hint(model, dataset, split, limit=limit, embed_seed=embed_seed, options=options)
-        raise UsageError(f"{purpose} needs {model}'s cached embeddings of split {split!r}{subset} of {dataset}: run `{command}` first") from None
+        raise NotCached(f"{purpose} needs {model}'s cached embeddings of split {split!r}{subset} of {dataset}: run `{command}` first") from None
 
 
 def _readable(text: str) -> str:
@@ -537,7 +538,7 @@ def choose_anchors(
     if name is not None:
         check_anchor_name(name)
 
-    from stitchcli.demo import prepare_packaged
+    from stitchcli.assets import prepare_packaged
 
     dataset = prepare_packaged(store, dataset, [model] if model else [], reporter)
     data = resolve_dataset(dataset, input_column=input_column, label_column=label_column, revision=dataset_revision)

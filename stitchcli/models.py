@@ -24,6 +24,16 @@ class ModelRef:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "options", {key: value for key, value in self.options.items() if value is not None})
         unknown = sorted(set(self.options) - set(MODEL_OPTIONS))
         if unknown:
             raise UsageError(f"model {self.name!r}: unknown option {', '.join(unknown)} (use some of {', '.join(MODEL_OPTIONS)})")
+
+    @classmethod
+    def of(cls, model: ModelRef | str) -> ModelRef:
+        """Give ``model`` as a ModelRef (a bare name has no options)."""
+        return model if isinstance(model, ModelRef) else cls(model)
+
+    def option(self, name: str) -> Any:
+        """Give one embed option (None when not set)."""
+        return self.options.get(name)

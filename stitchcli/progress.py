@@ -15,3 +15,5 @@ class Reporter:
     start: Callable[..., None] = lambda label, total, done, unit="rows": None
     advance: Callable[[int], None] = lambda rows: None
     stop: Callable[[], None] = lambda: None
+    status: Callable[[str], None] = lambda message: None
+    """What the current unit of work is doing (``training lite2's head: epoch 12/40``), between two advances."""

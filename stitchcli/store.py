@@ -47,7 +47,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from stitchcli.errors import UsageError, WorkError
+from stitchcli.errors import NotCached, UsageError, WorkError
 
 SCHEMA_VERSION = 1
 METADATA_KEY = "stitchcli"
@@ -129,11 +129,10 @@ class CorruptEntry(Exception):
     """A cache file that cannot be trusted (unreadable, truncated, failing its checksum, or made for another key)."""
 
 
-class DamagedEntry(UsageError):
+class DamagedEntry(NotCached):
     """A cache entry whose file failed its checks when its arrays were read; it was reported and removed.
 
-    The message starts as :func:`stitchcli.embedding.load_embeddings`' cache miss does ("no cached embeddings"),
-    which is what the commands that embed on demand look for: they embed it again.
+    It is a :class:`~stitchcli.errors.NotCached`: the commands that embed on demand embed it again.
     """
 
 

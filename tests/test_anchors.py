@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import make_image_folder, run_cli
+from stitchcli.models import ModelRef
 from stitchcli.anchors import (
     STRATEGIES,
     AnchorManifest,
@@ -24,7 +25,8 @@ from stitchcli.anchors import (
     load_anchor_manifest,
     save_anchor_manifest,
 )
-from stitchcli.embedding import EmbedOptions, Reporter, embed, load_embeddings
+from stitchcli.embedding import EmbedOptions, embed, load_embeddings
+from stitchcli.progress import Reporter
 from stitchcli.errors import UsageError
 from stitchcli.store import EmbeddingStore
 
@@ -48,7 +50,7 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, EmbeddingS
     root = tmp_path_factory.mktemp("anchors")
     images = make_image_folder(root / "images")
     store = EmbeddingStore(root / "cache")
-    embed(list(MODELS), str(images), ["train"], store=store, options=EmbedOptions(num_workers=0), weights="random")
+    embed([ModelRef(name, {"weights": "random"}) for name in list(MODELS)], str(images), ["train"], store=store, options=EmbedOptions(num_workers=0))
     return images, store
 
 
@@ -175,7 +177,7 @@ def test_class_balanced_with_a_class_too_small_takes_all_of_it_and_warns(cache_d
 @pytest.mark.parametrize("strategy", ["fps", "kmeans"])
 def test_fps_and_kmeans_pick_distinct_valid_rows_deterministically(embedded, strategy):
     images, store = embedded
-    entry = load_embeddings(store, "test_vit", str(images), "train", weights="random")
+    entry = load_embeddings(store, ModelRef("test_vit", {"weights": "random"}), str(images), "train")
     first = choose_anchors(store, str(images), num=7, strategy=strategy, model="test_vit", weights="random", seed=3)
     again = choose_anchors(store, str(images), num=7, strategy=strategy, model="test_vit", weights="random", seed=3)
     assert first.ids == again.ids and len(set(first.ids)) == 7 and first.ids == sorted(first.ids)
@@ -227,7 +229,7 @@ def test_anchor_embeddings_are_the_same_rows_for_two_models(embedded):
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_array_equal(a.labels, manifest.label_array)
     for got, model in ((a, "test_vit"), (b, "test_convnext")):
-        entry = load_embeddings(store, model, str(images), "train", weights="random")
+        entry = load_embeddings(store, ModelRef(model, {"weights": "random"}), str(images), "train")
         np.testing.assert_array_equal(got.embeddings, entry.embeddings[np.searchsorted(entry.ids, manifest.id_array)])
     assert a.embeddings.shape == (6, 64) and not np.allclose(a.embeddings, b.embeddings)
 
@@ -237,7 +239,7 @@ def test_anchor_embeddings_refuse_an_entry_without_the_anchor_rows(embedded):
     manifest = choose_anchors(store, str(images), num=12, seed=0)
     with pytest.raises(UsageError, match="stitchcli embed --model test_vit"):
         anchor_embeddings(store, manifest, "test_vit", weights="random", limit=6)
-    embed(["test_vit"], str(images), ["train"], store=store, options=EmbedOptions(num_workers=0, limit=6), weights="random")
+    embed([ModelRef(name, {"weights": "random"}) for name in ["test_vit"]], str(images), ["train"], store=store, options=EmbedOptions(num_workers=0, limit=6))
     with pytest.raises(UsageError, match=r"of the 12 anchors .* not in test_vit's cached entry \(the --limit 6 subset"):
         anchor_embeddings(store, manifest, "test_vit", weights="random", limit=6)
     # anchors drawn from that subset are found in it, and in the whole split's entry

@@ -98,12 +98,15 @@ def embed_command(
     from stitchcli.cli.output import progress_and_store
     from stitchcli.distributed import torchrun_rank
     from stitchcli.embedding import EmbedOptions, embed
+    from stitchcli.models import ModelRef
 
     launched = torchrun_rank()
     follower = launched is not None and launched[1] != 0  # ranks other than 0 report nothing but warnings and errors
     progress, store, reporter = progress_and_store(cache_dir, quiet or follower)
+    given = {"weights": weights, "pooling": pooling, "max_length": max_length, "precision": precision, "revision": revision}
+    options = {key: value for key, value in given.items() if value is not None}
     results = embed(
-        model,
+        [ModelRef(name_, options) for name_ in model],
         dataset,
         split,
         store=store,
@@ -121,11 +124,6 @@ def embed_command(
             merge=merge,
             trust_remote_code=trust_remote_code,
         ),
-        weights=weights,
-        pooling=pooling,
-        max_length=max_length,
-        precision=precision,
-        revision=revision,
         dataset_revision=dataset_revision,
         input_column=input_column,
         label_column=label_column,
