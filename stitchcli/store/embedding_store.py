@@ -44,7 +44,13 @@ from stitchcli.errors import UsageError, WorkError
 from stitchcli.store.atomic import write_text_atomically
 from stitchcli.store.keys import SCHEMA_VERSION, EntryKey, canonical_json, slug
 from stitchcli.store.locks import file_lock
-from stitchcli.store.safetensors_io import CorruptEntry, read_header, read_safetensors_header, write_safetensors, write_safetensors_streamed
+from stitchcli.store.safetensors_io import (
+    CorruptEntry,
+    read_header,
+    read_safetensors_header,
+    write_safetensors,
+    write_safetensors_streamed,
+)
 from stitchcli.store.shards import ShardPlan
 
 _TENSORS = ("embeddings", "labels", "ids")

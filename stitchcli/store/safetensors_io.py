@@ -19,7 +19,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -241,7 +241,11 @@ _SAFETENSORS_DTYPES = {
 
 
 def write_safetensors_streamed(
-    path: Path, tensors: list[tuple[str, np.dtype, tuple[int, ...], Iterator[np.ndarray]]], metadata: dict[str, Any]
+    path: Path,
+    tensors: list[tuple[str, np.dtype, tuple[int, ...], Iterator[np.ndarray]]],
+    metadata: dict[str, Any],
+    *,
+    extra_metadata: Mapping[str, str] | None = None,
 ) -> None:
     """Write a safetensors file whose tensors arrive in row chunks, atomically, never holding a tensor whole.
 
@@ -253,11 +257,17 @@ def write_safetensors_streamed(
     written with two random 64-hex-digit placeholders in it, the data digest is computed as the chunks go
     by, and the placeholders are then overwritten in place by the two digests, which have the same length,
     so no offset moves.
+
+    ``extra_metadata``: string entries written beside stitchcli's document in the safetensors metadata, for
+    readers that know nothing of it (``safetensors.safe_open(...).metadata()``); covered by the header digest.
     """
+    extra = dict(extra_metadata or {})
+    if METADATA_KEY in extra or not all(isinstance(value, str) for value in extra.values()):
+        raise ValueError(f"extra_metadata must map names other than {METADATA_KEY!r} to strings")
     data_token, header_token = secrets.token_hex(32), secrets.token_hex(32)
     document = json.loads(json.dumps(metadata, sort_keys=True, default=str))  # as a reader will parse it
     document[CHECKSUM_FIELD] = {"algorithm": CHECKSUM_ALGORITHM, "data": data_token, "header": header_token}
-    header: dict[str, Any] = {"__metadata__": {METADATA_KEY: json.dumps(document, sort_keys=True)}}
+    header: dict[str, Any] = {"__metadata__": {**extra, METADATA_KEY: json.dumps(document, sort_keys=True)}}
     slots: dict[str, TensorSlot] = {}
     offset = 0
     for name, dtype, shape, _ in tensors:
@@ -282,6 +292,6 @@ def write_safetensors_streamed(
             if written != slots[name].stop - slots[name].start:
                 raise ValueError(f"tensor {name}: {written} bytes written for shape {shape}")
         document[CHECKSUM_FIELD]["data"] = digest.hexdigest()
-        for token, value in ((data_token, digest.hexdigest()), (header_token, _header_digest(document, slots, {}))):
+        for token, value in ((data_token, digest.hexdigest()), (header_token, _header_digest(document, slots, extra))):
             f.seek(where[token])
             f.write(value.encode())
