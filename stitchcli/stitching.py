@@ -322,8 +322,8 @@ def ensure_anchors(
         return saved
     manifest = choose_anchors(
         store, settings.dataset, split=settings.train_split, num=num, strategy=settings.anchor_strategy,
-        seed=settings.anchor_seed, model=settings.anchor_model, limit=settings.limit, embed_seed=settings.embed_seed, name=name,
-        reporter=reporter, **model_options, **options,
+        seed=settings.anchor_seed, model=ModelRef(settings.anchor_model, model_options) if settings.anchor_model else None,
+        limit=settings.limit, embed_seed=settings.embed_seed, name=name, reporter=reporter, **options,
     )
     path = save_anchor_manifest(store, manifest, force=True)
     reporter.info(f"saved anchors {manifest.name!r} ({manifest.num} rows of {settings.train_split}): {path}")
