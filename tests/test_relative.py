@@ -37,6 +37,7 @@ from stitchcli.relative import (
 from stitchcli.relative import compiled_lp as compiled_lp_module
 from stitchcli.relative import euclidean as euclidean_module
 from stitchcli.relative import projections as projections_module
+from stitchcli.store import read_header
 
 PROJECTIONS = ("cosine", "euclidean", "l1", "linf")
 DISTANCES = ("euclidean", "l1", "linf")
@@ -543,6 +544,7 @@ def test_streaming_to_a_file_gives_the_same_values(tmp_path, suffix: str, dtype:
             written = handle.get_tensor("euclidean")
             meta = handle.metadata()
         assert meta["projection"] == "euclidean" and meta["model"] == "m" and meta["num_anchors"] == "4"
+        assert torch.equal(torch.from_numpy(read_header(path).read_tensors()["euclidean"]), written)  # checksums hold
     assert written.dtype == dtype
     # to a few units in the last place: a chunk of one row may go through the CPU's matrix-vector kernel,
     # which sums in another order than the matrix product (seen in float64 on an Intel Xeon)

@@ -151,30 +151,26 @@ def euclidean(
     return euclidean_distances(x, anchors, memory_budget=memory_budget, out=out)
 
 
-@register_projection("l1")
-def l1(
-    x: torch.Tensor,
-    anchors: torch.Tensor,
-    *,
-    kernel: str = "cdist",
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Manhattan distance Σ_j |z_j − e_j|."""
-    return pairwise_lp(x, anchors, 1, kernel=kernel, memory_budget=memory_budget, out=out)
+def _lp_projection(name: str, p: float, summary: str) -> ProjectionFunction:
+    """Give the projection function of one L^p distance, ``pairwise_lp`` with ``p`` fixed."""
+
+    def projection(
+        x: torch.Tensor,
+        anchors: torch.Tensor,
+        *,
+        kernel: str = "cdist",
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return pairwise_lp(x, anchors, p, kernel=kernel, memory_budget=memory_budget, out=out)
+
+    projection.__name__ = projection.__qualname__ = name
+    projection.__doc__ = summary
+    return projection
 
 
-@register_projection("linf")
-def linf(
-    x: torch.Tensor,
-    anchors: torch.Tensor,
-    *,
-    kernel: str = "cdist",
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Chebyshev distance max_j |z_j − e_j|."""
-    return pairwise_lp(x, anchors, float("inf"), kernel=kernel, memory_budget=memory_budget, out=out)
+l1 = register_projection("l1")(_lp_projection("l1", 1, "Manhattan distance Σ_j |z_j − e_j|."))
+linf = register_projection("linf")(_lp_projection("linf", float("inf"), "Chebyshev distance max_j |z_j − e_j|."))
 
 
 # ------------------------------------------------------------------------------------- L1 / L∞ kernels
