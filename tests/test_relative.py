@@ -547,7 +547,7 @@ def test_streaming_to_a_file_gives_the_same_values(tmp_path, suffix: str, dtype:
         assert torch.equal(torch.from_numpy(read_header(path).read_tensors()["euclidean"]), written)  # checksums hold
     assert written.dtype == dtype
     # to a few units in the last place: a chunk of one row may go through the CPU's matrix-vector kernel,
-    # which sums in another order than the matrix product (seen in float64 on an Intel Xeon)
+    # which sums in another order than the matrix product (seen in float64 on some CPUs)
     torch.testing.assert_close(written, expected, rtol=4 * torch.finfo(dtype).eps, atol=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"rel{suffix}"]  # no partial file left
 
