@@ -29,8 +29,8 @@ _EXPORTS = {
         "pairwise_lp",
         "register_projection",
         "relative_projection",
-        "relative_projection_to_file",
     ),
+    "to_file": ("relative_projection_to_file",),
     "transforms": ("Transform", "fit_transform", "l2_normalize_rows", "list_transforms", "register_transform"),
     "product": ("DEFAULT_PROJECTIONS", "ProductSpace", "relative_space"),
     "aggregation": (
@@ -70,8 +70,8 @@ if TYPE_CHECKING:
         pairwise_lp,
         register_projection,
         relative_projection,
-        relative_projection_to_file,
     )
+    from stitchcli.relative.to_file import relative_projection_to_file
     from stitchcli.relative.transforms import (
         Transform,
         fit_transform,

@@ -162,11 +162,9 @@ def ensure_anchors(
         saved = None
     if saved is not None and all(getattr(saved, key) == value for key, value in wanted.items()):
         return saved
-    # TODO(merge split19): pass data and chooser as they are once choose_anchors takes a DatasetSpec and a ModelRef
     manifest = choose_anchors(
-        store, data.source if data.kind != "hub" else data.name, split=settings.train_split, num=num, strategy=settings.anchor_strategy,
-        seed=settings.anchor_seed, model=chooser.name if chooser else None, limit=settings.limit, embed_seed=settings.embed_seed, name=name,
-        reporter=reporter, **(dict(chooser.options) if chooser else {}), **settings.data.given(),
+        store, data, split=settings.train_split, num=num, strategy=settings.anchor_strategy, seed=settings.anchor_seed,
+        model=chooser, limit=settings.limit, embed_seed=settings.embed_seed, name=name, reporter=reporter, **settings.data.given(),
     )
     path = save_anchor_manifest(store, manifest, force=True)
     reporter.info(f"saved anchors {manifest.name!r} ({manifest.num} rows of {settings.train_split}): {path}")
