@@ -17,12 +17,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from stitchcli.data.packaged import PACKAGED_DATASETS, PACKAGED_PREFIX
 from stitchcli.embedding import Reporter
 from stitchcli.errors import UsageError
 from stitchcli.store import EmbeddingStore
 
-PACKAGED_PREFIX = "packaged:"
-PACKAGED_DATASETS = ("bbc-news", "mnist5k")
 DEMO_MODELS = ("minilm", "mpnet", "lite0", "lite2")
 TEXT_MAX_LENGTH = 128
 """Tokens per BBC article for the demo's text models: the headline and first paragraph decide the topic,

@@ -519,6 +519,10 @@ def encode_split(
     micro = micro if micro is not None else MicroBatch()
     shard_rows = _shard_rows(options, batch_size, len(split.ids), workers.count)
     plan = store.plan(spec.storage_name, key, split.ids, shard_rows, fresh=options.force, jobs=workers.count)
+    if workers.count == 1:  # shards of an earlier build of the same rows (before a bad file was removed) are reused
+        from stitchcli.shard_reuse import reuse_finished_shards
+
+        reuse_finished_shards(store, spec.storage_name, key, split, plan, take_over=not options.force)
     mine = plan.job_shards(workers.index)
     # --force with several jobs recomputes this job's shards and leaves the others' alone
     done = set(plan.done)
@@ -839,8 +843,8 @@ def embed(
     check_shard_options(options.num_shards, options.shard_index)
     if options.merge and (options.force or options.num_shards > 1 or from_array):
         raise UsageError("--merge joins finished array jobs' shards: it takes no --force, --num-shards or --from-array")
-    if options.num_shards > 1 and (from_array or register_as):
-        raise UsageError("--num-shards splits the encoding of rows: --from-array and --name do not apply")
+    if options.num_shards > 1 and from_array:
+        raise UsageError("--num-shards splits the encoding of rows: --from-array does not apply")
     if register_as and len(models) != 1:
         raise UsageError("--name registers one model: give exactly one --model with it")
     split_names, split_paths = parse_splits(splits)

@@ -22,6 +22,10 @@ import numpy as np
 from stitchcli.data.base import stratified_subset
 from stitchcli.errors import UsageError
 
+PACKAGED_PREFIX = "packaged:"
+PACKAGED_DATASETS = ("bbc-news", "mnist5k")
+"""The datasets written from installed packages, named ``packaged:NAME`` in every command (no network needed)."""
+
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 
