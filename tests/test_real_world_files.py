@@ -216,7 +216,7 @@ def _broken_json_line(folder: Path) -> str:
     lines = (folder / "train.jsonl").read_text().splitlines()
     lines[2] = lines[2][:-5]  # cut off mid-record, as an interrupted writer leaves it
     (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
-    return f"cannot read table file {folder / 'train.jsonl'}: line 3 is not JSON"
+    return f"cannot read table file {folder / 'train.jsonl'}: Unterminated string starting at line 3, column"
 
 
 BAD_TABLES = {

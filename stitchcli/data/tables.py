@@ -113,7 +113,10 @@ def _read_json(path: Path) -> "pa.Table":
     if isinstance(document, dict):
         return _table_of_object(document)
     if not isinstance(document, list) or not all(isinstance(r, dict) for r in document):
-        raise ValueError("expected records: a JSON array of objects, one object per line, or an object of columns")
+        raise ValueError(
+            "expected records: a JSON array of objects, one object per line, or an object of columns "
+            "(pandas: to_json(orient='records'))"
+        )
     return pa.Table.from_pylist(document)
 
 
@@ -145,7 +148,8 @@ def _json_lines(text: str) -> list[dict[str, Any]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"line {number} is not JSON ({exc.msg}, column {exc.colno})") from None
+            what = exc.msg.removesuffix(" at")  # json's messages are written to be followed by "at line ..."
+            raise ValueError(f"{what} at line {number}, column {exc.colno} (JSON lines hold one whole record per line)") from None
         if not isinstance(record, dict):
             raise ValueError(f"line {number} is not a JSON object (one record per line)")
         records.append(record)
