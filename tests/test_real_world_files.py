@@ -7,7 +7,6 @@ with the right rows and labels or exits 2 with one line naming the file. docs/RE
 from __future__ import annotations
 
 import csv
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -471,6 +470,7 @@ def _the_error_line(stderr: str) -> str:
 @pytest.mark.slow
 def test_truncated_jpeg_among_200_stops_with_one_line_keeps_shards_and_the_rerun_resumes(tmp_path: Path, cache_dir: Path) -> None:
     from conftest import run_cli
+
     from stitchcli.embedding import EmbedOptions, embed, load_embeddings
     from stitchcli.store import EmbeddingStore
 

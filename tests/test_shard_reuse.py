@@ -91,6 +91,7 @@ def test_image_folders_and_tables_name_their_rows(tmp_path: Path) -> None:
     """Image folders by file and size, tables by their input cells (an encoded image by its digest)."""
     from conftest import make_image_folder, make_text_table
     from data_fixtures import make_parquet_image_dataset
+
     from stitchcli.data import load_split, resolve_dataset
 
     images = make_image_folder(tmp_path / "images")

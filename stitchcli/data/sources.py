@@ -16,16 +16,15 @@ import numpy as np
 from stitchcli.data.base import Modality, first_line, printable
 from stitchcli.data.columns import IMAGE_EXTENSIONS, ColumnInfo
 from stitchcli.data.images import image_errors, to_rgb_image
-from stitchcli.data.tables import TABLE_SUFFIXES, read_table
+from stitchcli.data.tables import read_table
 from stitchcli.errors import UsageError
 
 if TYPE_CHECKING:
     import datasets
     import pyarrow as pa
 
-__all__ = ["TABLE_SUFFIXES", "read_table", "to_rgb_image"]  # re-exported: they lived here before
-
 Fetch = Callable[[Sequence[int]], list[Any]]
+
 
 class SplitSource(Protocol):
     """The rows of every split of one dataset."""
