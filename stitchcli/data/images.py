@@ -105,7 +105,7 @@ def as_rgb(image: "Image.Image", what: str) -> "Image.Image":
 def _upright_rgb(image: "Image.Image") -> "Image.Image":
     from PIL import Image, ImageOps
 
-    if image.getexif().get(_ORIENTATION, 1) != 1:
+    if _orientation(image) != 1:
         image = ImageOps.exif_transpose(image)
     mode = image.mode
     if mode == "RGB" and "transparency" not in image.info:
@@ -115,10 +115,18 @@ def _upright_rgb(image: "Image.Image") -> "Image.Image":
         return Image.fromarray(_to_uint8(pixels)).convert("RGB")
     if mode == "F":
         return Image.fromarray(_to_uint8(np.asarray(image))).convert("RGB")
-    if "A" in image.getbands() or "transparency" in image.info:
+    if {"A", "a"} & set(image.getbands()) or "transparency" in image.info:  # "a": premultiplied alpha (RGBa, La)
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def _orientation(image: "Image.Image") -> int:
+    """Give the EXIF orientation (1 = as stored); a damaged EXIF block leaves the image as stored, not refused."""
+    try:
+        return int(image.getexif().get(_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - Pillow's EXIF parser raises struct, type and value errors on bad blocks
+        return 1
 
 
 def open_image(source: Any, what: str) -> "Image.Image":
