@@ -202,6 +202,8 @@ class TableFetcher:
 
 
 def _cell_key(value: Any) -> str:
+    if isinstance(value, str):
+        return "s" + value  # no repr: a text's key is as long as the text, so copy it once only
     if isinstance(value, (bytes, bytearray)):
         return "sha256:" + hashlib.sha256(value).hexdigest()
     if isinstance(value, dict):  # a {"bytes", "path"} image record
