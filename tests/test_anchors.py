@@ -28,7 +28,6 @@ from stitchcli.anchors import (
 from stitchcli.embedding import EmbedOptions, embed, load_embeddings
 from stitchcli.progress import Reporter
 from stitchcli.errors import UsageError
-from stitchcli.models import ModelRef
 from stitchcli.store import EmbeddingStore
 
 MODELS = ("test_vit", "test_convnext")  # timm's tiny test models, 64-d features with random weights

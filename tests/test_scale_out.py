@@ -13,12 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
+from typer.testing import CliRunner
 
 from conftest import make_image_folder, run_cli
-from stitchcli.models import ModelRef
+from stitchcli.cli import app
 from stitchcli.distributed import start_workers
-from stitchcli.embedding import EmbedOptions, embed, entry_key, resolve_model_spec
+from stitchcli.embedding import EmbedOptions, embed, entry_key, load_embeddings, resolve_model_spec
 from stitchcli.embedding.batching import rows_per_shard
+from stitchcli.models import ModelRef
 from stitchcli.errors import UsageError
 from stitchcli.data import resolve_dataset
 from stitchcli.store import EmbeddingStore, ShardPlan, read_safetensors_header
@@ -136,7 +138,6 @@ def test_merge_with_nothing_to_merge_says_so(cache_dir, image_folder):
         ({"num_shards": 0}, "must be 1 or more"),
         ({"shard_index": 1}, "between 0 and 0"),
         ({"merge": True, "force": True}, "--merge joins"),
-        ({"num_shards": 2, "shard_index": 0, "register_as": "x"}, "--name do not apply"),
     ],
 )
 def test_bad_shard_options_fail_before_any_work(cache_dir, image_folder, monkeypatch, options, message):
@@ -146,6 +147,25 @@ def test_bad_shard_options_fail_before_any_work(cache_dir, image_folder, monkeyp
         embed([ModelRef(name, {"weights": "random"}) for name in [TINY]], str(image_folder), ["test"], store=EmbeddingStore(cache_dir),
               register_as=register_as, options=EmbedOptions(**options))
     assert not (cache_dir / "embeddings").exists()
+
+
+@pytest.mark.slow
+def test_array_jobs_may_each_save_the_same_name(cache_dir, image_folder):
+    """Issue 18: an array-job script names the model once; every job saves the same spec, and the name finds the entry."""
+    data = str(image_folder)
+    job = ["embed", "-m", TINY, "--weights", "random", "--name", "tvjob", "-d", data, "-s", "test", "--num-shards", "2",
+           "--num-workers", "0", "--json"]
+    runs = [CliRunner().invoke(app, [*job, "--shard-index", index]) for index in ("1", "0")]
+    assert [r.exit_code for r in runs] == [0, 0], [r.output for r in runs]
+    waiting, joined = (json.loads(r.stdout)["entries"][0] for r in runs)
+    assert not waiting["complete"] and joined["complete"] and joined["model"] == "tvjob"
+    store = EmbeddingStore(cache_dir)
+    assert load_embeddings(store, "tvjob", data, "test").path == Path(joined["path"])
+    for model, weights in (("tvjob", None), (TINY, "random")):  # the name and the full spec: one entry
+        (hit,) = embed([ModelRef(name, {"weights": weights}) for name in [model]], data, ["test"], store=store)
+        assert hit.cache_hit and hit.path == joined["path"]
+    other_seed = CliRunner().invoke(app, [*job, "--seed", "1", "--shard-index", "0"])
+    assert other_seed.exit_code == 2 and "already saved" in other_seed.stderr
 
 
 def test_array_options_are_refused_under_torchrun(monkeypatch):

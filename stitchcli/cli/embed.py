@@ -31,7 +31,8 @@ def embed_command(
             "--dataset",
             "-d",
             help="Dataset: an alias (cifar10, cifar100, cifar100-coarse, mnist, fashion_mnist, ag_news, trec, dbpedia_14, imdb), "
-            "a hub id, a save_to_disk folder, an image folder (split/class/file), or a folder of CSV/JSON/JSONL/Parquet files.",
+            "packaged:bbc-news or packaged:mnist5k (offline), a hub id, a save_to_disk folder, an image folder (split/class/file), "
+            "or a folder of CSV/TSV/JSON/JSONL/Parquet files.",
             show_default=False,
         ),
     ],

@@ -143,7 +143,8 @@ def packaged_bbc_news(out_dir: Path) -> Path:
 
 PACKAGED_PREFIX = "packaged:"
 PACKAGED_DATASETS: dict[str, Callable[[Path], Path]] = {"bbc-news": packaged_bbc_news, "mnist5k": packaged_mnist5k}
-"""``packaged:NAME`` -> the function that writes NAME's folder."""
+"""The datasets written from installed packages, named ``packaged:NAME`` in every command (no network needed):
+NAME -> the function that writes its folder."""
 
 
 def packaged_dataset(name: str, assets_dir: Path) -> str:

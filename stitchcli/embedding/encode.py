@@ -99,6 +99,10 @@ def encode_split(
     micro = micro if micro is not None else MicroBatch()
     shard_rows = rows_per_shard(options, batch_size, len(split.ids), workers.count)
     plan = store.plan(spec.storage_name, key, split.ids, shard_rows, fresh=options.force, jobs=workers.count)
+    if workers.count == 1:  # shards of an earlier build of the same rows (before a bad file was removed) are reused
+        from stitchcli.shard_reuse import reuse_finished_shards
+
+        reuse_finished_shards(store, spec.storage_name, key, split, plan, take_over=not options.force)
     mine = plan.job_shards(workers.index)
     # --force with several jobs recomputes this job's shards and leaves the others' alone
     done = set(plan.done)

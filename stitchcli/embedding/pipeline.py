@@ -92,8 +92,8 @@ def embed(
     check_shard_options(options.num_shards, options.shard_index)
     if options.merge and (options.force or options.num_shards > 1 or from_array):
         raise UsageError("--merge joins finished array jobs' shards: it takes no --force, --num-shards or --from-array")
-    if options.num_shards > 1 and (from_array or register_as):
-        raise UsageError("--num-shards splits the encoding of rows: --from-array and --name do not apply")
+    if options.num_shards > 1 and from_array:
+        raise UsageError("--num-shards splits the encoding of rows: --from-array does not apply")
     if register_as and len(refs) != 1:
         raise UsageError("--name registers one model: give exactly one --model with it")
     split_names, split_paths = parse_splits(splits)

@@ -298,6 +298,10 @@ class EmbeddingStore:
     def _shard_path(pdir: Path, index: int) -> Path:
         return pdir / f"shard-{index:06d}.safetensors"
 
+    def shard_path(self, model_name: str, key: EntryKey, index: int) -> Path:
+        """Give the file of one shard of an entry being built (it may not exist yet)."""
+        return self._shard_path(self.partial_dir(model_name, key), index)
+
     def _shard_ok(self, pdir: Path, plan: ShardPlan, index: int) -> bool:
         """Tell whether a shard is finished: there, holding this shard's rows, and passing its checksums (the data's
         included: reading a shard costs far less than computing it again, and a damaged one must not be merged)."""
