@@ -78,7 +78,6 @@ def _layers(rows: int, layers: int, dim: int, model_seed: int, dtype, latent_see
 
 def _plain():
     """Give the straightforward implementations by measure name (float64 torch, N×N matrices, per pair)."""
-    import numpy as np
     import torch
     from scipy.spatial.distance import pdist
     from scipy.stats import spearmanr

@@ -29,10 +29,26 @@ _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in nam
 __all__ = sorted(_MODULE_OF)
 
 if TYPE_CHECKING:
-    from stitchcli.similarity.calibration import Calibrated, calibrate, permutation_null, permutations
+    from stitchcli.similarity.calibration import (
+        Calibrated,
+        calibrate,
+        permutation_null,
+        permutations,
+    )
     from stitchcli.similarity.layers import BestPair, LayerMatrix, layer_matrix
-    from stitchcli.similarity.pairs import SimilarityRecord, SimilarityReport, compare_models, relative_representations
-    from stitchcli.similarity.registry import Measure, get_measure, list_measures, measure, register_measure
+    from stitchcli.similarity.pairs import (
+        SimilarityRecord,
+        SimilarityReport,
+        compare_models,
+        relative_representations,
+    )
+    from stitchcli.similarity.registry import (
+        Measure,
+        get_measure,
+        list_measures,
+        measure,
+        register_measure,
+    )
     from stitchcli.similarity.representation import Representation
 
 

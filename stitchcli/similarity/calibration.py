@@ -23,8 +23,9 @@ positive means more alike than chance) and an add-one permutation p-value are gi
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

@@ -2,9 +2,9 @@
 
 Linear CKA, unbiased CKA and the Procrustes distance all read the cross-covariance C = Xcᵀ Yc (p×q) of the
 column-centred inputs, accumulated in float64 over row blocks: one O(N·p·q) product per pair, shared by the
-three (family ``cross``), and no N×N matrix. Per representation, the column mean, ‖Xcᵀ Xc‖_F and the
-squared row norms are computed once (O(N·p²)), and only those O(p + N) numbers are kept. SVCCA keeps each representation's top singular vectors
-(N×r) once and compares two of them in O(N·r²).
+three (family ``cross``), and no N×N matrix. Per representation, the column mean and the squared row norms
+(two O(N·p) passes) and, for CKA, ‖Xcᵀ Xc‖_F (O(N·p²)) are computed once; only those O(p + N) numbers are
+kept. SVCCA keeps each representation's top singular vectors (N×r) once and compares two of them in O(N·r²).
 """
 
 from __future__ import annotations
@@ -16,7 +16,12 @@ import torch
 
 from stitchcli import metrics
 from stitchcli.errors import UsageError
-from stitchcli.similarity.registry import Measure, PairCache, measure_options, register_measure
+from stitchcli.similarity.registry import (
+    Measure,
+    PairCache,
+    measure_options,
+    register_measure,
+)
 from stitchcli.similarity.representation import Representation, check_whole
 
 _CHUNK = 8192
@@ -31,22 +36,20 @@ class Moments:
         shift: the first row, subtracted before averaging (keeps a large common offset from eating
             precision, and makes a constant column exactly zero after centring).
         mean: the column mean of (x - shift).
-        gram_norm: ‖Xcᵀ Xc‖_F.
-        sq_norms: ‖xc_i‖² for every row, (N,).
+        sq_norms: ‖xc_i‖² for every centred row, (N,); their sum is ‖Xc‖²_F.
     """
 
     shift: torch.Tensor
     mean: torch.Tensor
-    gram_norm: float
     sq_norms: torch.Tensor
 
     def centred(self, rep: Representation, rows: slice, device: torch.device) -> torch.Tensor:
-        """Give rows ``rows`` of ``rep`` centred, in float64, on ``device``."""
-        return rep.block(rows, torch.float64).to(device) - self.shift.to(device) - self.mean.to(device)
+        """Give rows ``rows`` of ``rep`` centred, in float64, on ``device`` (a new tensor)."""
+        return rep.block(rows, torch.float64).to(device) - (self.shift + self.mean).to(device)
 
 
 def moments(rep: Representation, chunk_size: int = _CHUNK) -> Moments:
-    """Give the centring moments of ``rep`` (computed once; a permuted one reorders the row norms only)."""
+    """Give the centring moments of ``rep``: two O(N·d) passes, once (a permuted one reorders the row norms)."""
 
     def build() -> Moments:
         if rep.origin is not None:
@@ -57,16 +60,34 @@ def moments(rep: Representation, chunk_size: int = _CHUNK) -> Moments:
         total = torch.zeros_like(shift)
         for rows in rep.blocks(chunk_size):
             total += (rep.block(rows, torch.float64) - shift).sum(dim=0)
-        mean = total / rep.rows
-        gram = torch.zeros(rep.dim, rep.dim, dtype=torch.float64, device=rep.device)
+        found = Moments(shift, total / rep.rows, torch.empty(0, dtype=torch.float64))
         sq_norms = torch.empty(rep.rows, dtype=torch.float64, device=rep.device)
         for rows in rep.blocks(chunk_size):
-            xc = rep.block(rows, torch.float64) - shift - mean
-            gram += xc.T @ xc
-            sq_norms[rows] = xc.square().sum(dim=1)
-        return Moments(shift, mean, float(torch.linalg.matrix_norm(gram)), sq_norms)
+            sq_norms[rows] = found.centred(rep, rows, rep.device).square().sum(dim=1)
+        if not float(sq_norms.sum()) > 0:
+            raise UsageError(
+                f"{rep.name} has no variance (every row is the same), so it cannot be compared: "
+                "check that the embeddings were computed from distinct samples"
+            )
+        return replace(found, sq_norms=sq_norms)
 
     return rep.cached(("moments",), build)
+
+
+def gram_norm(rep: Representation, chunk_size: int = _CHUNK) -> float:
+    """Give ‖Xcᵀ Xc‖_F of ``rep`` (an O(N·d²) pass, once; unchanged by a permutation)."""
+    if rep.origin is not None:
+        return gram_norm(rep.origin[0], chunk_size)
+
+    def build() -> float:
+        found = moments(rep, chunk_size)
+        gram = torch.zeros(rep.dim, rep.dim, dtype=torch.float64, device=rep.device)
+        for rows in rep.blocks(chunk_size):
+            xc = found.centred(rep, rows, rep.device)
+            gram += xc.T @ xc
+        return float(torch.linalg.matrix_norm(gram))
+
+    return rep.cached(("gram_norm",), build)
 
 
 def cross_covariance(x: Representation, y: Representation, pair: PairCache, chunk_size: int = _CHUNK) -> torch.Tensor:
@@ -80,25 +101,14 @@ def cross_covariance(x: Representation, y: Representation, pair: PairCache, chun
     return pair["cross"]
 
 
-def _varied(rep: Representation, found: Moments, what: str) -> Moments:
-    if not found.gram_norm > 0:
-        raise UsageError(
-            f"{rep.name} has no variance (every row is the same), so {what} is undefined: "
-            "check that the embeddings were computed from distinct samples"
-        )
-    return found
-
-
 # ---------------------------------------------------------------------------------------------- CKA
 
 
 def linear_cka(x: Representation, y: Representation, pair: PairCache, *, chunk_size: int = _CHUNK) -> float:
     """Give linear CKA, ‖Xcᵀ Yc‖²_F / (‖Xcᵀ Xc‖_F · ‖Ycᵀ Yc‖_F), in [0, 1] (Kornblith et al., 2019)."""
     _enough_rows(x, 2, "CKA")
-    mx = _varied(x, moments(x, chunk_size), "CKA")
-    my = _varied(y, moments(y, chunk_size), "CKA")
     cross = cross_covariance(x, y, pair, chunk_size)
-    return float(cross.square().sum() / (mx.gram_norm * my.gram_norm))
+    return float(cross.square().sum() / (gram_norm(x, chunk_size) * gram_norm(y, chunk_size)))
 
 
 def unbiased_cka(x: Representation, y: Representation, pair: PairCache, *, chunk_size: int = _CHUNK) -> float:
@@ -110,9 +120,8 @@ def unbiased_cka(x: Representation, y: Representation, pair: PairCache, *, chunk
     translating either input, so centring first changes nothing (it equals the uncentred Gram form).
     """
     _enough_rows(x, 4, "the unbiased HSIC estimator")
-    mx = _varied(x, moments(x, chunk_size), "unbiased CKA")
-    my = _varied(y, moments(y, chunk_size), "unbiased CKA")
     cross = cross_covariance(x, y, pair, chunk_size)
+    mx, my = moments(x, chunk_size), moments(y, chunk_size)
     n = x.rows
     nx = mx.sq_norms
     ny = my.sq_norms.to(nx.device)
@@ -123,8 +132,8 @@ def unbiased_cka(x: Representation, y: Representation, pair: PairCache, *, chunk
 
     sum_x, sum_y = float(nx.sum()), float(ny.sum())
     xy = hsic(float(cross.square().sum()), float(nx @ ny), sum_x, sum_y)
-    xx = hsic(mx.gram_norm**2, float(nx @ nx), sum_x, sum_x)
-    yy = hsic(my.gram_norm**2, float(ny @ ny), sum_y, sum_y)
+    xx = hsic(gram_norm(x, chunk_size) ** 2, float(nx @ nx), sum_x, sum_x)
+    yy = hsic(gram_norm(y, chunk_size) ** 2, float(ny @ ny), sum_y, sum_y)
     if not xx * yy > 0:
         return float("nan")  # the estimator of HSIC(X, X) can only fail to be positive on degenerate inputs
     return xy / math.sqrt(xx * yy)
@@ -141,9 +150,8 @@ def procrustes(x: Representation, y: Representation, pair: PairCache, *, chunk_s
     angular form is arccos ‖X̂ᵀŶ‖_*). ‖·‖_* is the nuclear norm of the cross-covariance.
     """
     _enough_rows(x, 2, "the Procrustes distance")
-    mx = _varied(x, moments(x, chunk_size), "the Procrustes distance")
-    my = _varied(y, moments(y, chunk_size), "the Procrustes distance")
     cross = cross_covariance(x, y, pair, chunk_size)
+    mx, my = moments(x, chunk_size), moments(y, chunk_size)
     nuclear = _nuclear_norm(cross) / math.sqrt(float(mx.sq_norms.sum()) * float(my.sq_norms.sum()))
     return math.sqrt(max(0.0, 2.0 - 2.0 * min(nuclear, 1.0)))
 
@@ -177,7 +185,7 @@ def svcca_basis(rep: Representation, components: int, chunk_size: int = _CHUNK) 
             base, order = rep.origin
             basis = svcca_basis(base, components, chunk_size)
             return basis[order.to(basis.device)]
-        found = _varied(rep, moments(rep, chunk_size), "SVCCA")
+        found = moments(rep, chunk_size)
         r = min(components, rep.dim, rep.rows - 1)
         gram = torch.zeros(rep.dim, rep.dim, dtype=torch.float64, device=rep.device)
         for rows in rep.blocks(chunk_size):

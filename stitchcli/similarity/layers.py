@@ -9,8 +9,9 @@ therefore says whether the best pair is more alike than the best pair of misalig
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

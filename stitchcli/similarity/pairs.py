@@ -15,8 +15,9 @@ the same order. Each is prepared once per family of measures (see :mod:`stitchcl
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Hashable, Mapping, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 import torch

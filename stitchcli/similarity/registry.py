@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any
 
 from stitchcli.errors import UsageError
 
@@ -30,7 +31,7 @@ _ORDER = (
     "linear-cka", "unbiased-cka", "rbf-cka", "mutual-knn", "cknna", "svcca", "procrustes", "rsa", "jaccard", "mrr", "cosine",
 )
 """The order of issue 23 and docs/SIMILARITY.md; a measure registered elsewhere follows these."""
-_MEASURES: dict[str, "Measure"] = {}
+_MEASURES: dict[str, Measure] = {}
 _ALIASES: dict[str, str] = {}
 
 
@@ -70,11 +71,11 @@ class Measure:
     family: str
     shared_space: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
-    function: Optional[Callable[..., float]] = None
+    function: Callable[..., float] | None = None
     aliases: tuple[str, ...] = ()
     reference: str = ""
 
-    def __call__(self, x: "ArrayLike | Representation", y: "ArrayLike | Representation", **options: Any) -> float:
+    def __call__(self, x: ArrayLike | Representation, y: ArrayLike | Representation, **options: Any) -> float:
         """Give the measure between x (N, p) and y (N, q) as a float (see the measure's options)."""
         from stitchcli.similarity.representation import Representation
 
@@ -141,12 +142,12 @@ def get_measure(name: str) -> Measure:
     return _MEASURES[key]
 
 
-def measure(x: "ArrayLike", y: "ArrayLike", name: str, **options: Any) -> float:
+def measure(x: ArrayLike, y: ArrayLike, name: str, **options: Any) -> float:
     """Give the measure ``name`` between x (N, p) and y (N, q), e.g. ``measure(x, y, "cknna", k=10)``."""
     return get_measure(name)(x, y, **options)
 
 
-def check_rows(x: "Representation", y: "Representation") -> None:
+def check_rows(x: Representation, y: Representation) -> None:
     """Raise a UsageError unless both representations describe the same number of samples."""
     if x.rows != y.rows:
         raise UsageError(

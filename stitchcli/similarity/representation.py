@@ -13,7 +13,8 @@ recomputing it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, TypeVar, Union
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, Union
 
 import numpy as np
 import torch
@@ -94,7 +95,7 @@ class Representation:
 
     # ---------------------------------------------------------------------------------- permutations
 
-    def permuted(self, perm: torch.Tensor) -> "Representation":
+    def permuted(self, perm: torch.Tensor) -> Representation:
         """Give the same samples reordered: row i of the result is row ``perm[i]`` of this one."""
         perm = torch.as_tensor(perm, dtype=torch.int64)
         if perm.shape != (self.rows,):
@@ -111,7 +112,7 @@ class Representation:
         return result
 
     @property
-    def origin(self) -> "tuple[Representation, torch.Tensor] | None":
+    def origin(self) -> tuple[Representation, torch.Tensor] | None:
         """Give (the unpermuted representation, the order) for a permuted one, None for an original."""
         return None if self._origin is None else (self._origin, self._order)
 
