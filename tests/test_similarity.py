@@ -374,6 +374,20 @@ def test_final_representations_give_null_layers_and_projections_compare_relative
     assert relative["linear-cka"] == pytest.approx(measure(rx, ry, "linear-cka"), abs=1e-9)
 
 
+def test_the_report_is_strict_json_and_relative_spaces_need_every_model_s_anchors() -> None:
+    import json
+
+    x, y = related(n=60)
+    report = compare_models({"x": {"early": x, "late": y}, "y": y}, ["svcca", "jaccard"], null=2, k=5)
+    document = json.loads(json.dumps(report.to_dict(), allow_nan=False))
+    assert {r["layer_b"] for r in document["rows"]} == {None} and {r["layer_a"] for r in document["rows"]} == {"early", "late"}
+    assert document["layer_matrices"][0]["best"]["layer_a"] in ("early", "late")
+    with pytest.raises(UsageError, match="no anchors for model 'y'"):
+        compare_models({"x": x, "y": y}, ["mrr"], projections=("cosine",), anchors={"x": x[:10]})
+    with pytest.raises(UsageError, match="no similarity measure takes option"):
+        compare_models({"x": x, "y": y}, ["svcca"], neighbours=3)
+
+
 # ------------------------------------------------------------------------------------ real embeddings
 
 
