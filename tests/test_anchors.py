@@ -92,8 +92,8 @@ def test_table_output_and_out_file(cache_dir, image_folder, tmp_path):
 
 
 def test_num_larger_than_the_split_is_one_line(cache_dir, image_folder):
-    _assert_one_line_error(run_cli("anchor", "-d", str(image_folder), "--num", "60"), 2, "--num 60", "18 rows")
-    _assert_one_line_error(run_cli("anchor", "-d", str(image_folder), "--num", "10", "--limit", "9"), 2, "--num 10", "9 rows", "--limit 9")
+    _assert_one_line_error(run_cli("anchor", "-d", str(image_folder), "--num", "60"), 2, "60 anchors asked for", "18 rows")
+    _assert_one_line_error(run_cli("anchor", "-d", str(image_folder), "--num", "10", "--limit", "9"), 2, "10 anchors asked for", "9 rows", "--limit 9")
 
 
 def test_fps_without_cached_embeddings_names_the_embed_command(cache_dir, image_folder):

@@ -122,9 +122,9 @@ CASES = [
          ("No such option: --frobnicate", "stitchcli embed --help")),
     # ---- anchor -----------------------------------------------------------------------------------------
     Case("anchor: --num 0", ("anchor", "-d", "{img}", "--num", "0"), 2,
-         ("--num must be a positive number of anchors, not 0",)),
+         ("number of anchors must be positive, not 0",)),
     Case("anchor: more anchors than the split's rows", ("anchor", "-d", "{img}", "--num", "500"), 2,
-         ("--num 500 is more than the 12 rows", "ask for at most 12 anchors")),
+         ("500 anchors asked for", "holds 12 rows", "ask for at most 12 anchors")),
     Case("anchor: unknown --strategy", ("anchor", "-d", "{img}", "--strategy", "random"), 2,
          ("unknown anchor strategy 'random'", "uniform, class-balanced, fps, kmeans")),
     Case("anchor: anchors from the test split", ("anchor", "-d", "{img}", "--split", "test"), 2,

@@ -141,7 +141,7 @@ def test_merge_with_nothing_to_merge_says_so(cache_dir, image_folder):
     ],
 )
 def test_bad_shard_options_fail_before_any_work(cache_dir, image_folder, monkeypatch, options, message):
-    monkeypatch.setattr("stitchcli.embedding._build", lambda *a, **k: pytest.fail("a model was built"))
+    monkeypatch.setattr("stitchcli.embedding.pipeline._build", lambda *a, **k: pytest.fail("a model was built"))
     register_as = options.pop("register_as", None)
     with pytest.raises(UsageError, match=message):
         embed([ModelRef(name, {"weights": "random"}) for name in [TINY]], str(image_folder), ["test"], store=EmbeddingStore(cache_dir),

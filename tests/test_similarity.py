@@ -396,12 +396,12 @@ def minilm_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, n
     """Give MiniLM's embeddings of 200 real BBC articles at 128 and at 16 tokens (float64): two real
     representations of the same samples, built from the demo extra's packages in a fresh cache."""
     from stitchcli.assets import packaged_minilm_path
-    from stitchcli.demo import packaged_dataset
+    from stitchcli.assets import prepare_packaged
     from stitchcli.embedding import EmbedOptions, embed, load_embeddings
     from stitchcli.store import EmbeddingStore
 
     store = EmbeddingStore(tmp_path_factory.mktemp("cache"))
-    bbc = packaged_dataset(store, "packaged:bbc-news")
+    bbc = prepare_packaged(store, "packaged:bbc-news", [])
     model = str(packaged_minilm_path())
     spaces = []
     for length in (128, 16):
