@@ -26,7 +26,7 @@ from stitchcli.data.base import DatasetSpec
 from stitchcli.embedding.batching import MicroBatch
 from stitchcli.embedding.encode import encode_split
 from stitchcli.embedding.options import EmbedOptions, EmbedResult, parse_splits
-from stitchcli.embedding.pipeline import _build, _check_device_options, _result, _spec_for, load_embeddings, resolve_embed_dataset
+from stitchcli.embedding.pipeline import _build, _check_device_options, _result, _spec_for, load_embeddings, model_refs, resolve_embed_dataset
 from stitchcli.embedding.specs import entry_key, resolve_model_spec
 from stitchcli.encoders.base import ModelSpec
 from stitchcli.errors import NotCached, UsageError, out_of_space_as_work_error
@@ -101,12 +101,8 @@ def embed_layers(
     options = options or EmbedOptions()
     reporter = reporter or Reporter()
     chosen = parse_layer_selection(layers)
-    refs = [ModelRef.of(model) for model in models]
+    refs = model_refs(models)
     names = [ref.name for ref in refs]
-    if not refs:
-        raise UsageError("no model given: pass --model NAME")
-    if len(set(names)) != len(names):
-        raise UsageError(f"--model lists a model twice: {', '.join(names)}")
     if options.num_shards > 1 or options.merge or torchrun_rank() is not None:
         raise UsageError("--layers embeds in one process: drop --num-shards, --merge and torchrun")
     if options.compile:

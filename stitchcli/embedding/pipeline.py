@@ -73,12 +73,8 @@ def embed(
 
     options = options or EmbedOptions()
     reporter = reporter or Reporter()
-    refs = [ModelRef.of(model) for model in models]
+    refs = model_refs(models)
     names = [ref.name for ref in refs]
-    if not refs:
-        raise UsageError("no model given: pass --model NAME (a timm name, openclip:ARCH/TAG, a hub id or a local folder)")
-    if len(set(names)) != len(names):
-        raise UsageError(f"--model lists a model twice: {', '.join(names)}")
     if options.limit is not None and options.limit <= 0:
         raise UsageError(f"--limit must be a positive number of rows, not {options.limit}")
     if options.batch_size is not None and options.batch_size <= 0:
@@ -423,3 +419,14 @@ def embed_command(ref: ModelRef, data: DatasetSpec, split: str, *, limit: int | 
     if seed:
         words += ["--seed", str(seed)]
     return shlex.join(words)
+
+
+def model_refs(models: Sequence[ModelRef | str]) -> list[ModelRef]:
+    """Give ``embed``'s models as refs, refusing none and a model listed twice."""
+    refs = [ModelRef.of(model) for model in models]
+    names = [ref.name for ref in refs]
+    if not refs:
+        raise UsageError("no model given: pass --model NAME (a timm name, openclip:ARCH/TAG, a hub id or a local folder)")
+    if len(set(names)) != len(names):
+        raise UsageError(f"--model lists a model twice: {', '.join(names)}")
+    return refs
