@@ -185,6 +185,20 @@ def test_a_relative_row_and_a_mapped_row_saved_with_save_row_predict_as_their_ro
     assert document["same_as_saved_row"] is True and document["accuracy"] == pytest.approx(card["accuracy"]["stitched"], abs=1e-6)
 
 
+def test_a_head_trained_with_fit_head_is_saved_with_the_stitched_model(world, tmp_path):
+    fitted = invoke("fit-head", "-m", "cnx", "-d", world.images, "--epochs", "8", "--patience", "3", "--seed", "1", "--out", tmp_path / "head",
+                    "--cache-dir", world.cache, "--quiet")
+    assert fitted.exit_code == 0, fitted.stderr
+    result = invoke("stitch", "vit", "cnx", "-d", world.images, "--head", tmp_path / "head.safetensors", "--save", tmp_path / "model",
+                    "--save-row", "relative", "--cache-dir", world.cache, "--json")
+    assert result.exit_code == 0, result.stderr
+    card = json.loads((tmp_path / "model" / "card.json").read_text())
+    model = load_stitched(tmp_path / "model")
+    assert card["row"]["seed"] == 1 and model.parts.head.config["identity_digest"] == json.loads((tmp_path / "head.json").read_text())["identity_digest"]
+    document = predict_json(tmp_path / "model", "-d", world.images, "--split", "test", "--cache-dir", world.cache)
+    assert document["same_as_saved_row"] is True and document["accuracy"] == pytest.approx(card["accuracy"]["stitched"], abs=1e-6)
+
+
 def test_an_unknown_save_row_names_the_rows_there_are(world, tmp_path):
     bogus = invoke("stitch", "vit", "cnx", "-d", world.images, *FAST, "--save", tmp_path / "x", "--save-row", "cosin", "--cache-dir", world.cache)
     one_error_line(bogus, 2, "--save-row 'cosin'", "affine", "cosine+euclidean[mlp-sum]")
@@ -293,6 +307,7 @@ def test_min_accuracy_exits_3_with_one_line_naming_the_row_below_the_bar_and_0_a
 # ----- text -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # builds and runs a (tiny) BERT: transformers' import alone takes seconds
 def test_a_text_model_predicts_one_class_per_line_of_a_text_file(tiny_bert, text_table, tmp_path):
     store = EmbeddingStore(tmp_path / "cache")
     for name, pooling in (("bcls", "cls"), ("bmean", "mean")):
