@@ -161,6 +161,7 @@ def stitched_from_sweep(
             "dataset": settings.dataset,
             "dataset_id": data.dataset_id,
             "dataset_fingerprint": data.dataset_fingerprint,
+            "split_fingerprint": source.evaluation.metadata["key"].get("dataset_fingerprint") if source.evaluation is not None else None,
             "dataset_options": settings.data.given(),
             "train_split": settings.train_split,
             "split": settings.split,

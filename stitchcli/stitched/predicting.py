@@ -152,8 +152,10 @@ def predict_dataset(
         reporter.info(f"{model.card['encoder']['name']}'s embeddings of {dataset}/{split} read from the cache (--recompute encodes them again)")
     predictions = Predictions(model, inputs.names, model.parts.logits(latents), inputs.labels, source, ids=rows.ids)
     saved = model.card.get("data") or {}
+    # the same rows as the card's evaluation: the same content (a packaged dataset lies in each cache), split and subset
+    same_data = saved.get("split_fingerprint") == rows.fingerprint if saved.get("split_fingerprint") else saved.get("dataset_id") == data.dataset_id
     measured_here = (
-        saved.get("dataset_id") == data.dataset_id and (model.card.get("accuracy") or {}).get("split") == split
+        same_data and (model.card.get("accuracy") or {}).get("split") == split
         and saved.get("limit") == limit and (limit is None or saved.get("embed_seed") == seed)
     )
     if measured_here:
