@@ -323,3 +323,19 @@ def test_a_text_model_predicts_one_class_per_line_of_a_text_file(tiny_bert, text
     model = load_stitched(tmp_path / "model")
     texts = [line for line in articles.read_text().splitlines() if line]
     assert model.predict(texts, store=store) == [p["class"] for p in document["predictions"]]
+
+
+def test_the_weights_tensors_digest_ignores_the_file_layout_and_sees_every_tensor(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from stitchcli.stitched.encoding import weights_tensors_digest
+
+    tensors = {"b.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3), "a.bias": torch.ones(3, dtype=torch.bfloat16)}
+    save_file(tensors, str(tmp_path / "one.safetensors"), metadata={"x": "1", "y": "2"})
+    save_file(dict(reversed(list(tensors.items()))), str(tmp_path / "two.safetensors"), metadata={"y": "2", "x": "1", "z": "3"})
+    changed = {**tensors, "a.bias": torch.tensor([1.0, 1.0, 1.0078125], dtype=torch.bfloat16)}
+    save_file(changed, str(tmp_path / "three.safetensors"))
+    one, two, three = (weights_tensors_digest(tmp_path / f"{name}.safetensors") for name in ("one", "two", "three"))
+    assert one == two and one != three and one is not None
+    assert weights_tensors_digest(tmp_path / "missing.safetensors") is None

@@ -62,7 +62,12 @@ def predict_command(
     from stitchcli.cli.output import check_output_path, progress_and_store
     from stitchcli.errors import UsageError
     from stitchcli.stitched import load_stitched
-    from stitchcli.stitched.predicting import check_min_accuracy, parse_min_accuracy, predict_dataset, predict_paths
+    from stitchcli.stitched.predicting import (
+        check_min_accuracy,
+        parse_min_accuracy,
+        predict_dataset,
+        predict_paths,
+    )
 
     bar = parse_min_accuracy(min_accuracy)
     check_output_path(csv_file, "--csv")

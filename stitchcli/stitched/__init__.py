@@ -35,7 +35,12 @@ if TYPE_CHECKING:
     from stitchcli.stitched.build import StitchedBuild, stitched_from_sweep
     from stitchcli.stitched.files import verify_directory
     from stitchcli.stitched.maps import MapKind, list_maps, register_map
-    from stitchcli.stitched.model import StitchedModel, StitchedParts, load_stitched, save_stitched
+    from stitchcli.stitched.model import (
+        StitchedModel,
+        StitchedParts,
+        load_stitched,
+        save_stitched,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -125,11 +125,14 @@ def stitched_from_sweep(
     dataset = resolve_sweep_dataset(store, settings, [encoder.name, decoder.name], reporter)
     given_head, manifest = None, None
     if head_file is not None:
-        from stitchcli.stitching.sweep import _settings_of_head  # the sweep's own reading of --head, so both agree
+        # the sweep's own reading of --head (its settings and anchors), so that both read the same head the same way
+        from stitchcli.stitching.sweep import _settings_of_head
 
         given_head, manifest, settings = _settings_of_head(store, head_file, settings, dataset, [decoder.name], explicit, device)
     data = prepare(store, [encoder, decoder], settings, dataset, reporter=reporter, manifest=manifest)
     source, target = data.models[encoder.name], data.models[decoder.name]
+    if source.train.embeddings is None or source.evaluation is None or source.evaluation.embeddings is None or data.eval_labels is None:
+        raise AssertionError("prepare loads both splits' arrays")
     validation = {seed: _validation_rows(data, settings, seed) for seed in settings.seeds}
     reporter.info(f"choosing the row to save on the validation rows of {settings.train_split} (never on {settings.split})")
 
@@ -141,9 +144,8 @@ def stitched_from_sweep(
             accuracy = _accuracy(parts, source.train.embeddings[held], data.train_labels[held])
             candidates.append(Candidate(stitch_row, seed, accuracy, parts))
     best = max(candidates, key=lambda c: c.validation_accuracy)  # max keeps the first of equals: table order, then seed
-    tested = _test_predictions(best.parts, source.evaluation.embeddings if source.evaluation is not None else None, settings)
+    tested = _test_predictions(best.parts, source.evaluation.embeddings, settings)
     labels = data.eval_labels
-    assert labels is not None
     measured = float((tested == labels).mean())
     per_seed = {int(entry["seed"]): entry for entry in best.row.per_seed}
     if abs(measured - per_seed[best.seed]["accuracy"]) > 1e-6:
@@ -161,7 +163,7 @@ def stitched_from_sweep(
             "dataset": settings.dataset,
             "dataset_id": data.dataset_id,
             "dataset_fingerprint": data.dataset_fingerprint,
-            "split_fingerprint": source.evaluation.metadata["key"].get("dataset_fingerprint") if source.evaluation is not None else None,
+            "split_fingerprint": source.evaluation.metadata["key"].get("dataset_fingerprint"),
             "dataset_options": settings.data.given(),
             "train_split": settings.train_split,
             "split": settings.split,
@@ -172,7 +174,7 @@ def stitched_from_sweep(
         },
         "accuracy": {
             "split": settings.split,
-            "rows": int(len(labels)),
+            "rows": len(labels),
             "stitched": round(measured, 6),
             "not_stitched": reference_seed.get(best.seed, {}).get("accuracy"),
             "stitched_row_mean": best.row.accuracy,
@@ -182,13 +184,13 @@ def stitched_from_sweep(
             "validation_stitched": round(best.validation_accuracy, 6),
             "note": "stitched and not_stitched: the saved head (one seed); *_row_mean: stitch's row, the mean over its seeds",
         },
-        "evaluation": {"predictions_sha256": predictions_digest(source.evaluation.ids if source.evaluation is not None else np.zeros(0), tested)},
+        "evaluation": {"predictions_sha256": predictions_digest(np.asarray(source.evaluation.ids), tested)},
         "selection": {
             "by": "validation" if row is None else f"--save-row {row}, then its best seed on validation",
             "rule": "highest accuracy on the validation rows; ties: the earlier row of stitch's table, then the lower seed",
             "validation": {"split": settings.train_split, "what": "the rows each head seed held out for early stopping (val_fraction), "
                            "embedded by the encoder, less the anchors when at least " + str(MIN_CLEAN_VALIDATION_ROWS) + " rows remain",
-                           "rows": {str(seed): int(len(rows)) for seed, (rows, _) in validation.items()},
+                           "rows": {str(seed): len(rows) for seed, (rows, _) in validation.items()},
                            "anchors_excluded": {str(seed): excluded for seed, (_, excluded) in validation.items()}},
             "candidates": [{"row": c.label, "seed": c.seed, "validation_accuracy": round(c.validation_accuracy, 6)} for c in candidates],
         },
@@ -215,11 +217,15 @@ def _model_card(view: Any, data: Any) -> dict[str, Any]:
     """Give a model's card section: its name and spec (weights and their hash, pooling, precision), preprocessing, size."""
     metadata = view.train.metadata
     spec = dict(metadata.get("model") or {})
+    from stitchcli.stitched.encoding import weights_tensors_digest
+
+    weights = spec.get("weights")
     return {
         "name": view.name,
         "options": dict(view.ref.options),
         "spec": spec,
         "weights_sha256": spec.get("weights_fingerprint"),
+        "weights_tensors_sha256": weights_tensors_digest(weights) if weights not in (None, "random") else None,
         "pooling": spec.get("pooling"),
         "precision": spec.get("precision"),
         "preprocessing": metadata.get("preprocessing"),
@@ -275,15 +281,15 @@ def _accuracy(parts: StitchedParts, latents: np.ndarray, labels: np.ndarray) -> 
     return float((parts.logits(latents).argmax(axis=1) == labels).mean())
 
 
-def _test_predictions(parts: StitchedParts, latents: np.ndarray | None, settings: StitchSettings) -> np.ndarray:
+def _test_predictions(parts: StitchedParts, latents: np.ndarray, settings: StitchSettings) -> np.ndarray:
     """Give the saved parts' predictions on the evaluation split, computed as the sweep computes its rows."""
     import torch
 
     from stitchcli.device import resolve_device
     from stitchcli.stitching.features import product_values, subspaces
 
-    assert latents is not None
     if parts.pipeline == "relative":
+        assert parts.encoder_anchors is not None
         values = product_values(latents, parts.encoder_anchors, settings.projections, settings.transform, resolve_device(settings.device))
         return parts.head.predict(subspaces(values, settings.projections, parts.head.projections))
     return parts.head.predict(torch.from_numpy(np.ascontiguousarray(parts.mapped(latents))))

@@ -57,8 +57,13 @@ def encoder_spec_here(model: StitchedModel, store: EmbeddingStore, reporter: Rep
         register_packaged_models(store, [name], reporter)
         saved = store.load_name(name)
         here = ModelSpec.from_dict(saved) if saved is not None else None
-        if here is not None and here.weights_fingerprint == spec.weights_fingerprint and here.backend == spec.backend:
-            return replace(here, name=spec.name)
+        if here is not None and here.backend == spec.backend and here.source == spec.source:
+            saved_tensors = model.card["encoder"].get("weights_tensors_sha256")
+            here_file = _local_file(here)
+            if here.weights_fingerprint == spec.weights_fingerprint or (
+                saved_tensors is not None and here_file is not None and weights_tensors_digest(here_file) == saved_tensors
+            ):
+                return replace(here, name=spec.name)
         raise WorkError(
             f"cannot load encoder {spec.name!r}: the packaged {name} weights here differ from the ones it was stitched with "
             f"(SHA-256 {fingerprint}…): install the stitchcli and packages the card names (versions), or stitch again here"
@@ -67,6 +72,29 @@ def encoder_spec_here(model: StitchedModel, store: EmbeddingStore, reporter: Rep
         f"cannot load encoder {spec.name!r}: {local} is not on this machine: copy it there (SHA-256 {fingerprint}…) "
         "at the same path, or stitch and save the model again here"
     )
+
+
+def weights_tensors_digest(path: str | Path) -> str | None:
+    """Give the SHA-256 of a safetensors weights file's tensors (names, dtypes, shapes, bytes, by name), or None for
+    another kind of file.
+
+    The file's own SHA-256 is no test of "the same weights" for a file converted again: safetensors writes its
+    metadata map in no fixed order, so two conversions of one package differ in bytes and agree in every tensor.
+    """
+    import hashlib
+
+    if not str(path).endswith(".safetensors") or not Path(path).is_file():
+        return None
+    import torch
+    from safetensors import safe_open
+
+    digest = hashlib.sha256()
+    with safe_open(str(path), framework="pt") as weights:
+        for name in sorted(weights.keys()):
+            tensor = weights.get_tensor(name).contiguous()
+            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def build_stitched_encoder(spec: ModelSpec, modality: str, device: str, reporter: Reporter):  # type: ignore[no-untyped-def]
