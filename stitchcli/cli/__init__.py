@@ -209,6 +209,7 @@ def _register() -> None:
     from stitchcli.cli.eval import eval_command
     from stitchcli.cli.fit_head import fit_head_command
     from stitchcli.cli.predict import predict_command
+    from stitchcli.cli.similarity import similarity_command
     from stitchcli.cli.stitch import stitch_command
 
     for name, command in (
@@ -217,6 +218,7 @@ def _register() -> None:
         ("fit-head", fit_head_command),
         ("stitch", stitch_command),
         ("eval", eval_command),
+        ("similarity", similarity_command),
         ("predict", predict_command),
         ("demo", demo_command),
     ):
