@@ -71,17 +71,31 @@ def one_error_line(result, code: int, *needles: str) -> str:  # type: ignore[no-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """Give a noise image folder, a cache with both tiny models (saved as vit and cnx) and `stitch vit cnx --save`'s model."""
-    root = tmp_path_factory.mktemp("stitched")
-    images = write_noise_images(root / "images", per_class={"train": 12, "test": 6})
-    store = EmbeddingStore(root / "cache")
-    for name, arch in (("vit", "test_vit"), ("cnx", "test_convnext")):
-        embed([ModelRef(arch, {"weights": "random"})], str(images), ["train", "test"], store=store, options=EmbedOptions(num_workers=0), register_as=name)
-    result = invoke("stitch", "vit", "cnx", "-d", images, *FAST, "--save", root / "model", "--json", "--cache-dir", store.root)
-    assert result.exit_code == 0, result.stderr
+    """Give a noise image folder, a cache with both tiny models (saved as vit and cnx) and `stitch vit cnx --save`'s model.
+
+    Built once per run: under pytest-xdist the workers share the run's temporary folder and take turns on a lock,
+    so the first builds it and the others read it (the tests only read it, or write beside it).
+    """
+    import os
+
+    from stitchcli.store import file_lock
+
+    shared = tmp_path_factory.getbasetemp().parent if os.environ.get("PYTEST_XDIST_WORKER") else tmp_path_factory.mktemp("shared")
+    root = shared / "stitched-world"
+    with file_lock(shared / "stitched-world.lock"):
+        if not (root / "stitch.json").is_file():
+            images = write_noise_images(root / "images", per_class={"train": 12, "test": 6})
+            store = EmbeddingStore(root / "cache")
+            for name, arch in (("vit", "test_vit"), ("cnx", "test_convnext")):
+                embed([ModelRef(arch, {"weights": "random"})], str(images), ["train", "test"], store=store, options=EmbedOptions(num_workers=0),
+                      register_as=name)
+            result = invoke("stitch", "vit", "cnx", "-d", images, *FAST, "--save", root / "model", "--json", "--cache-dir", store.root)
+            assert result.exit_code == 0, result.stderr
+            (root / "stitch.stderr").write_text(result.stderr)
+            (root / "stitch.json").write_text(result.stdout)  # last: its presence says the world is whole
     card = json.loads((root / "model" / "card.json").read_text())
-    return SimpleNamespace(root=root, images=images, cache=store.root, model=root / "model", report=json.loads(result.stdout),
-                           card=card, stderr=result.stderr)
+    return SimpleNamespace(root=root, images=root / "images", cache=root / "cache", model=root / "model",
+                           report=json.loads((root / "stitch.json").read_text()), card=card, stderr=(root / "stitch.stderr").read_text())
 
 
 def predict_json(*args: object) -> dict:
