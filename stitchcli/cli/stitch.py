@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from stitchcli.cli import options as opt
+from stitchcli.cli.predict import MinAccuracy, SaveDir, SaveRow
 from stitchcli.cli.settings_options import GivenSettings, takes_settings
 from stitchcli.settings import STITCH
 
@@ -22,6 +23,9 @@ def stitch_command(
         typer.Option("--head", help="Use this head (from `fit-head --out`) as DECODER's; its anchors, projections, aggregation, seed and "
                      "training settings apply (options that differ from the head's are refused).", show_default=False),
     ] = None,
+    save: SaveDir = None,
+    save_row: SaveRow = None,
+    min_accuracy: MinAccuracy = None,
     cache_dir: opt.CacheDir = None,
     json_output: opt.Json = False,
     quiet: opt.Quiet = False,
@@ -34,12 +38,16 @@ def stitch_command(
     so a second call only reads the cache.
     """
     from stitchcli.cli.output import progress_and_store
+    from stitchcli.cli.predict import check_stitch_outputs, save_and_check
     from stitchcli.cli.report import render_stitch
     from stitchcli.models import ModelRef
     from stitchcli.stitching import stitch
 
     settings = given.settings(dataset)
+    bar = check_stitch_outputs(save, save_row, min_accuracy)
     progress, store, reporter = progress_and_store(cache_dir, quiet)
     report = stitch(store, ModelRef(encoder), ModelRef(decoder), settings, head_file=head, explicit=given.explicit, reporter=reporter)
     progress.info(f"{report.heads_trained} head(s) trained, {report.heads_cached} read from the cache, in {report.seconds:.1f} s")
     render_stitch(report, json_output=json_output)
+    save_and_check(store, ModelRef(encoder), ModelRef(decoder), settings, report, save=save, save_row=save_row, bar=bar, head_file=head,
+                   explicit=given.explicit, progress=progress, reporter=reporter)
