@@ -408,5 +408,8 @@ def build_settings(dataset: str, values: Mapping[str, Any], base: StitchSettings
 
 
 def differing(settings: StitchSettings, other: StitchSettings, names: Sequence[str]) -> list[str]:
-    """Give the flags of the settings named in ``names`` whose values differ between the two settings."""
-    return [by_name(name).flag for name in names if by_name(name).get(settings) != by_name(name).get(other)]
+    """Give the flags of the settings named in ``names`` whose values differ between the two settings, in declaration order."""
+    for name in names:
+        by_name(name)  # a name that is not declared is a bug: KeyError
+    wanted = set(names)
+    return [declared.flag for declared in declared_settings() if declared.name in wanted and declared.get(settings) != declared.get(other)]
