@@ -148,12 +148,22 @@ def test_refine_rescues_the_few_anchor_case_from_unlabeled_rows():
 def test_kernel_bridge_follows_a_nonlinear_twin_better_than_the_affine_map():
     g = _generator(3)
     bend = torch.randn(D, generator=g, dtype=torch.float64)
-    out = torch.randn(16, generator=g, dtype=torch.float64) * 3
+    out = torch.randn(16, generator=g, dtype=torch.float64) * 8
     mix = torch.randn(D, 16, generator=g, dtype=torch.float64) / D**0.5
     twin = lambda x: (x - 2.0) @ mix + torch.tanh((x - 2.0) @ (bend / bend.norm()))[:, None] ** 2 * out
     anchors, test = _rows(300), _rows(200, seed=5)
-    errors = {name: float((fit_bridge(name, anchors, twin(anchors))(test, dtype=torch.float64) - twin(test)).norm()) for name in ("affine", "kernel")}
-    assert errors["kernel"] < 0.9 * errors["affine"], errors  # measured: 41.5 against 48.5
+    fitted = {name: fit_bridge(name, anchors, twin(anchors), ridge=0.01) for name in ("affine", "kernel")}
+    errors = {name: float((bridge(test, dtype=torch.float64) - twin(test)).norm()) for name, bridge in fitted.items()}
+    assert fitted["kernel"].config["fit"]["rbf_weight"] > 0  # GCV found the Gaussian part worth its weight
+    assert errors["kernel"] < 0.92 * errors["affine"], errors  # measured: 111.4 against 125.9
+
+
+def test_kernel_without_its_gaussian_part_is_the_affine_bridge():
+    anchors, test = _rows(40), _rows(10, seed=3)
+    target = torch.tanh(_twin("affine")(anchors) / 5)
+    for ridge in (0.1, 0.01):
+        kernel = fit_bridge("kernel", anchors, target, rbf_weight=0.0, ridge=ridge)(test, dtype=torch.float64)
+        assert torch.allclose(kernel, fit_bridge("affine", anchors, target, ridge=ridge)(test, dtype=torch.float64), atol=1e-9)
 
 
 def test_inverse_relative_gives_every_output_the_decoder_anchors_mean_norm_by_default():

@@ -67,11 +67,19 @@ def procrustes_rotation(source: torch.Tensor, target: torch.Tensor) -> torch.Ten
 
     With fewer rows than dimensions the cross-covariance is rank-deficient and the singular vectors of its
     zero singular values are arbitrary: R keeps only the part the rows determine (the rest maps to zero)
-    rather than completing it with an arbitrary rotation.
+    rather than completing it with an arbitrary rotation. Then the SVD is taken in the rows' k-dimensional
+    span (O(k²D) instead of O(D³)): sourceᵀ target = Vs (Ss Usᵀ target), Vs (Ds, k) orthonormal.
     """
-    u, singular, vt = torch.linalg.svd(source.T @ target, full_matrices=False)
+    k = source.shape[0]
+    if k < min(source.shape[1], target.shape[1]):
+        _, s_values, s_vectors_t = torch.linalg.svd(source, full_matrices=False)
+        basis = s_vectors_t.T  # (Ds, k): the directions the source rows span
+        u, singular, vt = torch.linalg.svd(basis.T @ (source.T @ target), full_matrices=False)
+        u = basis @ u
+    else:
+        u, singular, vt = torch.linalg.svd(source.T @ target, full_matrices=False)
     eps = torch.finfo(singular.dtype).eps
-    rank = int((singular > singular.max() * max(u.shape[0], vt.shape[1]) * eps).sum()) if len(singular) else 0
+    rank = int((singular > singular.max() * max(source.shape[1], target.shape[1]) * eps).sum()) if len(singular) else 0
     return u[:, :rank] @ vt[:rank]
 
 

@@ -56,40 +56,50 @@ def mutual_neighbours(mapped: torch.Tensor, target: torch.Tensor, *, csls_k: int
     """Give (mapped positions, target positions) of the pairs that are each other's nearest neighbour.
 
     Similarity is the cosine, corrected by CSLS when ``csls_k`` > 0: 2·cos(y, t) - r(y) - r(t), r the mean
-    cosine to the ``csls_k`` nearest rows of the other set. Computed in float32 blocks of bounded size; the
-    pairs come sorted by target position.
+    cosine to the ``csls_k`` nearest rows of the other set. Computed in float32, in row blocks of bounded
+    size; the pairs come sorted by target position.
     """
     y = torch.nn.functional.normalize(mapped.float(), dim=1)
     t = torch.nn.functional.normalize(target.float(), dim=1)
-    blocks = _blocks(len(y), len(t))
-    cached = [y[blocks[0]] @ t.T] if len(blocks) == 1 else None
-
-    def similarities(index: int) -> torch.Tensor:
-        return cached[0] if cached is not None else y[blocks[index]] @ t.T
-
     neighbours = min(csls_k, len(y), len(t))
+    blocks = _blocks(len(y), len(t))
+    if len(blocks) == 1:  # everything fits: one similarity matrix, reductions along contiguous rows only
+        sims = y @ t.T
+        sims_t = sims.T.contiguous()
+        row_hub = sims.topk(neighbours, dim=1).values.mean(dim=1) if neighbours else torch.zeros(len(y))
+        column_hub = sims_t.topk(neighbours, dim=1).values.mean(dim=1) if neighbours else torch.zeros(len(t))
+        # CSLS = 2·cos - r(y) - r(t): a row's argmax ignores r(y), a column's ignores r(t)
+        best_column = (2 * sims - column_hub[None, :]).argmax(dim=1)
+        column_arg = (2 * sims_t - row_hub[None, :]).argmax(dim=1)
+    else:
+        best_column, column_arg = _blocked_neighbours(y, t, neighbours, blocks)
+    columns = torch.arange(len(t))
+    mutual = best_column[column_arg] == columns
+    return column_arg[mutual], columns[mutual]
+
+
+def _blocked_neighbours(y: torch.Tensor, t: torch.Tensor, neighbours: int, blocks: list[slice]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Give (best target of each mapped row, best mapped row of each target) under CSLS, one row block at a time."""
     row_hub = torch.zeros(len(y))
     column_hub = torch.zeros(len(t))
     if neighbours > 0:
         running = torch.full((neighbours, len(t)), -2.0)
-        for index, rows in enumerate(blocks):
-            sims = similarities(index)
+        for rows in blocks:
+            sims = y[rows] @ t.T
             row_hub[rows] = sims.topk(neighbours, dim=1).values.mean(dim=1)
             running = torch.cat([running, sims]).topk(neighbours, dim=0).values
         column_hub = running.mean(dim=0)
     best_column = torch.empty(len(y), dtype=torch.long)
     column_best = torch.full((len(t),), -float("inf"))
     column_arg = torch.zeros(len(t), dtype=torch.long)
-    for index, rows in enumerate(blocks):
-        scores = 2 * similarities(index) - row_hub[rows, None] - column_hub[None, :]
+    for rows in blocks:
+        scores = 2 * (y[rows] @ t.T) - row_hub[rows, None] - column_hub[None, :]
         best_column[rows] = scores.argmax(dim=1)
         value, arg = scores.max(dim=0)
         better = value > column_best
         column_best = torch.where(better, value, column_best)
         column_arg = torch.where(better, arg + rows.start, column_arg)
-    columns = torch.arange(len(t))
-    mutual = best_column[column_arg] == columns
-    return column_arg[mutual], columns[mutual]
+    return best_column, column_arg
 
 
 def refine_map(
@@ -112,10 +122,13 @@ def refine_map(
     bridge = AffineMap(*fit(source_anchors, target_anchors, ridge))
     counts: list[int] = []
     previous: tuple[torch.Tensor, torch.Tensor] | None = None
+    source32, target32 = source.float(), target.float()
     for _ in range(rounds):
-        mapped = bridge._map(source)
-        centre = bridge.target_mean  # the decoder anchors' mean: cosines of centred rows, as in `center`
-        pairs = mutual_neighbours(mapped - centre, target - centre, csls_k=csls_k)
+        # float32 is enough to rank cosines, and halves the work of the largest products
+        shift = (bridge.target_mean - bridge.source_mean @ bridge.matrix).float()
+        centre = bridge.target_mean.float()  # the decoder anchors' mean: cosines of centred rows, as in `center`
+        mapped = source32 @ bridge.matrix.float() + (shift - centre)
+        pairs = mutual_neighbours(mapped, target32 - centre, csls_k=csls_k)
         if previous is not None and len(pairs[0]) == len(previous[0]) and bool((pairs[0] == previous[0]).all() and (pairs[1] == previous[1]).all()):
             break
         counts.append(len(pairs[0]))
@@ -144,7 +157,7 @@ def fit_refine(
     target_rows: torch.Tensor | None = None,
     seed: int = 0,
     ridge: float | str = 0.1,
-    rounds: int = 5,
+    rounds: int = 3,
     csls_k: int = 10,
     max_rows: int = 5000,
 ) -> AffineMap:
@@ -172,7 +185,7 @@ def fit_refine_orthogonal(
     source_rows: torch.Tensor | None = None,
     target_rows: torch.Tensor | None = None,
     seed: int = 0,
-    rounds: int = 5,
+    rounds: int = 3,
     csls_k: int = 10,
     max_rows: int = 5000,
 ) -> AffineMap:
