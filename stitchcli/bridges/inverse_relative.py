@@ -16,7 +16,7 @@ x -> s·xQ + t. Only the anchors are used, and each model's side could be comput
 The least-squares decoding amplifies whatever of r the decoder's anchors do not explain, so it needs a
 ridge well above "numerical": on MNIST (EfficientNet-Lite2 -> Lite0) a relative ridge of 1e-3 stitched at
 29–42%, 10–30 at 77–79% (docs/BRIDGES.md). ``ridge="cv"`` (the default) picks it from :data:`RIDGE_GRID` by
-how close in angle the decoded held-out anchors come to the decoder's own (5 folds of the anchors).
+how close in angle the decoded held-out anchors come to the decoder's own (3 folds of the anchors).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def _decode_operators(target_units: torch.Tensor, ridges: list[float]) -> list[t
     return out
 
 
-def cross_validated_ridge(source_units: torch.Tensor, target_anchors: torch.Tensor, center: bool, *, folds: int = 5, seed: int = 0) -> tuple[float, list[float]]:
+def cross_validated_ridge(source_units: torch.Tensor, target_anchors: torch.Tensor, center: bool, *, folds: int = 3, seed: int = 0) -> tuple[float, list[float]]:
     """Give (the ridge of :data:`RIDGE_GRID` whose decoded held-out anchors are closest in angle to the decoder's own, every mean cosine).
 
     The anchors are split into seeded folds; for each, the decoding operator is built from the other folds'

@@ -133,8 +133,34 @@ def refine_map(
             break
         counts.append(len(pairs[0]))
         previous = pairs
-        bridge = AffineMap(*fit(torch.cat([source_anchors, source[pairs[0]]]), torch.cat([target_anchors, target[pairs[1]]]), ridge))
+        pooled = (torch.cat([source_anchors, source[pairs[0]]]), torch.cat([target_anchors, target[pairs[1]]]))
+        bridge = AffineMap(*fit(*pooled, ridge))
     return bridge, counts
+
+
+def covariance_alignment(bridge: AffineMap, source_rows: torch.Tensor, target_rows: torch.Tensor, *, epsilon: float = 1e-2) -> AffineMap:
+    """Give ``bridge`` followed by CORAL: the mapped encoder rows recoloured to the decoder rows' mean and covariance.
+
+    x -> (f(x) - μm) Cm^(-1/2) Ct^(1/2) + μt, with Cm, Ct the covariances of the mapped encoder rows and of the
+    decoder rows (each plus ``epsilon`` times its mean variance on the diagonal), both from the rows as
+    unordered sets (Sun, Feng & Saenko 2016, "Return of Frustratingly Easy Domain Adaptation", arXiv
+    1511.05547). A least-squares map shrinks its outputs towards the mean; this gives them the decoder's
+    spread back. The result is still one affine map.
+    """
+    mapped = bridge._map(source_rows)
+    mapped_mean, target_mean = mapped.mean(dim=0), target_rows.mean(dim=0)
+
+    def covariance_power(rows: torch.Tensor, mean: torch.Tensor, power: float) -> torch.Tensor:
+        centred = rows - mean
+        covariance = centred.T @ centred / max(len(rows) - 1, 1)
+        values, vectors = torch.linalg.eigh(covariance + epsilon * float(covariance.diagonal().mean()) * torch.eye(len(covariance), dtype=rows.dtype))
+        return (vectors * values.clamp_min(torch.finfo(rows.dtype).tiny) ** power) @ vectors.T
+
+    recolour = covariance_power(mapped, mapped_mean, -0.5) @ covariance_power(target_rows, target_mean, 0.5)
+    matrix = bridge.matrix @ recolour
+    # f(x) - μm = (x - μs) W + μt0 - μm, so the new shift folds μt0 - μm through the recolouring
+    shift = (bridge.target_mean - mapped_mean) @ recolour + target_mean
+    return AffineMap(bridge.source_mean, matrix, shift)
 
 
 def _check(rounds: int, csls_k: int, max_rows: int) -> None:
@@ -170,6 +196,42 @@ def fit_refine(
     )
     bridge.config = {"fit": {"pairs_per_round": counts}}
     return bridge
+
+
+@register_bridge(
+    "refine-coral",
+    uses_rows=True,
+    exact_for="affine",
+    exact_options={"ridge": 0.0},
+    source="`refine`, then CORAL: Sun, Feng & Saenko, Return of Frustratingly Easy Domain Adaptation, AAAI 2016, arXiv 1511.05547",
+)
+def fit_refine_coral(
+    source_anchors: torch.Tensor,
+    target_anchors: torch.Tensor,
+    *,
+    source_rows: torch.Tensor | None = None,
+    target_rows: torch.Tensor | None = None,
+    seed: int = 0,
+    ridge: float | str = 0.1,
+    rounds: int = 3,
+    csls_k: int = 10,
+    max_rows: int = 5000,
+    epsilon: float = 1e-2,
+) -> AffineMap:
+    """`refine`, then the mapped rows' covariance matched to the decoder rows' (CORAL), both unpaired."""
+    _check(rounds, csls_k, max_rows)
+    if epsilon < 0:
+        raise UsageError(f"refine-coral epsilon must be 0 or more, not {epsilon}")
+    assert source_rows is not None and target_rows is not None
+    bridge, counts = refine_map(
+        source_anchors, target_anchors, source_rows, target_rows,
+        refit="affine", ridge=ridge, rounds=rounds, csls_k=csls_k, max_rows=max_rows, seed=seed,
+    )
+    source = unordered_subset(source_rows, max_rows, seed)
+    target = unordered_subset(target_rows, max_rows, seed + 1)
+    aligned = covariance_alignment(bridge, source, target, epsilon=epsilon)
+    aligned.config = {"fit": {"pairs_per_round": counts}}
+    return aligned
 
 
 @register_bridge(
