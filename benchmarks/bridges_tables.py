@@ -14,6 +14,13 @@ from collections import defaultdict
 from typing import Any, Iterable
 
 SCORES = ("confidence", "agreement", "mrr", "retrieval")
+ORDER = ("orthogonal", "affine", "inverse-relative", "kernel", "refine", "refine-coral", "refine-orthogonal")
+"""The registry's order (list_bridges()), kept here so that printing tables needs no torch."""
+
+
+def _ordered(names: Iterable[str]) -> list[str]:
+    names = list(names)
+    return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), names.index(n)))
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -53,7 +60,7 @@ def print_tables(records: list[dict[str, Any]]) -> None:
     for (dataset, encoder, decoder), by_count in groups.items():
         counts = sorted(by_count)
         reference = statistics.mean(next(iter(by_count.values()))[0]["reference"])
-        names = list(next(iter(by_count.values()))[0]["bridges"])
+        names = _ordered(next(iter(by_count.values()))[0]["bridges"])
         print(f"\n#### {dataset}: {encoder} → {decoder} (non-stitched {decoder}: {100 * reference:.1f})\n")
         draws = {count: len(rs) for count, rs in by_count.items()}
         print(f"Anchor draws per column: {', '.join(f'{c}: {n}' for c, n in draws.items())}; cells: accuracy % mean ± std over draws (% of non-stitched).\n")

@@ -39,8 +39,9 @@ def test_refine_and_auto_on_real_lite_latents(cache_dir):
     for name in ("affine", "refine"):
         bridge = fit_bridge(name, enc_train[anchors], dec_train[anchors], source_rows=enc_train, target_rows=dec_train.flip(0))
         accuracy[name] = float((predict(head, bridge(enc_test)) == test_labels).mean())
-    # measured (400 rows per split, 40 anchors): PLACEHOLDER
-    assert accuracy["refine"] > accuracy["affine"] + 0.05, accuracy
+    # measured on three 400-row draws of the full cached embeddings (40 anchors, head seed 0): refine 0.815-0.828,
+    # affine 0.70-0.75, non-stitched 0.85-0.89; auto chose refine in all three
+    assert accuracy["refine"] > accuracy["affine"] + 0.04, accuracy
     assert accuracy["refine"] > 0.85 * reference, (accuracy, reference)
     logits = lambda z: head(z.float())
     selection = select_bridge(["orthogonal", "affine", "refine"], enc_train[anchors], dec_train[anchors], head=logits,

@@ -172,7 +172,8 @@ def register_bridge(
 def _load_families() -> None:
     # The families register themselves on import; importing them here (not in __init__) keeps
     # `import stitchcli.bridges` free of torch for the command line.
-    from stitchcli.bridges import inverse_relative, kernel, linear, refine  # noqa: F401
+    from stitchcli.bridges import linear  # noqa: F401  (first: its bridges lead the listings)
+    from stitchcli.bridges import inverse_relative, kernel, refine  # noqa: F401
 
 
 def list_bridges() -> list[str]:
