@@ -97,7 +97,7 @@ def test_a_similarity_bridge_does_not_claim_a_stretch(name):
 
 
 def _old_classes():
-    from stitchcli.stitching import AffineTranslation, LatentTranslation
+    from stitchcli.translations import AffineTranslation, LatentTranslation
 
     return LatentTranslation, AffineTranslation
 
