@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from _common import load, processor
 from stitchcli.bridges import fit_bridge, list_bridges, select_bridge
 from stitchcli.bridges.selection import SCORES, as_candidate
-from stitchcli.demo import packaged_dataset
+from stitchcli.data.packaged import packaged_dataset
 from stitchcli.embedding import load_embeddings
 from stitchcli.heads import HeadSettings, build_classifier, predict, train_classifier
 from stitchcli.store import EmbeddingStore
@@ -48,7 +48,7 @@ PAIRS = {"packaged:mnist5k": ("lite0", "lite2"), "packaged:bbc-news": ("minilm",
 
 def load_split(store: EmbeddingStore, model: str, dataset: str, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Give (latents, labels, ids) of a cached split, rows sorted by id (so two models' rows line up)."""
-    entry = load_embeddings(store, model, packaged_dataset(store, dataset), split)
+    entry = load_embeddings(store, model, packaged_dataset(dataset, store.root / "assets"), split)
     order = np.argsort(entry.ids, kind="stable")
     return np.asarray(entry.embeddings)[order], np.asarray(entry.labels)[order], np.asarray(entry.ids)[order]
 

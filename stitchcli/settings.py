@@ -225,12 +225,12 @@ class StitchSettings:
                                          choices=lambda: BASELINES, empty_ok=True, panel="Baselines")
     ridge: float = setting(0.1, "--ridge", help="Ridge strength of the affine baseline, relative to the anchors' variance.",
                            commands=SWEEPS, recipe="ridge", requirement=Requirement("a positive number", POSITIVE.holds), panel="Baselines")
-    # The default (docs/BRIDGES.md, "The default"): auto beside the paper's rows and the baselines; its candidates
-    # are every registered bridge, which on the demo's 300 rows adds seconds, not minutes.
+    # The default (docs/BRIDGES.md, "The default"): auto beside the paper's rows and the baselines, choosing between
+    # the affine map and its refinement from unlabeled rows (the cheap pair that holds the measured best rows).
     bridges: tuple[str, ...] = setting((AUTO,), "--bridge", "--bridges", help="Comma-separated bridges (orthogonal, affine, inverse-relative, "
                                        "kernel, refine, refine-coral, refine-orthogonal), all, auto, or none: a row each, the encoder's "
                                        "latents mapped into the decoder's for its absolute head. auto chooses among the other bridges "
-                                       "given (alone: all) by held-out anchors, without labels.", commands=SWEEPS, recipe="bridges",
+                                       "given (alone: affine, refine) by held-out anchors, without labels.", commands=SWEEPS, recipe="bridges",
                                        choices=_bridge_choices, every=_bridges, empty_ok=True, panel="Bridges")
     metrics: tuple[str, ...] = setting(METRICS, "--metrics", help="Comma-separated similarity measures (cka, jaccard, mrr, cosine), all, or none.",
                                        commands=frozenset({EVAL}), recipe="metrics", choices=lambda: METRICS, empty_ok=True, panel="Similarity")
