@@ -60,7 +60,7 @@ def print_tables(records: list[dict[str, Any]]) -> None:
     for (dataset, encoder, decoder), by_count in groups.items():
         counts = sorted(by_count)
         reference = statistics.mean(next(iter(by_count.values()))[0]["reference"])
-        names = _ordered(next(iter(by_count.values()))[0]["bridges"])
+        names = _ordered(dict.fromkeys(name for rs in by_count.values() for r in rs for name in r["bridges"]))
         print(f"\n#### {dataset}: {encoder} → {decoder} (non-stitched {decoder}: {100 * reference:.1f})\n")
         draws = {count: len(rs) for count, rs in by_count.items()}
         print(f"Anchor draws per column: {', '.join(f'{c}: {n}' for c, n in draws.items())}; cells: accuracy % mean ± std over draws (% of non-stitched).\n")
@@ -92,10 +92,12 @@ def print_tables(records: list[dict[str, Any]]) -> None:
         print("| bridge | " + " | ".join(f"{c} anchors" for c in counts) + " |")
         print("| --- " * (len(counts) + 1) + "|")
         for name in names:
-            cells = [f"{statistics.median(r['bridges'][name]['seconds'] for r in by_count[c] if name in r['bridges']):.2f}" for c in counts]
+            times = {c: [r["bridges"][name]["seconds"] for r in by_count[c] if name in r["bridges"]] for c in counts}
+            cells = [f"{statistics.median(times[c]):.2f}" if times[c] else "–" for c in counts]
             print(f"| {name} | " + " | ".join(cells) + " |")
-        selection_seconds = [f"{statistics.median(r['selection']['seconds'] for r in by_count[c]):.1f}" for c in counts if all('selection' in r for r in by_count[c])]
-        if selection_seconds:
+        selection_seconds = [f"{statistics.median(r['selection']['seconds'] for r in by_count[c]):.1f}" if all(r.get("selection") for r in by_count[c]) else "–"
+                             for c in counts]
+        if any(cell != "–" for cell in selection_seconds):
             print(f"| auto (all folds, every candidate) | " + " | ".join(selection_seconds) + " |")
     print_score_summary(records)
 
