@@ -429,5 +429,6 @@ def build_settings(dataset: str, values: Mapping[str, Any], base: StitchSettings
 
 
 def differing(settings: StitchSettings, other: StitchSettings, names: Sequence[str]) -> list[str]:
-    """Give the flags of the settings named in ``names`` whose values differ between the two settings."""
-    return [by_name(name).flag for name in names if by_name(name).get(settings) != by_name(name).get(other)]
+    """Give the flags of the settings named in ``names`` whose values differ between the two settings, in declaration order
+    (``names`` may be a set: the message must not depend on its order)."""
+    return [d.flag for d in declared_settings() if d.name in names and d.get(settings) != d.get(other)]
