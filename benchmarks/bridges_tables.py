@@ -98,7 +98,7 @@ def print_tables(records: list[dict[str, Any]]) -> None:
         selection_seconds = [f"{statistics.median(r['selection']['seconds'] for r in by_count[c]):.1f}" if all(r.get("selection") for r in by_count[c]) else "–"
                              for c in counts]
         if any(cell != "–" for cell in selection_seconds):
-            print(f"| auto (all folds, every candidate) | " + " | ".join(selection_seconds) + " |")
+            print("| auto (all folds, every candidate) | " + " | ".join(selection_seconds) + " |")
     print_score_summary(records)
 
 

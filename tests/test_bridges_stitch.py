@@ -7,9 +7,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pytest
 from test_heads import one_torch_thread  # noqa: F401 - the autouse fixture applies here too
-from test_stitching_lib import clusters, import_model, invariant_twin, random_orthogonal, rows_by  # noqa: F401 - clusters is a fixture
+from test_stitching_lib import (  # noqa: F401 - clusters is a fixture
+    clusters,
+    import_model,
+    invariant_twin,
+    random_orthogonal,
+    rows_by,
+)
 from typer.testing import CliRunner
 
 from stitchcli.cli import app
@@ -21,8 +26,8 @@ from stitchcli.store import EmbeddingStore
 
 
 def settings_of(dataset: Path, **options) -> StitchSettings:
-    base = dict(dataset=str(dataset), seeds=(0,), projections=("cosine",), num_anchors=48, head=HeadSettings(epochs=5, hidden=64, batch_size=32),
-                baselines=("absolute",), bridges=("auto",))
+    base = {"dataset": str(dataset), "seeds": (0,), "projections": ("cosine",), "num_anchors": 48,
+            "head": HeadSettings(epochs=5, hidden=64, batch_size=32), "baselines": ("absolute",), "bridges": ("auto",)}
     return StitchSettings(**{**base, **options})
 
 
@@ -56,7 +61,7 @@ def test_a_bad_bridge_name_is_one_line_naming_the_known_bridges(tmp_path):
     assert len(lines) == 1 and "afine" in lines[0] and "affine" in lines[0] and "refine-coral" in lines[0], result.output
 
 
-def test_orthogonal_and_affine_twins_are_stitched_exactly_and_a_second_run_fits_nothing(clusters, tmp_path):
+def test_orthogonal_and_affine_twins_are_stitched_exactly_and_a_second_run_fits_nothing(clusters, tmp_path):  # noqa: F811 - the fixture
     dataset, z = clusters
     store = EmbeddingStore(tmp_path / "cache")
     a = import_model(store, dataset, "A", z)
@@ -87,12 +92,13 @@ def test_orthogonal_and_affine_twins_are_stitched_exactly_and_a_second_run_fits_
     assert [row.to_dict() for row in again.rows] == [row.to_dict() for row in report.rows]
 
 
-def test_auto_chooses_without_the_encoders_labels_or_the_evaluation_split(clusters, tmp_path):
+def test_auto_chooses_without_the_encoders_labels_or_the_evaluation_split(clusters, tmp_path):  # noqa: F811 - the fixture
+    import torch
+
+    from stitchcli.progress import Reporter
     from stitchcli.stitching.bridges import obtain_selection
     from stitchcli.stitching.data import prepare, resolve_sweep_dataset
     from stitchcli.stitching.heads_cache import HeadRequest, obtain_head
-    from stitchcli.progress import Reporter
-    import torch
 
     dataset, z = clusters
     rng = np.random.default_rng(3)

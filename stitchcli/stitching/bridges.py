@@ -21,13 +21,29 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from stitchcli.bridges import FittedBridge, fit_bridge, get_bridge, load_bridge, select_bridge
+from stitchcli.bridges import (
+    FittedBridge,
+    fit_bridge,
+    get_bridge,
+    load_bridge,
+    select_bridge,
+)
 from stitchcli.errors import out_of_space_as_work_error
 from stitchcli.heads import FittedHead
 from stitchcli.progress import Reporter
 from stitchcli.settings import AUTO, StitchSettings
 from stitchcli.stitching.data import ModelView, SweepData
-from stitchcli.store import CHECKSUM_FIELD, CorruptEntry, EmbeddingStore, canonical_json, file_lock, read_header, slug, write_safetensors, write_text_atomically
+from stitchcli.store import (
+    CHECKSUM_FIELD,
+    CorruptEntry,
+    EmbeddingStore,
+    canonical_json,
+    file_lock,
+    read_header,
+    slug,
+    write_safetensors,
+    write_text_atomically,
+)
 
 BRIDGES_FOLDER = "bridges"
 BRIDGE_SEED = 0

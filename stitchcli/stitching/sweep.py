@@ -25,7 +25,13 @@ from stitchcli.heads import FittedHead, check_head, load_head
 from stitchcli.models import ModelRef
 from stitchcli.progress import Reporter
 from stitchcli.settings import AUTO, HeadSettings, StitchSettings, differing
-from stitchcli.stitching.bridges import BASELINE_BRIDGES, auto_candidates, bridge_options, obtain_bridge, obtain_selection
+from stitchcli.stitching.bridges import (
+    BASELINE_BRIDGES,
+    auto_candidates,
+    bridge_options,
+    obtain_bridge,
+    obtain_selection,
+)
 from stitchcli.stitching.data import SweepData, prepare, resolve_sweep_dataset
 from stitchcli.stitching.features import product_values, subspaces
 from stitchcli.stitching.heads_cache import HeadRequest, obtain_head
