@@ -17,11 +17,12 @@ ROWS = 400
 
 
 def test_refine_and_auto_on_real_lite_latents(cache_dir):
-    from stitchcli.demo import packaged_dataset, register_demo_models
+    from stitchcli.assets import register_packaged_models
+    from stitchcli.data.packaged import packaged_dataset
 
     store = EmbeddingStore(cache_dir)
-    mnist = packaged_dataset(store, "packaged:mnist5k")
-    register_demo_models(store, ["lite0", "lite2"])
+    mnist = packaged_dataset("packaged:mnist5k", store.root / "assets")
+    register_packaged_models(store, ["lite0", "lite2"])
     embed(["lite0", "lite2"], mnist, ["train", "test"], store=store, options=EmbedOptions(limit=ROWS))
     splits = {}
     for model in ("lite0", "lite2"):
