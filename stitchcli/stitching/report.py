@@ -36,10 +36,16 @@ class StitchRow:
     seeds: list[int]
     per_seed: list[dict[str, float]] = field(default_factory=list)
     note: str | None = None
+    chosen: str | None = None  # auto: the bridge it chose
+    selection: dict[str, Any] | None = None  # auto: every candidate's held-out scores (docs/BRIDGES.md)
 
     def to_dict(self) -> dict[str, Any]:
-        """Give the JSON-ready row."""
-        return asdict(self)
+        """Give the JSON-ready row (``chosen`` and ``selection`` only on ``auto`` rows)."""
+        document = asdict(self)
+        for key in ("chosen", "selection"):
+            if document[key] is None:
+                del document[key]
+        return document
 
     @property
     def setting(self) -> tuple[str, tuple[str, ...], str | None]:
@@ -81,6 +87,8 @@ class StitchReport:
     similarity: list[SimilarityRow] | None = None  # eval's similarity table; None: not computed (stitch)
     heads_trained: int = 0
     heads_cached: int = 0
+    bridges_fitted: int = 0
+    bridges_cached: int = 0
     seconds: float = 0.0
 
     def summary(self) -> list[dict[str, Any]]:
@@ -119,6 +127,8 @@ class StitchReport:
             **({"similarity": [row.to_dict() for row in self.similarity]} if self.similarity is not None else {}),
             "heads_trained": self.heads_trained,
             "heads_cached": self.heads_cached,
+            "bridges_fitted": self.bridges_fitted,
+            "bridges_cached": self.bridges_cached,
             "seconds": round(self.seconds, 3),
         }
 
