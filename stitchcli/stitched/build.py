@@ -24,7 +24,7 @@ from stitchcli.errors import UsageError
 from stitchcli.models import ModelRef
 from stitchcli.progress import Reporter
 from stitchcli.settings import StitchSettings
-from stitchcli.stitched.maps import fit_map, list_maps
+from stitchcli.stitched.maps import map_parts
 from stitchcli.stitched.model import StitchedParts, save_stitched
 from stitchcli.stitching.report import StitchReport, StitchRow, setting_label
 from stitchcli.store import EmbeddingStore
@@ -251,6 +251,9 @@ def _parts(store: EmbeddingStore, data: Any, settings: StitchSettings, row: Stit
     """Give the head (read from the cache the sweep filled) and the anchors or the fitted map of one candidate."""
     import torch
 
+    from stitchcli.bridges import list_bridges
+    from stitchcli.settings import AUTO
+    from stitchcli.stitching.bridges import BASELINE_BRIDGES, bridge_options, obtain_bridge
     from stitchcli.stitching.features import product_values, subspaces
     from stitchcli.stitching.heads_cache import HeadRequest, obtain_head
 
@@ -267,12 +270,17 @@ def _parts(store: EmbeddingStore, data: Any, settings: StitchSettings, row: Stit
             head, _ = obtain_head(store, data, target, HeadRequest("relative", projections, row.aggregation, seed), settings, features, device,
                                   reporter=reporter)
         return StitchedParts(head, source.anchors, np.asarray(data.manifest.ids, dtype=np.int64), settings.transform)
-    if row.method not in list_maps():
-        raise UsageError(f"row {row.method!r} cannot be saved: no latent map of that kind is registered (known: {', '.join(list_maps())})")
     head, _ = obtain_head(store, data, target, HeadRequest("absolute", (), None, seed), settings,
                           lambda: torch.from_numpy(target.train.embeddings), device, reporter=reporter)
-    _, tensors, options = fit_map(row.method, source.anchors, target.anchors, {"ridge": settings.ridge})
-    return StitchedParts(head, map_kind=row.method, map_tensors=tensors, map_options=options)
+    if row.method == "absolute":
+        return StitchedParts(head, map_kind="absolute", map_tensors={}, map_options={})
+    # the sweep's own bridge (read from the cache it was saved in): auto's choice, a baseline's registry bridge, or the named one
+    name = row.chosen if row.method == AUTO and row.chosen else BASELINE_BRIDGES.get(row.method, row.method)
+    if name not in list_bridges():
+        raise UsageError(f"row {row.method!r} cannot be saved: it is not a bridge (known: {', '.join(list_bridges())})")
+    bridge, _ = obtain_bridge(store, data, source, target, name, bridge_options(name, settings), reporter=reporter)
+    tensors, options = map_parts("bridge", bridge)
+    return StitchedParts(head, map_kind="bridge", map_tensors=tensors, map_options=options)
 
 
 def _accuracy(parts: StitchedParts, latents: np.ndarray, labels: np.ndarray) -> float:

@@ -3,9 +3,9 @@ absolute head.
 
 Each map kind is registered once with three functions: how it is fitted on the anchors, how a fitted map becomes
 tensors plus JSON options (what a stitched model directory stores), and how those parts become the map again.
-The baselines of docs/METHOD.md §5 are registered here (``absolute``: no map, ``translation``: orthogonal,
-``affine``: ridge); another kind of map (a bridge) registers itself with :func:`register_map` and fits the same
-slot of the saved format.
+Two kinds are registered here: ``absolute`` (no map) and ``bridge``, any fitted bridge of stitchcli.bridges
+(the ``translation`` and ``affine`` baselines are its orthogonal and affine bridges) stored as its state; another
+kind of map registers itself with :func:`register_map` and fits the same slot of the saved format.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from stitchcli.errors import UsageError, unknown_name
-from stitchcli.translations import AffineTranslation, LatentTranslation
 
 LatentMap = Callable[[np.ndarray], np.ndarray]
 """(N, encoder dim) latents -> (N, decoder dim) float32 latents."""
@@ -68,6 +67,11 @@ def fit_map(name: str, source_anchors: np.ndarray, target_anchors: np.ndarray, o
     return kind.from_parts(tensors, stored), tensors, stored
 
 
+def map_parts(name: str, fitted: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Give (tensors, JSON options) of a fitted map of kind ``name``: what a directory stores."""
+    return get_map_kind(name).to_parts(fitted)
+
+
 def rebuild_map(name: str, tensors: Mapping[str, np.ndarray], options: Mapping[str, Any]) -> LatentMap:
     """Give the map a directory stored as ``tensors`` and ``options``; UsageError when they do not make one."""
     kind = get_map_kind(name)
@@ -77,36 +81,29 @@ def rebuild_map(name: str, tensors: Mapping[str, np.ndarray], options: Mapping[s
         raise UsageError(f"the stored {name} map is incomplete ({exc}): save the stitched model again") from None
 
 
+def _no_fit(source: np.ndarray, target: np.ndarray, options: Mapping[str, Any]) -> Any:
+    raise AssertionError("a bridge is fitted (or read from the cache) by stitchcli.stitching.bridges.obtain_bridge")
+
+
 def _identity_from_parts(tensors: Mapping[str, np.ndarray], options: Mapping[str, Any]) -> LatentMap:
     return lambda latents: np.asarray(latents, dtype=np.float32)
 
 
-def _translation_parts(fitted: LatentTranslation) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    tensors = {"source_mean": fitted.source_mean, "target_mean": fitted.target_mean, "rotation": fitted.rotation}
-    # floats in JSON round-trip exactly (Python writes the shortest repr that reads back the same double)
-    return tensors, {"source_scale": float(fitted.source_scale), "target_scale": float(fitted.target_scale)}
+def _bridge_parts(fitted: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    tensors, config = fitted.state()
+    return {key: value.numpy() for key, value in tensors.items()}, config
 
 
-def _translation_from_parts(tensors: Mapping[str, np.ndarray], options: Mapping[str, Any]) -> LatentMap:
-    return LatentTranslation(
-        np.asarray(tensors["source_mean"]), float(options["source_scale"]),
-        np.asarray(tensors["target_mean"]), float(options["target_scale"]), np.asarray(tensors["rotation"]),
-    )
+def _bridge_from_parts(tensors: Mapping[str, np.ndarray], options: Mapping[str, Any]) -> LatentMap:
+    import torch
 
+    from stitchcli.bridges import load_bridge
 
-def _affine_parts(fitted: AffineTranslation) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    return {"source_mean": fitted.source_mean, "target_mean": fitted.target_mean, "matrix": fitted.matrix}, {}
-
-
-def _affine_from_parts(tensors: Mapping[str, np.ndarray], options: Mapping[str, Any]) -> LatentMap:
-    return AffineTranslation(np.asarray(tensors["source_mean"]), np.asarray(tensors["target_mean"]), np.asarray(tensors["matrix"]))
+    bridge = load_bridge({key: torch.from_numpy(np.asarray(value)) for key, value in tensors.items()}, dict(options))
+    return lambda latents: bridge(torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32))).numpy()
 
 
 register_map(MapKind("absolute", lambda source, target, options: None, lambda fitted: ({}, {}), _identity_from_parts))
-register_map(MapKind("translation", lambda source, target, options: LatentTranslation.fit(source, target), _translation_parts, _translation_from_parts))
-register_map(MapKind(
-    "affine",
-    lambda source, target, options: AffineTranslation.fit(source, target, float(options["ridge"])),
-    lambda fitted: _affine_parts(fitted),
-    _affine_from_parts,
-))
+# Every bridge of stitchcli.bridges (the translation and affine baselines included: the registry's orthogonal and
+# affine bridges) is stored as its state: the tensors and the JSON config that load_bridge rebuilds it from.
+register_map(MapKind("bridge", _no_fit, _bridge_parts, _bridge_from_parts))

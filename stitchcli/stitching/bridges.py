@@ -178,6 +178,7 @@ def obtain_selection(
             pass
         reporter.warn(f"cached bridge selection {path} cannot be used; choosing again")
     from stitchcli.bridges import BridgeCandidate
+    from stitchcli.bridges.selection import DEFAULT_FOLDS
 
     reporter.status(f"auto: scoring {len(candidates)} bridge(s) from {source.name} into {target.name} on held-out anchors")
     module = head.module
@@ -187,14 +188,22 @@ def obtain_selection(
         device = next(module.parameters()).device
         return module(latents.to(device=device, dtype=torch.float32)).cpu()
 
-    uses_rows = any(get_bridge(name).uses_rows for name in candidates)
-    selection = select_bridge(
-        [BridgeCandidate(name, options[name], label=name) for name in candidates],
-        torch.from_numpy(np.asarray(source.anchors)), torch.from_numpy(np.asarray(target.anchors)), head=logits,
-        source_rows=_train_rows(source) if uses_rows else None, target_rows=_train_rows(target) if uses_rows else None,
-        seed=BRIDGE_SEED, refit=False,
-    )
-    record = selection.to_dict()
+    # as many folds as the anchors allow (two held-out anchors a fold at least), up to the default
+    folds = min(DEFAULT_FOLDS, len(source.anchors) // 2)
+    if folds < 2:
+        record: dict[str, Any] = {
+            "winner": candidates[0], "score": None, "folds": 0, "candidates": [],
+            "note": f"{len(source.anchors)} anchors are too few to score bridges on held-out anchors (4 at least): the first candidate",
+        }
+    else:
+        uses_rows = any(get_bridge(name).uses_rows for name in candidates)
+        selection = select_bridge(
+            [BridgeCandidate(name, options[name], label=name) for name in candidates],
+            torch.from_numpy(np.asarray(source.anchors)), torch.from_numpy(np.asarray(target.anchors)), head=logits,
+            source_rows=_train_rows(source) if uses_rows else None, target_rows=_train_rows(target) if uses_rows else None,
+            seed=BRIDGE_SEED, refit=False, folds=folds,
+        )
+        record = selection.to_dict()
     with out_of_space_as_work_error(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomically(path, json.dumps({"identity_digest": digest, "identity": identity, "selection": record}, indent=2, sort_keys=True) + "\n")
