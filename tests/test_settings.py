@@ -211,3 +211,20 @@ def test_head_refusal_names_every_differing_option_in_one_line(fitted_head, tmp_
         stitch(EmbeddingStore(), ModelRef("A"), ModelRef("B"), settings, head_file=head, explicit={"epochs", "lr", "limit"})
     message = str(caught.value)
     assert "\n" not in message and "drop --epochs, --lr" in message and "--limit" not in message
+
+
+@pytest.mark.slow
+def test_training_a_head_reports_every_epoch_as_it_goes(fitted_head):
+    """While heads train, the status line moves with every epoch (not one line for minutes)."""
+    from stitchcli.models import ModelRef
+    from stitchcli.progress import Reporter
+    from stitchcli.stitching import fit_head
+    from stitchcli.store import EmbeddingStore
+
+    data, _ = fitted_head
+    statuses: list[str] = []
+    settings = StitchSettings(dataset=str(data), limit=120, num_anchors=30, head=HeadSettings(epochs=4, patience=10))
+    _, cached, _ = fit_head(EmbeddingStore(), ModelRef("B"), settings, seed=7, reporter=Reporter(status=statuses.append))
+    assert not cached
+    epochs = [line for line in statuses if "epoch" in line]
+    assert [f"epoch {n} of at most 4" in line for n, line in enumerate(epochs, start=1)] == [True] * 4, statuses
