@@ -172,7 +172,7 @@ def test_eval_killed_midway_keeps_the_finished_heads_and_gives_the_same_numbers(
     _copy_cache(prepared, cache_dir)
     data = prepared[1]
     # two models, cosine, euclidean and their product, one seed: 6 heads; the run is killed writing the third
-    args = ["eval", "-d", str(data), "--models", "tv,tw", "--seeds", "0", "--baselines", "none", *HEAD, "--json"]
+    args = ["eval", "-d", str(data), "--models", "tv,tw", "--seeds", "0", "--baselines", "none", "--bridge", "none", *HEAD, "--json"]
     kill_at_write(*args, hook_dir=tmp_path / "hook", stop_at_write=3)
     heads = cache_dir / "heads"
     finished = {p.relative_to(heads): p.read_bytes() for p in heads.rglob("*.safetensors")}

@@ -101,7 +101,8 @@ def test_demo_stitches_both_real_pairs_offline_then_reads_the_cache(cache_dir):
                if not row["stitched"] and row["projections"] == ["cosine", "euclidean"]}
     assert product[("packaged:bbc-news", "mpnet")] > 0.5 and product[("packaged:mnist5k", "lite2")] > 0.3
     assert {s["projection"] for s in document["similarity"]} == {"cosine", "euclidean", "absolute"}
-    assert {row["method"] for row in document["rows"]} == {"relative", "absolute", "translation", "affine"}
+    assert {row["method"] for row in document["rows"]} == {"relative", "absolute", "translation", "affine", "auto"}
+    assert all(row["chosen"] in ("affine", "refine") for row in document["rows"] if row["method"] == "auto" and row["stitched"])
     assert sum(run["heads_trained"] for run in document["runs"]) > 0
 
     started = time.perf_counter()
@@ -109,6 +110,7 @@ def test_demo_stitches_both_real_pairs_offline_then_reads_the_cache(cache_dir):
     assert second.returncode == 0, second.stderr
     again = json.loads(second.stdout)
     assert sum(run["heads_trained"] for run in again["runs"]) == 0
+    assert sum(run["bridges_fitted"] for run in again["runs"]) == 0 and sum(run["bridges_cached"] for run in again["runs"]) > 0
     assert [row["accuracy"] for row in again["rows"]] == [row["accuracy"] for row in document["rows"]]
     assert time.perf_counter() - started < 120  # seconds, not minutes: nothing is embedded or trained again
 

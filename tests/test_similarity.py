@@ -395,9 +395,9 @@ def test_the_report_is_strict_json_and_relative_spaces_need_every_model_s_anchor
 def minilm_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarray]:
     """Give MiniLM's embeddings of 200 real BBC articles at 128 and at 16 tokens (float64): two real
     representations of the same samples, built from the demo extra's packages in a fresh cache."""
-    from stitchcli.assets import packaged_minilm_path
-    from stitchcli.assets import prepare_packaged
+    from stitchcli.assets import packaged_minilm_path, prepare_packaged
     from stitchcli.embedding import EmbedOptions, embed, load_embeddings
+    from stitchcli.models import ModelRef
     from stitchcli.store import EmbeddingStore
 
     store = EmbeddingStore(tmp_path_factory.mktemp("cache"))
@@ -405,8 +405,9 @@ def minilm_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, n
     model = str(packaged_minilm_path())
     spaces = []
     for length in (128, 16):
-        embed([model], bbc, ["test"], store=store, max_length=length, options=EmbedOptions(limit=200, num_workers=0))
-        spaces.append(load_embeddings(store, model, bbc, "test", max_length=length, limit=200).embeddings.astype(np.float64))
+        ref = ModelRef(model, {"max_length": length})
+        embed([ref], bbc, ["test"], store=store, options=EmbedOptions(limit=200, num_workers=0))
+        spaces.append(load_embeddings(store, ref, bbc, "test", limit=200).embeddings.astype(np.float64))
     return spaces[0], spaces[1]
 
 
