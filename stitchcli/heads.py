@@ -165,6 +165,8 @@ class FittedHead:
 
     def predict(self, features: torch.Tensor | np.ndarray, *, batch_size: int = 4096) -> np.ndarray:
         """Give the predicted class of every row of ``features`` ((N, n, k) or (N, D)), in batches."""
+        if self.task != DEFAULT_TASK:
+            raise ValueError(f"a {self.task} head predicts no classes: use stitchcli.reconstruction.decoder.reconstruct")
         return predict(self.module, features, batch_size=batch_size)
 
 

@@ -14,11 +14,12 @@ heads, for the baselines) and outputs a sigmoid image, trained with MSE:
                         channels, Conv2d(k3, p1) → sigmoid → crop to (H, W); u = ceil(log2(max(H, W) / 8)) and
                         ``base_channels`` channels at full size (MNIST: 7×7×64 → 14×14×32 → 28×28×16 → 28×28×1)
 
-Why the MLP is the default: on EfficientNet-Lite0's MNIST features (4000 training digits, 12 epochs, the
-same settings) it reached a lower validation MSE than the transposed-convolution decoder with 8 or 16
-channels at full size, and trained about 4× faster on the CPU (the numbers are in docs/RECONSTRUCTION.md).
-What a frozen encoder's pooled features keep of the pixels bounds the reconstruction, so the convolutions'
-spatial prior buys nothing here that an MLP of this size does not reach sooner. Neither uses BatchNorm, so a
+Why the MLP is the default: on EfficientNet-Lite0's MNIST latents (absolute decoders, same settings, seed
+and epoch budget) it reached the test MSE of the transposed-convolution decoder with 16 channels at full
+size (its SSIM a little lower) and beat the 8-channel one on both, while training faster on the CPU
+(docs/RECONSTRUCTION.md; benchmarks/reconstruction_architectures.py). What a frozen encoder's pooled
+features keep of the pixels bounds the reconstruction, so the convolutions' spatial prior buys little here;
+``deconv`` stays available where strokes matter more than training time. Neither uses BatchNorm, so a
 decoder reads one image exactly as it reads a batch (stitched inputs arrive with other statistics than the
 training ones). The same :class:`~stitchcli.heads.HeadSettings` train both (hidden size, dropout, epochs, lr,
 batch, patience), on MSE with early stopping on the validation part, through the loop classification heads

@@ -17,7 +17,9 @@ it takes several seconds, as it loads transformers and scipy.
 from __future__ import annotations
 
 import math
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from stitchcli.errors import UsageError
@@ -93,3 +95,20 @@ def reconstruction_scores(reconstructions: torch.Tensor, originals: torch.Tensor
         "psnr": float(per_image_psnr(reconstructions, originals).mean()),
         "ssim": float(per_image_ssim(reconstructions, originals).mean()),
     }
+
+
+def score_seeds(reconstructions: Sequence[torch.Tensor], originals: torch.Tensor, seeds: Sequence[int]) -> dict[str, Any]:
+    """Give a stitching row's scores: ``mse``, ``psnr``, ``ssim`` and their ``_std`` over seeds, ``seeds``, ``per_seed``.
+
+    One (N, C, H, W) reconstruction of ``originals`` per seed (the heads of each seed); each seed's scores are
+    :func:`reconstruction_scores`, and a row gives their mean and population standard deviation (as the
+    classification rows do for accuracy), rounded to 6 decimals.
+    """
+    if len(reconstructions) != len(seeds) or not seeds:
+        raise ValueError(f"{len(reconstructions)} reconstructions for seeds {list(seeds)}")
+    per_seed = [{"seed": seed, **{k: round(v, 6) for k, v in reconstruction_scores(r, originals).items()}} for seed, r in zip(seeds, reconstructions)]
+    row: dict[str, Any] = {}
+    for metric in ("mse", "psnr", "ssim"):
+        values = np.array([s[metric] for s in per_seed])
+        row[metric], row[f"{metric}_std"] = round(float(values.mean()), 6), round(float(values.std()), 6)
+    return {**row, "seeds": list(seeds), "per_seed": per_seed}
