@@ -137,9 +137,13 @@ def test_large_images_are_resized_to_at_most_64_and_a_size_can_be_asked(tmp_path
 
 
 def test_text_datasets_and_unknown_rows_are_refused_in_one_line(tmp_path, text_table):
-    with pytest.raises(UsageError, match="no pixel target") as error:
-        load_pixel_targets(str(text_table), "train")
-    assert "\n" not in str(error.value)
+    from stitchcli.reconstruction.targets import require_image_dataset
+
+    for refuse in (lambda: load_pixel_targets(str(text_table), "train"), lambda: require_image_dataset(str(text_table))):
+        with pytest.raises(UsageError, match="no pixel target") as error:
+            refuse()
+        assert "\n" not in str(error.value)
+    require_image_dataset(str(write_grey_folder(tmp_path / "ok")))  # images: no error
     data = write_grey_folder(tmp_path / "grey")
     with pytest.raises(UsageError, match="row id 99"):
         load_pixel_targets(str(data), "train", [0, 99])
@@ -421,7 +425,8 @@ def test_real_lite2_decoder_rebuilds_digits_a_pixel_classifier_reads_and_lite0_s
         return relative_space(torch.from_numpy(latents[(model, split)].embeddings), torch.from_numpy(anchors),
                               ("cosine", "euclidean"), transform="center").values
 
-    settings = HeadSettings()
+    from stitchcli.reconstruction.decoder import DEFAULT_SETTINGS as settings
+
     relative = build_decoder("relative", train_targets.shape, settings, aggregation="mlp-sum", num_subspaces=2, num_anchors=300, seed=0)
     train_decoder(relative, space("lite2", "train"), train_targets.images, settings, seed=0, labels=train_targets.labels)
     absolute = build_decoder("absolute", train_targets.shape, settings, input_dim=1280, seed=0)

@@ -115,6 +115,17 @@ def require_images(data: SplitData, dataset: str) -> None:
         )
 
 
+def require_image_dataset(dataset: DatasetSpec | str, split: str = "train") -> None:
+    """Refuse a dataset whose ``split`` holds no images (UsageError, one line), before any model work.
+
+    Reads the split's labels and column types only (what :func:`stitchcli.data.load_split` reads), no image.
+    """
+    from stitchcli.data import load_split, resolve_dataset
+
+    spec = resolve_dataset(dataset) if isinstance(dataset, str) else dataset
+    require_images(load_split(spec, split), spec.name)
+
+
 def load_pixel_targets(
     dataset: DatasetSpec | str,
     split: str,
