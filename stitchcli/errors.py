@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import errno
 import os
 import re
@@ -21,10 +22,21 @@ class UsageError(StitchError):
     exit_code = 2
 
 
+class NotCached(UsageError):
+    """What a command needs is not in the cache yet (embeddings not computed): exit code 2, the message says how to make it."""
+
+
 class WorkError(StitchError):
     """The work could not be done (a model or dataset could not be loaded, no network): exit code 1."""
 
     exit_code = 1
+
+
+def unknown_name(kind: str, name: object, known: list[str]) -> UsageError:
+    """Give the one-line error for an unknown registry name: the close match, if any, and every known name."""
+    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return UsageError(f"unknown {kind} {name!r}{hint}: use one of {', '.join(known)}")
 
 
 OFFLINE_MODEL_ALTERNATIVES = (

@@ -1,7 +1,7 @@
 """Heads: an aggregation plus a classifier trained on one model's representations, saved as safetensors + JSON.
 
-A *relative* head reads a product space (N, n, k): the aggregation φ of METHOD.md §3 (one LayerNorm per
-subspace, then concat, sum, mlp-sum or self-attention) followed by the classifier of METHOD.md §4,
+A *relative* head reads a product space (N, n, k): the aggregation φ of docs/METHOD.md §3 (one LayerNorm per
+subspace, then concat, sum, mlp-sum or self-attention) followed by the classifier of docs/METHOD.md §4,
 LayerNorm → Linear(in, h) → SiLU → Dropout → Linear(h, C). An *absolute* head is the same classifier on the
 raw latents (N, D); the absolute and latent-translation baselines use it.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -28,54 +28,13 @@ from torch import nn
 
 from stitchcli.errors import UsageError
 from stitchcli.relative.aggregation import Aggregation, build_aggregation
+from stitchcli.settings import HeadSettings
 from stitchcli.store import CHECKSUM_FIELD, CorruptEntry, canonical_json, read_header, write_safetensors, write_text_atomically
 
 HEAD_FORMAT = 1
 HEAD_KINDS = ("relative", "absolute")
 DEFAULT_TASK = "classification"
 """The task of a head whose config names none (every head saved before reconstruction heads existed)."""
-
-
-@dataclass(frozen=True)
-class HeadSettings:
-    """How a head is built and trained (METHOD.md §4 defaults)."""
-
-    hidden: int = 512
-    dropout: float = 0.1
-    epochs: int = 40
-    lr: float = 1e-3
-    batch_size: int = 256
-    weight_decay: float = 0.0
-    val_fraction: float = 0.1
-    patience: int = 5
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.hidden >= 1, f"--hidden must be a positive layer size, not {self.hidden}"),
-            (0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), not {self.dropout}"),
-            (self.epochs >= 1, f"--epochs must be at least 1, not {self.epochs}"),
-            (self.lr > 0, f"--lr must be positive, not {self.lr}"),
-            (self.batch_size >= 1, f"--batch-size must be positive, not {self.batch_size}"),
-            (self.weight_decay >= 0, f"--weight-decay must be 0 or more, not {self.weight_decay}"),
-            (0.0 < self.val_fraction < 1.0, f"--val-fraction must be between 0 and 1 (exclusive), not {self.val_fraction}"),
-            (self.patience >= 1, f"--patience must be at least 1 epoch, not {self.patience}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(message)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Give the settings as a JSON-ready dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> HeadSettings:
-        """Give settings from a dict (unknown keys refused with the known ones named)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UsageError(f"unknown head setting {', '.join(unknown)}: use some of {', '.join(sorted(known))}")
-        return cls(**data)
 
 
 class Classifier(nn.Module):

@@ -1,7 +1,7 @@
 """Scores of a stitched model and similarity measures between two latent spaces, each a plain float.
 
 Classification: :func:`accuracy` and :func:`macro_f1` (scikit-learn's macro F1 with ``zero_division=0``).
-Latent similarity (METHOD.md §6), between the representations of the same N samples under two models:
+Latent similarity (docs/METHOD.md §6), between the representations of the same N samples under two models:
 :func:`linear_cka`, :func:`jaccard_at_k`, :func:`mrr_at_k` and :func:`mean_cosine`.
 
 Inputs may be numpy arrays or torch tensors (labels also plain lists); they are never modified. Memory stays
@@ -93,7 +93,7 @@ def macro_f1(y_true: LabelsLike, y_pred: LabelsLike, num_classes: int | None = N
 def linear_cka(x: ArrayLike, y: ArrayLike, *, chunk_size: int = 8192) -> float:
     """Give the linear CKA between two representations of the same samples, in [0, 1].
 
-    Feature-space form of METHOD.md §6 with column-centred X (N×p) and Y (N×q):
+    Feature-space form of docs/METHOD.md §6 with column-centred X (N×p) and Y (N×q):
     ‖YᵀX‖²_F / (‖XᵀX‖_F · ‖YᵀY‖_F), accumulated in float64 over row chunks, so memory is
     O(p² + q² + p·q + chunk_size·(p + q)) whatever N is. Invariant to orthogonal transforms, isotropic
     scaling and translations of either input; p and q may differ.

@@ -72,7 +72,7 @@ def heatmap(
 
 def write_plots(folder: str | Path, reports: Sequence[StitchReport]) -> list[Path]:
     """Give the PNGs written to ``folder``: one stitching matrix per dataset and setting, one similarity map per measure."""
-    from stitchcli.cli.report import setting_label
+    from stitchcli.stitching.report import setting_label
     from stitchcli.stitching import stitching_matrix
 
     require_matplotlib()
@@ -92,10 +92,10 @@ def write_plots(folder: str | Path, reports: Sequence[StitchReport]) -> list[Pat
             ))
         if not report.similarity:
             continue
-        pairs = list(dict.fromkeys(f"{r.model_a} / {r.model_b}" for r in report.similarity))
-        spaces = list(dict.fromkeys(r.projection for r in report.similarity))
+        pairs = list(dict.fromkeys(f"{r.model_a} / {r.model_b}" for r in report.similarity or []))
+        spaces = list(dict.fromkeys(r.projection for r in report.similarity or []))
         for measure in ("cka", "jaccard", "mrr", "cosine"):
-            lookup = {(f"{r.model_a} / {r.model_b}", r.projection): getattr(r, measure) for r in report.similarity}
+            lookup = {(f"{r.model_a} / {r.model_b}", r.projection): getattr(r, measure) for r in report.similarity or []}
             if all(value is None for value in lookup.values()):
                 continue
             grid = [[lookup.get((pair, space)) for space in spaces] for pair in pairs]

@@ -38,73 +38,42 @@ names the key.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from stitchcli import defaults
-from stitchcli.embedding import MODEL_OPTIONS as MODEL_OPTION_KEYS
-from stitchcli.embedding import ModelRef
 from stitchcli.errors import UsageError
+from stitchcli.models import MODEL_OPTIONS as MODEL_OPTION_KEYS
+from stitchcli.models import ModelRef
+from stitchcli.settings import Declared, StitchSettings, build_settings, declared_settings
 
 if TYPE_CHECKING:
     from stitchcli.store import EmbeddingStore
 
 ALL = "all"
-BASELINES, METRICS = defaults.BASELINES, defaults.METRICS  # the names a recipe may list
-
-ANCHOR_KEYS = ("num", "strategy", "seed", "name", "model")
-DATASET_OPTION_KEYS = ("input_column", "label_column", "dataset_revision")
-RECIPE_KEYS = (
-    "description",
-    "datasets",
-    "dataset",
-    "models",
-    "split",
-    "train_split",
-    "limit",
-    "projections",
-    "aggregations",
-    "transform",
-    "seeds",
-    "metrics",
-    "k",
-    "baselines",
-    "ridge",
-    "anchors",
-    "head",
-    "dataset_options",
-)
-DEFAULTS: dict[str, Any] = {
-    "description": "",
-    "split": "test",
-    "train_split": "train",
-    "limit": None,
-    "projections": list(defaults.PROJECTIONS),
-    "aggregations": [defaults.AGGREGATION],
-    "transform": defaults.TRANSFORM,
-    "seeds": list(defaults.SEEDS),
-    "metrics": ALL,
-    "k": 10,
-    "baselines": ALL,
-    "ridge": defaults.RIDGE,
-}
-ANCHOR_DEFAULTS: dict[str, Any] = {"num": None, "strategy": "uniform", "seed": 0, "name": None, "model": None}
-
+STRUCTURE_KEYS = ("description", "datasets", "dataset", "models")
+"""The keys that describe what a recipe runs on; every other key is a declared setting (stitchcli.settings)."""
 _MIN_MODELS = 2
+
+
+def recipe_settings() -> dict[str, Declared]:
+    """Give recipe key (``projections``, ``anchors.num``, ``head.epochs``) -> the declared setting it sets."""
+    return {d.option.recipe: d for d in declared_settings() if d.option.recipe is not None}
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """A checked recipe, every default filled in.
+    """A checked recipe.
 
     Attributes:
         path: the file it was read from.
-        anchors: ``num`` (None: the default, 1280), ``strategy``, ``seed``, ``model`` (fps/kmeans:
-            whose embeddings choose the rows) and ``name`` (a saved manifest used instead: then
-            num, strategy and seed are None).
-        head: only the head settings the recipe gives; the rest keep the head's own defaults.
-        dataset_options: ``input_column``, ``label_column``, ``dataset_revision`` as given.
+        description: its free text.
+        datasets: the dataset names, in order.
+        models: the top-level models (empty when every dataset lists its own).
+        dataset_models: dataset name -> the models swept on it.
+        settings: the sweep settings (every default filled in) with the first dataset; each dataset's
+            sweep is these settings with its own dataset (:func:`recipe_sweeps`).
+        given: the recipe keys the file sets, with their values as read.
     """
 
     path: Path
@@ -112,34 +81,16 @@ class Recipe:
     datasets: list[str]
     models: list[ModelRef]
     dataset_models: dict[str, list[ModelRef]]
-    split: str
-    train_split: str
-    limit: int | None
-    projections: list[str]
-    aggregations: list[str]
-    transform: str
-    seeds: list[int]
-    metrics: list[str]
-    k: int
-    anchors: dict[str, Any]
-    baselines: list[str]
-    ridge: float
-    head: dict[str, Any]
-    dataset_options: dict[str, Any]
+    settings: StitchSettings
+    given: dict[str, Any]
 
     def model_names(self) -> list[str]:
-        """Give every model name, in recipe order (each once)."""
-        return list(dict.fromkeys(model.name for models in self.dataset_models.values() for model in models))
+        """Give every model name the recipe lists, in order, each once."""
+        return list(dict.fromkeys(model.name for own in self.dataset_models.values() for model in own))
 
     def models_of(self, dataset: str) -> list[ModelRef]:
-        """Give the models a dataset is swept with: its own list, else the recipe's ``models``."""
-        return self.dataset_models[dataset]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Give a JSON-ready description (what a result file records as its settings)."""
-        document = asdict(self)
-        document["path"] = str(self.path)
-        return document
+        """Give the models swept on ``dataset``."""
+        return list(self.dataset_models[dataset])
 
 
 # ----- reading values ------------------------------------------------------------------------------
@@ -316,63 +267,78 @@ def _datasets(check: _Checker, folder: Path, document: Mapping[str, Any]) -> lis
     return entries
 
 
-def _anchors(check: _Checker, folder: Path, value: Any, models: list[ModelRef]) -> dict[str, Any]:
-    from stitchcli.anchors import STRATEGIES, list_anchor_strategies
+def _setting(check: _Checker, key: str, value: Any, declared: Declared) -> Any:
+    """Give the typed value of one declared setting as a recipe writes it; errors name the key."""
+    item_type = declared.item_type
+    if declared.is_list:
+        if value == ALL and (declared.option.every or declared.option.choices) is not None:
+            return declared.expand([ALL])
+        if value == [] and declared.option.empty_ok:
+            return ()
+        read_item = check.integer if item_type is int else check.string
+        what = "integers" if item_type is int else f'{declared.kind} names (or "{ALL}")'
+        return tuple(check.unique_list(key, value, read_item, what))
+    if item_type is bool:
+        if not isinstance(value, bool):
+            raise check.fail(key, "true or false", value)
+        return value
+    if item_type is int:
+        return check.integer(key, value)
+    if item_type is float:
+        return check.number(key, value)
+    return check.string(key, value)
 
-    table = check.table("anchors", value)
-    check.known_keys(table, ANCHOR_KEYS, prefix="anchors.")
+
+def _settings(check: _Checker, folder: Path, document: Mapping[str, Any]) -> dict[str, Any]:
+    """Give parameter name -> typed value of every declared setting the recipe sets (unknown keys refused)."""
+    by_key = recipe_settings()
+    tables = sorted({key.split(".")[0] for key in by_key if "." in key})
+    check.known_keys(document, (*STRUCTURE_KEYS, *(key for key in by_key if "." not in key), *tables))
+    values: dict[str, Any] = {}
+    for table in tables:
+        if table in document:
+            leaves = tuple(key.split(".", 1)[1] for key in by_key if key.startswith(table + "."))
+            check.known_keys(check.table(table, document[table]), leaves, prefix=f"{table}.")
+    for key, declared in by_key.items():
+        table, _, leaf = key.rpartition(".")
+        source = document.get(table, {}) if table else document
+        if leaf not in source:
+            continue
+        value = _setting(check, key, source[leaf], declared)
+        problem = declared.problem(value, key)
+        if problem is not None:
+            raise check.error(problem)
+        values[declared.name] = value
+    for name in ("anchors", "anchor_model"):  # names written ./x in a recipe are relative to its folder
+        if name in values:
+            values[name] = _from_recipe_folder(values[name], folder)
+    return values
+
+
+def _check_anchor_keys(check: _Checker, document: Mapping[str, Any], settings: StitchSettings, models: list[ModelRef], datasets: int) -> None:
+    """Refuse anchor keys that contradict each other or the recipe's models and datasets."""
+    from stitchcli.anchors import STRATEGIES
+
+    table = document.get("anchors", {})
     if "name" in table:
         chosen = [k for k in ("num", "strategy", "seed", "model") if k in table]
         if chosen:
             raise check.error(f"anchors.name names saved anchors: drop anchors.{', anchors.'.join(chosen)} (they describe a new choice)")
-        name = _from_recipe_folder(check.string("anchors.name", table["name"]), folder)
-        return {"num": None, "strategy": None, "seed": None, "name": name, "model": None}
-    anchors = dict(ANCHOR_DEFAULTS)
-    if "num" in table:
-        anchors["num"] = check.integer("anchors.num", table["num"], minimum=1)
-    if "strategy" in table:
-        anchors["strategy"] = check.choice("anchors.strategy", table["strategy"], list_anchor_strategies(), "anchor strategy")
-    if "seed" in table:
-        anchors["seed"] = check.integer("anchors.seed", table["seed"], minimum=0)
-    if "model" in table:
-        anchors["model"] = _from_recipe_folder(check.string("anchors.model", table["model"]), folder)
-    if STRATEGIES[anchors["strategy"]].needs_embeddings:
+        if datasets > 1:
+            raise check.error("anchors.name names one dataset's anchors, and the recipe lists several datasets: drop anchors.name")
+        return
+    if STRATEGIES[settings.anchor_strategy].needs_embeddings:
         names = [model.name for model in models]
-        if anchors["model"] not in names:
+        if settings.anchor_model not in names:
             raise check.error(
-                f"anchors.strategy {anchors['strategy']!r} chooses rows from a model's embeddings: "
+                f"anchors.strategy {settings.anchor_strategy!r} chooses rows from a model's embeddings: "
                 f"set anchors.model to one of the recipe's models ({', '.join(names)})"
             )
-    elif anchors["model"] is not None:
+    elif settings.anchor_model is not None:
         needing = [name for name, strategy in STRATEGIES.items() if strategy.needs_embeddings]
-        raise check.error(f"anchors.model applies to the {' and '.join(needing)} strategies, not {anchors['strategy']!r}: drop it")
-    return anchors
-
-
-def _head(check: _Checker, value: Any) -> dict[str, Any]:
-    """Give the head settings a recipe gives, typed; their ranges are HeadSettings' own checks."""
-    from dataclasses import fields
-
-    from stitchcli.heads import HeadSettings
-
-    table = check.table("head", value)
-    kinds = {f.name: f.type for f in fields(HeadSettings)}
-    check.known_keys(table, tuple(kinds), prefix="head.")
-    head = {
-        key: check.integer(f"head.{key}", given) if kinds[key] in (int, "int") else check.number(f"head.{key}", given)
-        for key, given in table.items()
-    }
-    try:
-        HeadSettings(**head)
-    except UsageError as exc:
-        raise check.error(f"head: {exc}") from None
-    return head
-
-
-def _dataset_options(check: _Checker, value: Any) -> dict[str, Any]:
-    table = check.table("dataset_options", value)
-    check.known_keys(table, DATASET_OPTION_KEYS, prefix="dataset_options.")
-    return {key: check.string(f"dataset_options.{key}", given) for key, given in table.items()}
+        raise check.error(f"anchors.model applies to the {' and '.join(needing)} strategies, not {settings.anchor_strategy!r}: drop it")
+    if settings.limit is not None and settings.num_anchors is not None and settings.num_anchors > settings.limit:
+        raise check.error(f"anchors.num is {settings.num_anchors} but limit leaves {settings.limit} training rows: set anchors.num to at most {settings.limit}")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -399,65 +365,41 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     """Give the recipe a TOML file describes, checked against the schema, defaults filled in.
 
-    Names are checked against the registries (projections, aggregations, transforms, metrics, anchor
-    strategies); datasets and models are only checked by :func:`validate_recipe`.
+    The schema is the declared settings (:mod:`stitchcli.settings`: each setting's ``recipe`` key) plus the
+    structure keys (description, datasets or dataset, models). Names are checked against the registries
+    (projections, aggregations, transforms, metrics, anchor strategies); datasets and models only by
+    :func:`validate_recipe`.
 
     Raises:
         UsageError: a missing file, invalid TOML (with its line), an unknown key (with the close
             match), a value of the wrong type or range, an empty or duplicated list, an unknown name.
     """
-    from stitchcli.anchors import is_evaluation_split
-    from stitchcli.relative import list_aggregations, list_projections, list_transforms
-
     path = Path(path)
     document = _read_toml(path)
     check = _Checker(path)
     folder = path.absolute().parent
-    check.known_keys(document, RECIPE_KEYS)
-    values = {**DEFAULTS, **document}
+    values = _settings(check, folder, document)
     datasets = _datasets(check, folder, document)
     if "models" not in document and any(own is None for _, own in datasets):
         raise check.error(f"models is missing: list at least {_MIN_MODELS} models, models = [\"A\", \"B\"]")
-    models = _models(check, folder, values["models"]) if "models" in document else []
+    models = _models(check, folder, document["models"]) if "models" in document else []
     dataset_models = {name: own if own is not None else models for name, own in datasets}
-    split = check.string("split", values["split"])
-    train_split = check.string("train_split", values["train_split"])
-    if is_evaluation_split(train_split):
-        raise check.error(f"train_split {train_split!r} looks like evaluation data: heads and anchors must come from a training split")
-    if split == train_split:
-        raise check.error(f"split and train_split are both {split!r}: evaluate on data the heads were not trained on")
-    limit = None if values["limit"] is None else check.integer("limit", values["limit"], minimum=1)
-    k = check.integer("k", values["k"], minimum=1)
-    if limit is not None and k >= limit:
-        raise check.error(f"k is {k} but limit leaves {limit} rows per split: k must be below limit")
-    anchors = _anchors(check, folder, document.get("anchors", {}), [m for own in dataset_models.values() for m in own])
-    if anchors["name"] is not None and len(datasets) > 1:
-        raise check.error("anchors.name names one dataset's anchors, and the recipe lists several datasets: drop anchors.name")
-    if limit is not None and anchors["name"] is None and anchors["num"] is not None:
-        num = anchors["num"]  # left out: the default, 1280 or every training row when there are fewer
-        if num > limit:
-            raise check.error(f"anchors.num is {num} but limit leaves {limit} training rows: set anchors.num to at most {limit}")
-
+    settings = build_settings(datasets[0][0], values)
+    _check_anchor_keys(check, document, settings, [m for own in dataset_models.values() for m in own], len(datasets))
+    try:
+        settings.check(where=lambda declared: str(declared.option.recipe))
+    except UsageError as exc:
+        raise check.error(str(exc)) from None
+    if settings.limit is not None and settings.k >= settings.limit:
+        raise check.error(f"k is {settings.k} but limit leaves {settings.limit} rows per split: k must be below limit")
     return Recipe(
         path=path,
-        description=check.text("description", values["description"]),
+        description=check.text("description", document.get("description", "")),
         datasets=list(dataset_models),
         models=models,
         dataset_models=dataset_models,
-        split=split,
-        train_split=train_split,
-        limit=limit,
-        projections=check.names("projections", values["projections"], list_projections(), "projection"),
-        aggregations=check.names("aggregations", values["aggregations"], list_aggregations(), "aggregation"),
-        transform=check.choice("transform", values["transform"], list_transforms(), "transform"),
-        seeds=check.unique_list("seeds", values["seeds"], lambda key, v: check.integer(key, v, minimum=0), "seeds (integers >= 0)"),
-        metrics=check.names("metrics", values["metrics"], list(METRICS), "metric"),
-        k=k,
-        anchors=anchors,
-        baselines=[] if values["baselines"] == [] else check.names("baselines", values["baselines"], list(BASELINES), "baseline"),
-        ridge=check.positive_number("ridge", values["ridge"]),
-        head=_head(check, document.get("head", {})),
-        dataset_options=_dataset_options(check, document.get("dataset_options", {})),
+        settings=settings,
+        given=values,
     )
 
 
@@ -475,10 +417,11 @@ def validate_recipe(recipe: Recipe, store: EmbeddingStore | None = None) -> None
     from stitchcli.data import resolve_dataset
     from stitchcli.encoders import resolve_model
 
-    from stitchcli.demo import DEMO_MODELS, PACKAGED_DATASETS, PACKAGED_PREFIX
+    from stitchcli.assets import PACKAGED_MODELS
+    from stitchcli.data.packaged import PACKAGED_DATASETS, PACKAGED_PREFIX
 
     check = _Checker(recipe.path)
-    options = recipe.dataset_options
+    options = recipe.settings.data
     for i, name in enumerate(recipe.datasets):
         packaged = name.startswith(PACKAGED_PREFIX)
         try:
@@ -487,14 +430,14 @@ def validate_recipe(recipe: Recipe, store: EmbeddingStore | None = None) -> None
             if not packaged:
                 resolve_dataset(
                     name,
-                    input_column=options.get("input_column"),
-                    label_column=options.get("label_column"),
-                    revision=options.get("dataset_revision"),
+                    input_column=options.input_column,
+                    label_column=options.label_column,
+                    revision=options.dataset_revision,
                 )
         except UsageError as exc:
             raise check.error(f"datasets[{i}]: {exc}") from None
         for j, model in enumerate(recipe.models_of(name)):
-            if packaged and model.name in DEMO_MODELS:
+            if packaged and model.name in PACKAGED_MODELS:
                 continue  # registered from the packaged assets when the sweep runs
             try:
                 if store is None:
@@ -502,15 +445,15 @@ def validate_recipe(recipe: Recipe, store: EmbeddingStore | None = None) -> None
                 else:
                     from stitchcli.embedding import resolve_model_spec
 
-                    resolve_model_spec(store, model.name, **model.options)
+                    resolve_model_spec(store, model)
             except UsageError as exc:
                 where = f"datasets[{i}].models[{j}]" if model not in recipe.models else f"models[{recipe.models.index(model)}]"
                 raise check.error(f"{where}: {exc}") from None
-    if store is not None and recipe.anchors["name"] is not None:
+    if store is not None and recipe.settings.anchors is not None:
         from stitchcli.anchors import load_anchor_manifest
 
         try:
-            load_anchor_manifest(store, recipe.anchors["name"])
+            load_anchor_manifest(store, recipe.settings.anchors)
         except UsageError as exc:
             raise check.error(f"anchors.name: {exc}") from None
 
@@ -520,52 +463,31 @@ def list_recipes(folder: str | os.PathLike[str]) -> list[Path]:
     return sorted(Path(folder).glob("*.toml"))
 
 
-def recipe_sweeps(
-    recipe: Recipe,
-    *,
-    device: str = "auto",
-    embed_batch_size: int | None = None,
-    limit: int | None | str = "recipe",
-    trust_remote_code: bool = False,
-) -> list[tuple[list[ModelRef], Any]]:
+def recipe_sweeps(recipe: Recipe, runtime: Mapping[str, Any] | None = None, *, limit: int | None | str = "recipe") -> list[tuple[list[ModelRef], StitchSettings]]:
     """Give one (models, StitchSettings) sweep per dataset of the recipe.
 
     Args:
         recipe: a loaded recipe.
-        device, embed_batch_size: how to run (not part of a recipe).
-        trust_remote_code: the command line's --trust-remote-code; never a recipe's to give, so that running
-            someone's recipe cannot make stitchcli run a model's code.
+        runtime: settings a recipe does not hold (parameter name -> value: device, embed_batch_size,
+            trust_remote_code, embed_seed), as the command line gave them. ``trust_remote_code`` is never a
+            recipe's to give, so that running someone's recipe cannot make stitchcli run a model's code.
         limit: ``"recipe"`` keeps the recipe's; an int or None (every row) replaces it.
     """
-    from stitchcli.heads import HeadSettings
-    from stitchcli.stitching import StitchSettings
-
+    overrides = dict(runtime or {})
+    refused = sorted(name for name in overrides if recipe_key_of(name) is not None)
+    if refused:
+        raise UsageError(f"{', '.join(refused)} belong in the recipe, not beside it")
+    base = recipe.settings if limit == "recipe" else replace(recipe.settings, limit=limit)
     sweeps = []
     for dataset in recipe.datasets:
-        settings = StitchSettings(
-            dataset=dataset,
-            split=recipe.split,
-            train_split=recipe.train_split,
-            limit=recipe.limit if limit == "recipe" else limit,  # type: ignore[arg-type]
-            anchors=recipe.anchors.get("name"),
-            num_anchors=recipe.anchors.get("num"),
-            anchor_strategy=recipe.anchors.get("strategy") or "uniform",
-            anchor_seed=recipe.anchors.get("seed") or 0,
-            anchor_model=recipe.anchors.get("model"),
-            projections=tuple(recipe.projections),
-            aggregations=tuple(recipe.aggregations),
-            transform=recipe.transform,
-            seeds=tuple(recipe.seeds),
-            head=HeadSettings(**recipe.head),
-            metrics=tuple(recipe.metrics),
-            k=recipe.k,
-            baselines=tuple(recipe.baselines),
-            ridge=recipe.ridge,
-            dataset_options=dict(recipe.dataset_options),
-            device=device,
-            embed_batch_size=embed_batch_size,
-            trust_remote_code=trust_remote_code,
-        )
+        settings = build_settings(dataset, overrides, base)
         settings.check()
         sweeps.append((list(recipe.models_of(dataset)), settings))
     return sweeps
+
+
+def recipe_key_of(name: str) -> str | None:
+    """Give the recipe key of a declared setting (parameter name), or None when recipes do not hold it."""
+    from stitchcli.settings import by_name
+
+    return by_name(name).option.recipe

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import make_image_folder, run_cli
+from stitchcli.models import ModelRef
 from stitchcli.anchors import (
     STRATEGIES,
     AnchorManifest,
@@ -24,11 +25,13 @@ from stitchcli.anchors import (
     load_anchor_manifest,
     save_anchor_manifest,
 )
-from stitchcli.embedding import EmbedOptions, Reporter, embed, load_embeddings
+from stitchcli.embedding import EmbedOptions, embed, load_embeddings
+from stitchcli.progress import Reporter
 from stitchcli.errors import UsageError
 from stitchcli.store import EmbeddingStore
 
 MODELS = ("test_vit", "test_convnext")  # timm's tiny test models, 64-d features with random weights
+VIT, CONVNEXT = (ModelRef(name, {"weights": "random"}) for name in MODELS)
 
 
 def _assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
@@ -48,7 +51,7 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, EmbeddingS
     root = tmp_path_factory.mktemp("anchors")
     images = make_image_folder(root / "images")
     store = EmbeddingStore(root / "cache")
-    embed(list(MODELS), str(images), ["train"], store=store, options=EmbedOptions(num_workers=0), weights="random")
+    embed([ModelRef(name, {"weights": "random"}) for name in list(MODELS)], str(images), ["train"], store=store, options=EmbedOptions(num_workers=0))
     return images, store
 
 
@@ -89,8 +92,8 @@ def test_table_output_and_out_file(cache_dir, image_folder, tmp_path):
 
 
 def test_num_larger_than_the_split_is_one_line(cache_dir, image_folder):
-    _assert_one_line_error(run_cli("anchor", "-d", str(image_folder), "--num", "60"), 2, "--num 60", "18 rows")
-    _assert_one_line_error(run_cli("anchor", "-d", str(image_folder), "--num", "10", "--limit", "9"), 2, "--num 10", "9 rows", "--limit 9")
+    _assert_one_line_error(run_cli("anchor", "-d", str(image_folder), "--num", "60"), 2, "60 anchors asked for", "18 rows")
+    _assert_one_line_error(run_cli("anchor", "-d", str(image_folder), "--num", "10", "--limit", "9"), 2, "10 anchors asked for", "9 rows", "--limit 9")
 
 
 def test_fps_without_cached_embeddings_names_the_embed_command(cache_dir, image_folder):
@@ -98,6 +101,12 @@ def test_fps_without_cached_embeddings_names_the_embed_command(cache_dir, image_
     _assert_one_line_error(result, 2, "fps", f"stitchcli embed --model test_vit --dataset {image_folder} --split train --weights random")
     no_model = run_cli("anchor", "-d", str(image_folder), "--strategy", "kmeans", "--num", "4")
     _assert_one_line_error(no_model, 2, "--model")
+
+
+@pytest.mark.slow
+def test_model_options_without_a_model_are_one_line(cache_dir, image_folder):
+    result = run_cli("anchor", "-d", str(image_folder), "--weights", "random", "--max-length", "8", "--num", "3")
+    _assert_one_line_error(result, 2, "--weights, --max-length describe how --model was embedded", "pass --model M")
 
 
 def test_evaluation_splits_are_refused(cache_dir, image_folder):
@@ -175,9 +184,9 @@ def test_class_balanced_with_a_class_too_small_takes_all_of_it_and_warns(cache_d
 @pytest.mark.parametrize("strategy", ["fps", "kmeans"])
 def test_fps_and_kmeans_pick_distinct_valid_rows_deterministically(embedded, strategy):
     images, store = embedded
-    entry = load_embeddings(store, "test_vit", str(images), "train", weights="random")
-    first = choose_anchors(store, str(images), num=7, strategy=strategy, model="test_vit", weights="random", seed=3)
-    again = choose_anchors(store, str(images), num=7, strategy=strategy, model="test_vit", weights="random", seed=3)
+    entry = load_embeddings(store, VIT, str(images), "train")
+    first = choose_anchors(store, str(images), num=7, strategy=strategy, model=VIT, seed=3)
+    again = choose_anchors(store, str(images), num=7, strategy=strategy, model=VIT, seed=3)
     assert first.ids == again.ids and len(set(first.ids)) == 7 and first.ids == sorted(first.ids)
     assert set(first.ids) <= set(entry.ids.tolist())
     assert first.labels == entry.labels[first.ids].tolist()
@@ -202,7 +211,7 @@ def test_fps_covers_separated_clusters_and_both_survive_duplicates():
 
 
 def test_grid_products_are_exact_in_float32():
-    from stitchcli.anchors import _grid_rows
+    from stitchcli.anchors.strategies import _grid_rows
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((300, 1000)).astype(np.float32) * rng.uniform(0.01, 100, (300, 1))
@@ -220,14 +229,14 @@ def test_grid_products_are_exact_in_float32():
 def test_anchor_embeddings_are_the_same_rows_for_two_models(embedded):
     images, store = embedded
     manifest = choose_anchors(store, str(images), num=6, seed=5)
-    a = anchor_embeddings(store, manifest, "test_vit", weights="random")
-    b = anchor_embeddings(store, manifest, "test_convnext", weights="random")
+    a = anchor_embeddings(store, manifest, VIT)
+    b = anchor_embeddings(store, manifest, CONVNEXT)
     np.testing.assert_array_equal(a.ids, manifest.id_array)
     np.testing.assert_array_equal(b.ids, manifest.id_array)
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_array_equal(a.labels, manifest.label_array)
     for got, model in ((a, "test_vit"), (b, "test_convnext")):
-        entry = load_embeddings(store, model, str(images), "train", weights="random")
+        entry = load_embeddings(store, ModelRef(model, {"weights": "random"}), str(images), "train")
         np.testing.assert_array_equal(got.embeddings, entry.embeddings[np.searchsorted(entry.ids, manifest.id_array)])
     assert a.embeddings.shape == (6, 64) and not np.allclose(a.embeddings, b.embeddings)
 
@@ -236,15 +245,15 @@ def test_anchor_embeddings_refuse_an_entry_without_the_anchor_rows(embedded):
     images, store = embedded
     manifest = choose_anchors(store, str(images), num=12, seed=0)
     with pytest.raises(UsageError, match="stitchcli embed --model test_vit"):
-        anchor_embeddings(store, manifest, "test_vit", weights="random", limit=6)
-    embed(["test_vit"], str(images), ["train"], store=store, options=EmbedOptions(num_workers=0, limit=6), weights="random")
+        anchor_embeddings(store, manifest, VIT, limit=6)
+    embed([VIT], str(images), ["train"], store=store, options=EmbedOptions(num_workers=0, limit=6))
     with pytest.raises(UsageError, match=r"of the 12 anchors .* not in test_vit's cached entry \(the --limit 6 subset"):
-        anchor_embeddings(store, manifest, "test_vit", weights="random", limit=6)
+        anchor_embeddings(store, manifest, VIT, limit=6)
     # anchors drawn from that subset are found in it, and in the whole split's entry
     subset = choose_anchors(store, str(images), num=4, limit=6)
     assert subset.limit == 6 and subset.limit_seed == 0 and subset.pool_rows == 6
-    limited = anchor_embeddings(store, subset, "test_vit", weights="random", limit=6)
-    whole = anchor_embeddings(store, subset, "test_vit", weights="random")
+    limited = anchor_embeddings(store, subset, VIT, limit=6)
+    whole = anchor_embeddings(store, subset, VIT)
     np.testing.assert_allclose(limited.embeddings, whole.embeddings, rtol=1e-5, atol=1e-6)
 
 
@@ -321,7 +330,7 @@ def test_library_checks_before_any_work(cache_dir, image_folder):
     with pytest.raises(UsageError, match="did you mean fps"):
         choose_anchors(store, str(image_folder), strategy="fsp")
     with pytest.raises(UsageError, match="drop --model"):
-        choose_anchors(store, str(image_folder), num=3, model="test_vit")
+        choose_anchors(store, str(image_folder), num=3, model=ModelRef("test_vit"))
     with pytest.raises(UsageError, match="not valid"):
         choose_anchors(store, str(image_folder), num=3, name="../escape")
     with pytest.raises(UsageError, match="positive"):

@@ -18,6 +18,7 @@ from safetensors.numpy import load_file
 
 from conftest import make_image_folder
 from process_faults import is_stopped, start_cli, wait_until_stopped
+from stitchcli.models import ModelRef
 from stitchcli.embedding import EmbedOptions, embed
 from stitchcli.store import EmbeddingStore, file_lock
 
@@ -86,7 +87,7 @@ def test_two_processes_on_the_same_entry_compute_it_once(cache_dir, tmp_path, im
     folder = Path(computed["path"]).parent
     assert sorted(p.name for p in folder.iterdir()) == sorted([Path(computed["path"]).name, Path(computed["path"]).with_suffix(".lock").name])
 
-    single = embed([TINY], str(images), ["train"], store=EmbeddingStore(tmp_path / "single-cache"), weights="random",
+    single = embed([ModelRef(name, {"weights": "random"}) for name in [TINY]], str(images), ["train"], store=EmbeddingStore(tmp_path / "single-cache"),
                    options=EmbedOptions(batch_size=4, shard_rows=4, num_workers=0))[0]
     got, want = load_file(computed["path"]), load_file(single.path)
     np.testing.assert_array_equal(got["ids"], want["ids"])
@@ -96,7 +97,7 @@ def test_two_processes_on_the_same_entry_compute_it_once(cache_dir, tmp_path, im
 def test_two_processes_training_the_same_head_train_it_once(cache_dir, tmp_path, images):
     """The embeddings are cached; two fit-head runs of the same head: one trains it, the other waits for the
     head's lock and reads the head the first one saved."""
-    embed([TINY], str(images), ["train", "test"], store=EmbeddingStore(cache_dir), weights="random", register_as="tv",
+    embed([ModelRef(name, {"weights": "random"}) for name in [TINY]], str(images), ["train", "test"], store=EmbeddingStore(cache_dir), register_as="tv",
           options=EmbedOptions(num_workers=0))
     waiting = "waiting for another process training the same head"
     args = ["fit-head", "-m", "tv", "-d", str(images), "--epochs", "2", "--json"]

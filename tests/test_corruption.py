@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stitchcli.embedding import EmbedOptions, Reporter, embed, load_embeddings, resolve_model_spec
+from stitchcli.models import ModelRef
+from stitchcli.embedding import EmbedOptions, embed, load_embeddings, resolve_model_spec
+from stitchcli.progress import Reporter
 from stitchcli.errors import UsageError, WorkError
 from stitchcli.heads import load_head, save_head
 from stitchcli.store import CHECKSUM_FIELD, METADATA_KEY, CorruptEntry, DamagedEntry, EmbeddingStore, EntryKey, read_header
@@ -109,7 +111,7 @@ def embedded(cache_dir, image_folder):
     store = EmbeddingStore(cache_dir, warn=warnings.append)
 
     def run(store=store):
-        return embed([MODEL], str(image_folder), ["train"], store=store, weights=WEIGHTS,
+        return embed([ModelRef(name, {"weights": WEIGHTS}) for name in [MODEL]], str(image_folder), ["train"], store=store,
                      options=EmbedOptions(num_workers=0, batch_size=BATCH, shard_rows=BATCH))[0]
 
     first = run()
@@ -118,7 +120,7 @@ def embedded(cache_dir, image_folder):
 
 
 def read_back(store, image_folder):
-    return load_embeddings(store, MODEL, str(image_folder), "train", weights=WEIGHTS)
+    return load_embeddings(store, ModelRef(MODEL, {"weights": WEIGHTS}), str(image_folder), "train")
 
 
 def _same(a, b) -> None:
@@ -142,8 +144,10 @@ def test_entry_with_a_damaged_header_is_reported_at_the_hit_and_rebuilt(embedded
 
 @pytest.mark.parametrize("damage", list(DATA_DAMAGE))
 def test_entry_with_damaged_data_is_found_when_read_removed_and_rebuilt_on_demand(embedded, image_folder, damage):
-    from stitchcli.embedding import ModelRef
-    from stitchcli.stitching import StitchSettings, ensure_embeddings
+    from stitchcli.data import resolve_dataset
+    from stitchcli.models import ModelRef
+    from stitchcli.stitching import StitchSettings
+    from stitchcli.stitching.data import ensure_embeddings
 
     store, warnings, run, original = embedded
     DATA_DAMAGE[damage](Path(original.path))
@@ -154,7 +158,7 @@ def test_entry_with_damaged_data_is_found_when_read_removed_and_rebuilt_on_deman
     assert len(warnings) == 1 and "cannot be used" in warnings[0] and not Path(original.path).exists()
     # fit-head, stitch and eval read embeddings through ensure_embeddings, which embeds a missing entry on demand
     settings = StitchSettings(dataset=str(image_folder), embed_batch_size=BATCH)
-    rebuilt = ensure_embeddings(store, ModelRef(MODEL, {"weights": WEIGHTS}), "train", settings, Reporter())
+    rebuilt = ensure_embeddings(store, ModelRef(MODEL, {"weights": WEIGHTS}), resolve_dataset(str(image_folder)), "train", settings, Reporter())
     _same(rebuilt, original)
 
 
@@ -192,7 +196,7 @@ def _partial_build(store, image_folder, original, shards: int):
     from stitchcli.data import resolve_dataset
     from stitchcli.embedding import entry_key
 
-    spec = resolve_model_spec(store, MODEL, weights=WEIGHTS)
+    spec = resolve_model_spec(store, ModelRef(MODEL, {"weights": WEIGHTS}))
     key = entry_key(spec, resolve_dataset(str(image_folder)), "train", limit=None, seed=0)
     assert store.entry_path(spec.storage_name, key) == Path(original.path)
     Path(original.path).unlink()

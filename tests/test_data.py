@@ -89,6 +89,20 @@ def test_unknown_name_suggests_close_aliases() -> None:
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("name", "suggested"),
+    [("mnist5k", "did you mean packaged:mnist5k?"), ("MNIST-5k", "did you mean packaged:mnist5k?"),
+     ("bbc-news", "did you mean packaged:bbc-news?"), ("bbc", "did you mean packaged:bbc-news?"),
+     ("mnits", "did you mean mnist, packaged:mnist5k?")],
+)
+def test_packaged_names_are_suggested_without_their_prefix(name: str, suggested: str) -> None:
+    """Issue 18: ``-d mnist5k`` suggested ``mnist``, a hub alias that fails offline; the packaged dataset works offline."""
+    with pytest.raises(UsageError) as info:
+        resolve_dataset(name)
+    assert suggested in str(info.value)
+    assert "packaged:bbc-news or packaged:mnist5k (offline" in str(info.value)
+
+
 @pytest.mark.parametrize("name", ["./no/such/folder", "/definitely/missing", "data/train.csv", "a/b/c"])
 def test_missing_paths_are_reported_as_paths(name: str) -> None:
     with pytest.raises(UsageError, match="does not exist"):

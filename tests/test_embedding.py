@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stitchcli.models import MODEL_OPTIONS, ModelRef
 from stitchcli.embedding import EmbedOptions, embed, entry_key, load_embeddings, resolve_model_spec
 from stitchcli.errors import UsageError
 from stitchcli.store import EmbeddingStore
@@ -18,15 +19,16 @@ TINY = "test_vit"  # timm's own 300k-parameter test ViT: 64-d features
 
 def _embed(store: EmbeddingStore, dataset: Path, model: str = TINY, **kwargs):
     options = kwargs.pop("options", EmbedOptions(num_workers=0))
-    kwargs.setdefault("weights", "random")
-    return embed([model], str(dataset), kwargs.pop("splits", ["train", "test"]), store=store, options=options, **kwargs)
+    model_options = {key: kwargs.pop(key) for key in MODEL_OPTIONS if key in kwargs}
+    model_options.setdefault("weights", "random")
+    return embed([ModelRef(model, model_options)], str(dataset), kwargs.pop("splits", ["train", "test"]), store=store, options=options, **kwargs)
 
 
 def test_random_timm_model_writes_complete_entries(cache_dir, image_folder):
     store = EmbeddingStore(cache_dir)
     results = _embed(store, image_folder)
     assert [(r.split, r.rows, r.dim, r.cache_hit) for r in results] == [("train", 18, 64, False), ("test", 9, 64, False)]
-    entry = load_embeddings(store, TINY, str(image_folder), "train", weights="random")
+    entry = load_embeddings(store, ModelRef(TINY, {"weights": "random"}), str(image_folder), "train")
     assert entry.embeddings.dtype == np.float32 and entry.embeddings.shape == (18, 64)
     assert np.isfinite(entry.embeddings).all() and entry.embeddings.std() > 0
     # rows are ordered class by class (sorted class folders), ids are the split's row indices
@@ -46,12 +48,12 @@ def test_same_seed_same_model_in_another_process_is_identical(cache_dir, image_f
     b = EmbeddingStore(tmp_path / "other-cache")
     _embed(a, image_folder, splits=["test"])
     _embed(b, image_folder, splits=["test"])
-    ea = load_embeddings(a, TINY, str(image_folder), "test", weights="random")
-    eb = load_embeddings(b, TINY, str(image_folder), "test", weights="random")
+    ea = load_embeddings(a, ModelRef(TINY, {"weights": "random"}), str(image_folder), "test")
+    eb = load_embeddings(b, ModelRef(TINY, {"weights": "random"}), str(image_folder), "test")
     np.testing.assert_array_equal(ea.embeddings, eb.embeddings)
     c = EmbeddingStore(tmp_path / "seed1")
     _embed(c, image_folder, splits=["test"], options=EmbedOptions(num_workers=0, seed=1))
-    ec = load_embeddings(c, TINY, str(image_folder), "test", weights="random", seed=1)
+    ec = load_embeddings(c, ModelRef(TINY, {"weights": "random"}), str(image_folder), "test", seed=1)
     assert not np.allclose(ea.embeddings, ec.embeddings)
 
 
@@ -76,10 +78,10 @@ def test_limit_is_stratified_and_part_of_the_key(cache_dir, image_folder):
     full = _embed(store, image_folder, splits=["train"])[0]
     sub = _embed(store, image_folder, splits=["train"], options=EmbedOptions(num_workers=0, limit=6))[0]
     assert sub.path != full.path and sub.rows == 6
-    entry = load_embeddings(store, TINY, str(image_folder), "train", weights="random", limit=6)
+    entry = load_embeddings(store, ModelRef(TINY, {"weights": "random"}), str(image_folder), "train", limit=6)
     assert sorted(np.bincount(entry.labels).tolist()) == [2, 2, 2]
     # the subset rows are the same rows of the full entry
-    whole = load_embeddings(store, TINY, str(image_folder), "train", weights="random")
+    whole = load_embeddings(store, ModelRef(TINY, {"weights": "random"}), str(image_folder), "train")
     np.testing.assert_allclose(entry.embeddings, whole.embeddings[entry.ids], rtol=1e-5, atol=1e-6)
 
 
@@ -98,10 +100,10 @@ def test_key_changes_with_weights_file_precision_and_dataset_revision(cache_dir,
         torch.manual_seed(seed)
         save_file(timm.create_model(TINY, num_classes=0).state_dict(), str(path))
     keys = {
-        "file1": entry_key(resolve_model_spec(store, f"timm:{TINY}", weights=str(w1)), data, "train", limit=None, seed=0),
-        "file2": entry_key(resolve_model_spec(store, f"timm:{TINY}", weights=str(w2)), data, "train", limit=None, seed=0),
-        "bf16": entry_key(resolve_model_spec(store, f"timm:{TINY}", weights=str(w1), precision="bf16"), data, "train", limit=None, seed=0),
-        "limit": entry_key(resolve_model_spec(store, f"timm:{TINY}", weights=str(w1)), data, "train", limit=5, seed=0),
+        "file1": entry_key(resolve_model_spec(store, ModelRef(f"timm:{TINY}", {"weights": str(w1)})), data, "train", limit=None, seed=0),
+        "file2": entry_key(resolve_model_spec(store, ModelRef(f"timm:{TINY}", {"weights": str(w2)})), data, "train", limit=None, seed=0),
+        "bf16": entry_key(resolve_model_spec(store, ModelRef(f"timm:{TINY}", {"weights": str(w1), "precision": "bf16"})), data, "train", limit=None, seed=0),
+        "limit": entry_key(resolve_model_spec(store, ModelRef(f"timm:{TINY}", {"weights": str(w1)})), data, "train", limit=5, seed=0),
     }
     assert len({k.digest for k in keys.values()}) == 4
     # the same weights file rewritten with other values is another key, even at the same path
@@ -109,9 +111,9 @@ def test_key_changes_with_weights_file_precision_and_dataset_revision(cache_dir,
 
     torch.manual_seed(3)
     save_file(timm.create_model(TINY, num_classes=0).state_dict(), str(w1))
-    rewritten = entry_key(resolve_model_spec(store, f"timm:{TINY}", weights=str(w1)), data, "train", limit=None, seed=0)
+    rewritten = entry_key(resolve_model_spec(store, ModelRef(f"timm:{TINY}", {"weights": str(w1)})), data, "train", limit=None, seed=0)
     assert rewritten.digest != keys["file1"].digest
-    hub = resolve_model_spec(store, TINY, weights="random")
+    hub = resolve_model_spec(store, ModelRef(TINY, {"weights": "random"}))
     a = entry_key(hub, resolve_dataset("cifar10"), "train", limit=None, seed=0)
     b = entry_key(hub, resolve_dataset("cifar10", revision="0b2714987fa478483af9968de7c934580d0bb9a2"), "train", limit=None, seed=0)
     assert a.digest != b.digest
@@ -128,7 +130,7 @@ def test_changed_dataset_file_makes_a_new_entry(cache_dir, text_table, tmp_path)
     from stitchcli.data import resolve_dataset
 
     store = EmbeddingStore(cache_dir)
-    spec = resolve_model_spec(store, TINY, weights="random")
+    spec = resolve_model_spec(store, ModelRef(TINY, {"weights": "random"}))
     before = entry_key(spec, resolve_dataset(str(text_table)), "train", limit=None, seed=0)
     with open(text_table / "train.csv", "a") as f:
         f.write("one more sentence,sport\n")
@@ -140,12 +142,12 @@ def test_corrupt_cache_file_is_reported_and_rebuilt(cache_dir, image_folder):
     warnings: list[str] = []
     store = EmbeddingStore(cache_dir, warn=warnings.append)
     first = _embed(store, image_folder, splits=["test"])[0]
-    good = load_embeddings(store, TINY, str(image_folder), "test", weights="random").embeddings
+    good = load_embeddings(store, ModelRef(TINY, {"weights": "random"}), str(image_folder), "test").embeddings
     Path(first.path).write_bytes(Path(first.path).read_bytes()[:100])
     again = _embed(store, image_folder, splits=["test"])[0]
     assert not again.cache_hit and again.path == first.path
     assert any("cannot be used" in w and first.path in w for w in warnings)
-    np.testing.assert_array_equal(load_embeddings(store, TINY, str(image_folder), "test", weights="random").embeddings, good)
+    np.testing.assert_array_equal(load_embeddings(store, ModelRef(TINY, {"weights": "random"}), str(image_folder), "test").embeddings, good)
 
 
 def test_imported_arrays_npy_and_safetensors(cache_dir, image_folder, tmp_path):
@@ -211,18 +213,18 @@ def test_name_registers_the_full_spec(cache_dir, image_folder, tmp_path):
 def test_a_bad_model_among_good_ones_fails_before_any_work(cache_dir, image_folder):
     store = EmbeddingStore(cache_dir)
     with pytest.raises(UsageError, match="did you mean"):
-        embed([TINY, "vit_bsae_patch16_224"], str(image_folder), ["test"], store=store, weights="random")
+        embed([ModelRef(name, {"weights": "random"}) for name in [TINY, "vit_bsae_patch16_224"]], str(image_folder), ["test"], store=store)
     assert not (cache_dir / "embeddings").exists()
 
 
 def test_text_model_from_a_local_folder(cache_dir, text_table, tiny_bert):
     store = EmbeddingStore(cache_dir)
     cls = embed([str(tiny_bert)], str(text_table), ["train"], store=store, options=EmbedOptions(num_workers=0))[0]
-    mean = embed([str(tiny_bert)], str(text_table), ["train"], store=store, pooling="mean", options=EmbedOptions(num_workers=0))[0]
-    short = embed([str(tiny_bert)], str(text_table), ["train"], store=store, max_length=4, options=EmbedOptions(num_workers=0))[0]
+    mean = embed([ModelRef(name, {"pooling": "mean"}) for name in [str(tiny_bert)]], str(text_table), ["train"], store=store, options=EmbedOptions(num_workers=0))[0]
+    short = embed([ModelRef(name, {"max_length": 4}) for name in [str(tiny_bert)]], str(text_table), ["train"], store=store, options=EmbedOptions(num_workers=0))[0]
     assert len({cls.path, mean.path, short.path}) == 3
     a = load_embeddings(store, str(tiny_bert), str(text_table), "train").embeddings
-    b = load_embeddings(store, str(tiny_bert), str(text_table), "train", pooling="mean").embeddings
+    b = load_embeddings(store, ModelRef(str(tiny_bert), {"pooling": "mean"}), str(text_table), "train").embeddings
     assert a.shape == b.shape == (8, 32) and not np.allclose(a, b)
     meta = load_embeddings(store, str(tiny_bert), str(text_table), "train").metadata
     assert meta["class_names"] == ["sport", "tech"] and meta["pooling"] == "cls"
@@ -230,10 +232,10 @@ def test_text_model_from_a_local_folder(cache_dir, text_table, tiny_bert):
 
 def test_openclip_random_architecture_on_images_and_text(cache_dir, image_folder, text_table, tiny_clip):
     store = EmbeddingStore(cache_dir)
-    img = embed([f"openclip:{tiny_clip}"], str(image_folder), ["test"], store=store, weights="random", options=EmbedOptions(num_workers=0))[0]
-    txt = embed([f"openclip:{tiny_clip}"], str(text_table), ["test"], store=store, weights="random", options=EmbedOptions(num_workers=0))[0]
+    img = embed([ModelRef(name, {"weights": "random"}) for name in [f"openclip:{tiny_clip}"]], str(image_folder), ["test"], store=store, options=EmbedOptions(num_workers=0))[0]
+    txt = embed([ModelRef(name, {"weights": "random"}) for name in [f"openclip:{tiny_clip}"]], str(text_table), ["test"], store=store, options=EmbedOptions(num_workers=0))[0]
     assert img.rows == 9 and txt.rows == 4 and img.dim == txt.dim
-    e = load_embeddings(store, f"openclip:{tiny_clip}", str(image_folder), "test", weights="random").embeddings
+    e = load_embeddings(store, ModelRef(f"openclip:{tiny_clip}", {"weights": "random"}), str(image_folder), "test").embeddings
     assert np.isfinite(e).all() and e.std() > 0
 
 
@@ -257,10 +259,10 @@ def test_every_local_format_embeds_end_to_end(cache_dir, tmp_path, tiny_bert, bu
     root = getattr(data_fixtures, builder)(tmp_path / builder)
     model, weights = (TINY, "random") if modality == "image" else (str(tiny_bert), None)
     store = EmbeddingStore(cache_dir)
-    result = embed([model], str(root), [split], store=store, weights=weights, options=EmbedOptions(num_workers=0))[0]
+    result = embed([ModelRef(name, {"weights": weights}) for name in [model]], str(root), [split], store=store, options=EmbedOptions(num_workers=0))[0]
     rows = load_split(resolve_dataset(str(root)), split)
     assert result.rows == len(rows) > 0 and result.dim == (64 if modality == "image" else 32)
-    entry = load_embeddings(store, model, str(root), split, weights=weights)
+    entry = load_embeddings(store, ModelRef(model, {"weights": weights}), str(root), split)
     np.testing.assert_array_equal(entry.labels, rows.labels)
     np.testing.assert_array_equal(entry.ids, rows.ids)
     assert entry.metadata["class_names"] == rows.class_names and entry.metadata["modality"] == modality
@@ -304,21 +306,21 @@ def test_imported_arrays_may_not_take_a_model_name(cache_dir, image_folder, tmp_
 def test_run_time_options_apply_to_a_saved_name(cache_dir, image_folder, text_table, tiny_bert):
     store = EmbeddingStore(cache_dir)
     base = _embed(store, image_folder, register_as="tv", splits=["test"])[0]
-    bf16 = embed(["tv"], str(image_folder), ["test"], store=store, precision="bf16", options=EmbedOptions(num_workers=0))[0]
+    bf16 = embed([ModelRef(name, {"precision": "bf16"}) for name in ["tv"]], str(image_folder), ["test"], store=store, options=EmbedOptions(num_workers=0))[0]
     assert not bf16.cache_hit and bf16.path != base.path
     with pytest.raises(UsageError, match="own weights"):
-        embed(["tv"], str(image_folder), ["test"], store=store, weights="random")
+        embed([ModelRef(name, {"weights": "random"}) for name in ["tv"]], str(image_folder), ["test"], store=store)
     with pytest.raises(UsageError, match="apply to text models"):
-        embed(["tv"], str(image_folder), ["test"], store=store, pooling="mean")
+        embed([ModelRef(name, {"pooling": "mean"}) for name in ["tv"]], str(image_folder), ["test"], store=store)
     with pytest.raises(UsageError, match="unknown precision"):
-        embed(["tv"], str(image_folder), ["test"], store=store, precision="fp8")
+        embed([ModelRef(name, {"precision": "fp8"}) for name in ["tv"]], str(image_folder), ["test"], store=store)
     cls = embed([str(tiny_bert)], str(text_table), ["test"], store=store, register_as="bert", options=EmbedOptions(num_workers=0))[0]
-    mean = embed(["bert"], str(text_table), ["test"], store=store, pooling="mean", options=EmbedOptions(num_workers=0))[0]
+    mean = embed([ModelRef(name, {"pooling": "mean"}) for name in ["bert"]], str(text_table), ["test"], store=store, options=EmbedOptions(num_workers=0))[0]
     assert mean.path != cls.path
     with pytest.raises(UsageError, match="unknown pooling"):
-        embed(["bert"], str(text_table), ["test"], store=store, pooling="max")
+        embed([ModelRef(name, {"pooling": "max"}) for name in ["bert"]], str(text_table), ["test"], store=store)
     # a name saved with bf16 keeps bf16 unless told otherwise
-    embed([TINY], str(image_folder), ["test"], store=store, weights="random", precision="bf16", register_as="tvb",
+    embed([ModelRef(name, {"weights": "random", "precision": "bf16"}) for name in [TINY]], str(image_folder), ["test"], store=store, register_as="tvb",
           options=EmbedOptions(num_workers=0))
     assert embed(["tvb"], str(image_folder), ["test"], store=store)[0].path == bf16.path
 
@@ -327,7 +329,7 @@ def test_class_vocabulary_of_other_splits_is_part_of_the_key(cache_dir, text_tab
     from stitchcli.data import resolve_dataset
 
     store = EmbeddingStore(cache_dir)
-    spec = resolve_model_spec(store, TINY, weights="random")
+    spec = resolve_model_spec(store, ModelRef(TINY, {"weights": "random"}))
     before = entry_key(spec, resolve_dataset(str(text_table)), "train", limit=None, seed=0)
     test_csv = text_table / "test.csv"
     test_csv.write_text(test_csv.read_text().replace("tech", "arts"))
@@ -348,10 +350,10 @@ def test_weights_replaced_with_same_size_and_mtime_is_a_new_key(cache_dir, tmp_p
         save_file(timm.create_model(TINY, num_classes=0).state_dict(), str(tmp_path / f"w{seed}.safetensors"))
     live = tmp_path / "w.safetensors"
     shutil.copy2(tmp_path / "w1.safetensors", live)
-    first = resolve_model_spec(store, f"timm:{TINY}", weights=str(live))
+    first = resolve_model_spec(store, ModelRef(f"timm:{TINY}", {"weights": str(live)}))
     shutil.copy2(tmp_path / "w2.safetensors", live)  # same size, mtime copied from w2
     os.utime(live, ns=(live.stat().st_atime_ns, (tmp_path / "w1.safetensors").stat().st_mtime_ns))
-    second = resolve_model_spec(store, f"timm:{TINY}", weights=str(live))
+    second = resolve_model_spec(store, ModelRef(f"timm:{TINY}", {"weights": str(live)}))
     assert first.weights_fingerprint != second.weights_fingerprint
 
 
@@ -381,7 +383,7 @@ def test_empty_split_says_it_has_no_rows(cache_dir, tmp_path):
     folder.mkdir()
     (folder / "train.csv").write_text("text,label\n")
     with pytest.raises(UsageError, match="has no rows"):
-        embed([TINY], str(folder), ["train"], store=EmbeddingStore(cache_dir), weights="random")
+        embed([ModelRef(name, {"weights": "random"}) for name in [TINY]], str(folder), ["train"], store=EmbeddingStore(cache_dir))
 
 
 def test_text_is_encoded_longest_first_and_written_back_in_row_order(cache_dir, tmp_path, tiny_bert):
@@ -392,7 +394,7 @@ def test_text_is_encoded_longest_first_and_written_back_in_row_order(cache_dir, 
     from transformers import AutoModel, AutoTokenizer
 
     from stitchcli.data import load_split, resolve_dataset
-    from stitchcli.embedding import shard_order
+    from stitchcli.embedding.batching import shard_order
 
     rng = np.random.default_rng(0)
     words = "the team won match a late goal decided final striker scored twice new phone has faster chip".split()
@@ -406,8 +408,8 @@ def test_text_is_encoded_longest_first_and_written_back_in_row_order(cache_dir, 
 
     store = EmbeddingStore(cache_dir)
     options = EmbedOptions(num_workers=0, batch_size=8, shard_rows=24)  # shards of 24 rows: [0, 24), [24, 48), [48, 50)
-    result = embed([str(tiny_bert)], str(folder), ["train"], store=store, pooling="mean", max_length=48, options=options)[0]
-    entry = load_embeddings(store, str(tiny_bert), str(folder), "train", pooling="mean", max_length=48)
+    result = embed([ModelRef(name, {"pooling": "mean", "max_length": 48}) for name in [str(tiny_bert)]], str(folder), ["train"], store=store, options=options)[0]
+    entry = load_embeddings(store, ModelRef(str(tiny_bert), {"pooling": "mean", "max_length": 48}), str(folder), "train")
     assert entry.metadata["batching"] == "length-sorted within shards" and result.rows == 50
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
@@ -463,7 +465,8 @@ def _encoder_that_runs_out_of_memory(monkeypatch, fits, error=None) -> list[int]
 
 
 def test_out_of_memory_retries_the_same_batch_in_smaller_slices(cache_dir, image_folder, tmp_path, monkeypatch):
-    from stitchcli.embedding import Reporter
+
+    from stitchcli.progress import Reporter
 
     seen = _encoder_that_runs_out_of_memory(monkeypatch, lambda rows, _: rows <= 4)
     infos: list[str] = []
@@ -478,8 +481,8 @@ def test_out_of_memory_retries_the_same_batch_in_smaller_slices(cache_dir, image
     reference = EmbeddingStore(tmp_path / "reference")
     _embed(reference, image_folder, options=EmbedOptions(num_workers=0, batch_size=4))
     for split in ("train", "test"):
-        got = load_embeddings(store, TINY, str(image_folder), split, weights="random")
-        want = load_embeddings(reference, TINY, str(image_folder), split, weights="random")
+        got = load_embeddings(store, ModelRef(TINY, {"weights": "random"}), str(image_folder), split)
+        want = load_embeddings(reference, ModelRef(TINY, {"weights": "random"}), str(image_folder), split)
         np.testing.assert_array_equal(got.ids, want.ids)
         np.testing.assert_allclose(got.embeddings, want.embeddings, rtol=0, atol=1e-6)
         assert (got.metadata["batch_size"], got.metadata["micro_batch_size"]) == (16, 4)
@@ -493,13 +496,13 @@ def test_text_batches_are_sliced_key_by_key_on_a_cpu_allocator_failure(cache_dir
     seen = _encoder_that_runs_out_of_memory(monkeypatch, lambda rows, _: rows <= 3, cpu_failure)
     store = EmbeddingStore(cache_dir)
     options = EmbedOptions(num_workers=0, batch_size=8)
-    embed([str(tiny_bert)], str(text_table), ["train"], store=store, pooling="mean", options=options)
+    embed([ModelRef(name, {"pooling": "mean"}) for name in [str(tiny_bert)]], str(text_table), ["train"], store=store, options=options)
     assert seen == [8, 6, 4, 3, 3, 2]
     reference = EmbeddingStore(tmp_path / "reference")
     monkeypatch.undo()
-    embed([str(tiny_bert)], str(text_table), ["train"], store=reference, pooling="mean", options=options)
-    got = load_embeddings(store, str(tiny_bert), str(text_table), "train", pooling="mean")
-    want = load_embeddings(reference, str(tiny_bert), str(text_table), "train", pooling="mean")
+    embed([ModelRef(name, {"pooling": "mean"}) for name in [str(tiny_bert)]], str(text_table), ["train"], store=reference, options=options)
+    got = load_embeddings(store, ModelRef(str(tiny_bert), {"pooling": "mean"}), str(text_table), "train")
+    want = load_embeddings(reference, ModelRef(str(tiny_bert), {"pooling": "mean"}), str(text_table), "train")
     np.testing.assert_allclose(got.embeddings, want.embeddings, rtol=0, atol=1e-6)  # slices keep the batch's padding
     assert got.metadata["micro_batch_size"] == 3 and want.metadata["micro_batch_size"] == 8
 
@@ -535,7 +538,7 @@ def test_out_of_memory_at_one_row_fails_with_one_line_and_keeps_finished_shards(
     assert "smaller model" in lines[-1] and "--precision bf16" in lines[-1] and "resumes" in lines[-1]
     store = EmbeddingStore(cache_dir)
     with pytest.raises(UsageError, match="no cached embeddings"):
-        load_embeddings(store, TINY, str(image_folder), "train", weights="random")
+        load_embeddings(store, ModelRef(TINY, {"weights": "random"}), str(image_folder), "train")
     assert [p.name for p in cache_dir.glob("embeddings/*/*/*.partial/shard-*")] == ["shard-000000.safetensors"]
 
     monkeypatch.setattr(stitchcli.encoders, "build_encoder", real_build)
@@ -546,8 +549,8 @@ def test_out_of_memory_at_one_row_fails_with_one_line_and_keeps_finished_shards(
     reference = EmbeddingStore(tmp_path / "reference")
     _embed(reference, image_folder, splits=["train"], options=EmbedOptions(num_workers=0, batch_size=4))
     np.testing.assert_allclose(
-        load_embeddings(store, TINY, str(image_folder), "train", weights="random").embeddings,
-        load_embeddings(reference, TINY, str(image_folder), "train", weights="random").embeddings,
+        load_embeddings(store, ModelRef(TINY, {"weights": "random"}), str(image_folder), "train").embeddings,
+        load_embeddings(reference, ModelRef(TINY, {"weights": "random"}), str(image_folder), "train").embeddings,
         rtol=0, atol=1e-6,
     )
 
@@ -555,10 +558,10 @@ def test_out_of_memory_at_one_row_fails_with_one_line_and_keeps_finished_shards(
 def test_batch_decay_follows_timm_and_default_batch_sizes():
     from timm.utils.decay_batch import decay_batch_step
 
-    from stitchcli.embedding import _decay_batch_step, _default_batch_size
+    from stitchcli.embedding.batching import decay_batch_step, default_batch_size
 
-    assert [_decay_batch_step(n) for n in range(0, 600)] == [decay_batch_step(n) for n in range(0, 600)]
-    assert (_default_batch_size("cpu"), _default_batch_size("cuda"), _default_batch_size("mps")) == (32, 256, 256)
+    assert [decay_batch_step(n) for n in range(0, 600)] == [decay_batch_step(n) for n in range(0, 600)]
+    assert (default_batch_size("cpu"), default_batch_size("cuda"), default_batch_size("mps")) == (32, 256, 256)
 
 
 def test_compile_option_runs_the_compiled_model_and_says_so(cache_dir, image_folder):
@@ -574,7 +577,7 @@ def test_compile_option_runs_the_compiled_model_and_says_so(cache_dir, image_fol
     compiled = run_cli(*base, "--compile", "--force")  # 9 rows: batches of 4, 4 and 1 (padded to 4)
     assert compiled.returncode == 0, compiled.stderr
     assert "compiling with torch.compile" in compiled.stderr and "failed" not in compiled.stderr
-    entry = load_embeddings(EmbeddingStore(cache_dir), TINY, str(image_folder), "test", weights="random")
+    entry = load_embeddings(EmbeddingStore(cache_dir), ModelRef(TINY, {"weights": "random"}), str(image_folder), "test")
     assert entry.metadata["compiled"] is True and entry.embeddings.shape == (9, 64)
     assert entry.metadata["compiled"] is True and json.loads(eager.stdout)["entries"][0]["cache_hit"] is False
     np.testing.assert_allclose(entry.embeddings, reference, rtol=1e-4, atol=1e-5)
@@ -583,7 +586,7 @@ def test_compile_option_runs_the_compiled_model_and_says_so(cache_dir, image_fol
 def test_default_loading_is_threads_in_the_main_process_on_the_cpu_and_processes_beside_a_gpu(monkeypatch):
     import torch
 
-    from stitchcli.embedding import Loading, choose_loading
+    from stitchcli.embedding.batching import Loading, choose_loading
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
@@ -603,13 +606,13 @@ def test_batches_loaded_in_threads_equal_the_batches_loaded_whole(image_folder, 
     import timm
 
     from stitchcli.data import load_split, resolve_dataset
-    from stitchcli.embedding import _batches_in_threads
+    from stitchcli.embedding.batching import batches_in_threads
     from stitchcli.encoders import ImageCollator
 
     split = load_split(resolve_dataset(str(image_folder)), "train")
     collate = ImageCollator(timm.data.create_transform(input_size=(3, 32, 32), crop_pct=0.9))
     batches = [[5, 0, 17, 3, 9, 11, 2], [4], [12, 13, 14, 15, 16, 1, 6, 7]]  # uneven sizes, not in row order
-    got = list(_batches_in_threads(split, batches, collate, threads))
+    got = list(batches_in_threads(split, batches, collate, threads))
     assert len(got) == 3
     for positions, batch in zip(batches, got):
         whole = collate(split.get_inputs(positions))
@@ -621,7 +624,7 @@ def test_a_collator_that_pads_to_the_batch_collates_each_batch_whole_when_thread
     import torch
 
     from stitchcli.data import load_split, resolve_dataset
-    from stitchcli.embedding import _batches_in_threads
+    from stitchcli.embedding.batching import batches_in_threads
 
     split = load_split(resolve_dataset(str(image_folder)), "train")
     calls = []
@@ -631,7 +634,7 @@ def test_a_collator_that_pads_to_the_batch_collates_each_batch_whole_when_thread
         return torch.full((len(images), max(image.width for image in images)), 1.0)
 
     batches = [[0, 1, 2, 3, 4], [5, 6]]
-    got = list(_batches_in_threads(split, batches, pad_to_widest, 3, per_part=False))
+    got = list(batches_in_threads(split, batches, pad_to_widest, 3, per_part=False))
     assert calls == [5, 2] and [tuple(b.shape)[0] for b in got] == [5, 2]
     images = split.get_inputs([0, 1, 2, 3, 4])
     assert got[0].equal(pad_to_widest(images))
@@ -651,23 +654,23 @@ def test_joining_collated_parts_keeps_mappings_and_their_type():
     import torch
     from transformers import BatchFeature
 
-    from stitchcli.embedding import _join_parts
+    from stitchcli.embedding.batching import join_parts
 
     a = {"pixel_values": torch.zeros(2, 3), "mask": torch.ones(2, dtype=torch.long)}
     b = {"pixel_values": torch.ones(1, 3), "mask": torch.zeros(1, dtype=torch.long)}
-    joined = _join_parts([a, b])
+    joined = join_parts([a, b])
     assert type(joined) is dict and joined["pixel_values"].shape == (3, 3) and joined["mask"].tolist() == [1, 1, 0]
-    feature = _join_parts([BatchFeature(a), BatchFeature(b)])
+    feature = join_parts([BatchFeature(a), BatchFeature(b)])
     assert isinstance(feature, BatchFeature) and feature["pixel_values"][2].tolist() == [1.0, 1.0, 1.0]
     with pytest.raises(TypeError, match="cannot join"):
-        _join_parts([[1], [2]])
+        join_parts([[1], [2]])
 
 
 def test_threaded_loading_embeds_what_a_loader_process_embeds_and_records_it(cache_dir, image_folder, tmp_path):
     threaded = _embed(EmbeddingStore(cache_dir), image_folder, splits=["train"], options=EmbedOptions(num_workers=0, batch_size=5))
     process = _embed(EmbeddingStore(tmp_path / "other"), image_folder, splits=["train"], options=EmbedOptions(num_workers=1, batch_size=5))
-    a = load_embeddings(EmbeddingStore(cache_dir), TINY, str(image_folder), "train", weights="random")
-    b = load_embeddings(EmbeddingStore(tmp_path / "other"), TINY, str(image_folder), "train", weights="random")
+    a = load_embeddings(EmbeddingStore(cache_dir), ModelRef(TINY, {"weights": "random"}), str(image_folder), "train")
+    b = load_embeddings(EmbeddingStore(tmp_path / "other"), ModelRef(TINY, {"weights": "random"}), str(image_folder), "train")
     np.testing.assert_array_equal(a.embeddings, b.embeddings)
     import torch
 

@@ -515,9 +515,9 @@ def test_image_batches_cross_as_uint8_and_finish_to_the_transforms_own_values() 
 
 @pytest.mark.parametrize("amx", [False, True])
 def test_bf16_on_the_cpu_casts_the_weights_once_and_uses_matmul_attention_without_amx(monkeypatch, amx) -> None:
-    import stitchcli.encoders
+    import stitchcli.encoders.torch_encoder
 
-    monkeypatch.setattr(stitchcli.encoders, "cpu_has_amx", lambda: amx)
+    monkeypatch.setattr(stitchcli.encoders.torch_encoder, "cpu_has_amx", lambda: amx)
     images = _noise_images()[:4]
     full = build_encoder(resolve_model("test_vit", weights="random", seed=2), "image", CPU)
     half = build_encoder(resolve_model("test_vit", weights="random", seed=2, precision="bf16"), "image", CPU)

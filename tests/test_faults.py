@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 from conftest import run_cli
 from process_faults import kill_at_write
+from stitchcli.models import ModelRef
 from stitchcli.cli import app
 from stitchcli.embedding import EmbedOptions, embed
 from stitchcli.errors import out_of_space_errno, out_of_space_message
@@ -57,7 +58,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     data = _noise_images(root / "noise", train=12, test=6)
     store = EmbeddingStore(root / "cache")
     for name, seed in (("tv", 0), ("tw", 1)):
-        embed([TINY], str(data), ["train", "test"], store=store, weights="random", register_as=name,
+        embed([ModelRef(name, {"weights": "random"}) for name in [TINY]], str(data), ["train", "test"], store=store, register_as=name,
               options=EmbedOptions(num_workers=0, seed=seed))
     return store.root, data
 
@@ -82,7 +83,7 @@ def _leftovers(folder: Path) -> list[str]:
 
 def _reference_embeddings(tmp_path: Path, data: Path) -> dict[str, np.ndarray]:
     store = EmbeddingStore(tmp_path / "reference-cache")
-    result = embed([TINY], str(data), ["train"], store=store, weights="random",
+    result = embed([ModelRef(name, {"weights": "random"}) for name in [TINY]], str(data), ["train"], store=store,
                    options=EmbedOptions(batch_size=4, shard_rows=4, num_workers=0))[0]
     return load_file(result.path)
 

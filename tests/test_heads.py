@@ -188,7 +188,7 @@ def test_training_learns_separable_data_and_leaves_the_module_in_eval_mode():
 
 
 def test_early_stopping_stops_patience_epochs_after_the_best_validation_accuracy():
-    """METHOD.md §4 stops on the validation accuracy: once it no longer rises, ``patience`` more epochs and stop."""
+    """docs/METHOD.md §4 stops on the validation accuracy: once it no longer rises, ``patience`` more epochs and stop."""
     x, y = separable_space(margin=8.0)
     settings = HeadSettings(hidden=32, epochs=40, batch_size=32, lr=1e-2, patience=2)
     record = train_classifier(relative_classifier(settings), x, y, settings, seed=0)

@@ -1,4 +1,4 @@
-"""Classification scores and latent similarity measures (METHOD.md §6).
+"""Classification scores and latent similarity measures (docs/METHOD.md §6).
 
 Each measure is checked against a plain reference that holds everything in memory: scikit-learn for the
 classification scores, the float64 Gram (HSIC) form for CKA, and a full N×N numpy cosine matrix ordered by a

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -25,22 +27,22 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert ci_lines == [_readme_commands()[1]]
 
 
-def test_readme_python_examples_run(cache_dir, image_folder, monkeypatch):
-    """The README's Python blocks run as written, scaled down (tiny model, small subset, few anchors)."""
+@pytest.mark.slow
+def test_readme_python_examples_run_as_written(cache_dir, tmp_path, monkeypatch):
+    """The README's Python blocks run exactly as a reader would run them, on an image folder the test provides."""
+    from conftest import make_image_folder
+
     text = (ROOT / "README.md").read_text()
     code = "\n".join(re.findall(r"```python\n(.*?)```", text, flags=re.S))
     assert "relative_projection" in code and "embed(" in code
-    small = (
-        code.replace('"resnet18"', '"test_vit"').replace('"efficientnet_b0"', '"test_efficientnet"')
-        .replace("limit=1000", "limit=12").replace("num=1280", "num=6").replace("epochs=40", "epochs=2").replace("k=10", "k=3")
-    )
-    monkeypatch.chdir(image_folder.parent)  # the examples read ./images
+    make_image_folder(tmp_path / "images", per_class={"train": 40, "test": 12}, size=32)
+    monkeypatch.chdir(tmp_path)  # the examples read ./images
     namespace: dict[str, object] = {}
-    exec(compile(small, "README.md", "exec"), namespace)
-    assert tuple(namespace["rel"].shape) == (12, 6)
-    assert tuple(namespace["space"].values.shape) == (12, 4, 6)
-    assert tuple(namespace["features"].shape) == (12, 6)
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert tuple(namespace["rel"].shape) == (100, 64)
+    assert tuple(namespace["space"].values.shape) == (100, 4, 64)
+    assert tuple(namespace["features"].shape) == (100, 64)
     rows = namespace["report"].rows
-    assert {row.method for row in rows} == {"relative", "absolute", "translation", "affine"}
+    assert {row.method for row in rows} >= {"relative", "absolute", "translation", "affine"}
     assert all(row.accuracy is None or 0.0 <= row.accuracy <= 1.0 for row in rows)
     assert len(namespace["sweep"].similarity) == 3  # one model pair: the two default projections and the absolute latents

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stitchcli.models import ModelRef
 from stitchcli.embedding import EmbedOptions, embed, load_embeddings
 from stitchcli.store import EmbeddingStore
 
@@ -57,16 +58,17 @@ def test_minilm_puts_paraphrases_closer_than_unrelated_sentences(cache_dir, tmp_
 
 
 def test_efficientnet_lite0_features_beat_random_weights_on_real_mnist(cache_dir):
-    from stitchcli.demo import packaged_dataset, register_demo_models
+    from stitchcli.assets import register_packaged_models
+    from stitchcli.data.packaged import packaged_dataset
 
     store = EmbeddingStore(cache_dir)
-    mnist = packaged_dataset(store, "packaged:mnist5k")
-    register_demo_models(store, ["lite0"])
+    mnist = packaged_dataset("packaged:mnist5k", store.root / "assets")
+    register_packaged_models(store, ["lite0"])
     accuracy = {}
     for name, weights in (("lite0", None), ("timm:tf_efficientnet_lite0", "random")):
-        embed([name], mnist, ["train", "test"], store=store, weights=weights, options=EmbedOptions(limit=300))
-        train = load_embeddings(store, name, mnist, "train", weights=weights, limit=300)
-        test = load_embeddings(store, name, mnist, "test", weights=weights, limit=300)
+        embed([ModelRef(name, {"weights": weights})], mnist, ["train", "test"], store=store, options=EmbedOptions(limit=300))
+        train = load_embeddings(store, ModelRef(name, {"weights": weights}), mnist, "train", limit=300)
+        test = load_embeddings(store, ModelRef(name, {"weights": weights}), mnist, "test", limit=300)
         assert train.embeddings.shape == (300, 1280)
         accuracy[name] = _ridge_probe_accuracy(train, test, 10)
     # measured: pretrained 0.77, the same architecture with random weights 0.60 (300 train / 300 test rows)

@@ -7,14 +7,9 @@ from pathlib import Path
 import pytest
 
 from stitchcli.errors import UsageError
-from stitchcli.recipes import (
-    ALL,
-    METRICS,
-    ModelRef,
-    list_recipes,
-    load_recipe,
-    validate_recipe,
-)
+from stitchcli.models import ModelRef
+from stitchcli.recipes import ALL, list_recipes, load_recipe, validate_recipe
+from stitchcli.settings import BASELINES, METRICS, HeadSettings, StitchSettings
 
 REPO_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 SHIPPED = list_recipes(REPO_RECIPES)
@@ -47,7 +42,7 @@ def test_every_shipped_recipe_parses_and_resolves_offline(path: Path) -> None:
     recipe = load_recipe(path)
     validate_recipe(recipe)
     assert recipe.datasets and all(len(recipe.models_of(d)) >= 2 for d in recipe.datasets)
-    assert recipe.split != recipe.train_split
+    assert recipe.settings.split != recipe.settings.train_split
 
 
 def test_datasets_may_list_their_own_models(tmp_path: Path) -> None:
@@ -96,36 +91,35 @@ def test_paper_recipes_hold_the_paper_settings() -> None:
         "xlm-roberta-base",
     ]
     for recipe in (vision, text):
-        assert sorted(recipe.projections) == sorted(list_projections())
-        assert recipe.aggregations[0] == "mlp-sum"
-        assert recipe.anchors == {"num": 1280, "strategy": "uniform", "seed": 0, "name": None, "model": None}
-        assert recipe.seeds == [0, 1, 2]
+        settings = recipe.settings
+        assert sorted(settings.projections) == sorted(list_projections())
+        assert settings.aggregations[0] == "mlp-sum"
+        anchors = (settings.num_anchors, settings.anchor_strategy, settings.anchor_seed, settings.anchors, settings.anchor_model)
+        assert anchors == (1280, "uniform", 0, None, None)
+        assert settings.seeds == (0, 1, 2)
 
 
 def test_defaults_are_filled_when_keys_are_left_out(tmp_path: Path) -> None:
-    from stitchcli.stitching import StitchSettings
-
-    stitch_defaults = StitchSettings(dataset="x")
     recipe = load_recipe(write(tmp_path, MINIMAL))
+    settings = recipe.settings
     assert recipe.datasets == ["cifar10"]
     assert recipe.models == [ModelRef("rexnet_100", {}), ModelRef("vit_small_patch16_224", {})]
-    assert (recipe.split, recipe.train_split, recipe.limit, recipe.k) == ("test", "train", None, 10)
+    assert (settings.split, settings.train_split, settings.limit, settings.k) == ("test", "train", None, 10)
     # what stitch does by default (chosen on validation data, docs/RESULTS.md): centred cosine x Euclidean, mlp-sum
-    assert (recipe.transform, recipe.projections, recipe.aggregations) == ("center", ["cosine", "euclidean"], ["mlp-sum"])
-    assert (recipe.transform, tuple(recipe.projections), tuple(recipe.aggregations)) == (
-        stitch_defaults.transform, stitch_defaults.projections, stitch_defaults.aggregations)
-    assert recipe.seeds == [0, 1, 2]
-    assert recipe.metrics == list(METRICS)
-    assert recipe.anchors == {"num": None, "strategy": "uniform", "seed": 0, "name": None, "model": None}
-    assert recipe.head == {} and recipe.dataset_options == {} and recipe.description == ""
-    assert recipe.baselines == ["absolute", "translation", "affine"] and recipe.ridge == 0.1
+    assert (settings.transform, settings.projections, settings.aggregations) == ("center", ("cosine", "euclidean"), ("mlp-sum",))
+    assert settings == StitchSettings(dataset="cifar10")  # every setting a recipe leaves out is stitch's default
+    assert settings.seeds == (0, 1, 2)
+    assert settings.metrics == METRICS
+    anchors = (settings.num_anchors, settings.anchor_strategy, settings.anchor_seed, settings.anchors, settings.anchor_model)
+    assert anchors == (None, "uniform", 0, None, None)
+    assert recipe.given == {} and recipe.description == ""
+    assert settings.baselines == ("absolute", "translation", "affine") and settings.ridge == 0.1
 
 
 def test_baselines_and_ridge_reach_the_settings(tmp_path: Path) -> None:
     from stitchcli.recipes import recipe_sweeps
-    from stitchcli.stitching import BASELINES, StitchSettings
 
-    assert tuple(load_recipe(write(tmp_path, MINIMAL)).baselines) == BASELINES
+    assert load_recipe(write(tmp_path, MINIMAL)).settings.baselines == BASELINES
     (_, settings), = recipe_sweeps(load_recipe(write(tmp_path, MINIMAL + 'baselines = ["affine"]\nridge = 2.5\n')))
     assert settings.baselines == ("affine",) and settings.ridge == 2.5
     (_, settings), = recipe_sweeps(load_recipe(write(tmp_path, MINIMAL + "baselines = []\n")))
@@ -136,8 +130,8 @@ def test_all_expands_to_every_registered_name(tmp_path: Path) -> None:
     from stitchcli.relative import list_aggregations
 
     recipe = load_recipe(write(tmp_path, MINIMAL + f'aggregations = "{ALL}"\nprojections = ["l1"]\n'))
-    assert recipe.aggregations == list_aggregations()
-    assert recipe.projections == ["l1"]
+    assert recipe.settings.aggregations == tuple(list_aggregations())
+    assert recipe.settings.projections == ("l1",)
 
 
 def test_model_tables_keep_their_options(tmp_path: Path) -> None:
@@ -154,8 +148,10 @@ def test_model_tables_keep_their_options(tmp_path: Path) -> None:
     )
     assert recipe.models[1] == ModelRef("roberta-base", {})
     assert recipe.models[2].options == {"weights": "random"}
-    assert recipe.head == {"hidden": 256, "lr": 0.0005, "val_fraction": 0.1, "weight_decay": 0.0}
-    assert recipe.dataset_options == {"input_column": "text", "label_column": "fine_label"}
+    assert recipe.settings.head == HeadSettings(hidden=256, lr=0.0005, val_fraction=0.1, weight_decay=0.0)
+    assert recipe.given == {"hidden": 256, "lr": 0.0005, "val_fraction": 0.1, "weight_decay": 0.0,
+                            "input_column": "text", "label_column": "fine_label"}
+    assert recipe.settings.data.given() == {"input_column": "text", "label_column": "fine_label"}
     validate_recipe(recipe)
     # The options reach the resolver: the spec carries them.
     from stitchcli.encoders import resolve_model
@@ -178,8 +174,8 @@ def test_paths_are_relative_to_the_recipe_folder(tmp_path: Path) -> None:
     assert recipe.models[0].options["weights"] == str(tmp_path / "w.safetensors")
     assert recipe.models[1].name == str(folder / "model")
     assert recipe.models[2].name == "bert-base-cased"
-    assert recipe.anchors["name"] == str(folder / "anchors.json")
-    assert recipe.anchors["num"] is None and recipe.anchors["strategy"] is None
+    assert recipe.settings.anchors == str(folder / "anchors.json")
+    assert recipe.settings.num_anchors is None and "anchor_strategy" not in recipe.given
 
 
 @pytest.mark.parametrize(
@@ -189,12 +185,13 @@ def test_paths_are_relative_to_the_recipe_folder(tmp_path: Path) -> None:
         (MINIMAL + "[anchors]\nnmu = 10\n", "unknown key 'anchors.nmu' (did you mean 'anchors.num'?)"),
         (MINIMAL + "[head]\nepoch = 3\n", "unknown key 'head.epoch' (did you mean 'head.epochs'?)"),
         ('dataset = "cifar10"\nmodels = ["rexnet_100", { name = "bert-base-cased", poling = "mean" }]\n', "models[1].poling"),
-        (MINIMAL + "k = true\n", "k must be an integer >= 1, not true (a boolean)"),
-        (MINIMAL + "k = 0\n", "k must be an integer >= 1"),
-        (MINIMAL + "seeds = [0, -1]\n", "seeds[1] must be an integer >= 0"),
+        (MINIMAL + "k = true\n", "k must be an integer, not true (a boolean)"),
+        (MINIMAL + "k = 0\n", "k must be at least 1, not 0"),
+        (MINIMAL + "seeds = [0, -1]\n", "seeds must be 0 or more, not -1"),
         (MINIMAL + "seeds = [0, 0]\n", "seeds lists 0 twice"),
         (MINIMAL + "seeds = []\n", "seeds must be a non-empty list"),
-        (MINIMAL + "limit = 2.5\n", "limit must be an integer >= 1, not 2.5 (a number)"),
+        (MINIMAL + "limit = 2.5\n", "limit must be an integer, not 2.5 (a number)"),
+        (MINIMAL + "limit = 0\n", "limit must be a positive number of rows, not 0"),
         (MINIMAL + 'split = 3\n', "split must be a non-empty string"),
         (MINIMAL + 'train_split = "validation"\n', "train_split 'validation' looks like evaluation data"),
         (MINIMAL + 'split = "train"\n', "split and train_split are both 'train'"),
@@ -213,8 +210,8 @@ def test_paths_are_relative_to_the_recipe_folder(tmp_path: Path) -> None:
         (MINIMAL + '[anchors]\nname = "saved"\nnum = 10\n', "drop anchors.num"),
         (MINIMAL + "limit = 100\n[anchors]\nnum = 200\n", "anchors.num is 200 but limit leaves 100 training rows"),
         (MINIMAL + "limit = 5\nk = 5\n[anchors]\nnum = 4\n", "k must be below limit"),
-        (MINIMAL + "[head]\ndropout = 1.0\n", "head: --dropout must be in [0, 1), not 1.0"),
-        (MINIMAL + "[head]\nval_fraction = 0\n", "head: --val-fraction must be between 0 and 1"),
+        (MINIMAL + "[head]\ndropout = 1.0\n", "head.dropout must be in [0, 1), not 1.0"),
+        (MINIMAL + "[head]\nval_fraction = 0\n", "head.val_fraction must be between 0 and 1"),
         (MINIMAL + "[head]\nhidden = 1.5\n", "head.hidden must be an integer, not 1.5 (a number)"),
         (MINIMAL + '[head]\nlr = "fast"\n', "head.lr must be a number, not 'fast' (a string)"),
         (MINIMAL + "head = 3\n", "head must be a table"),

@@ -1,7 +1,7 @@
-"""Relative projections, transforms and the product space (issue 3, acceptance 1–3; METHOD.md §7).
+"""Relative projections, transforms and the product space (docs/METHOD.md §2–3; the checks of §7).
 
 Property tests draw small random shapes (D = 1, k = 1 and D ≠ k included), duplicate anchors, a sample equal
-to an anchor and zero vectors, and check every invariance and non-invariance of METHOD.md §7 in float64.
+to an anchor and zero vectors, and check every invariance and non-invariance of docs/METHOD.md §7 in float64.
 Accuracy is checked against a naive float64 broadcasting reference in float32.
 
 Errors are compared norm-wise, ‖actual − expected‖_F / ‖expected‖_F: element-wise relative error is not
@@ -34,7 +34,10 @@ from stitchcli.relative import (
     relative_projection_to_file,
     relative_space,
 )
+from stitchcli.relative import compiled_lp as compiled_lp_module
+from stitchcli.relative import euclidean as euclidean_module
 from stitchcli.relative import projections as projections_module
+from stitchcli.store import read_header
 
 PROJECTIONS = ("cosine", "euclidean", "l1", "linf")
 DISTANCES = ("euclidean", "l1", "linf")
@@ -157,7 +160,7 @@ def test_l1_and_linf_are_invariant_to_signed_permutations_and_translations(lat: 
 @PROPERTY
 @given(latents(), st.sampled_from(DISTANCES))
 def test_distances_scale_with_an_isotropic_rescaling(lat: Latents, projection: str) -> None:
-    # The non-invariance of the METHOD.md table, pinned exactly: the vector scales by s.
+    # The non-invariance of the docs/METHOD.md §3 table, pinned exactly: the vector scales by s.
     s = lat.positive_scale()
     before = relative_projection(lat.z, lat.e, projection)
     after = relative_projection(lat.z * s, lat.e * s, projection)
@@ -313,7 +316,7 @@ def test_float32_euclidean_holds_every_entry_to_1e_6_at_every_distance(monkeypat
     scale = torch.cat([torch.logspace(-4, -1, 200), torch.logspace(-1, 0, 800)])
     z = e[own] + torch.randn(1000, 256, generator=gen) * scale[:, None]
     z[0] = e[own[0]]
-    monkeypatch.setattr(projections_module, "_euclidean_float64", lambda *args: pytest.fail("no row needs float64"))
+    monkeypatch.setattr(euclidean_module, "_euclidean_float64", lambda *args: pytest.fail("no row needs float64"))
     actual = relative_projection(z, e, "euclidean")
     assert actual.dtype == torch.float32 and actual[0, own[0]].item() == 0.0
     expected = torch.cdist(z.double(), e.double(), compute_mode="donot_use_mm_for_euclid_dist")
@@ -332,13 +335,13 @@ def test_float32_euclidean_sends_rows_with_many_close_anchors_to_float64(
     e = centres.repeat_interleave(16, dim=0) + 0.3 * torch.randn(64, 64, generator=gen)
     z = centres[torch.randint(0, 4, (1100,), generator=gen)] + 0.3 * torch.randn(1100, 64, generator=gen)
     widened: list[int] = []
-    real = projections_module._euclidean_float64
+    real = euclidean_module._euclidean_float64
 
     def spy(x: torch.Tensor, anchors: torch.Tensor, budget: int) -> torch.Tensor:
         widened.append(x.shape[0])
         return real(x, anchors, budget)
 
-    monkeypatch.setattr(projections_module, "_euclidean_float64", spy)
+    monkeypatch.setattr(euclidean_module, "_euclidean_float64", spy)
     actual = relative_projection(z, e, "euclidean", memory_budget=memory_budget)
     assert sum(widened) == 1100
     assert _entrywise_error(actual, naive("euclidean", z, e)) <= 1e-6
@@ -350,8 +353,8 @@ def test_float32_euclidean_runs_in_float64_when_matmuls_may_use_tf32_or_bfloat16
     gen = torch.Generator().manual_seed(14)
     z, e = torch.randn(20, 64, generator=gen), torch.randn(8, 64, generator=gen)
     widened: list[int] = []
-    real = projections_module._euclidean_float64
-    monkeypatch.setattr(projections_module, "_euclidean_float64", lambda *args: widened.append(1) or real(*args))
+    real = euclidean_module._euclidean_float64
+    monkeypatch.setattr(euclidean_module, "_euclidean_float64", lambda *args: widened.append(1) or real(*args))
     relative_projection(z, e, "euclidean")
     assert not widened  # full float32 precision (the default): no pair is close, nothing goes to float64
     before = torch.get_float32_matmul_precision()
@@ -379,7 +382,7 @@ def compiled_kernel(tmp_path_factory: pytest.TempPathFactory) -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("STITCHCLI_CACHE", str(tmp_path_factory.mktemp("cache")))
         try:
-            projections_module._lp_library()
+            compiled_lp_module.lp_library()
         except RuntimeError as error:
             pytest.skip(f"compiled kernel unavailable: {error}")
 
@@ -406,8 +409,8 @@ def test_the_compiled_kernel_matches_the_reference(
         with pytest.MonkeyPatch.context() as patch:
             if tile is not None:
                 row = d * z.element_size()
-                patch.setattr(projections_module, "_LP_TILE_BYTES", (tile[0] * row, tile[1] * row))
-                assert projections_module._lp_blocks(d, z.element_size()) == tile
+                patch.setattr(compiled_lp_module, "_LP_TILE_BYTES", (tile[0] * row, tile[1] * row))
+                assert compiled_lp_module._lp_blocks(d, z.element_size()) == tile
             actual = pairwise_lp(z, e, p, kernel="compiled")
     finally:
         torch.set_num_threads(before)
@@ -454,7 +457,7 @@ def test_nan_propagates_through_l1_and_linf(kernel: str, request: pytest.Fixture
 
 def test_auto_kernel_compiles_only_large_cpu_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(projections_module.KERNEL_ENVIRONMENT_VARIABLE, raising=False)
-    monkeypatch.setattr(projections_module, "_LP_FAILURE", [])
+    monkeypatch.setattr(compiled_lp_module, "_LP_FAILURE", [])
     resolve = projections_module._resolve_kernel
     l1 = projections_module.get_projection("l1")
     cpu = torch.device("cpu")
@@ -475,13 +478,13 @@ def test_auto_kernel_compiles_only_large_cpu_jobs(monkeypatch: pytest.MonkeyPatc
 def test_without_a_c_compiler_the_compiled_kernel_falls_back_to_cdist(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("STITCHCLI_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(projections_module, "_LP_LIBRARY", [])
-    monkeypatch.setattr(projections_module, "_LP_FAILURE", [])
+    monkeypatch.setattr(compiled_lp_module, "_LP_LIBRARY", [])
+    monkeypatch.setattr(compiled_lp_module, "_LP_FAILURE", [])
     z, e = torch.randn(30, 5), torch.randn(4, 5)
     with pytest.warns(RuntimeWarning, match="torch.cdist"):
         actual = relative_projection(z, e, "l1", kernel="compiled", chunk_size=7)
     assert normwise_error(actual, naive("l1", z, e)) <= 1e-6
-    assert "no-such-compiler" in projections_module._LP_FAILURE[0]  # remembered: auto stops trying
+    assert "no-such-compiler" in compiled_lp_module._LP_FAILURE[0]  # remembered: auto stops trying
     l1 = projections_module.get_projection("l1")
     assert projections_module._resolve_kernel("auto", l1, 10**12, torch.device("cpu"), False) == "cdist"
 
@@ -541,9 +544,10 @@ def test_streaming_to_a_file_gives_the_same_values(tmp_path, suffix: str, dtype:
             written = handle.get_tensor("euclidean")
             meta = handle.metadata()
         assert meta["projection"] == "euclidean" and meta["model"] == "m" and meta["num_anchors"] == "4"
+        assert torch.equal(torch.from_numpy(read_header(path).read_tensors()["euclidean"]), written)  # checksums hold
     assert written.dtype == dtype
     # to a few units in the last place: a chunk of one row may go through the CPU's matrix-vector kernel,
-    # which sums in another order than the matrix product (seen in float64 on an Intel Xeon)
+    # which sums in another order than the matrix product (seen in float64 on some CPUs)
     torch.testing.assert_close(written, expected, rtol=4 * torch.finfo(dtype).eps, atol=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"rel{suffix}"]  # no partial file left
 

@@ -13,10 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
+from typer.testing import CliRunner
 
 from conftest import make_image_folder, run_cli
+from stitchcli.cli import app
 from stitchcli.distributed import start_workers
-from stitchcli.embedding import EmbedOptions, _shard_rows, embed, entry_key, resolve_model_spec
+from stitchcli.embedding import EmbedOptions, embed, entry_key, load_embeddings, resolve_model_spec
+from stitchcli.embedding.batching import rows_per_shard
+from stitchcli.models import ModelRef
 from stitchcli.errors import UsageError
 from stitchcli.data import resolve_dataset
 from stitchcli.store import EmbeddingStore, ShardPlan, read_safetensors_header
@@ -33,7 +37,7 @@ def two_hundred_images(tmp_path: Path) -> Path:
 def _single_process(tmp_path: Path, dataset: Path, model: str = TINY, **kwargs) -> dict[str, np.ndarray]:
     """Give the tensors of the test entry one process builds in its own cache."""
     store = EmbeddingStore(tmp_path / "single-cache")
-    result = embed([model], str(dataset), ["test"], store=store, weights="random", options=EmbedOptions(device="cpu", **kwargs))[0]
+    result = embed([ModelRef(name, {"weights": "random"}) for name in [model]], str(dataset), ["test"], store=store, options=EmbedOptions(device="cpu", **kwargs))[0]
     return load_file(result.path)
 
 
@@ -61,13 +65,13 @@ def test_job_shards_cover_every_shard_once():
 
 def test_several_jobs_get_even_whole_batch_shards():
     options = EmbedOptions(shard_rows=1024)
-    assert _shard_rows(options, 32, 200, 1) == 1024
-    shard_rows = _shard_rows(options, 32, 200, 3)
+    assert rows_per_shard(options, 32, 200, 1) == 1024
+    shard_rows = rows_per_shard(options, 32, 200, 3)
     assert shard_rows % 32 == 0
     plan = ShardPlan(rows=200, shard_rows=shard_rows, done=[], jobs=3)
     sizes = [sum(min(plan.bounds(i)[1], 200) - plan.bounds(i)[0] for i in plan.job_shards(j)) for j in range(3)]
     assert sum(sizes) == 200 and min(sizes) > 0 and max(sizes) - min(sizes) <= 32
-    assert _shard_rows(options, 32, 1_000_000, 8) == 1024  # large splits keep the usual shard size
+    assert rows_per_shard(options, 32, 1_000_000, 8) == 1024  # large splits keep the usual shard size
 
 
 def test_torchrun_two_ranks_equal_one_process(cache_dir, tmp_path, two_hundred_images):
@@ -134,16 +138,34 @@ def test_merge_with_nothing_to_merge_says_so(cache_dir, image_folder):
         ({"num_shards": 0}, "must be 1 or more"),
         ({"shard_index": 1}, "between 0 and 0"),
         ({"merge": True, "force": True}, "--merge joins"),
-        ({"num_shards": 2, "shard_index": 0, "register_as": "x"}, "--name do not apply"),
     ],
 )
 def test_bad_shard_options_fail_before_any_work(cache_dir, image_folder, monkeypatch, options, message):
-    monkeypatch.setattr("stitchcli.embedding._build", lambda *a, **k: pytest.fail("a model was built"))
+    monkeypatch.setattr("stitchcli.embedding.pipeline._build", lambda *a, **k: pytest.fail("a model was built"))
     register_as = options.pop("register_as", None)
     with pytest.raises(UsageError, match=message):
-        embed([TINY], str(image_folder), ["test"], store=EmbeddingStore(cache_dir), weights="random",
+        embed([ModelRef(name, {"weights": "random"}) for name in [TINY]], str(image_folder), ["test"], store=EmbeddingStore(cache_dir),
               register_as=register_as, options=EmbedOptions(**options))
     assert not (cache_dir / "embeddings").exists()
+
+
+@pytest.mark.slow
+def test_array_jobs_may_each_save_the_same_name(cache_dir, image_folder):
+    """Issue 18: an array-job script names the model once; every job saves the same spec, and the name finds the entry."""
+    data = str(image_folder)
+    job = ["embed", "-m", TINY, "--weights", "random", "--name", "tvjob", "-d", data, "-s", "test", "--num-shards", "2",
+           "--num-workers", "0", "--json"]
+    runs = [CliRunner().invoke(app, [*job, "--shard-index", index]) for index in ("1", "0")]
+    assert [r.exit_code for r in runs] == [0, 0], [r.output for r in runs]
+    waiting, joined = (json.loads(r.stdout)["entries"][0] for r in runs)
+    assert not waiting["complete"] and joined["complete"] and joined["model"] == "tvjob"
+    store = EmbeddingStore(cache_dir)
+    assert load_embeddings(store, "tvjob", data, "test").path == Path(joined["path"])
+    for model, weights in (("tvjob", None), (TINY, "random")):  # the name and the full spec: one entry
+        (hit,) = embed([ModelRef(name, {"weights": weights}) for name in [model]], data, ["test"], store=store)
+        assert hit.cache_hit and hit.path == joined["path"]
+    other_seed = CliRunner().invoke(app, [*job, "--seed", "1", "--shard-index", "0"])
+    assert other_seed.exit_code == 2 and "already saved" in other_seed.stderr
 
 
 def test_array_options_are_refused_under_torchrun(monkeypatch):
@@ -155,17 +177,17 @@ def test_array_options_are_refused_under_torchrun(monkeypatch):
 
 def test_a_job_count_change_keeps_finished_shards_unless_forced(cache_dir, two_hundred_images):
     store = EmbeddingStore(cache_dir)
-    embed([TINY], str(two_hundred_images), ["test"], store=store, weights="random",
+    embed([ModelRef(name, {"weights": "random"}) for name in [TINY]], str(two_hundred_images), ["test"], store=store,
           options=EmbedOptions(num_workers=0, num_shards=2, shard_index=0))
     with pytest.raises(UsageError, match="made by 2 jobs, not 3"):
-        embed([TINY], str(two_hundred_images), ["test"], store=store, weights="random",
+        embed([ModelRef(name, {"weights": "random"}) for name in [TINY]], str(two_hundred_images), ["test"], store=store,
               options=EmbedOptions(num_workers=0, num_shards=3, shard_index=0))
-    spec = resolve_model_spec(store, TINY, weights="random")
+    spec = resolve_model_spec(store, ModelRef(TINY, {"weights": "random"}))
     data = resolve_dataset(str(two_hundred_images))
     key = entry_key(spec, data, "test", limit=None, seed=0)
     partial = store.partial_dir(spec.storage_name, key)
     assert len(list(partial.glob("shard-*"))) > 0  # still there
-    embed([TINY], str(two_hundred_images), ["test"], store=store, weights="random",
+    embed([ModelRef(name, {"weights": "random"}) for name in [TINY]], str(two_hundred_images), ["test"], store=store,
           options=EmbedOptions(num_workers=0, num_shards=3, shard_index=0, force=True))
     assert json.loads((partial / "plan.json").read_text())["jobs"] == 3  # --force started over with 3 jobs
 
@@ -243,9 +265,9 @@ def test_text_array_jobs_equal_one_process(cache_dir, tmp_path, tiny_bert):
 
 def test_one_process_never_discards_array_jobs_shards_and_forced_jobs_join_again(cache_dir, two_hundred_images):
     store = EmbeddingStore(cache_dir)
-    spec = resolve_model_spec(store, TINY, weights="random")
+    spec = resolve_model_spec(store, ModelRef(TINY, {"weights": "random"}))
     key = entry_key(spec, resolve_dataset(str(two_hundred_images)), "test", limit=None, seed=0)
-    job = lambda i, **kw: embed([TINY], str(two_hundred_images), ["test"], store=store, weights="random",
+    job = lambda i, **kw: embed([ModelRef(name, {"weights": "random"}) for name in [TINY]], str(two_hundred_images), ["test"], store=store,
                                 options=EmbedOptions(num_workers=0, num_shards=2, shard_index=i, **kw))[0]
     job(0)
     plan = store.read_plan(spec.storage_name, key, None)

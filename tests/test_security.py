@@ -167,16 +167,16 @@ def test_commands_that_embed_on_demand_refuse_model_code_without_the_flag(code_m
 
 
 def test_the_flag_reaches_the_embedding_options_and_no_recipe_can_set_it(tmp_path):
-    from stitchcli.cli.stitch import build_settings
     from stitchcli.errors import UsageError
     from stitchcli.recipes import load_recipe, recipe_sweeps
+    from stitchcli.settings import build_settings
 
-    assert build_settings({"dataset": "d", "trust_remote_code": True}).trust_remote_code is True
-    assert build_settings({"dataset": "d"}).trust_remote_code is False
+    assert build_settings("d", {"trust_remote_code": True}).trust_remote_code is True
+    assert build_settings("d", {}).trust_remote_code is False
     recipe = tmp_path / "r.toml"
     recipe.write_text('datasets = ["d"]\nmodels = ["a", "b"]\n')
     assert [s.trust_remote_code for _, s in recipe_sweeps(load_recipe(recipe))] == [False]
-    assert [s.trust_remote_code for _, s in recipe_sweeps(load_recipe(recipe), trust_remote_code=True)] == [True]
+    assert [s.trust_remote_code for _, s in recipe_sweeps(load_recipe(recipe), {"trust_remote_code": True})] == [True]
     recipe.write_text('datasets = ["d"]\nmodels = ["a", "b"]\ntrust_remote_code = true\n')
     with pytest.raises(UsageError, match="trust_remote_code"):
         load_recipe(recipe)
@@ -191,7 +191,7 @@ HOSTILE_NAMES = ["../../etc/x", "/tmp/y", "..", ".", "a/../../b", "..\\..\\windo
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
 def test_every_path_a_name_becomes_lies_inside_the_cache(tmp_path, name):
-    from stitchcli.stitching import head_cache_path
+    from stitchcli.stitching.heads_cache import head_cache_path
     from stitchcli.store import EmbeddingStore, EntryKey
 
     store = EmbeddingStore(tmp_path / "cache")

@@ -9,12 +9,11 @@ import pytest
 from data_fixtures import _write_csv
 from test_heads import one_torch_thread  # noqa: F401 - the autouse fixture applies here too
 
-from stitchcli.embedding import ModelRef, embed
+from stitchcli.embedding import embed
 from stitchcli.errors import UsageError
-from stitchcli.heads import HeadSettings
+from stitchcli.models import ModelRef
+from stitchcli.settings import HeadSettings
 from stitchcli.stitching import (
-    AffineTranslation,
-    LatentTranslation,
     StitchReport,
     StitchRow,
     StitchSettings,
@@ -23,6 +22,7 @@ from stitchcli.stitching import (
     stitching_matrix,
 )
 from stitchcli.store import EmbeddingStore
+from stitchcli.translations import AffineTranslation, LatentTranslation
 
 
 def random_orthogonal(rows: int, cols: int, seed: int) -> np.ndarray:
@@ -90,8 +90,8 @@ def test_default_settings_pass_the_check():
         ({"aggregations": ()}, "--aggregation lists nothing"),
         ({"seeds": ()}, "--seeds lists nothing"),
         ({"seeds": (0, -1)}, "seeds must be 0 or more"),
-        ({"anchor_seed": -1}, "seeds must be 0 or more"),
-        ({"embed_seed": -2}, "seeds must be 0 or more"),
+        ({"anchor_seed": -1}, "--anchor-seed must be 0 or more"),
+        ({"embed_seed": -2}, "--embed-seed must be 0 or more"),
         ({"limit": 0}, "--limit must be a positive"),
         ({"num_anchors": 0}, "--num-anchors must be a positive"),
         ({"k": 0}, "--k must be at least 1"),
@@ -100,7 +100,6 @@ def test_default_settings_pass_the_check():
         ({"split": "train"}, "--split and --train-split are both 'train'"),
         ({"train_split": "validation", "split": "test"}, "--train-split 'validation' looks like evaluation data"),
         ({"anchor_strategy": "fps"}, "--anchor-model"),
-        ({"dataset_options": {"input_col": "text"}}, "unknown dataset option input_col"),
     ],
 )
 def test_settings_check_refuses(options, match):

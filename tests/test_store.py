@@ -172,6 +172,29 @@ def test_streamed_safetensors_equal_the_library_writer_and_refuse_short_input(tm
     assert not short.exists() and not list(tmp_path.glob(".short*"))  # nothing that looks complete is left
 
 
+def test_extra_metadata_is_readable_by_safetensors_and_covered_by_the_header_checksum(tmp_path):
+    from safetensors import safe_open
+
+    from stitchcli.store import CorruptEntry, read_header, write_safetensors_streamed
+
+    path = tmp_path / "extra.safetensors"
+    values = np.arange(6, dtype=np.float64).reshape(3, 2)
+    write_safetensors_streamed(path, [("x", np.dtype(np.float64), (3, 2), iter([values]))], {"rows": 3},
+                               extra_metadata={"projection": "l1"})
+    with safe_open(str(path), framework="numpy") as f:
+        assert f.metadata()["projection"] == "l1" and np.array_equal(f.get_tensor("x"), values)
+    header = read_header(path)
+    assert header.extra_metadata == {"projection": "l1"} and header.metadata["rows"] == 3
+    assert np.array_equal(header.read_tensors()["x"], values)  # both checksums hold
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b'"projection":"l1"', b'"projection":"l2"'))  # same length: only the digest can tell
+    with pytest.raises(CorruptEntry, match="header does not match its checksum"):
+        read_header(path).verify()
+    for bad in ({"stitchcli": "x"}, {"n": 3}):
+        with pytest.raises(ValueError, match="extra_metadata"):
+            write_safetensors_streamed(tmp_path / "bad.safetensors", [], {}, extra_metadata=bad)
+
+
 def test_small_files_are_replaced_whole_and_an_identical_one_is_not_rewritten(tmp_path):
     path = tmp_path / "deep" / "plan.json"
     write_text_atomically(path, '{"a": 1}\n')

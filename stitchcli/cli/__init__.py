@@ -12,7 +12,7 @@ import sys
 from typing import Any, Callable
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from stitchcli import __version__
 from stitchcli.device import keep_freed_memory_for_reuse
@@ -57,6 +57,22 @@ class StitchGroup(TyperGroup):
         if isinstance(result, int):
             sys.exit(result)
         return result
+
+
+class StitchCommand(TyperCommand):
+    """A command whose help reads as people write usage: ``ENCODER DECODER`` (not typer's ``{ENCODER}``), and
+    flags without a value type (typer shows ``--json <bool>``, as if the flag took a value)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)  # the command's, and --help
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = super().collect_usage_pieces(ctx)
+        return [piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece for piece in pieces]
 
 
 class StitchApp(typer.Typer):
@@ -194,12 +210,15 @@ def _register() -> None:
     from stitchcli.cli.fit_head import fit_head_command
     from stitchcli.cli.stitch import stitch_command
 
-    app.command("embed")(reports_errors(embed_command))
-    app.command("anchor")(reports_errors(anchor_command))
-    app.command("fit-head")(reports_errors(fit_head_command))
-    app.command("stitch")(reports_errors(stitch_command))
-    app.command("eval")(reports_errors(eval_command))
-    app.command("demo")(reports_errors(demo_command))
+    for name, command in (
+        ("embed", embed_command),
+        ("anchor", anchor_command),
+        ("fit-head", fit_head_command),
+        ("stitch", stitch_command),
+        ("eval", eval_command),
+        ("demo", demo_command),
+    ):
+        app.command(name, cls=StitchCommand)(reports_errors(command))
 
 
 _register()

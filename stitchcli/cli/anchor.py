@@ -65,8 +65,15 @@ def anchor_command(
     """Choose anchor rows from the training split and save the manifest in the cache (and --out)."""
     from stitchcli.anchors import choose_anchors, save_anchor_manifest
     from stitchcli.cli.output import check_output_path, progress_and_store
+    from stitchcli.errors import UsageError
+    from stitchcli.models import ModelRef
 
     check_output_path(out, "--out")
+    given = {"weights": weights, "pooling": pooling, "max_length": max_length, "precision": precision, "revision": revision}
+    model_options = {key: value for key, value in given.items() if value is not None}
+    if model is None and model_options:
+        flags = ", ".join(f"--{key.replace('_', '-')}" for key in model_options)
+        raise UsageError(f"{flags} describe how --model was embedded (fps and kmeans): pass --model M with them, or drop them")
     progress, store, reporter = progress_and_store(cache_dir, quiet)
     manifest = choose_anchors(
         store,
@@ -75,14 +82,9 @@ def anchor_command(
         num=num,
         strategy=strategy,
         seed=seed,
-        model=model,
+        model=ModelRef(model, model_options) if model is not None else None,
         limit=limit,
         embed_seed=embed_seed,
-        weights=weights,
-        pooling=pooling,
-        max_length=max_length,
-        precision=precision,
-        revision=revision,
         dataset_revision=dataset_revision,
         input_column=input_column,
         label_column=label_column,

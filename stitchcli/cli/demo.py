@@ -38,7 +38,7 @@ def demo_command(
         raise UsageError("--full uses every row and --limit a subset: give one of the two")
     progress, store, reporter = progress_and_store(cache_dir, quiet)
     recipe = load_recipe(demo_recipe_path())
-    sweeps = recipe_sweeps(recipe, device=device, embed_batch_size=embed_batch_size, limit=None if full else (limit or "recipe"))
+    sweeps = recipe_sweeps(recipe, {"device": device, "embed_batch_size": embed_batch_size}, limit=None if full else (limit or "recipe"))
     reports = []
     for models, settings in sweeps:
         progress.info(f"demo: {' <-> '.join(m.name for m in models)} on {settings.dataset}")

@@ -31,7 +31,8 @@ def embed_command(
             "--dataset",
             "-d",
             help="Dataset: an alias (cifar10, cifar100, cifar100-coarse, mnist, fashion_mnist, ag_news, trec, dbpedia_14, imdb), "
-            "a hub id, a save_to_disk folder, an image folder (split/class/file), or a folder of CSV/JSON/JSONL/Parquet files.",
+            "packaged:bbc-news or packaged:mnist5k (offline), a hub id, a save_to_disk folder, an image folder (split/class/file), "
+            "or a folder of CSV/TSV/JSON/JSONL/Parquet files.",
             show_default=False,
         ),
     ],
@@ -98,12 +99,15 @@ def embed_command(
     from stitchcli.cli.output import progress_and_store
     from stitchcli.distributed import torchrun_rank
     from stitchcli.embedding import EmbedOptions, embed
+    from stitchcli.models import ModelRef
 
     launched = torchrun_rank()
     follower = launched is not None and launched[1] != 0  # ranks other than 0 report nothing but warnings and errors
     progress, store, reporter = progress_and_store(cache_dir, quiet or follower)
+    given = {"weights": weights, "pooling": pooling, "max_length": max_length, "precision": precision, "revision": revision}
+    options = {key: value for key, value in given.items() if value is not None}
     results = embed(
-        model,
+        [ModelRef(name_, options) for name_ in model],
         dataset,
         split,
         store=store,
@@ -121,11 +125,6 @@ def embed_command(
             merge=merge,
             trust_remote_code=trust_remote_code,
         ),
-        weights=weights,
-        pooling=pooling,
-        max_length=max_length,
-        precision=precision,
-        revision=revision,
         dataset_revision=dataset_revision,
         input_column=input_column,
         label_column=label_column,

@@ -7,11 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from stitchcli import defaults
 from stitchcli.cli import options as opt
+from stitchcli.cli.settings_options import GivenSettings, takes_settings
+from stitchcli.settings import EVAL
 from stitchcli.errors import UsageError
 
 
+@takes_settings(EVAL)
 def eval_command(
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset, as for embed (or give --recipe).", show_default=False)] = None,
     models: Annotated[
@@ -20,45 +22,13 @@ def eval_command(
     recipe: Annotated[
         Optional[Path], typer.Option("--recipe", "-r", help="A TOML recipe (recipes/*.toml): datasets, models, projections, aggregations, anchors, seeds.", show_default=False)
     ] = None,
-    split: opt.EvalSplit = "test",
-    train_split: opt.TrainSplit = "train",
-    limit: opt.Limit = None,
-    embed_seed: opt.EmbedSeed = 0,
-    anchors: opt.Anchors = None,
-    num_anchors: opt.NumAnchors = None,
-    anchor_strategy: opt.AnchorStrategy = "uniform",
-    anchor_seed: opt.AnchorSeed = 0,
-    anchor_model: opt.AnchorModel = None,
-    projection: opt.Projection = None,
-    aggregation: Annotated[
-        Optional[str],
-        typer.Option("--aggregations", "--aggregation", "-a", help=f"Comma-separated aggregations: concat, sum, mlp-sum, self-attention, or all. (default: {defaults.AGGREGATION})", show_default=False),
-    ] = None,
-    transform: opt.Transform = None,
-    seeds: opt.Seeds = "0,1,2",
-    metrics: Annotated[str, typer.Option("--metrics", help="Comma-separated similarity measures: cka, jaccard, mrr, cosine (or none).")] = "cka,jaccard,mrr,cosine",
-    k: Annotated[int, typer.Option("--k", help="Neighbours for Jaccard@k and MRR@k.")] = 10,
-    baselines: opt.Baselines = None,
-    ridge: opt.Ridge = None,
-    epochs: opt.Epochs = 40,
-    lr: opt.Lr = 1e-3,
-    batch_size: opt.HeadBatchSize = 256,
-    hidden: opt.Hidden = 512,
-    dropout: opt.Dropout = 0.1,
-    patience: opt.Patience = 5,
-    weight_decay: opt.WeightDecay = 0.0,
-    val_fraction: opt.ValFraction = 0.1,
-    input_column: opt.InputColumn = None,
-    label_column: opt.LabelColumn = None,
-    dataset_revision: opt.DatasetRevision = None,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Also write the rows as CSV (and the similarity rows to FILE's stem + .similarity.csv).", show_default=False)] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write heatmap PNGs of every matrix and similarity measure into this folder.", show_default=False)] = None,
-    device: opt.Device = "auto",
-    embed_batch_size: opt.EmbedBatchSize = None,
-    trust_remote_code: opt.TrustRemoteCode = False,
     cache_dir: opt.CacheDir = None,
     json_output: opt.Json = False,
     quiet: opt.Quiet = False,
+    *,
+    given: GivenSettings,
 ) -> None:
     """Stitch every model into every other's head (N×N, per projection set and aggregation) and compare their spaces.
 
@@ -66,14 +36,12 @@ def eval_command(
     encoder, columns decoder) and the similarity table (CKA, Jaccard@k, MRR@k, cosine per projection, and
     the absolute latents' CKA). Missing embeddings, anchors and heads are built and cached.
     """
-    from stitchcli.cli.output import progress_and_store
+    from stitchcli.cli.output import check_output_path, progress_and_store
     from stitchcli.cli.report import render_eval, write_csv
-    from stitchcli.cli.stitch import build_settings, split_list
-    from stitchcli.embedding import ModelRef
+    from stitchcli.cli.settings_options import split_list
+    from stitchcli.models import ModelRef
+    from stitchcli.settings import by_name
     from stitchcli.stitching import evaluate
-
-    options = dict(locals())
-    from stitchcli.cli.output import check_output_path
 
     check_output_path(csv_file, "--csv")
     check_output_path(plot, "--plot", folder=True)
@@ -87,16 +55,20 @@ def eval_command(
     if recipe is not None:
         if dataset is not None or models is not None:
             raise UsageError("--recipe names the datasets and models itself: drop --dataset and --models (or drop --recipe)")
+        in_recipes = sorted(by_name(name).flag for name in given.explicit if by_name(name).option.recipe is not None)
+        if in_recipes:
+            raise UsageError(f"--recipe decides {', '.join(in_recipes)}: write them in the recipe, or drop --recipe")
         from stitchcli.recipes import load_recipe, recipe_sweeps, validate_recipe
 
         loaded = load_recipe(recipe)
         validate_recipe(loaded, store)
-        runs = recipe_sweeps(loaded, device=device, embed_batch_size=embed_batch_size, trust_remote_code=trust_remote_code)
+        runtime = {name: value for name, value in given.values.items() if by_name(name).option.recipe is None}
+        runs = recipe_sweeps(loaded, runtime)
     else:
         if dataset is None or models is None:
             raise UsageError("eval needs --dataset D and --models A,B (at least two), or --recipe FILE")
         refs = [ModelRef(name) for name in split_list(models, "--models") or ()]
-        runs = [(refs, build_settings(options))]
+        runs = [(refs, given.settings(dataset))]
     reports = []
     for refs, settings in runs:
         progress.info(f"eval: {len(refs)} models on {settings.dataset}")

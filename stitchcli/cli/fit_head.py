@@ -7,57 +7,36 @@ from typing import Annotated, Optional
 
 import typer
 
-from stitchcli import defaults
 from stitchcli.cli import options as opt
+from stitchcli.cli.settings_options import GivenSettings, takes_settings
+from stitchcli.settings import FIT_HEAD
 
 
+@takes_settings(FIT_HEAD)
 def fit_head_command(
     model: Annotated[str, typer.Option("--model", "-m", help="Model whose training latents the head reads (any embed --model name, or a saved --name).", show_default=False)],
     dataset: opt.Dataset,
-    train_split: opt.TrainSplit = "train",
-    limit: opt.Limit = None,
-    embed_seed: opt.EmbedSeed = 0,
-    anchors: opt.Anchors = None,
-    num_anchors: opt.NumAnchors = None,
-    anchor_strategy: Annotated[str, typer.Option("--anchor-strategy", help="uniform, class-balanced, fps or kmeans (fps/kmeans choose by MODEL's embeddings).")] = "uniform",
-    anchor_seed: opt.AnchorSeed = 0,
-    projection: opt.Projection = None,
-    aggregation: Annotated[str, typer.Option("--aggregation", "-a", help="concat, sum, mlp-sum or self-attention.")] = defaults.AGGREGATION,
-    transform: opt.Transform = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights, the validation part, shuffling and dropout.")] = 0,
-    epochs: opt.Epochs = 40,
-    lr: opt.Lr = 1e-3,
-    batch_size: opt.HeadBatchSize = 256,
-    hidden: opt.Hidden = 512,
-    dropout: opt.Dropout = 0.1,
-    patience: opt.Patience = 5,
-    weight_decay: opt.WeightDecay = 0.0,
-    val_fraction: opt.ValFraction = 0.1,
     out: Annotated[
         Optional[Path], typer.Option("--out", "-o", help="Also write the head here (FILE.safetensors plus FILE.json); `stitch --head FILE` reads it.", show_default=False)
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Train again even when the cache holds this head.")] = False,
-    input_column: opt.InputColumn = None,
-    label_column: opt.LabelColumn = None,
-    dataset_revision: opt.DatasetRevision = None,
-    device: opt.Device = "auto",
-    embed_batch_size: opt.EmbedBatchSize = None,
-    trust_remote_code: opt.TrustRemoteCode = False,
     cache_dir: opt.CacheDir = None,
     json_output: opt.Json = False,
     quiet: opt.Quiet = False,
+    *,
+    given: GivenSettings,
 ) -> None:
     """Train aggregation + head on MODEL's training split (a validation part picks the epoch) and save it.
 
     Missing embeddings and anchors are built with the defaults. The head is cached, so `stitch` reuses it.
     """
     from stitchcli.cli.output import check_output_path, print_json, print_table, progress_and_store
-    from stitchcli.cli.stitch import build_settings
-    from stitchcli.embedding import ModelRef
+    from stitchcli.models import ModelRef
     from stitchcli.stitching import fit_head
 
     check_output_path(out, "--out")
-    settings = build_settings(locals(), anchor_model=model, seeds=str(seed))
+    settings = given.settings(dataset, anchor_model=model, seeds=(seed,))
     progress, store, reporter = progress_and_store(cache_dir, quiet)
     head, cached, written = fit_head(store, ModelRef(model), settings, seed=seed, out=out, force=force, reporter=reporter)
     if cached:

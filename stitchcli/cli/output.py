@@ -100,7 +100,7 @@ class Progress:
     def __post_init__(self) -> None:
         self._bar: Any = None
         self._task: Any = None
-        self._label = ""
+        self._label, self._unit = "", "rows"
         self._total = 0
         self._done = 0
         self._next_log = 0.0
@@ -163,6 +163,16 @@ class Progress:
             if self._done < self._total:
                 self.info(f"{self._label}: {self._done}/{self._total} {self._unit}")
 
+    def status(self, message: str) -> None:
+        """Say what the current unit of work is doing: beside the bar on a terminal, else a line at most every 30 s."""
+        import time
+
+        if self._bar is not None:
+            self._bar.update(self._task, description=f"{self._label} · {message}")
+        elif not self.quiet and time.perf_counter() >= self._next_log:
+            self._next_log = time.perf_counter() + 30.0
+            self.info(f"{self._label}: {self._done}/{self._total} {self._unit}; {message}")
+
     def stop(self) -> None:
         """End the bar."""
         if self._bar is not None:
@@ -208,7 +218,7 @@ def check_output_path(path: Any, option: str, *, folder: bool = False) -> None:
 
 def progress_and_store(cache_dir: Any, quiet: bool) -> tuple[Progress, Any, Any]:
     """Give the (progress, EmbeddingStore, Reporter) a command works with, all reporting to stderr."""
-    from stitchcli.embedding import Reporter
+    from stitchcli.progress import Reporter
     from stitchcli.store import EmbeddingStore
 
     progress = Progress(quiet=quiet)
@@ -216,5 +226,6 @@ def progress_and_store(cache_dir: Any, quiet: bool) -> tuple[Progress, Any, Any]
     # Before any work (a model can take minutes to load): a cache "folder" that is, or lies under, a file.
     # A read-only cache is not refused here: reading its entries needs no writes.
     check_output_path(store.root, "--cache-dir", folder=True)
-    reporter = Reporter(warn=progress.warn, info=progress.info, start=progress.start, advance=progress.advance, stop=progress.stop)
+    reporter = Reporter(warn=progress.warn, info=progress.info, start=progress.start, advance=progress.advance, stop=progress.stop,
+                        status=progress.status)
     return progress, store, reporter

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from stitchcli.cli.output import print_json, print_table
+from stitchcli.stitching.report import setting_label
 from stitchcli.store import write_text_atomically
 
 if TYPE_CHECKING:
@@ -28,13 +29,6 @@ def percent(mean: float | None, std: float | None = None) -> str:
 
 def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
-
-
-def setting_label(projections: Sequence[str], aggregation: str | None, method: str = "relative") -> str:
-    """Give a short label of a row's setting: ``cosine+l1 [mlp-sum]``, or the baseline's name."""
-    if method != "relative":
-        return method
-    return f"{'+'.join(projections)} [{aggregation}]"
 
 
 def spread(row: StitchRow, metric: str = "accuracy") -> str:
@@ -85,14 +79,14 @@ def eval_document(reports: Sequence[StitchReport], recipe: str | None) -> dict[s
     for report in reports:
         document = report.to_dict()
         for key in ("rows", "summary", "similarity"):
-            document.pop(key)
+            document.pop(key, None)
         runs.append(document)
     return {
         "recipe": recipe,
         "datasets": [report.dataset for report in reports],
         "rows": [dict(row.to_dict(), dataset=report.dataset) for report in reports for row in report.rows],
         "summary": [dict(entry, dataset=report.dataset) for report in reports for entry in report.summary()],
-        "similarity": [dict(row.to_dict(), dataset=report.dataset) for report in reports for row in report.similarity],
+        "similarity": [dict(row.to_dict(), dataset=report.dataset) for report in reports for row in report.similarity or []],
         "runs": runs,
     }
 
@@ -168,7 +162,7 @@ def _render_similarity(report: StitchReport) -> None:
     print_table(
         f"{report.dataset}: similarity of the {report.split} representations",
         ["model a", "model b", "space", "CKA", f"Jaccard@{k}", f"MRR@{k}", "cosine"],
-        [[r.model_a, r.model_b, r.projection, _number(r.cka), _number(r.jaccard), _number(r.mrr), _number(r.cosine)] for r in report.similarity],
+        [[r.model_a, r.model_b, r.projection, _number(r.cka), _number(r.jaccard), _number(r.mrr), _number(r.cosine)] for r in report.similarity or []],
         justify={name: "right" for name in ("CKA", f"Jaccard@{k}", f"MRR@{k}", "cosine")},
     )
 

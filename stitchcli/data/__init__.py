@@ -16,9 +16,10 @@ from typing import Callable
 import numpy as np
 
 from stitchcli.data import hub, local
-from stitchcli.data.aliases import ALIASES, canonical_alias, close_aliases, list_aliases
+from stitchcli.data.aliases import ALIASES, canonical_alias, close_dataset_names, list_aliases
 from stitchcli.data.base import DatasetSpec, SplitData, printable, stratified_subset
 from stitchcli.data.columns import encode_labels, infer_columns
+from stitchcli.data.packaged import PACKAGED_DATASETS, PACKAGED_PREFIX
 from stitchcli.data.sources import SplitSource, unknown_split
 from stitchcli.errors import UsageError
 
@@ -41,7 +42,9 @@ _KINDS: dict[str, tuple[Callable[[DatasetSpec], SplitSource], Callable[[DatasetS
 }
 
 _ACCEPTED_FORMS = (
-    "use an alias ({aliases}), a hub id ORG/NAME[:CONFIG], or a local path (save_to_disk folder, "
+    "use an alias ({aliases}), "
+    + " or ".join(PACKAGED_PREFIX + short for short in PACKAGED_DATASETS)
+    + " (offline, from the demo extra), a hub id ORG/NAME[:CONFIG], or a local path (save_to_disk folder, "
     "image folder split/class/file, CSV/JSON/JSONL/Parquet file or folder)"
 )
 
@@ -101,7 +104,7 @@ def resolve_dataset(
     elif _looks_like_path(name):
         raise UsageError(f"dataset path {name} does not exist; check the path")
     else:
-        close = close_aliases(name)
+        close = close_dataset_names(name)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise UsageError(
             f"unknown dataset '{name}'; {hint}" + _ACCEPTED_FORMS.format(aliases=", ".join(ALIASES))
@@ -175,6 +178,7 @@ def load_split(spec: DatasetSpec, split: str, *, limit: int | None = None, seed:
     ids = np.arange(len(labels), dtype=np.int64)
     if limit is not None:
         ids = stratified_subset(labels, limit, seed)
+    fetch = source.fetcher(split, inputs, modality)
     return SplitData(
         dataset_id=spec.dataset_id,
         split=split,
@@ -183,8 +187,9 @@ def load_split(spec: DatasetSpec, split: str, *, limit: int | None = None, seed:
         labels=labels[ids],
         class_names=class_names,
         fingerprint=dataset_fingerprint(spec, split),
-        fetch=source.fetcher(split, inputs, modality),
+        fetch=fetch,
         num_rows_in_split=len(labels),
         input_columns=inputs,
         label_column=label,
+        row_keys=getattr(fetch, "row_keys", None),
     )

@@ -6,6 +6,8 @@ import difflib
 import re
 from dataclasses import dataclass
 
+from stitchcli.data.packaged import PACKAGED_DATASETS, PACKAGED_PREFIX
+
 
 @dataclass(frozen=True)
 class DatasetAlias:
@@ -55,6 +57,20 @@ def close_aliases(name: str, n: int = 3) -> list[str]:
     """Give up to ``n`` aliases that look like ``name``, closest first."""
     matches = difflib.get_close_matches(_normalise(name), list(_BY_NORMALISED), n=n, cutoff=0.6)
     return [_BY_NORMALISED[m] for m in matches]
+
+
+def close_dataset_names(name: str, n: int = 3) -> list[str]:
+    """Give up to ``n`` known dataset names that look like ``name``, closest first; packaged ones as ``packaged:NAME``.
+
+    A packaged dataset spelled without its prefix (``mnist5k``, ``bbc news``, ``bbc``) is the only
+    suggestion: the alias it resembles (``mnist``) needs the hub, the packaged one works offline.
+    """
+    bare = re.sub(r"[-_:\s]", "", name.lower())
+    exact = [short for short in PACKAGED_DATASETS if re.sub(r"[-_:\s]", "", short).startswith(bare) and len(bare) >= 3]
+    if exact:
+        return [PACKAGED_PREFIX + short for short in exact][:n]
+    known = {**{_normalise(short): PACKAGED_PREFIX + short for short in PACKAGED_DATASETS}, **_BY_NORMALISED}
+    return [known[m] for m in difflib.get_close_matches(_normalise(name), list(known), n=n, cutoff=0.6)]
 
 
 def list_aliases() -> dict[str, str]:

@@ -56,6 +56,9 @@ class SplitData:
     ``ids`` are the row indices in the original split, ascending; ``labels[i]`` belongs to ``ids[i]``.
     ``get_inputs(positions)`` returns the inputs at positions into ``ids`` (not row ids): PIL images
     in RGB for image data, strings for text data. It must be picklable (DataLoader workers call it).
+    ``row_keys(row ids)``, when the source can name its rows cheaply (table files, image folders), gives
+    one string per row that changes when the row's input does: finished shards are reused by rows, not
+    only by whole datasets (see :mod:`stitchcli.shard_reuse`).
     """
 
     dataset_id: str
@@ -69,6 +72,7 @@ class SplitData:
     num_rows_in_split: int = 0
     input_columns: tuple[str, ...] = ()
     label_column: str | None = None
+    row_keys: Callable[[Sequence[int]], list[str]] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -82,6 +86,12 @@ def printable(text: object) -> str:
     """Give ``text`` with its control characters escaped (a newline as \\n), so an error message naming a
     column, split or file stays on one line whatever the data calls it."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def first_line(exc: BaseException) -> str:
+    """Give the first line of an exception's message (its type name when the message is empty)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def stratified_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:

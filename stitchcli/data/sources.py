@@ -6,26 +6,24 @@ fetcher of inputs), so column inference and label encoding are written once in `
 
 from __future__ import annotations
 
-import io
-import json
+import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from stitchcli.data.base import Modality, printable
+from stitchcli.data.base import Modality, first_line, printable
 from stitchcli.data.columns import IMAGE_EXTENSIONS, ColumnInfo
+from stitchcli.data.images import image_errors, to_rgb_image
+from stitchcli.data.tables import read_table
 from stitchcli.errors import UsageError
 
 if TYPE_CHECKING:
     import datasets
     import pyarrow as pa
-    from PIL import Image
 
 Fetch = Callable[[Sequence[int]], list[Any]]
-
-TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 
 
 class SplitSource(Protocol):
@@ -51,86 +49,6 @@ class SplitSource(Protocol):
 
 
 # --- decoding inputs -------------------------------------------------------------------------------
-
-
-def to_rgb_image(value: Any, base_dir: str | None = None) -> "Image.Image":
-    """Give an RGB PIL image from a PIL image, array, encoded bytes, a path or a {"bytes","path"} record.
-
-    Relative paths are taken relative to ``base_dir`` (the folder of the table file that names them).
-    """
-    from PIL import Image
-
-    if isinstance(value, Image.Image):
-        return _converted(value, "an image value")
-    if isinstance(value, dict):
-        value = value.get("bytes") or value.get("path")
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return _open_image(io.BytesIO(bytes(value)), "an encoded image value in the dataset")
-    if isinstance(value, (str, os.PathLike)):
-        path = Path(value)
-        if not path.is_absolute() and base_dir is not None:
-            path = Path(base_dir) / path
-        if not path.is_file():
-            raise UsageError(f"image file {printable(path)} does not exist (or is not a file); fix the path in the dataset")
-        return _open_image(path, f"image file {printable(path)}")
-    if isinstance(value, np.ndarray):
-        array = value
-        if array.dtype.kind not in "biuf" or array.ndim not in (2, 3) or array.size == 0:
-            raise UsageError(f"cannot read an image from an array of shape {array.shape} ({array.dtype}); pass an image --input-column")
-        if array.dtype != np.uint8:
-            floats = array.dtype.kind == "f"
-            array = np.nan_to_num(np.asarray(array, dtype=np.float64))
-            if floats and float(array.max()) <= 1.0:
-                array = array * 255.0  # float images in [0, 1]
-            array = np.clip(array, 0, 255).astype(np.uint8)
-        if array.ndim == 3 and array.shape[2] == 1:
-            array = array[:, :, 0]
-        try:
-            image = Image.fromarray(array)
-        except (TypeError, ValueError):
-            raise UsageError(f"cannot read an image from an array of shape {value.shape}; pass an image --input-column") from None
-        return _converted(image, "an image array in the dataset")
-    raise UsageError(f"cannot read an image from a {type(value).__name__} value; pass an image --input-column")
-
-
-# What Pillow raises for a file that is not a readable image: UnidentifiedImageError and truncated data are
-# OSErrors, an image that claims billions of pixels a DecompressionBombError, a mode it cannot convert a ValueError.
-def _image_errors() -> tuple[type[BaseException], ...]:
-    from PIL import Image
-
-    return (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-def _converted(image: "Image.Image", what: str) -> "Image.Image":
-    """Give ``image`` in RGB; UsageError naming ``what`` when Pillow cannot convert it."""
-    if image.mode == "RGB":
-        return image
-    try:
-        return image.convert("RGB")
-    except _image_errors() as exc:
-        raise UsageError(f"cannot convert {what} (mode {image.mode}) to RGB: {_first_line(exc)}; fix or remove it") from None
-
-
-def _open_image(source: Any, what: str) -> "Image.Image":
-    """Give the RGB image decoded from a path or file object; UsageError naming ``what`` when it is not one."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(source) as image:
-            return image.convert("RGB")  # a copy: it outlives the file (convert decodes the whole image)
-    except UnidentifiedImageError:
-        empty = (isinstance(source, Path) and source.stat().st_size == 0) or (
-            isinstance(source, io.BytesIO) and not source.getbuffer().nbytes
-        )
-        reason = "it is empty" if empty else "not an image format Pillow reads"
-        raise UsageError(f"cannot decode {what}: {reason}; fix or remove it") from None
-    except _image_errors() as exc:
-        raise UsageError(f"cannot decode {what}: {_first_line(exc)}; fix or remove it") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def join_text(parts: Sequence[Any]) -> str:
@@ -183,11 +101,11 @@ class HFDatasetFetcher:
         rows = [int(i) for i in row_ids]
         try:
             batch = self.dataset[rows]  # datasets decodes Image features here
-        except _image_errors() as exc:
+        except image_errors() as exc:
             if self.modality != "image":
                 raise
             shown = ", ".join(map(str, rows[:5])) + ("…" if len(rows) > 5 else "")
-            raise UsageError(f"cannot decode the images of rows {shown}: {_first_line(exc)}; fix or remove them") from None
+            raise UsageError(f"cannot decode the images of rows {shown}: {first_line(exc)}; fix or remove them") from None
         return _decode_rows([batch[c] for c in self.input_columns], self.modality)
 
 
@@ -216,70 +134,6 @@ class HFSplitSource:
 
 
 # --- table files (CSV/TSV/JSON/JSONL/Parquet) ---------------------------------------------------------
-
-
-def read_table(path: str | os.PathLike[str], columns: Sequence[str] | None = None) -> "pa.Table":
-    """Give the table in a CSV, TSV, JSON (records or lines), JSONL or Parquet file.
-
-    Args:
-        path: the file; its suffix says the format.
-        columns: read only these columns (all when None).
-    """
-    import pyarrow as pa
-
-    p = Path(path)
-    suffix = p.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(p, columns=list(columns) if columns is not None else None)
-        elif suffix in (".csv", ".tsv"):
-            import pyarrow.csv as pcsv
-
-            table = pcsv.read_csv(
-                p,
-                parse_options=pcsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ","),
-                # empty cells are missing values: an empty label is reported, an empty text skipped
-                convert_options=pcsv.ConvertOptions(
-                    strings_can_be_null=True,
-                    include_columns=list(columns) if columns is not None else None,
-                ),
-            )
-        elif suffix in (".json", ".jsonl"):
-            table = _read_json(p)
-            if columns is not None:
-                table = table.select(list(columns))
-        else:
-            raise UsageError(f"{p} is not a table file; use one of {', '.join(TABLE_SUFFIXES)}")
-    except PermissionError:
-        raise UsageError(f"cannot read table file {p}: permission denied; make it readable or choose another dataset") from None
-    except (pa.ArrowException, OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
-        raise UsageError(f"cannot read table file {p}: {_first_line(exc)}") from exc
-    names = table.column_names
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise UsageError(f"table file {p} has {len(twice)} column name(s) more than once ({', '.join(map(repr, twice))}): give each column its own name")
-    return table
-
-
-def _read_json(path: Path) -> "pa.Table":
-    import pyarrow as pa
-
-    text = path.read_text(encoding="utf-8")
-    records: Any
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError:
-        # .json files are often JSON lines (what datasets' to_json writes)
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    if isinstance(records, dict):
-        if all(isinstance(v, list) for v in records.values()):
-            return pa.table(records)  # {"column": [values...]}
-        records = [records]
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise ValueError("expected a list of records, one JSON object per row")
-    return pa.Table.from_pylist(records)
 
 
 def _arrow_column_info(name: str, column: "pa.ChunkedArray") -> ColumnInfo:
@@ -328,14 +182,33 @@ class TableFetcher:
         state["_table"] = None
         return state
 
-    def __call__(self, row_ids: Sequence[int]) -> list[Any]:
+    def _columns(self, row_ids: Sequence[int]) -> list[list[Any]]:
         import pyarrow as pa
 
         if self._table is None:
             self._table = read_table(self.path, self.input_columns)
         rows = self._table.take(pa.array([int(i) for i in row_ids], type=pa.int64()))
-        columns = [rows.column(c).to_pylist() for c in self.input_columns]
-        return _decode_rows(columns, self.modality, base_dir=str(Path(self.path).parent))
+        return [rows.column(c).to_pylist() for c in self.input_columns]
+
+    def __call__(self, row_ids: Sequence[int]) -> list[Any]:
+        return _decode_rows(self._columns(row_ids), self.modality, base_dir=str(Path(self.path).parent))
+
+    def row_keys(self, row_ids: Sequence[int]) -> list[str]:
+        """Give a string per row that changes when its input cells change (a digest for encoded images).
+
+        Image paths are keys as written: the table's fingerprint does not cover the files they name either.
+        """
+        return ["\x1f".join(map(_cell_key, cells)) for cells in zip(*self._columns(row_ids))]
+
+
+def _cell_key(value: Any) -> str:
+    if isinstance(value, str):
+        return "s" + value  # no repr: a text's key is as long as the text, so copy it once only
+    if isinstance(value, (bytes, bytearray)):
+        return "sha256:" + hashlib.sha256(value).hexdigest()
+    if isinstance(value, dict):  # a {"bytes", "path"} image record
+        return f"{_cell_key(value.get('bytes'))}|{value.get('path')!r}"
+    return repr(value)
 
 
 class TableSource:
@@ -428,6 +301,18 @@ class ImagePathFetcher:
 
     def __call__(self, row_ids: Sequence[int]) -> list[Any]:
         return [to_rgb_image(self.paths[int(i)]) for i in row_ids]
+
+    def row_keys(self, row_ids: Sequence[int]) -> list[str]:
+        """Give each row's file path and size (what the folder's fingerprint covers); a missing file's size is -1."""
+        keys = []
+        for i in row_ids:
+            path = self.paths[int(i)]
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                size = -1
+            keys.append(f"{path}\0{size}")
+        return keys
 
 
 class ImageFolderSource:

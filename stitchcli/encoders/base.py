@@ -1,4 +1,5 @@
-"""Records that describe a model, and the interface every encoder backend implements."""
+"""Records that describe a model, the interface every encoder backend implements, and :func:`short_reason`,
+which the backends share to put an exception in a one-line message."""
 
 from __future__ import annotations
 
@@ -94,3 +95,11 @@ class Encoder(ABC):
     @abstractmethod
     def device(self) -> "torch.device":
         """The device the model runs on."""
+
+
+def short_reason(exc: BaseException, limit: int = 160) -> str:
+    """Give the first line of an exception's message, shortened to ``limit`` characters."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if len(text) < 12:  # a bare code such as pickle's "105" says nothing without the exception's name
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"

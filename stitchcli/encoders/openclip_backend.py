@@ -8,8 +8,10 @@ from typing import Any, Callable, Sequence
 import open_clip
 import torch
 
-from stitchcli.encoders import RANDOM_WEIGHTS, ImageCollator, TorchEncoder, UnreadableWeights, read_weights_file, short_reason
-from stitchcli.encoders.base import ModelSpec
+from stitchcli.encoders.base import ModelSpec, short_reason
+from stitchcli.encoders.resolve import RANDOM_WEIGHTS
+from stitchcli.encoders.torch_encoder import ImageCollator, TorchEncoder
+from stitchcli.encoders.weights import UnreadableWeights, read_weights_file
 from stitchcli.errors import UsageError, looks_like_network_failure
 
 

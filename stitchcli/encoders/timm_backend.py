@@ -8,8 +8,10 @@ from typing import Any
 import timm
 import torch
 
-from stitchcli.encoders import RANDOM_WEIGHTS, ImageCollator, TorchEncoder, UnreadableWeights, read_weights_file
 from stitchcli.encoders.base import ModelSpec
+from stitchcli.encoders.resolve import RANDOM_WEIGHTS
+from stitchcli.encoders.torch_encoder import ImageCollator, TorchEncoder
+from stitchcli.encoders.weights import UnreadableWeights, read_weights_file
 from stitchcli.errors import UsageError
 
 # Keys under which training scripts nest the state dict in a checkpoint, in order of preference.
@@ -43,8 +45,8 @@ def build_encoder(spec: ModelSpec, modality: str, device: torch.device, *, trust
             load_weights_file(model, Path(spec.weights), arch)
     model.eval().to(device)
     if device.type in ("cuda", "cpu"):
-        # Channels-last convolutions: on this 2-core CPU, EfficientNet-Lite0 ran 1.6x faster in fp32 and 1.9x
-        # under bf16 autocast (docs/PERFORMANCE.md); a ViT has one convolution and is unaffected.
+        # Channels-last convolutions: faster for convolutional networks, in fp32 and under bf16 autocast (see
+        # docs/PERFORMANCE.md); a ViT has one convolution and is unaffected.
         model = model.to(memory_format=torch.channels_last)
 
     data_config = timm.data.resolve_data_config({}, model=model)

@@ -9,8 +9,9 @@ from typing import Any, Iterator, Sequence
 import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
-from stitchcli.encoders import RANDOM_WEIGHTS, TOKENIZER_FILES, TorchEncoder, short_reason
-from stitchcli.encoders.base import ModelSpec
+from stitchcli.encoders.base import ModelSpec, short_reason
+from stitchcli.encoders.resolve import RANDOM_WEIGHTS, TOKENIZER_FILES
+from stitchcli.encoders.torch_encoder import TorchEncoder
 from stitchcli.errors import UsageError
 
 # Longest text a tokenizer is asked to keep when the model does not say (the paper's BERT limit).

@@ -13,11 +13,10 @@ command line.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from stitchcli.errors import UsageError
+from stitchcli.errors import unknown_name as unknown_name  # the registries' error, re-exported for them
 
 _EXPORTS = {
     "projections": (
@@ -30,8 +29,8 @@ _EXPORTS = {
         "pairwise_lp",
         "register_projection",
         "relative_projection",
-        "relative_projection_to_file",
     ),
+    "to_file": ("relative_projection_to_file",),
     "transforms": ("Transform", "fit_transform", "l2_normalize_rows", "list_transforms", "register_transform"),
     "product": ("DEFAULT_PROJECTIONS", "ProductSpace", "relative_space"),
     "aggregation": (
@@ -71,8 +70,8 @@ if TYPE_CHECKING:
         pairwise_lp,
         register_projection,
         relative_projection,
-        relative_projection_to_file,
     )
+    from stitchcli.relative.to_file import relative_projection_to_file
     from stitchcli.relative.transforms import (
         Transform,
         fit_transform,
@@ -80,13 +79,6 @@ if TYPE_CHECKING:
         list_transforms,
         register_transform,
     )
-
-
-def unknown_name(kind: str, name: object, known: list[str]) -> UsageError:
-    """Give the one-line error for an unknown registry name: the close match, if any, and every known name."""
-    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return UsageError(f"unknown {kind} {name!r}{hint}: use one of {', '.join(known)}")
 
 
 def __getattr__(name: str) -> Any:

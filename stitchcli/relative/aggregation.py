@@ -1,4 +1,4 @@
-"""Aggregations φ of the product space (METHOD.md §3), as torch modules trained with the decoder's head.
+"""Aggregations φ of the product space (docs/METHOD.md §3), as torch modules trained with the decoder's head.
 
 Every aggregation first passes each relative subspace through its own LayerNorm over the anchor axis
 (normalized_shape = k), which puts similarities and distances on one footing and cancels a global rescaling

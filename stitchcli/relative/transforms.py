@@ -1,6 +1,6 @@
 """Absolute transforms of the latents, fitted on the anchors only and applied to samples and anchors alike.
 
-METHOD.md §3: ``center`` subtracts the anchor mean (which makes cosine translation-invariant too),
+docs/METHOD.md §3: ``center`` subtracts the anchor mean (which makes cosine translation-invariant too),
 ``standardize`` also divides by the per-dimension anchor standard deviation, ``l2`` normalises rows, and
 ``none`` leaves the latents as they are (the default). A new transform is one fitting function registered
 with :func:`register_transform`.

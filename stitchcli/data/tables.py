@@ -1,0 +1,230 @@
+"""Table files (CSV, TSV, JSON, JSON lines, Parquet) read as Arrow tables, the way pandas reads them.
+
+CSV and TSV go through pyarrow's parser with ``newlines_in_values``: quoted fields may hold newlines,
+quotes (doubled) and delimiters, as Python's ``csv`` module and pandas' ``to_csv`` write them. Without
+that option pyarrow cuts a file into blocks at newlines, and a block boundary inside a quoted field
+breaks the parse, so only files larger than one block (1 MB) failed. pyarrow is kept rather than
+pandas' C parser because it gives the same rows and values on the files users bring (UTF-8
+byte-order mark, CRLF line ends, quoted newlines, empty cells; compared in tests/test_real_world_files.py),
+infers the same column types as before for files that loaded already (so their labels keep their ids),
+and hands back the Arrow table the sources need. The one difference: pandas also reads the cells
+``None`` and ``<NA>`` as missing; here they stay text.
+
+Text must be UTF-8 (a byte-order mark is allowed). A file that is not is refused with one line naming
+the first bad byte; the check costs nothing on files that parse, since it runs only when the parser
+failed or a CSV column came back as bytes (what pyarrow gives for invalid UTF-8).
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from stitchcli.data.base import first_line
+from stitchcli.errors import UsageError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+
+_CHUNK = 1 << 20
+
+
+def read_table(path: str | os.PathLike[str], columns: Sequence[str] | None = None) -> "pa.Table":
+    """Give the table in a CSV, TSV, JSON (records, columns or lines), JSONL or Parquet file.
+
+    Args:
+        path: the file; its suffix says the format.
+        columns: read only these columns (all when None).
+
+    Raises:
+        UsageError: the file cannot be read, is not UTF-8 text, or names a column twice.
+    """
+    import pyarrow as pa
+
+    p = Path(path)
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(p, columns=list(columns) if columns is not None else None)
+        elif suffix in (".csv", ".tsv"):
+            table = _read_csv(p, "\t" if suffix == ".tsv" else ",", columns)
+        elif suffix in (".json", ".jsonl"):
+            table = _read_json(p)
+            if columns is not None:
+                table = table.select(list(columns))
+        else:
+            raise UsageError(f"{p} is not a table file; use one of {', '.join(TABLE_SUFFIXES)}")
+    except PermissionError:
+        raise UsageError(f"cannot read table file {p}: permission denied; make it readable or choose another dataset") from None
+    except (pa.ArrowException, OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
+        if suffix != ".parquet":
+            _refuse_if_not_utf8(p)  # the likeliest cause of a text file that does not parse
+        raise UsageError(f"cannot read table file {p}: {first_line(exc)}") from exc
+    names = table.column_names
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"table file {p} has {len(twice)} column name(s) more than once ({', '.join(map(repr, twice))}): give each column its own name")
+    return table
+
+
+def _read_csv(path: Path, delimiter: str, columns: Sequence[str] | None) -> "pa.Table":
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    table = pcsv.read_csv(
+        path,
+        parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+        # empty cells are missing values: an empty label is reported, an empty text embedded as ""
+        convert_options=pcsv.ConvertOptions(
+            strings_can_be_null=True,
+            include_columns=list(columns) if columns is not None else None,
+        ),
+    )
+    if any(pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) for f in table.schema):
+        _refuse_if_not_utf8(path)  # a CSV cell holds text: bytes mean invalid UTF-8 somewhere in it
+    return table
+
+
+# --- JSON ------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> "pa.Table":
+    """Give the table in a JSON or JSON lines file.
+
+    Accepted: records (a JSON array of objects, as ``json.dump`` of a list and pandas'
+    ``orient="records"`` write; or one object per line, as ``datasets``' ``to_json`` and pandas'
+    ``lines=True`` write, blank lines skipped), an object of column lists, and each of pandas' other
+    layouts of a table: ``"columns"`` (its default), ``"index"``, ``"split"`` and ``"table"``.
+    """
+    import pyarrow as pa
+
+    text = _utf8_text(path)
+    try:
+        document: Any = json.loads(text)
+    except json.JSONDecodeError:
+        return pa.Table.from_pylist(_json_lines(text))  # .json files are often JSON lines
+    if isinstance(document, dict):
+        return _table_of_object(document)
+    if not isinstance(document, list) or not all(isinstance(r, dict) for r in document):
+        raise ValueError(
+            "expected records: a JSON array of objects, one object per line, or an object of columns "
+            "(pandas: to_json(orient='records'))"
+        )
+    return pa.Table.from_pylist(document)
+
+
+def _table_of_object(document: dict[str, Any]) -> "pa.Table":
+    import pyarrow as pa
+
+    values = list(document.values())
+    if set(document) in ({"columns", "data"}, {"columns", "index", "data"}) and all(isinstance(r, list) for r in document["data"]):
+        columns = document["columns"]  # pandas orient="split"
+        return pa.table({str(c): [row[i] for row in document["data"]] for i, c in enumerate(columns)})
+    if set(document) == {"schema", "data"} and isinstance(document["schema"], dict) and isinstance(document["data"], list):
+        index = set(document["schema"].get("primaryKey") or ())  # pandas orient="table": the index is no column
+        return pa.Table.from_pylist([{k: v for k, v in r.items() if k not in index} for r in document["data"]])
+    if values and all(isinstance(v, list) for v in values):
+        return pa.table(document)  # {"column": [values...]}
+    if values and all(isinstance(v, dict) for v in values):
+        inner = {k for v in values for k in v}
+        if all(k.isdigit() for k in document) and not all(k.isdigit() for k in inner):
+            return pa.Table.from_pylist(values)  # pandas orient="index": {"row": {"column": value}}
+        return _columns_of_row_objects(document)
+    return pa.Table.from_pylist([document])  # one record
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            what = exc.msg.removesuffix(" at")  # json's messages are written to be followed by "at line ..."
+            raise ValueError(f"{what} at line {number}, column {exc.colno} (JSON lines hold one whole record per line)") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"line {number} is not a JSON object (one record per line)")
+        records.append(record)
+    return records
+
+
+def _columns_of_row_objects(document: dict[str, dict[str, Any]]) -> "pa.Table":
+    """Give the table of pandas' ``orient="columns"`` JSON: {"column": {"row index": value}}."""
+    import pyarrow as pa
+
+    index: dict[str, None] = {}
+    for column in document.values():
+        index.update(dict.fromkeys(column))  # every row index, in the order first written
+    return pa.table({name: [column.get(row) for row in index] for name, column in document.items()})
+
+
+# --- UTF-8 -----------------------------------------------------------------------------------------
+
+
+def _utf8_text(path: Path) -> str:
+    """Give a file's text, without a UTF-8 byte-order mark; UsageError naming the first bad byte."""
+    raw = path.read_bytes()
+    start = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return raw[start:].decode("utf-8")
+    except UnicodeDecodeError:
+        _refuse_if_not_utf8(path)
+        raise
+
+
+def first_invalid_utf8(path: str | os.PathLike[str]) -> tuple[int, int, int] | None:
+    """Give (byte offset, line number, byte value) of the first byte that is not UTF-8 text, or None.
+
+    Reads the file in 1 MiB chunks, so it costs no more memory on a large file.
+    """
+    offset = 0  # of ``pending``'s first byte in the file
+    lines = 1
+    pending = b""
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(_CHUNK)
+            data = pending + chunk
+            try:
+                data.decode("utf-8")
+                good = len(data)
+            except UnicodeDecodeError as exc:
+                # a sequence cut by the chunk's end is completed by the next chunk; anything else is bad
+                cut = chunk and exc.reason == "unexpected end of data" and len(data) - exc.start < 4
+                if not cut:
+                    return offset + exc.start, lines + data.count(b"\n", 0, exc.start), data[exc.start]
+                good = exc.start
+            lines += data.count(b"\n", 0, good)
+            offset += good
+            pending = data[good:]
+            if not chunk:
+                return None
+
+
+def _refuse_if_not_utf8(path: Path) -> None:
+    """Raise the one-line UsageError for a table file that is not UTF-8 text; return if it is."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        bad = first_invalid_utf8(path)
+    except OSError:
+        return  # the caller reports the file as unreadable
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise UsageError(
+            f"cannot read table file {path}: it is UTF-16 text (it starts with a UTF-16 byte-order mark), "
+            "not UTF-8; save it as UTF-8 (pandas: encoding='utf-8')"
+        )
+    if bad is not None:
+        offset, line, value = bad
+        raise UsageError(
+            f"cannot read table file {path}: it is not UTF-8 text (byte 0x{value:02X} at offset {offset}, line {line}); "
+            "save it as UTF-8 (for example `iconv -f cp1252 -t utf-8 OLD > NEW`, or pandas: encoding='utf-8')"
+        )
+

@@ -1,0 +1,65 @@
+"""Similarity between models: calibrated measures, layer pairs, all pairs of many models (issue 23).
+
+    from stitchcli.similarity import measure, get_measure, permutation_null, layer_matrix, compare_models
+
+    measure(x, y, "cknna", k=10)                       # one float; x (N, p), y (N, q)
+    get_measure("procrustes").higher_is_more_alike     # False: a distance
+    permutation_null(x, y, "linear-cka", permutations_count=20).calibrated
+    layer_matrix(layers_a, layers_b, "linear-cka", null=10).best
+    compare_models({"a": xa, "b": xb, "c": xc}, ["linear-cka", "mutual-knn"], null=10).records
+
+docs/SIMILARITY.md describes every measure (direction, invariances, cost) and the calibration. The names
+below load their module (and torch) on first use, so importing this package stays cheap for the command line.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "registry": ("Measure", "get_measure", "list_measures", "measure", "register_measure"),
+    "representation": ("Representation",),
+    "calibration": ("Calibrated", "calibrate", "permutation_null", "permutations"),
+    "layers": ("BestPair", "LayerMatrix", "layer_matrix"),
+    "pairs": ("SimilarityRecord", "SimilarityReport", "compare_models", "relative_representations"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+if TYPE_CHECKING:
+    from stitchcli.similarity.calibration import (
+        Calibrated,
+        calibrate,
+        permutation_null,
+        permutations,
+    )
+    from stitchcli.similarity.layers import BestPair, LayerMatrix, layer_matrix
+    from stitchcli.similarity.pairs import (
+        SimilarityRecord,
+        SimilarityReport,
+        compare_models,
+        relative_representations,
+    )
+    from stitchcli.similarity.registry import (
+        Measure,
+        get_measure,
+        list_measures,
+        measure,
+        register_measure,
+    )
+    from stitchcli.similarity.representation import Representation
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stitchcli.similarity' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"stitchcli.similarity.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

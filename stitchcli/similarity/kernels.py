@@ -1,0 +1,259 @@
+"""Measures built on the centred features: linear CKA, unbiased CKA, orthogonal Procrustes distance, SVCCA.
+
+Linear CKA, unbiased CKA and the Procrustes distance all read the cross-covariance C = Xcᵀ Yc (p×q) of the
+column-centred inputs, accumulated in float64 over row blocks: one O(N·p·q) product per pair, shared by the
+three (family ``cross``), and no N×N matrix. Per representation, the column mean and the squared row norms
+(two O(N·p) passes) and, for CKA, ‖Xcᵀ Xc‖_F (O(N·p²)) are computed once; only those O(p + N) numbers are
+kept. SVCCA keeps each representation's top singular vectors (N×r) once and compares two of them in O(N·r²).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+
+from stitchcli import metrics
+from stitchcli.errors import UsageError
+from stitchcli.similarity.registry import (
+    Measure,
+    PairCache,
+    measure_options,
+    register_measure,
+)
+from stitchcli.similarity.representation import Representation, check_whole
+
+_CHUNK = 8192
+"""Rows per block of the float64 accumulations (the default of :func:`stitchcli.metrics.linear_cka`)."""
+
+
+@dataclass(frozen=True)
+class Moments:
+    """What the centred-feature measures need from one representation, all float64.
+
+    Attributes:
+        shift: the first row, subtracted before averaging (keeps a large common offset from eating
+            precision, and makes a constant column exactly zero after centring).
+        mean: the column mean of (x - shift).
+        sq_norms: ‖xc_i‖² for every centred row, (N,); their sum is ‖Xc‖²_F.
+    """
+
+    shift: torch.Tensor
+    mean: torch.Tensor
+    sq_norms: torch.Tensor
+
+    def centred(self, rep: Representation, rows: slice, device: torch.device) -> torch.Tensor:
+        """Give rows ``rows`` of ``rep`` centred, in float64, on ``device`` (a new tensor)."""
+        return rep.block(rows, torch.float64).to(device) - (self.shift + self.mean).to(device)
+
+
+def moments(rep: Representation, chunk_size: int = _CHUNK) -> Moments:
+    """Give the centring moments of ``rep``: two O(N·d) passes, once (a permuted one reorders the row norms)."""
+
+    def build() -> Moments:
+        if rep.origin is not None:
+            base, order = rep.origin
+            found = moments(base, chunk_size)
+            return replace(found, sq_norms=found.sq_norms[order.to(found.sq_norms.device)])
+        shift = rep.block(slice(0, 1), torch.float64)[0]
+        total = torch.zeros_like(shift)
+        for rows in rep.blocks(chunk_size):
+            total += (rep.block(rows, torch.float64) - shift).sum(dim=0)
+        found = Moments(shift, total / rep.rows, torch.empty(0, dtype=torch.float64))
+        sq_norms = torch.empty(rep.rows, dtype=torch.float64, device=rep.device)
+        for rows in rep.blocks(chunk_size):
+            sq_norms[rows] = found.centred(rep, rows, rep.device).square().sum(dim=1)
+        if not float(sq_norms.sum()) > 0:
+            raise UsageError(
+                f"{rep.name} has no variance (every row is the same), so it cannot be compared: "
+                "check that the embeddings were computed from distinct samples"
+            )
+        return replace(found, sq_norms=sq_norms)
+
+    return rep.cached(("moments",), build)
+
+
+def gram_norm(rep: Representation, chunk_size: int = _CHUNK) -> float:
+    """Give ‖Xcᵀ Xc‖_F of ``rep`` (an O(N·d²) pass, once; unchanged by a permutation)."""
+    if rep.origin is not None:
+        return gram_norm(rep.origin[0], chunk_size)
+
+    def build() -> float:
+        found = moments(rep, chunk_size)
+        gram = torch.zeros(rep.dim, rep.dim, dtype=torch.float64, device=rep.device)
+        for rows in rep.blocks(chunk_size):
+            xc = found.centred(rep, rows, rep.device)
+            gram += xc.T @ xc
+        return float(torch.linalg.matrix_norm(gram))
+
+    return rep.cached(("gram_norm",), build)
+
+
+def cross_covariance(x: Representation, y: Representation, pair: PairCache, chunk_size: int = _CHUNK) -> torch.Tensor:
+    """Give Xcᵀ Yc (p×q, float64) for the pair, accumulated over row blocks and kept in ``pair``."""
+    if "cross" not in pair:
+        mx, my = moments(x, chunk_size), moments(y, chunk_size)
+        cross = torch.zeros(x.dim, y.dim, dtype=torch.float64, device=x.device)
+        for rows in x.blocks(chunk_size):
+            cross += mx.centred(x, rows, x.device).T @ my.centred(y, rows, x.device)
+        pair["cross"] = cross
+    return pair["cross"]
+
+
+# ---------------------------------------------------------------------------------------------- CKA
+
+
+def linear_cka(x: Representation, y: Representation, pair: PairCache, *, chunk_size: int = _CHUNK) -> float:
+    """Give linear CKA, ‖Xcᵀ Yc‖²_F / (‖Xcᵀ Xc‖_F · ‖Ycᵀ Yc‖_F), in [0, 1] (Kornblith et al., 2019)."""
+    _enough_rows(x, 2, "CKA")
+    cross = cross_covariance(x, y, pair, chunk_size)
+    return float(cross.square().sum() / (gram_norm(x, chunk_size) * gram_norm(y, chunk_size)))
+
+
+def unbiased_cka(x: Representation, y: Representation, pair: PairCache, *, chunk_size: int = _CHUNK) -> float:
+    """Give CKA with the unbiased HSIC estimator of Song et al. (2012), at most 1 (can dip below 0).
+
+    With K = Xc Xcᵀ and K̃ its off-diagonal part, the unbiased HSIC needs tr(K̃ L̃), 1ᵀK̃1 and 1ᵀK̃L̃1.
+    Because the columns are centred, K1 = 0, so K̃1 = -n_x (the squared row norms) and everything follows
+    from ‖Xcᵀ Yc‖²_F, Σ n_x, Σ n_y and Σ n_x·n_y, without the N×N matrices. The estimator is invariant to
+    translating either input, so centring first changes nothing (it equals the uncentred Gram form).
+    """
+    _enough_rows(x, 4, "the unbiased HSIC estimator")
+    cross = cross_covariance(x, y, pair, chunk_size)
+    mx, my = moments(x, chunk_size), moments(y, chunk_size)
+    n = x.rows
+    nx = mx.sq_norms
+    ny = my.sq_norms.to(nx.device)
+
+    def hsic(cross_sq: float, diagonal: float, sum_a: float, sum_b: float) -> float:
+        # The common factor 1 / (N(N-3)) cancels in the ratio and is left out.
+        return cross_sq - diagonal + sum_a * sum_b / ((n - 1) * (n - 2)) - 2.0 * diagonal / (n - 2)
+
+    sum_x, sum_y = float(nx.sum()), float(ny.sum())
+    xy = hsic(float(cross.square().sum()), float(nx @ ny), sum_x, sum_y)
+    xx = hsic(gram_norm(x, chunk_size) ** 2, float(nx @ nx), sum_x, sum_x)
+    yy = hsic(gram_norm(y, chunk_size) ** 2, float(ny @ ny), sum_y, sum_y)
+    if not xx * yy > 0:
+        return float("nan")  # the estimator of HSIC(X, X) can only fail to be positive on degenerate inputs
+    return xy / math.sqrt(xx * yy)
+
+
+# ---------------------------------------------------------------------------------------- Procrustes
+
+
+def procrustes(x: Representation, y: Representation, pair: PairCache, *, chunk_size: int = _CHUNK) -> float:
+    """Give the orthogonal Procrustes distance min_Q ‖X̂ - Ŷ Q‖_F, in [0, √2] (0: the same up to rotation).
+
+    X̂ and Ŷ are the centred inputs scaled to unit Frobenius norm (the narrower one padded with zero columns);
+    the minimum over orthogonal Q is √(2 - 2‖X̂ᵀŶ‖_*) (Ding et al., 2021; netrep's euclidean score, whose
+    angular form is arccos ‖X̂ᵀŶ‖_*). ‖·‖_* is the nuclear norm of the cross-covariance.
+    """
+    _enough_rows(x, 2, "the Procrustes distance")
+    cross = cross_covariance(x, y, pair, chunk_size)
+    mx, my = moments(x, chunk_size), moments(y, chunk_size)
+    nuclear = _nuclear_norm(cross) / math.sqrt(float(mx.sq_norms.sum()) * float(my.sq_norms.sum()))
+    return math.sqrt(max(0.0, 2.0 - 2.0 * min(nuclear, 1.0)))
+
+
+def _nuclear_norm(matrix: torch.Tensor) -> float:
+    """Give the sum of the singular values of ``matrix`` (float64)."""
+    small = matrix if matrix.shape[1] <= matrix.shape[0] else matrix.T
+    # The eigenvalues of CᵀC on the narrower side are 2-6x faster than an SVD; their square roots lose
+    # precision only for eigenvalues near eps·λ_max, so an ill-conditioned C goes through the SVD.
+    eigenvalues = torch.linalg.eigvalsh(small.T @ small)
+    if float(eigenvalues[0]) > 1e-8 * float(eigenvalues[-1]):
+        return float(eigenvalues.sqrt().sum())
+    return float(torch.linalg.svdvals(matrix).sum())
+
+
+# ------------------------------------------------------------------------------------------------ SVCCA
+
+
+def svcca_basis(rep: Representation, components: int, chunk_size: int = _CHUNK) -> torch.Tensor:
+    """Give the top ``components`` left singular vectors of the centred ``rep``, (N, r) float64 orthonormal.
+
+    r = min(components, d, N - 1). They come from the eigenvectors V of Xcᵀ Xc as Xc V / σ, so nothing
+    N×N and nothing N×d beyond a row block is held.
+
+    Raises:
+        UsageError: fewer than r non-zero singular values (lower ``components``).
+    """
+
+    def build() -> torch.Tensor:
+        if rep.origin is not None:
+            base, order = rep.origin
+            basis = svcca_basis(base, components, chunk_size)
+            return basis[order.to(basis.device)]
+        found = moments(rep, chunk_size)
+        r = min(components, rep.dim, rep.rows - 1)
+        gram = torch.zeros(rep.dim, rep.dim, dtype=torch.float64, device=rep.device)
+        for rows in rep.blocks(chunk_size):
+            xc = found.centred(rep, rows, rep.device)
+            gram += xc.T @ xc
+        eigenvalues, eigenvectors = torch.linalg.eigh(gram)
+        top, vectors = eigenvalues.flip(0)[:r], eigenvectors.flip(1)[:, :r]
+        if not float(top[-1]) > 1e-12 * float(top[0]):
+            rank = int((eigenvalues > 1e-12 * float(top[0])).sum())
+            raise UsageError(
+                f"{rep.name} has only {rank} directions of variance, fewer than the {r} SVCCA components: "
+                f"pass components={rank} or fewer"
+            )
+        scale = vectors / top.sqrt()
+        basis = torch.empty(rep.rows, r, dtype=torch.float64, device=rep.device)
+        for rows in rep.blocks(chunk_size):
+            basis[rows] = found.centred(rep, rows, rep.device) @ scale
+        return basis
+
+    return rep.cached(("svcca", components), build)
+
+
+def svcca(x: Representation, y: Representation, pair: PairCache, *, components: int = 10, chunk_size: int = _CHUNK) -> float:
+    """Give SVCCA: the mean canonical correlation between the top singular subspaces of x and y, in [0, 1].
+
+    Raghu et al. (2017): keep the top ``components`` singular directions of each centred representation,
+    then CCA between the two reduced spaces. Their bases being orthonormal, the canonical correlations are
+    the singular values of U_xᵀ U_y (the cosines of the principal angles between the two subspaces); the
+    mean runs over min(r_x, r_y) of them.
+    """
+    check_whole(components, "components", 1)
+    _enough_rows(x, 3, "SVCCA")
+    ux = svcca_basis(x, components, chunk_size)
+    uy = svcca_basis(y, components, chunk_size).to(ux.device)
+    correlations = torch.linalg.svdvals(ux.T @ uy).clamp(max=1.0)
+    return float(correlations.mean())
+
+
+def _enough_rows(rep: Representation, least: int, what: str) -> None:
+    if rep.rows < least:
+        raise UsageError(f"{what} needs at least {least} samples, got {rep.rows}")
+
+
+_RIGID = "rotations and reflections (any orthogonal map), isotropic scaling, translation"
+
+register_measure(Measure(
+    name="linear-cka", title="linear CKA", compare=linear_cka, higher_is_more_alike=True, identical=1.0,
+    symmetric=True, invariant_to=_RIGID, family="cross", options=measure_options(linear_cka), aliases=("cka",),
+    function=metrics.linear_cka,
+    cost="O(N·p²) once per representation, O(N·p·q) per pair (shared with unbiased-cka and procrustes); "
+    "memory O(p² + q² + p·q + chunk·(p + q)), no N×N matrix",
+    reference="Kornblith et al. 2019, feature-space form (docs/METHOD.md §6)",
+))
+register_measure(Measure(
+    name="unbiased-cka", title="unbiased CKA", compare=unbiased_cka, higher_is_more_alike=True, identical=1.0,
+    symmetric=True, invariant_to=_RIGID, family="cross", options=measure_options(unbiased_cka),
+    cost="as linear-cka (the same cross-covariance) plus O(N) per pair",
+    reference="Song et al. 2012 unbiased HSIC; the debiased CKA of platonic-rep and Kornblith's code",
+))
+register_measure(Measure(
+    name="procrustes", title="Procrustes distance", compare=procrustes, higher_is_more_alike=False, identical=0.0,
+    symmetric=True, invariant_to=_RIGID, family="cross", options=measure_options(procrustes),
+    cost="as linear-cka (the same cross-covariance) plus an eigen-decomposition of min(p, q)² per pair",
+    reference="orthogonal Procrustes distance, Ding et al. 2021; netrep LinearMetric(alpha=1), euclidean score",
+))
+register_measure(Measure(
+    name="svcca", title="SVCCA", compare=svcca, higher_is_more_alike=True, identical=1.0, symmetric=True,
+    invariant_to=_RIGID, family="svcca", options=measure_options(svcca),
+    cost="O(N·p² + p³) once per representation, O(N·r²) per pair (r = components); memory O(N·r + p²)",
+    reference="Raghu et al. 2017 (SVD then CCA); platonic-rep uses 10 components",
+))

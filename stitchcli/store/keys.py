@@ -1,0 +1,56 @@
+"""How cache entries are identified: canonical JSON for hashing, file-system-safe names, and the entry key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+def canonical_json(data: Any) -> str:
+    """Give a deterministic JSON text (sorted keys, no spaces) for hashing."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def slug(text: str, max_len: int = 80) -> str:
+    """Give a file-system-safe name for a model or dataset name (long or path-like names get a hash)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "x"
+    if cleaned != text or len(cleaned) > max_len:
+        digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+        cleaned = f"{cleaned[: max_len - 9]}-{digest}"
+    return cleaned
+
+
+@dataclass(frozen=True)
+class EntryKey:
+    """What identifies one cache entry: the model's key, the dataset's identity, the split and subset."""
+
+    model: dict[str, Any]
+    dataset_id: str
+    dataset_fingerprint: str
+    split: str
+    limit: int | None = None
+    limit_seed: int | None = None
+    columns: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Give the key as a JSON-ready dict, with the schema version."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model,
+            "dataset_id": self.dataset_id,
+            "dataset_fingerprint": self.dataset_fingerprint,
+            "split": self.split,
+            "limit": self.limit,
+            "limit_seed": self.limit_seed,
+            "columns": self.columns,
+        }
+
+    @property
+    def digest(self) -> str:
+        """Give the first 16 hex digits of the key's SHA-256."""
+        return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()[:16]
