@@ -38,12 +38,13 @@ import torch
 from torch import nn
 
 from stitchcli.errors import UsageError
-from stitchcli.heads import HeadSettings, fit_with_early_stopping, stratified_split
+from stitchcli.heads import fit_with_early_stopping, stratified_split
 from stitchcli.reconstruction.targets import ImageShape, image_shape_of
 from stitchcli.relative.aggregation import Aggregation, build_aggregation
+from stitchcli.settings import TASK_HEAD_DEFAULTS, HeadSettings
 
 TASK = "reconstruction"
-DEFAULT_SETTINGS = HeadSettings(batch_size=64)
+DEFAULT_SETTINGS = HeadSettings(**TASK_HEAD_DEFAULTS[TASK])
 """A reconstruction head's training defaults: a classification head's, but batches of 64 rather than 256. At the
 demo's 300 training rows, 256 leaves two Adam steps an epoch and the decoder is still far from trained after
 40 epochs (the digits blur together); with 64 the validation MSE is lower and the SSIM of the reconstructions

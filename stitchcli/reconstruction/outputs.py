@@ -21,7 +21,8 @@ import torch
 OUTPUT_SUFFIX = ".safetensors"
 
 
-def _clean(name: str) -> str:
+def file_safe(name: str) -> str:
+    """Give ``name`` with every character a file name should not hold replaced by ``_``."""
     return re.sub(r"[^A-Za-z0-9._+@-]+", "_", name).strip("_") or "_"
 
 
@@ -33,7 +34,7 @@ def method_label(method: str, projections: Sequence[str] = (), aggregation: str 
 
 def output_file_name(encoder: str, decoder: str, method: str, projections: Sequence[str] = (), aggregation: str | None = None) -> str:
     """Give ``ENCODER--DECODER--METHOD.safetensors`` for one row (see the module docstring)."""
-    return f"{_clean(encoder)}--{_clean(decoder)}--{_clean(method_label(method, projections, aggregation))}{OUTPUT_SUFFIX}"
+    return f"{file_safe(encoder)}--{file_safe(decoder)}--{file_safe(method_label(method, projections, aggregation))}{OUTPUT_SUFFIX}"
 
 
 def save_reconstructions(

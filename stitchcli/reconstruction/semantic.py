@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from stitchcli.errors import UsageError
-from stitchcli.heads import HeadSettings, fit_with_early_stopping, stratified_split
+from stitchcli.heads import fit_with_early_stopping, stratified_split
+from stitchcli.settings import HeadSettings
 
 PIXEL_CLASSIFIER_SETTINGS = HeadSettings(hidden=128, dropout=0.25, epochs=30, lr=2e-3, batch_size=128, patience=4)
 """Training settings of the pixel classifier (``hidden`` is its last hidden layer)."""
