@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from _common import emit, load, processor
-from stitchcli.demo import packaged_dataset
+from stitchcli.data.packaged import packaged_dataset
 from stitchcli.embedding import load_embeddings
-from stitchcli.heads import HeadSettings
+from stitchcli.settings import HeadSettings
 from stitchcli.reconstruction.decoder import build_decoder, reconstruct, train_decoder
 from stitchcli.reconstruction.scores import reconstruction_scores
 from stitchcli.reconstruction.targets import load_pixel_targets
@@ -42,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     store = EmbeddingStore(args.cache_dir)
-    dataset = packaged_dataset(store, "packaged:mnist5k")
+    dataset = packaged_dataset("packaged:mnist5k", store.root / "assets")
     train = load_embeddings(store, args.model, dataset, "train")
     test = load_embeddings(store, args.model, dataset, "test")
     targets = load_pixel_targets(dataset, "train", train.ids)

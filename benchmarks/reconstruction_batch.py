@@ -21,9 +21,9 @@ import torch
 
 from _common import emit, load, processor
 from stitchcli.data import stratified_subset
-from stitchcli.demo import packaged_dataset
+from stitchcli.data.packaged import packaged_dataset
 from stitchcli.embedding import load_embeddings
-from stitchcli.heads import HeadSettings
+from stitchcli.settings import HeadSettings
 from stitchcli.reconstruction.decoder import build_decoder, reconstruct, train_decoder
 from stitchcli.reconstruction.scores import reconstruction_scores
 from stitchcli.reconstruction.semantic import train_pixel_classifier
@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     store = EmbeddingStore(args.cache_dir)
-    dataset = packaged_dataset(store, "packaged:mnist5k")
+    dataset = packaged_dataset("packaged:mnist5k", store.root / "assets")
     entries = {(m, s): load_embeddings(store, m, dataset, s) for m in ("lite0", "lite2") for s in ("train", "test")}
     keep = {s: stratified_subset(entries[("lite2", s)].labels, LIMIT, 0) for s in ("train", "test")}  # embed --limit's rows
     train = load_pixel_targets(dataset, "train", entries[("lite2", "train")].ids[keep["train"]])

@@ -39,7 +39,7 @@ import torch
 
 from _common import load, processor
 from stitchcli.data import stratified_subset
-from stitchcli.demo import packaged_dataset
+from stitchcli.data.packaged import packaged_dataset
 from stitchcli.embedding import load_embeddings
 from stitchcli.heads import HEAD_FORMAT, FittedHead, HeadSettings, load_head, save_head
 from stitchcli.reconstruction.decoder import DEFAULT_SETTINGS, build_decoder, decoder_config, reconstruct, train_decoder
@@ -49,7 +49,8 @@ from stitchcli.reconstruction.scores import per_image_mse, per_image_psnr, per_i
 from stitchcli.reconstruction.semantic import PixelClassifier, pixel_accuracy, train_pixel_classifier
 from stitchcli.reconstruction.targets import load_pixel_targets
 from stitchcli.relative import DEFAULT_PROJECTIONS
-from stitchcli.stitching import AffineTranslation, LatentTranslation, product_values
+from stitchcli.stitching.features import product_values
+from stitchcli.translations import AffineTranslation, LatentTranslation
 from stitchcli.store import EmbeddingStore
 
 AGGREGATION = "mlp-sum"
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     store = EmbeddingStore(args.cache_dir)
-    dataset = packaged_dataset(store, args.dataset)
+    dataset = packaged_dataset(args.dataset, store.root / "assets")
     models = args.models.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     settings = replace(DEFAULT_SETTINGS, batch_size=args.batch_size or DEFAULT_SETTINGS.batch_size,

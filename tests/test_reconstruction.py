@@ -403,16 +403,17 @@ def test_a_rows_scores_are_the_mean_and_std_over_seeds():
 @pytest.mark.real
 def test_real_lite2_decoder_rebuilds_digits_a_pixel_classifier_reads_and_lite0_stitches_into_it(cache_dir, tmp_path):
     """EfficientNet-Lite0 → Lite2 reconstruction on the packaged MNIST (300 rows per split, every training row an anchor)."""
-    from stitchcli.demo import packaged_dataset, register_demo_models
+    from stitchcli.assets import register_packaged_models
+    from stitchcli.data.packaged import packaged_dataset
     from stitchcli.embedding import EmbedOptions, embed, load_embeddings
     from stitchcli.reconstruction.semantic import train_pixel_classifier
     from stitchcli.relative import relative_space
-    from stitchcli.stitching import AffineTranslation
+    from stitchcli.translations import AffineTranslation
     from stitchcli.store import EmbeddingStore
 
     store = EmbeddingStore(cache_dir)
-    mnist = packaged_dataset(store, "packaged:mnist5k")
-    register_demo_models(store, ["lite0", "lite2"])
+    mnist = packaged_dataset("packaged:mnist5k", store.root / "assets")
+    register_packaged_models(store, ["lite0", "lite2"])
     embed(["lite0", "lite2"], mnist, ["train", "test"], store=store, options=EmbedOptions(limit=300))
     latents = {(m, s): load_embeddings(store, m, mnist, s, limit=300) for m in ("lite0", "lite2") for s in ("train", "test")}
     train_ids, test_ids = latents[("lite2", "train")].ids, latents[("lite2", "test")].ids
