@@ -176,6 +176,14 @@ def test_fit_head_trains_a_reconstruction_head(world, tmp_path):
     from stitchcli.heads import load_head
 
     assert load_head(tmp_path / "head.safetensors").task == "reconstruction"
+    head = str(tmp_path / "head.safetensors")
+    stitched = invoke("stitch", "B", "A", "-d", str(world["data"]), "--task", "reconstruction", "--head", head, "--baselines", "none", "--json",
+                      cache=world["cache"])
+    assert stitched.exit_code == 0, stitched.output
+    rows = json.loads(stitched.stdout)["rows"]
+    assert [row["method"] for row in rows] == ["relative", "relative"] and rows[0]["mse"] == pytest.approx(rows[1]["mse"], rel=1e-3)
+    refused = invoke("stitch", "B", "A", "-d", str(world["data"]), "--head", head, cache=world["cache"])
+    assert refused.exit_code == 2 and "is a reconstruction head, not a classification head" in refused.output
 
 
 def test_the_task_default_batch_size_applies_unless_given():
