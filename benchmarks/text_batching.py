@@ -1,6 +1,6 @@
 """Length-sorted text batches (what `stitchcli embed` does) against the plain padded loop, on BBC News.
 
-Both encode the same rows of BBC News (the packaged copy, ../shared/ASSETS.md) with all-MiniLM-L6-v2 (the
+Both encode the same rows of BBC News (the packaged copy, `packaged:bbc-news`) with all-MiniLM-L6-v2 (the
 packaged copy), mean pooling, the same batch size, truncation length and threads, in the same run:
 
 - plain: transformers tokenizer + model over the rows in their order, each batch padded to its longest text;

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Sequence
 from stitchcli.errors import UsageError
 
 if TYPE_CHECKING:
+    from stitchcli.similarity import SimilarityReport
     from stitchcli.stitching import StitchReport
 
 
@@ -106,4 +107,46 @@ def write_plots(folder: str | Path, reports: Sequence[StitchReport]) -> list[Pat
                 title=f"{dataset}: {measure} of the {report.split} representations", xlabel="space", ylabel="model pair",
                 vmin=-1.0 if measure == "cosine" else 0.0,
             ))
+    return written
+
+
+def write_similarity_plots(folder: str | Path, report: SimilarityReport, *, title: str) -> list[Path]:
+    """Give the PNGs of ``stitchcli similarity --plot``: the N×N table of each measure in each space, and
+    (with layers) the layer × layer matrix of each model pair; every cell the measure's value, with the
+    calibrated value in the titles of best pairs when a null was drawn."""
+    import math
+
+    from stitchcli.similarity import get_measure
+
+    require_matplotlib()
+    folder = Path(folder).expanduser()
+    written: list[Path] = []
+    spaces = list(dict.fromkeys(matrix.projection for matrix in report.matrices))
+    for measure in dict.fromkeys(matrix.measure for matrix in report.matrices):
+        found = get_measure(measure)
+        low, high = (0.0, math.sqrt(2.0)) if not found.higher_is_more_alike else (-1.0 if measure in ("rsa", "cosine") else 0.0, 1.0)
+        direction = "" if found.higher_is_more_alike else " (a distance: lower = more alike)"
+        for space in spaces:
+            name = space or "absolute"
+            models, table = report.table(measure, space)
+            matrices = [m for m in report.matrices if m.measure == measure and m.projection == space]
+            if not matrices:
+                continue
+            layered = any(m.values.size > 1 for m in matrices)
+            written.append(heatmap(
+                folder / _file_name("similarity", measure, name), table.tolist(), models, models,
+                title=f"{found.title}{direction}, {name}{', best layer pair' if layered else ''}: {title}",
+                xlabel="model b", ylabel="model a", value_format="{:.3f}", vmin=low, vmax=high,
+            ))
+            for matrix in matrices if layered else ():
+                best = matrix.best
+                calibrated = f", calibrated {best.null.calibrated:.3f}" if best.null is not None and not math.isnan(best.null.calibrated) else ""
+                label = [("final" if layer is None else str(layer)) for layer in (*matrix.layers_a, *matrix.layers_b)]
+                rows, columns = label[: len(matrix.layers_a)], label[len(matrix.layers_a) :]
+                written.append(heatmap(
+                    folder / _file_name("layers", measure, name, matrix.model_a, matrix.model_b), matrix.values.tolist(), rows, columns,
+                    title=f"{found.title}{direction}, {name}: {matrix.model_a} × {matrix.model_b} layers; best "
+                          f"{rows[matrix.layers_a.index(best.layer_a)]} × {columns[matrix.layers_b.index(best.layer_b)]} = {best.value:.3f}{calibrated}; {title}",
+                    xlabel=f"{matrix.model_b} layer", ylabel=f"{matrix.model_a} layer", value_format="{:.2f}", vmin=low, vmax=high,
+                ))
     return written

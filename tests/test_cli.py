@@ -384,3 +384,16 @@ def test_every_command_sets_the_allocator_before_its_work(monkeypatch, tmp_path)
     monkeypatch.setattr(cli, "keep_freed_memory_for_reuse", lambda: calls.append(1) or True)
     result = CliRunner().invoke(app, ["embed", "-m", TINY, "-d", str(tmp_path / "missing")])
     assert result.exit_code == 2 and calls == [1]
+
+
+def test_help_shows_flags_without_types_and_the_positional_names_in_capitals():
+    from typer.testing import CliRunner
+
+    from stitchcli.cli import app
+
+    for command in ("stitch", "eval", "fit-head", "embed"):
+        result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0
+        assert "<bool>" not in result.output and "{" not in result.output, command
+    usage = CliRunner().invoke(app, ["stitch", "--help"], env={"COLUMNS": "200"}).output
+    assert "ENCODER DECODER" in usage

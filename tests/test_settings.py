@@ -3,6 +3,7 @@ recipe, and ``--head`` refuses what the user gave with another value than the he
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -187,8 +188,10 @@ def test_head_accepts_its_own_values_and_refuses_others_even_the_defaults(fitted
     data, head = fitted_head
     base = ["stitch", "A", "B", "-d", str(data), "--head", str(head), "--baselines", "none", "-q"]
 
-    same = CliRunner().invoke(app, [*base, "--limit", "120", "--epochs", "5", "--num-anchors", "30", "--seeds", "0"])
+    same = CliRunner().invoke(app, [*base, "--limit", "120", "--epochs", "5", "--num-anchors", "30", "--seeds", "0", "--json"])
     assert same.exit_code == 0, same.output
+    document = json.loads(same.stdout)
+    assert document["rows"] and "similarity" not in document  # only eval computes the similarity table
 
     for extra, flag in ((["--epochs", "40"], "--epochs"), (["--limit", "100"], "--limit"), (["--projection", "cosine"], "--projection"),
                         (["--seeds", "0,1,2"], "--seeds"), (["--num-anchors", "20"], "--num-anchors")):

@@ -208,6 +208,7 @@ def _register() -> None:
     from stitchcli.cli.embed import embed_command
     from stitchcli.cli.eval import eval_command
     from stitchcli.cli.fit_head import fit_head_command
+    from stitchcli.cli.similarity import similarity_command
     from stitchcli.cli.stitch import stitch_command
 
     for name, command in (
@@ -216,6 +217,7 @@ def _register() -> None:
         ("fit-head", fit_head_command),
         ("stitch", stitch_command),
         ("eval", eval_command),
+        ("similarity", similarity_command),
         ("demo", demo_command),
     ):
         app.command(name, cls=StitchCommand)(reports_errors(command))

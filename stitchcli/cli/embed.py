@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, List, Optional, Sequence
 import typer
 
 from stitchcli.cli import options as opt
+from stitchcli.errors import UsageError
 
 if TYPE_CHECKING:
     from stitchcli.embedding import EmbedResult
@@ -85,6 +86,15 @@ def embed_command(
         bool,
         typer.Option("--merge", help="Only join the shards array jobs finished into the entry (no model work); say which are missing."),
     ] = False,
+    layers: Annotated[
+        Optional[str],
+        typer.Option(
+            "--layers",
+            help="Also cache the pooled representation of every layer ('all') or of the named ones (blocks.3,blocks.6), "
+            "one entry per layer, for `stitchcli similarity --layers` (timm and transformers models; see docs/SIMILARITY.md).",
+            show_default=False,
+        ),
+    ] = None,
     seed: opt.Seed = 0,
     trust_remote_code: opt.TrustRemoteCode = False,
     cache_dir: opt.CacheDir = None,
@@ -106,6 +116,20 @@ def embed_command(
     progress, store, reporter = progress_and_store(cache_dir, quiet or follower)
     given = {"weights": weights, "pooling": pooling, "max_length": max_length, "precision": precision, "revision": revision}
     options = {key: value for key, value in given.items() if value is not None}
+    if layers is not None:
+        from stitchcli.embedding.layers import embed_layers
+
+        if from_array or name:
+            raise UsageError("--layers runs the models: --from-array and --name do not apply")
+        results = embed_layers(
+            [ModelRef(name_, options) for name_ in model], dataset, split, store=store, layers=layers,
+            options=EmbedOptions(batch_size=batch_size, device=device, num_workers=num_workers, shard_rows=shard_rows, force=force,
+                                 limit=limit, seed=seed, compile=compile_model, num_shards=num_shards, merge=merge,
+                                 trust_remote_code=trust_remote_code),
+            input_column=input_column, label_column=label_column, dataset_revision=dataset_revision, reporter=reporter,
+        )
+        render_results(results, store, json_output=json_output)
+        return
     results = embed(
         [ModelRef(name_, options) for name_ in model],
         dataset,
@@ -148,7 +172,7 @@ def render_results(results: Sequence["EmbedResult"], store: "EmbeddingStore", *,
         ["model", "dataset", "split", "rows", "dim", "seconds", "rows/s", "cache", "path"],
         [
             [
-                r.model,
+                r.model if r.layer is None else f"{r.model} · {r.layer}",
                 r.dataset,
                 r.split,
                 r.rows,

@@ -34,6 +34,7 @@ class EmbedResult:
     shard_index: int | None = None
     complete: bool = True
     waiting_for_shards: list[int] = field(default_factory=list)
+    layer: str | None = None  # an intermediate layer's entry (embed --layers); None: the final representation
 
     def to_dict(self) -> dict[str, Any]:
         """Give a JSON-ready record."""

@@ -68,17 +68,13 @@ def embed(
         register_as: save the one model's spec under this name (``embed --name``).
         reporter: where progress goes.
     """
-    from stitchcli.data import load_split, resolve_dataset
+    from stitchcli.data import load_split
     from stitchcli.distributed import check_shard_options, start_workers
 
     options = options or EmbedOptions()
     reporter = reporter or Reporter()
-    refs = [ModelRef.of(model) for model in models]
+    refs = model_refs(models)
     names = [ref.name for ref in refs]
-    if not refs:
-        raise UsageError("no model given: pass --model NAME (a timm name, openclip:ARCH/TAG, a hub id or a local folder)")
-    if len(set(names)) != len(names):
-        raise UsageError(f"--model lists a model twice: {', '.join(names)}")
     if options.limit is not None and options.limit <= 0:
         raise UsageError(f"--limit must be a positive number of rows, not {options.limit}")
     if options.batch_size is not None and options.batch_size <= 0:
@@ -102,20 +98,8 @@ def embed(
         raise UsageError("--from-array imports one model's embeddings: give exactly one --model with it")
     if arrays and (refs[0].options.get("weights") or register_as):
         raise UsageError("--from-array imports finished embeddings: --weights and --name do not apply")
-    if isinstance(dataset, DatasetSpec):
-        if split_paths:
-            raise UsageError("--split NAME=PATH names table files: give the dataset by name with them")
-        data = dataset
-    else:
-        from stitchcli.assets import prepare_packaged
-
-        data = resolve_dataset(
-            prepare_packaged(store, dataset, names, reporter),
-            input_column=input_column,
-            label_column=label_column,
-            split_paths=split_paths or None,
-            revision=dataset_revision,
-        )
+    data = resolve_embed_dataset(store, dataset, names, split_paths, reporter, input_column=input_column,
+                                 label_column=label_column, dataset_revision=dataset_revision)
 
     loaded: dict[str, SplitData] = {}
 
@@ -158,6 +142,35 @@ def embed(
         return _embed_all(store, specs, split_names, keys, data, arrays, split_rows, options, reporter, workers)
     finally:
         workers.close()
+
+
+def resolve_embed_dataset(
+    store: EmbeddingStore,
+    dataset: str | DatasetSpec,
+    models: Sequence[str],
+    split_paths: Mapping[str, str],
+    reporter: Reporter,
+    *,
+    input_column: str | None = None,
+    label_column: str | None = None,
+    dataset_revision: str | None = None,
+) -> DatasetSpec:
+    """Give embed's dataset resolved: a spec as given, or a name (a ``packaged:`` one written first, and the
+    packaged models among ``models`` registered) resolved with the dataset options and ``--split`` paths."""
+    if isinstance(dataset, DatasetSpec):
+        if split_paths:
+            raise UsageError("--split NAME=PATH names table files: give the dataset by name with them")
+        return dataset
+    from stitchcli.assets import prepare_packaged
+    from stitchcli.data import resolve_dataset
+
+    return resolve_dataset(
+        prepare_packaged(store, dataset, models, reporter),
+        input_column=input_column,
+        label_column=label_column,
+        split_paths=dict(split_paths) or None,
+        revision=dataset_revision,
+    )
 
 
 def _embed_all(
@@ -358,11 +371,13 @@ def load_embeddings(
     input_column: str | None = None,
     label_column: str | None = None,
     dataset_revision: str | None = None,
+    layer: str | None = None,
 ) -> CachedEmbeddings:
     """Give a model's cached embeddings of one split with arrays loaded.
 
     ``model`` and ``dataset`` as for :func:`embed` (a name, or a ModelRef / resolved DatasetSpec); ``limit``
-    and ``seed`` as given to embed.
+    and ``seed`` as given to embed; ``layer`` one intermediate layer's entry (``embed --layers``), None the
+    final representation.
 
     Raises:
         NotCached: the entry is not in the cache yet (the message names the embed command that makes it).
@@ -375,22 +390,25 @@ def load_embeddings(
         dataset, input_column=input_column, label_column=label_column, revision=dataset_revision
     )
     spec = resolve_model_spec(store, ref, seed=seed)
-    key = entry_key(spec, data, split, limit=limit, seed=seed)
+    key = entry_key(spec, data, split, limit=limit, seed=seed, layer=layer)
     entry = store.lookup(spec.storage_name, key)
-    pending = None if entry is not None else store.read_plan(spec.storage_name, key, None)
+    pending = None if entry is not None or layer is not None else store.read_plan(spec.storage_name, key, None)
     if pending is not None and pending.jobs > 1 and pending.missing_jobs:
         raise UsageError(_missing_jobs_message(f"{ref.name} on {data.name}/{split}", pending))
     if entry is None:
-        command = embed_command(ref, data, split, limit=limit, seed=seed)
-        raise NotCached(f"no cached embeddings of {ref.name!r} on {data.name}/{split} with these options: run `{command}` first")
+        command = embed_command(ref, data, split, limit=limit, seed=seed, layer=layer)
+        what = "embeddings" if layer is None else f"embeddings of layer {layer!r}"
+        raise NotCached(f"no cached {what} of {ref.name!r} on {data.name}/{split} with these options: run `{command}` first")
     return store.read(entry)
 
 
-def embed_command(ref: ModelRef, data: DatasetSpec, split: str, *, limit: int | None, seed: int) -> str:
+def embed_command(ref: ModelRef, data: DatasetSpec, split: str, *, limit: int | None, seed: int, layer: str | None = None) -> str:
     """Give the `stitchcli embed` command line that makes the cache entry of these arguments."""
     import shlex
 
     words = ["stitchcli", "embed", "--model", ref.name, "--dataset", data.name, "--split", split]
+    if layer is not None:
+        words += ["--layers", layer]
     options = {**ref.options, "input_column": ",".join(data.input_columns) or None, "label_column": data.label_column,
                "dataset_revision": data.revision}
     for key, value in options.items():
@@ -401,3 +419,14 @@ def embed_command(ref: ModelRef, data: DatasetSpec, split: str, *, limit: int | 
     if seed:
         words += ["--seed", str(seed)]
     return shlex.join(words)
+
+
+def model_refs(models: Sequence[ModelRef | str]) -> list[ModelRef]:
+    """Give ``embed``'s models as refs, refusing none and a model listed twice."""
+    refs = [ModelRef.of(model) for model in models]
+    names = [ref.name for ref in refs]
+    if not refs:
+        raise UsageError("no model given: pass --model NAME (a timm name, openclip:ARCH/TAG, a hub id or a local folder)")
+    if len(set(names)) != len(names):
+        raise UsageError(f"--model lists a model twice: {', '.join(names)}")
+    return refs

@@ -144,9 +144,9 @@ def _refuse_near_miss_of_saved_name(store: EmbeddingStore, name: str, spec: Mode
 
 
 def entry_key(
-    spec: ModelSpec, data: DatasetSpec, split: str, *, limit: int | None, seed: int
+    spec: ModelSpec, data: DatasetSpec, split: str, *, limit: int | None, seed: int, layer: str | None = None
 ) -> EntryKey:
-    """Give the cache key of a model's embeddings of one split."""
+    """Give the cache key of a model's embeddings of one split (of one layer's, with ``layer``)."""
     from stitchcli.data import dataset_fingerprint
 
     return EntryKey(
@@ -157,6 +157,7 @@ def entry_key(
         limit=limit,
         limit_seed=seed if limit is not None else None,
         columns={"input": list(data.input_columns), "label": data.label_column},
+        layer=layer,
     )
 
 

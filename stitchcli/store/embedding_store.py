@@ -3,6 +3,7 @@
 Layout under the cache root::
 
     embeddings/<model>/<dataset>/<split>-<digest>.safetensors      complete entries
+    embeddings/<model>/<dataset>/<split>.<layer>-<digest>.safetensors   one layer's entry (embed --layers)
     embeddings/<model>/<dataset>/<split>-<digest>.partial/          shards of an entry being built
     names/<NAME>.json                                               model specs saved with --name
     resolved.json                                                   memo of name -> spec resolutions
@@ -134,14 +135,9 @@ class EmbeddingStore:
 
     # ----- entries -------------------------------------------------------------------------
     def entry_path(self, model_name: str, key: EntryKey) -> Path:
-        """Give the path of the complete entry for a key."""
-        return (
-            self.root
-            / "embeddings"
-            / slug(model_name)
-            / slug(key.dataset_id)
-            / f"{slug(key.split)}-{key.digest}.safetensors"
-        )
+        """Give the path of the complete entry for a key (a layer's entry names its layer after the split)."""
+        stem = slug(key.split) if key.layer is None else f"{slug(key.split)}.{slug(key.layer)}"
+        return self.root / "embeddings" / slug(model_name) / slug(key.dataset_id) / f"{stem}-{key.digest}.safetensors"
 
     def partial_dir(self, model_name: str, key: EntryKey) -> Path:
         """Give the folder holding the finished shards of an entry being built."""

@@ -27,7 +27,12 @@ def slug(text: str, max_len: int = 80) -> str:
 
 @dataclass(frozen=True)
 class EntryKey:
-    """What identifies one cache entry: the model's key, the dataset's identity, the split and subset."""
+    """What identifies one cache entry: the model's key, the dataset's identity, the split and subset, and the layer.
+
+    ``layer`` names one intermediate layer's pooled representation (``embed --layers``); None is the model's
+    final representation. It enters the key (hence the digest) only when set, so entries of final
+    representations keep the keys they always had.
+    """
 
     model: dict[str, Any]
     dataset_id: str
@@ -36,9 +41,11 @@ class EntryKey:
     limit: int | None = None
     limit_seed: int | None = None
     columns: dict[str, Any] = field(default_factory=dict)
+    layer: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Give the key as a JSON-ready dict, with the schema version."""
+        """Give the key as a JSON-ready dict, with the schema version (and the layer when there is one)."""
+        layer = {} if self.layer is None else {"layer": self.layer}
         return {
             "schema_version": SCHEMA_VERSION,
             "model": self.model,
@@ -48,6 +55,7 @@ class EntryKey:
             "limit": self.limit,
             "limit_seed": self.limit_seed,
             "columns": self.columns,
+            **layer,
         }
 
     @property

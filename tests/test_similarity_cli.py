@@ -1,0 +1,78 @@
+"""`stitchcli similarity` and `embed --layers`, run in-process on a generated image folder with timm's tiny test models."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import make_image_folder
+from stitchcli.cli import app
+
+pytestmark = pytest.mark.slow  # embeds two models layer by layer (about a minute)
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Give (image folder, cache) with two random tiny ViTs embedded on the test split, every layer of each."""
+    root = tmp_path_factory.mktemp("similarity")
+    images = make_image_folder(root / "images", per_class={"train": 2, "test": 6})
+    cache = root / "cache"
+    for model in ("test_vit", "test_vit2"):
+        result = CliRunner().invoke(app, ["embed", "-m", model, "--weights", "random", "-d", str(images), "--split", "test",
+                                          "--layers", "all", "--cache-dir", str(cache)])
+        assert result.exit_code == 0, result.output
+    return images, cache
+
+
+def _run(embedded: tuple[Path, Path], *args: str) -> "object":
+    images, cache = embedded
+    return CliRunner().invoke(app, ["similarity", "-d", str(images), "-m", "test_vit,test_vit2", "--weights", "random",
+                                    "--k", "3", "--cache-dir", str(cache), *args])
+
+
+def test_json_is_one_document_whose_values_agree_with_the_library(embedded):
+    from stitchcli.embedding import load_embeddings
+    from stitchcli.models import ModelRef
+    from stitchcli.similarity import measure
+    from stitchcli.store import EmbeddingStore
+
+    result = _run(embedded, "--json", "--measures", "linear-cka,mutual-knn", "--null", "10")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["samples"] == 18 and document["null"] == 10
+    rows = {(r["model_a"], r["model_b"], r["measure"]): r for r in document["rows"] if r["layer_a"] is None}
+    images, cache = embedded
+    store = EmbeddingStore(cache)
+    x, y = (load_embeddings(store, ModelRef(m, {"weights": "random"}), str(images), "test").embeddings for m in ("test_vit", "test_vit2"))
+    expected = measure(np.asarray(x, np.float64), np.asarray(y, np.float64), "linear-cka")
+    assert rows[("test_vit", "test_vit2", "linear-cka")]["value"] == pytest.approx(expected, abs=1e-6)
+    for row in rows.values():
+        assert row["null_mean"] is not None and row["calibrated"] is not None
+
+
+def test_layers_give_a_matrix_and_a_best_pair_and_csv_holds_every_row(embedded, tmp_path):
+    table = tmp_path / "rows.csv"
+    result = _run(embedded, "--layers", "all", "--measures", "linear-cka", "--csv", str(table), "--plot", str(tmp_path / "plots"))
+    assert result.exit_code == 0, result.output
+    assert "blocks.0" in result.stdout and "best layer pair" in result.stdout
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    layer_pairs = {(r["layer_a"], r["layer_b"]) for r in rows if r["model_a"] == "test_vit" and r["model_b"] == "test_vit2"}
+    assert ("blocks.0", "blocks.1") in layer_pairs and len(layer_pairs) > 4
+    assert list((tmp_path / "plots").glob("*.png"))
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--measures", "nope"], "nope"),
+    (["--k", "50"], "--k"),
+    (["--measures", "mrr"], "--projection"),
+])
+def test_bad_options_are_one_line_and_exit_2(embedded, args, needle):
+    result = _run(embedded, *args)
+    assert result.exit_code == 2, result.output
+    assert needle in result.output and "Traceback" not in result.output
