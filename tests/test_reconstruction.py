@@ -402,9 +402,11 @@ def test_a_rows_scores_are_the_mean_and_std_over_seeds():
 @pytest.mark.slow
 @pytest.mark.real
 def test_real_lite0_stitches_into_lite2s_decoder_and_a_pixel_classifier_reads_the_digits(cache_dir, tmp_path):
-    """EfficientNet-Lite0 → Lite2 through ``stitch --task reconstruction`` on the packaged MNIST (300 rows per split).
+    """EfficientNet-Lite0 → Lite2 through ``stitch --task reconstruction`` on the packaged MNIST (100 rows per split).
 
-    From an empty cache, as CI runs it: most of the time is embedding 1200 digits with the two real models.
+    From an empty cache, as CI runs it: most of the time is embedding the 400 digits with the two real models. 100
+    rows keep it short; the decoders and the reader are weak at this size (docs/RESULTS.md §11 has 300 rows), so
+    the thresholds ask only what separates stitching from its failure.
     """
     from stitchcli.models import ModelRef
     from stitchcli.settings import StitchSettings
@@ -412,15 +414,15 @@ def test_real_lite0_stitches_into_lite2s_decoder_and_a_pixel_classifier_reads_th
     from stitchcli.stitching.reconstruction import write_grids
     from stitchcli.store import EmbeddingStore
 
-    settings = StitchSettings(dataset="packaged:mnist5k", task="reconstruction", limit=300, seeds=(0,), baselines=("absolute", "affine"),
+    settings = StitchSettings(dataset="packaged:mnist5k", task="reconstruction", limit=100, seeds=(0,), baselines=("absolute", "affine"),
                               singles=False, head=HeadSettings(batch_size=64))
     report = stitch(EmbeddingStore(cache_dir), ModelRef("lite0"), ModelRef("lite2"), settings, keep="grid")
     rows = {(row.encoder, row.method): row for row in report.rows}
     own, stitched, raw, affine = rows[("lite2", "relative")], rows[("lite0", "relative")], rows[("lite0", "absolute")], rows[("lite0", "affine")]
     assert write_grids(tmp_path, report)[0].name == "lite0--lite2.png"
-    # measured (eval over seeds 0, 1, 2; docs/RESULTS.md §11): the reader 84% on the originals; read own 58%, stitched 49%,
-    # raw 12%, affine 62%; SSIM own 0.34, stitched 0.28, raw 0.02
-    assert report.pixel_classifier["accuracy_on_originals"] > 0.7
-    assert own.pixel_accuracy > 0.4  # recognisable digits from the decoder's own model
-    assert stitched.pixel_accuracy > 0.3 and stitched.ssim > raw.ssim + 0.15 and stitched.mse < raw.mse  # Lite0 stitches zero-shot
-    assert raw.pixel_accuracy < 0.25 and affine.pixel_accuracy > 0.4
+    # measured (seed 0, 100 rows per split): the reader 65% on the originals; read own 26%, stitched 26%, raw 10%,
+    # affine 37%; SSIM own 0.23, stitched 0.20, raw 0.02; MSE stitched 0.067, raw 0.198
+    assert report.pixel_classifier["accuracy_on_originals"] > 0.5
+    assert own.pixel_accuracy > 0.18 and own.ssim > raw.ssim + 0.1  # digits from the decoder's own model
+    assert stitched.pixel_accuracy > 0.18 and stitched.ssim > raw.ssim + 0.1 and stitched.mse < raw.mse - 0.05  # Lite0 stitches zero-shot
+    assert raw.pixel_accuracy < 0.16 and affine.pixel_accuracy > 0.25
