@@ -363,7 +363,7 @@ def main() -> None:
             "standardize": "not compared: latentis's StandardScaling divides by the Bessel-corrected std (N-1), "
                            "stitchcli's standardize by the population std (N); distances differ by sqrt(k/(k-1))",
             "cka": "latentis computes linear CKA from N x N centred Gram matrices (H K H), in the input dtype; "
-                   "stitchcli from the feature-space form in float64 (METHOD.md section 6)",
+                   "stitchcli from the feature-space form in float64 (docs/METHOD.md section 6)",
             "latentis.project.relative": "does not import in 0.0.8 (ImportError: ProjectionFunc); "
                                          "latentis.transform.projection is used",
         },

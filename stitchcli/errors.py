@@ -1,4 +1,4 @@
-"""The two kinds of failure a user can meet, and the exit codes the command line maps them to."""
+"""The kinds of failure a user can meet, and the exit codes the command line maps them to."""
 
 from __future__ import annotations
 
@@ -30,6 +30,13 @@ class WorkError(StitchError):
     """The work could not be done (a model or dataset could not be loaded, no network): exit code 1."""
 
     exit_code = 1
+
+
+class BelowMinimum(StitchError):
+    """The work was done and measured below the bar the user set (``--min-accuracy``): exit code 3, so a CI script
+    tells "worse than the bar" from "broken" (1) and "bad input" (2)."""
+
+    exit_code = 3
 
 
 def unknown_name(kind: str, name: object, known: list[str]) -> UsageError:

@@ -277,7 +277,7 @@ def _setting(check: _Checker, key: str, value: Any, declared: Declared) -> Any:
             return ()
         read_item = check.integer if item_type is int else check.string
         what = "integers" if item_type is int else f'{declared.kind} names (or "{ALL}")'
-        return tuple(check.unique_list(key, value, read_item, what))
+        return declared.expand(check.unique_list(key, value, read_item, what))
     if item_type is bool:
         if not isinstance(value, bool):
             raise check.fail(key, "true or false", value)

@@ -37,6 +37,8 @@ TASK_HEAD_DEFAULTS: dict[str, dict[str, Any]] = {"reconstruction": {"batch_size"
 reconstruction decoder trains in batches of 64: at the demo's 300 training rows, 256 leaves two Adam steps an
 epoch and the decoder is far from trained after 40 epochs (docs/RECONSTRUCTION.md §4)."""
 METRICS: tuple[str, ...] = ("cka", "jaccard", "mrr", "cosine")
+AUTO = "auto"
+"""The bridge that is a choice among the others, made without labels (docs/BRIDGES.md)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,16 @@ def _transforms() -> list[str]:
     from stitchcli.relative import list_transforms
 
     return list_transforms()
+
+
+def _bridges() -> list[str]:
+    from stitchcli.bridges import list_bridges
+
+    return list_bridges()
+
+
+def _bridge_choices() -> list[str]:
+    return [*_bridges(), AUTO]
 
 
 def _anchor_strategies() -> list[str]:
@@ -221,6 +233,13 @@ class StitchSettings:
                                          choices=lambda: BASELINES, empty_ok=True, panel="Baselines")
     ridge: float = setting(0.1, "--ridge", help="Ridge strength of the affine baseline, relative to the anchors' variance.",
                            commands=SWEEPS, recipe="ridge", requirement=Requirement("a positive number", POSITIVE.holds), panel="Baselines")
+    # The default (docs/BRIDGES.md, "The default"): auto beside the paper's rows and the baselines, choosing between
+    # the affine map and its refinement from unlabeled rows (the cheap pair that holds the measured best rows).
+    bridges: tuple[str, ...] = setting((AUTO,), "--bridge", "--bridges", help="Comma-separated bridges (orthogonal, affine, inverse-relative, "
+                                       "kernel, refine, refine-coral, refine-orthogonal), all, auto, or none: a row each, the encoder's "
+                                       "latents mapped into the decoder's for its absolute head. auto chooses among the other bridges "
+                                       "given (alone: affine, refine) by held-out anchors, without labels.", commands=SWEEPS, recipe="bridges",
+                                       choices=_bridge_choices, every=_bridges, empty_ok=True, panel="Bridges")
     metrics: tuple[str, ...] = setting(METRICS, "--metrics", help="Comma-separated similarity measures (cka, jaccard, mrr, cosine), all, or none.",
                                        commands=frozenset({EVAL}), recipe="metrics", choices=lambda: METRICS, empty_ok=True, panel="Similarity")
     k: int = setting(10, "--k", help="Neighbours for Jaccard@k and MRR@k.", commands=frozenset({EVAL}), recipe="k", requirement=at_least(1), panel="Similarity")
@@ -312,8 +331,10 @@ class Declared:
 
     def expand(self, names: Sequence[Any]) -> tuple[Any, ...]:
         """Give a list with ``all`` and ``none`` resolved (``names`` as given, e.g. split at commas)."""
-        if list(names) == ["all"] and (self.option.every or self.option.choices) is not None:
-            return tuple((self.option.every or self.option.choices)())  # type: ignore[misc]
+        every = self.option.every or self.option.choices
+        if "all" in names and every is not None:  # `all` may come with more (--bridge all,auto)
+            expanded = [item for name in names for item in (every() if name == "all" else [name])]
+            return tuple(dict.fromkeys(expanded))
         if list(names) == ["none"] and self.option.empty_ok:
             return ()
         return tuple(names)
@@ -426,5 +447,6 @@ def with_task_defaults(settings: StitchSettings, explicit: Collection[str] = ())
 
 
 def differing(settings: StitchSettings, other: StitchSettings, names: Sequence[str]) -> list[str]:
-    """Give the flags of the settings named in ``names`` whose values differ between the two settings."""
-    return [by_name(name).flag for name in names if by_name(name).get(settings) != by_name(name).get(other)]
+    """Give the flags of the settings named in ``names`` whose values differ between the two settings, in declaration order
+    (``names`` may be a set: the message must not depend on its order)."""
+    return [d.flag for d in declared_settings() if d.name in names and d.get(settings) != d.get(other)]

@@ -93,7 +93,7 @@ def test_the_library_below_the_command_line_never_imports_it():
 
 
 def test_every_method_reference_resolves_to_the_repository_docs():
-    assert (ROOT / "docs" / "METHOD.md").is_file()
+    assert (ROOT / "docs/METHOD.md").is_file()
     for folder in ("stitchcli", "tests", "benchmarks"):
         for path in (ROOT / folder).rglob("*.py"):
             for match in re.finditer(r"(\S*)METHOD\.md", path.read_text()):

@@ -125,7 +125,7 @@ def test_output_contract_json_tables_and_progress(clusters, tmp_path):
     assert {"rows", "anchors", "models", "settings", "dataset", "split"} <= set(document)
     for row in document["rows"]:
         assert {"encoder", "decoder", "method", "projections", "aggregation", "stitched", "accuracy", "macro_f1"} <= set(row)
-        assert row["method"] in ("relative", "absolute", "translation", "affine")
+        assert row["method"] in ("relative", "absolute", "translation", "affine", "auto")  # auto: the default bridge row
         assert row["accuracy"] is None or 0.0 <= row["accuracy"] <= 1.0
     assert "heads (trained, or read from the cache)" in first.stderr  # progress goes to stderr
     assert document["heads_trained"] > 0

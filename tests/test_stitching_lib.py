@@ -226,7 +226,7 @@ def test_stitch_through_an_invariance_matches_the_reference_and_reuses_its_heads
     report = stitch(store, a, b, settings)
     rows = rows_by(report)
     relative_sets = [("relative", s, "mlp-sum") for s in settings.projection_sets()]
-    assert len(report.rows) == 2 * (len(relative_sets) + 3)
+    assert len(report.rows) == 2 * (len(relative_sets) + 4)  # the baselines absolute, translation, affine and the bridge auto
     assert (report.heads_trained, report.heads_cached) == (len(relative_sets) + 1, 0)
     for setting in relative_sets:
         reference, stitched = rows[("B", "B", setting)], rows[("A", "B", setting)]
@@ -265,7 +265,7 @@ def test_evaluate_gives_every_pair_and_the_similarity_table(clusters, tmp_path):
     names = ["A", "B", "C"]
     settings_seen = {row.setting for row in report.rows}
     relative_sets = {("relative", s, "mlp-sum") for s in settings.projection_sets()}
-    assert settings_seen == relative_sets | {("absolute", (), None), ("translation", (), None), ("affine", (), None)}
+    assert settings_seen == relative_sets | {("absolute", (), None), ("translation", (), None), ("affine", (), None), ("auto", (), None)}
     assert len(report.rows) == len(settings_seen) * 9
     for setting in settings_seen:
         pairs = [(row.encoder, row.decoder) for row in report.rows if row.setting == setting]

@@ -208,6 +208,7 @@ def _register() -> None:
     from stitchcli.cli.embed import embed_command
     from stitchcli.cli.eval import eval_command
     from stitchcli.cli.fit_head import fit_head_command
+    from stitchcli.cli.predict import predict_command
     from stitchcli.cli.similarity import similarity_command
     from stitchcli.cli.stitch import stitch_command
 
@@ -218,6 +219,7 @@ def _register() -> None:
         ("stitch", stitch_command),
         ("eval", eval_command),
         ("similarity", similarity_command),
+        ("predict", predict_command),
         ("demo", demo_command),
     ):
         app.command(name, cls=StitchCommand)(reports_errors(command))

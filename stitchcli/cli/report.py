@@ -85,7 +85,7 @@ def render_stitch(report: StitchReport, *, json_output: bool) -> None:
             spread(row),
             spread(ref, "macro_f1") if ref else "-",
             spread(row, "macro_f1"),
-            row.note or "",
+            row.note or (f"auto chose {row.chosen}" if row.chosen else ""),
         ])
     seeds = ",".join(str(s) for s in stitched[0].seeds)
     print_table(

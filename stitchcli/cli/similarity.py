@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional, Sequence
 import typer
 
 from stitchcli.cli import options as opt
-from stitchcli.cli.settings_options import declared_option
 from stitchcli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -20,16 +19,6 @@ DEFAULT_MEASURES = ("linear-cka", "unbiased-cka", "mutual-knn", "cknna", "svcca"
 Representation Hypothesis, SVCCA; with --projection also eval's shared-space measures (SHARED_DEFAULTS)."""
 SHARED_DEFAULTS = ("mrr", "cosine")
 
-Split = declared_option("split")
-TrainSplit = declared_option("train_split")
-Limit = declared_option("limit")
-EmbedSeed = declared_option("embed_seed")
-Anchors = declared_option("anchors")
-NumAnchors = declared_option("num_anchors")
-AnchorStrategy = declared_option("anchor_strategy")
-AnchorSeed = declared_option("anchor_seed")
-AnchorModel = declared_option("anchor_model")
-Transform = declared_option("transform")
 
 
 def similarity_command(
@@ -55,9 +44,9 @@ def similarity_command(
         typer.Option("--layers", help="Compare every layer pair: 'all' or comma-separated layer names (embedded with `embed --layers` when missing); "
                      "prints the layer × layer matrix and the best pair of each model pair.", show_default=False),
     ] = None,
-    split: Split = "test",
-    limit: Limit = None,
-    embed_seed: EmbedSeed = 0,
+    split: opt.Split = "test",
+    limit: opt.Limit = None,
+    embed_seed: opt.EmbedSeed = 0,
     weights: opt.Weights = None,
     pooling: opt.Pooling = None,
     max_length: opt.MaxLength = None,
@@ -66,13 +55,13 @@ def similarity_command(
     input_column: opt.InputColumn = None,
     label_column: opt.LabelColumn = None,
     dataset_revision: opt.DatasetRevision = None,
-    anchors: Anchors = None,
-    num_anchors: NumAnchors = None,
-    anchor_strategy: AnchorStrategy = "uniform",
-    anchor_seed: AnchorSeed = 0,
-    anchor_model: AnchorModel = None,
-    train_split: TrainSplit = "train",
-    transform: Transform = "center",
+    anchors: opt.Anchors = None,
+    num_anchors: opt.NumAnchors = None,
+    anchor_strategy: opt.AnchorStrategy = "uniform",
+    anchor_seed: opt.AnchorSeed = 0,
+    anchor_model: opt.AnchorModel = None,
+    train_split: opt.TrainSplit = "train",
+    transform: opt.Transform = "center",
     device: opt.Device = "auto",
     embed_batch_size: opt.EmbedBatchSize = None,
     trust_remote_code: opt.TrustRemoteCode = False,

@@ -13,8 +13,8 @@ command line.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from stitchcli.lazy import lazy_exports
+from typing import TYPE_CHECKING
 
 from stitchcli.errors import unknown_name as unknown_name  # the registries' error, re-exported for them
 
@@ -81,14 +81,4 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'stitchcli.relative' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"stitchcli.relative.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _MODULE_OF, globals())

@@ -14,8 +14,8 @@ below load their module (and torch) on first use, so importing this package stay
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from stitchcli.lazy import lazy_exports
+from typing import TYPE_CHECKING
 
 _EXPORTS = {
     "registry": ("Measure", "get_measure", "list_measures", "measure", "register_measure"),
@@ -52,14 +52,4 @@ if TYPE_CHECKING:
     from stitchcli.similarity.representation import Representation
 
 
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'stitchcli.similarity' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"stitchcli.similarity.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _MODULE_OF, globals())

@@ -19,17 +19,8 @@ import math
 import torch
 
 from stitchcli.errors import UsageError
-from stitchcli.similarity.registry import (
-    Measure,
-    PairCache,
-    measure_options,
-    register_measure,
-)
-from stitchcli.similarity.representation import (
-    Representation,
-    check_whole,
-    subsample_rows,
-)
+from stitchcli.similarity.registry import Measure, PairCache, measure_options, register_measure
+from stitchcli.similarity.representation import Representation, check_whole, subsample_rows
 
 DEFAULT_MAX_ROWS = 1000
 DISTANCES = ("euclidean", "cosine", "correlation")

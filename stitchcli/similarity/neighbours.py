@@ -16,18 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from stitchcli import metrics
-from stitchcli.similarity.registry import (
-    Measure,
-    PairCache,
-    measure_options,
-    register_measure,
-)
-from stitchcli.similarity.representation import (
-    Representation,
-    check_whole,
-    compute_dtype,
-    inverse_permutation,
-)
+from stitchcli.similarity.registry import Measure, PairCache, measure_options, register_measure
+from stitchcli.similarity.representation import Representation, check_whole, compute_dtype, inverse_permutation
 
 _CHUNK = 1024
 """Rows per block of the similarity matrix (the default of :func:`stitchcli.metrics.jaccard_at_k`)."""

@@ -258,15 +258,8 @@ def _jobs(names: Sequence[str], symmetric: bool, include_self: bool) -> list[tup
     return jobs
 
 
-def _records(
-    cells: Mapping[engine.CellKey, engine.Cell],
-    found: Measure,
-    a: str,
-    b: str,
-    layers_a: Sequence[Hashable],
-    layers_b: Sequence[Hashable],
-    projection: str | None,
-) -> list[SimilarityRecord]:
+def _records(cells: Mapping[engine.CellKey, engine.Cell], found: Measure, a: str, b: str, layers_a: Sequence[Hashable],
+             layers_b: Sequence[Hashable], projection: str | None) -> list[SimilarityRecord]:
     records = []
     for la in layers_a:
         for lb in layers_b:

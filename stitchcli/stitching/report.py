@@ -58,13 +58,19 @@ class StitchRow:
     ssim_std: float | None = None
     pixel_accuracy: float | None = None
     pixel_accuracy_std: float | None = None
+    chosen: str | None = None  # auto: the bridge it chose
+    selection: dict[str, Any] | None = None  # auto: every candidate's held-out scores (docs/BRIDGES.md)
 
     def to_dict(self) -> dict[str, Any]:
-        """Give the JSON-ready row (a classification row without the reconstruction fields, as before they existed)."""
+        """Give the JSON-ready row (a classification row without the reconstruction fields, as before they existed;
+        ``chosen`` and ``selection`` only on ``auto`` rows)."""
         document = asdict(self)
         if self.task == "classification":
             for name in RECONSTRUCTION_FIELDS:
                 document.pop(name)
+        for key in ("chosen", "selection"):
+            if document[key] is None:
+                del document[key]
         return document
 
     @property
@@ -107,6 +113,8 @@ class StitchReport:
     similarity: list[SimilarityRow] | None = None  # eval's similarity table; None: not computed (stitch)
     heads_trained: int = 0
     heads_cached: int = 0
+    bridges_fitted: int = 0
+    bridges_cached: int = 0
     seconds: float = 0.0
     task: str = "classification"
     pixel_classifier: dict[str, Any] | None = None  # reconstruction: the classifier that reads the reconstructions
@@ -150,6 +158,8 @@ class StitchReport:
             **({"task": self.task, "pixel_classifier": self.pixel_classifier} if self.task != "classification" else {}),
             "heads_trained": self.heads_trained,
             "heads_cached": self.heads_cached,
+            "bridges_fitted": self.bridges_fitted,
+            "bridges_cached": self.bridges_cached,
             "seconds": round(self.seconds, 3),
         }
 

@@ -2,8 +2,9 @@
 
 For every decoder, one head is trained per (projection set, aggregation, seed) on its training split's product
 space against its own anchor embeddings; every encoder's evaluation split is projected against the encoder's
-own anchor embeddings and fed to that frozen head. Nothing is fitted on the encoder. The baselines feed the
-encoder's raw or translated latents (:mod:`stitchcli.translations`) to the decoder's absolute head.
+own anchor embeddings and fed to that frozen head. Nothing is fitted on the encoder. The baselines and the
+bridges feed the encoder's raw or mapped latents (:mod:`stitchcli.stitching.bridges`) to the decoder's absolute
+head.
 """
 
 from __future__ import annotations
@@ -17,18 +18,19 @@ import numpy as np
 import torch
 
 from stitchcli.anchors import AnchorManifest, load_anchor_manifest
+from stitchcli.bridges import FittedBridge
 from stitchcli.data.base import DatasetSpec
 from stitchcli.errors import UsageError
 from stitchcli.heads import FittedHead, check_head, load_head
 from stitchcli.models import ModelRef
 from stitchcli.progress import Reporter
-from stitchcli.settings import HeadSettings, StitchSettings, differing
+from stitchcli.settings import AUTO, HeadSettings, StitchSettings, differing
+from stitchcli.stitching.bridges import BASELINE_BRIDGES, auto_candidates, bridge_options, obtain_bridge, obtain_selection
 from stitchcli.stitching.data import ModelView, SweepData, prepare, resolve_sweep_dataset
 from stitchcli.stitching.features import product_values, subspaces
 from stitchcli.stitching.heads_cache import HeadRequest, obtain_head
 from stitchcli.stitching.report import StitchReport, StitchRow, score_predictions
 from stitchcli.store import EmbeddingStore
-from stitchcli.translations import AffineTranslation, LatentTranslation
 
 if TYPE_CHECKING:
     from stitchcli.reconstruction.targets import PixelTargets
@@ -117,9 +119,13 @@ def run_sweep(
                 head_list = [heads[(decoder, subset, aggregation, seed)] for seed in settings.seeds]
                 rows.append(StitchRow(encoder, decoder, "relative", list(subset), aggregation, encoder != decoder,
                                       **score((encoder, decoder, "relative", subset, aggregation), head_list, features)))
+    bridges = _BridgeCounter(store, data, reporter)
     for method in settings.baselines:
         for encoder, decoder in pairs:
-            rows.append(_baseline_row(method, data, encoder, decoder, heads, settings, score))
+            rows.append(_baseline_row(method, data, encoder, decoder, heads, settings, bridges, score))
+    for name in settings.bridges:
+        for encoder, decoder in pairs:
+            rows.append(_bridge_row(name, data, encoder, decoder, heads, settings, bridges, score))
     report = StitchReport(
         dataset=settings.dataset,
         dataset_id=data.dataset_id,
@@ -133,6 +139,8 @@ def run_sweep(
         heads_trained=trained,
         heads_cached=cached,
         task=settings.task,
+        bridges_fitted=bridges.fitted,
+        bridges_cached=bridges.cached,
     )
     if pixels is not None:
         report.pixel_classifier, report.reconstructions = pixels.summary(), pixels.outputs
@@ -185,7 +193,7 @@ def _heads(
 
     seeds, aggregations = settings.seeds, settings.aggregations
     relative_jobs = [(d, s, a, seed) for d in decoders for s in settings.projection_sets() for a in aggregations for seed in seeds]
-    absolute_jobs = [(d, seed) for d in decoders for seed in seeds] if settings.baselines else []
+    absolute_jobs = [(d, seed) for d in decoders for seed in seeds] if settings.baselines or settings.bridges else []
     reporter.start("heads (trained, or read from the cache)", len(relative_jobs) + len(absolute_jobs), 0, unit="heads")
     trained = cached = 0
     heads: dict[HeadKey, FittedHead] = {}
@@ -272,28 +280,77 @@ def _settings_of_head(
     return head, manifest, implied
 
 
-def _baseline_row(
-    method: str, data: SweepData, encoder: str, decoder: str, heads: Mapping[HeadKey, FittedHead], settings: StitchSettings,
-    score: Callable[[RowKey, list[FittedHead], torch.Tensor], dict[str, Any]],
-) -> StitchRow:
-    """Give one absolute, translation or affine row: the encoder's (mapped) latents through the decoder's absolute head."""
+Scorer = Callable[..., dict[str, Any]]
+"""(row key, the decoder's heads of each seed, the encoder's features) -> the row's scores (either task)."""
+
+
+class _BridgeCounter:
+    """Fits or reads the sweep's bridges and selections once each, counting which were fitted and which cached."""
+
+    def __init__(self, store: EmbeddingStore, data: SweepData, reporter: Reporter) -> None:
+        self.store, self.data, self.reporter = store, data, reporter
+        self.fitted = self.cached = 0
+
+    def bridge(self, name: str, encoder: str, decoder: str, settings: StitchSettings) -> FittedBridge:
+        bridge, hit = obtain_bridge(self.store, self.data, self.data.models[encoder], self.data.models[decoder], name,
+                                    bridge_options(name, settings), reporter=self.reporter)
+        self.cached, self.fitted = self.cached + hit, self.fitted + (not hit)
+        return bridge
+
+    def selection(self, encoder: str, decoder: str, head: FittedHead, settings: StitchSettings) -> dict[str, Any]:
+        record, hit = obtain_selection(self.store, self.data, self.data.models[encoder], self.data.models[decoder],
+                                       auto_candidates(settings), head, settings, reporter=self.reporter)
+        self.cached, self.fitted = self.cached + hit, self.fitted + (not hit)
+        return record
+
+
+def _absolute_row(method: str, encoder: str, decoder: str, heads: Mapping[HeadKey, FittedHead], settings: StitchSettings,
+                  latents: np.ndarray | torch.Tensor, score: Scorer, **extra: Any) -> StitchRow:
+    """Give the row of ``latents`` (the encoder's evaluation split, mapped or not) through the decoder's absolute heads."""
+    features = torch.as_tensor(np.ascontiguousarray(latents)) if isinstance(latents, np.ndarray) else latents.contiguous()
+    head_list = [heads[(decoder, (), None, seed)] for seed in settings.seeds]
+    return StitchRow(encoder, decoder, method, [], None, encoder != decoder, **score((encoder, decoder, method, (), None), head_list, features), **extra)
+
+
+def _baseline_row(method: str, data: SweepData, encoder: str, decoder: str, heads: Mapping[HeadKey, FittedHead], settings: StitchSettings,
+                  bridges: _BridgeCounter, score: Scorer) -> StitchRow:
+    """Give one absolute, translation or affine row: the encoder's (mapped) latents through the decoder's absolute head.
+
+    ``translation`` and ``affine`` are the registry's ``orthogonal`` and ``affine`` bridges (:data:`BASELINE_BRIDGES`).
+    """
     source, target = data.models[encoder], data.models[decoder]
     if source.evaluation is None:
         raise AssertionError("a sweep always reads the evaluation split")
-    seeds = settings.seeds
-    empty = {"accuracy": None, "accuracy_std": None, "macro_f1": None, "macro_f1_std": None, "seeds": list(seeds), "task": settings.task}
     if method == "absolute" or encoder == decoder:  # a space translated to itself: the identity, nothing to fit
         if source.dim != target.dim:
+            empty = {"accuracy": None, "accuracy_std": None, "macro_f1": None, "macro_f1_std": None, "seeds": list(settings.seeds),
+                     "task": settings.task}
             return StitchRow(encoder, decoder, method, [], None, True, **empty,
                              note=f"not defined: {encoder} has {source.dim}-d latents, {decoder} {target.dim}-d")
-        latents = source.evaluation.embeddings
-    elif method == "affine":
-        latents = AffineTranslation.fit(source.anchors, target.anchors, settings.ridge)(source.evaluation.embeddings)
-    else:
-        latents = LatentTranslation.fit(source.anchors, target.anchors)(source.evaluation.embeddings)
-    features = torch.from_numpy(np.ascontiguousarray(latents))
-    head_list = [heads[(decoder, (), None, seed)] for seed in seeds]
-    return StitchRow(encoder, decoder, method, [], None, encoder != decoder, **score((encoder, decoder, method, (), None), head_list, features))
+        return _absolute_row(method, encoder, decoder, heads, settings, source.evaluation.embeddings, score)
+    bridge = bridges.bridge(BASELINE_BRIDGES[method], encoder, decoder, settings)
+    return _absolute_row(method, encoder, decoder, heads, settings, bridge(torch.from_numpy(np.asarray(source.evaluation.embeddings))), score)
+
+
+def _bridge_row(name: str, data: SweepData, encoder: str, decoder: str, heads: Mapping[HeadKey, FittedHead], settings: StitchSettings,
+                bridges: _BridgeCounter, score: Scorer) -> StitchRow:
+    """Give the row of bridge ``name`` (or ``auto``): the encoder's mapped latents through the decoder's absolute head.
+
+    On the diagonal (a model into itself) every bridge is the identity: nothing is fitted or chosen.
+    """
+    source = data.models[encoder]
+    if source.evaluation is None:
+        raise AssertionError("a sweep always reads the evaluation split")
+    if encoder == decoder:
+        return _absolute_row(name, encoder, decoder, heads, settings, source.evaluation.embeddings, score)
+    extra: dict[str, Any] = {}
+    if name == AUTO:
+        record = bridges.selection(encoder, decoder, heads[(decoder, (), None, settings.seeds[0])], settings)
+        extra = {"chosen": record["winner"], "selection": record}
+        name = record["winner"]
+    bridge = bridges.bridge(name, encoder, decoder, settings)
+    mapped = bridge(torch.from_numpy(np.asarray(source.evaluation.embeddings)))
+    return _absolute_row(AUTO if extra else name, encoder, decoder, heads, settings, mapped, score, **extra)
 
 
 def stitch(

@@ -1,0 +1,71 @@
+"""Bridges: maps from an encoder's latent space into a decoder's, fitted without labels (docs/BRIDGES.md).
+
+    from stitchcli.bridges import fit_bridge, list_bridges, load_bridge, select_bridge
+
+    bridge = fit_bridge("refine", source_anchors, target_anchors, source_rows=src_train, target_rows=dst_train)
+    logits = decoder_absolute_head(bridge(source_test))
+    tensors, config = bridge.state()            # cache as safetensors + JSON; load_bridge(tensors, config)
+
+    choice = select_bridge(list_bridges(), source_anchors, target_anchors, head=decoder_absolute_head,
+                           source_rows=src_train, target_rows=dst_train)     # `auto`: no labels used
+    choice.winner, choice.scores
+
+The names below load their module (and torch) on first use, so importing this package stays cheap for the
+command line.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "registry": (
+        "BRIDGE_FORMAT",
+        "TRANSFORMATION_CLASSES",
+        "Bridge",
+        "FittedBridge",
+        "fit_bridge",
+        "get_bridge",
+        "list_bridges",
+        "load_bridge",
+        "register_bridge",
+        "register_form",
+    ),
+    "linear": ("AffineMap",),
+    "selection": ("BridgeCandidate", "Candidate", "CandidateScore", "Selection", "SCORES", "select_bridge"),
+    "shared_space": ("SharedSpace", "fit_shared_space"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+if TYPE_CHECKING:
+    from stitchcli.bridges.linear import AffineMap
+    from stitchcli.bridges.registry import (
+        BRIDGE_FORMAT,
+        TRANSFORMATION_CLASSES,
+        Bridge,
+        FittedBridge,
+        fit_bridge,
+        get_bridge,
+        list_bridges,
+        load_bridge,
+        register_bridge,
+        register_form,
+    )
+    from stitchcli.bridges.selection import SCORES, BridgeCandidate, Candidate, CandidateScore, Selection, select_bridge
+    from stitchcli.bridges.shared_space import SharedSpace, fit_shared_space
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stitchcli.bridges' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"stitchcli.bridges.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,262 @@
+"""Refinement from unlabeled rows: mutual nearest neighbours as pseudo-anchors, refit, repeat.
+
+Start from a map fitted on the anchors; map the encoder's unlabeled training rows into the decoder's space;
+pair each mapped row with a decoder row when each is the other's nearest neighbour under CSLS (cross-domain
+similarity local scaling, which discounts "hub" rows close to everything); refit the map on the anchors plus
+those pairs; repeat until the pairs stop changing or the rounds run out. This is the Procrustes refinement of
+unsupervised word translation (Conneau, Lample, Ranzato, Denoyer & Jégou 2018, "Word Translation Without
+Parallel Data", arXiv 1710.04087) and the matching refinement of mini-vec2vec (Dar 2025, arXiv 2510.02348),
+here seeded by real anchors instead of an unsupervised guess.
+
+The rows are used as two unordered sets: a pair is found from the rows' values alone, never from their
+positions, so shuffling one model's rows leaves the fitted map unchanged. When a side has more than
+``max_rows`` rows, the subset kept is chosen from the rows' values too (see :func:`unordered_subset`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from stitchcli.bridges.linear import AffineMap, affine_map, orthogonal_map
+from stitchcli.bridges.registry import register_bridge
+from stitchcli.errors import UsageError
+
+REFITS: dict[str, Callable[[torch.Tensor, torch.Tensor, float | str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {
+    "affine": lambda s, t, ridge: affine_map(s, t, ridge)[:3],
+    "orthogonal": lambda s, t, ridge: orthogonal_map(s, t),
+}
+
+SIMILARITY_BUDGET = 64 * 2**20
+"""Bytes of one block of the (mapped encoder rows × decoder rows) similarity matrix (float32)."""
+
+
+def unordered_subset(rows: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """Give ``count`` rows of ``rows`` chosen from their values alone, so the choice ignores the rows' order.
+
+    Rows are ranked by their projection on a seeded random direction (an order nobody supplied), and a seeded
+    random set of ranks is kept; the result is in rank order.
+    """
+    if len(rows) <= count:
+        return rows
+    generator = torch.Generator().manual_seed(seed)
+    direction = torch.randn(rows.shape[1], generator=generator, dtype=torch.float64)
+    ranked = rows[torch.argsort(rows @ direction, stable=True)]
+    keep = torch.sort(torch.randperm(len(rows), generator=generator)[:count]).values
+    return ranked[keep]
+
+
+def _blocks(n: int, columns: int) -> list[slice]:
+    size = max(1, SIMILARITY_BUDGET // (4 * max(columns, 1)))
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def mutual_neighbours(mapped: torch.Tensor, target: torch.Tensor, *, csls_k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Give (mapped positions, target positions) of the pairs that are each other's nearest neighbour.
+
+    Similarity is the cosine, corrected by CSLS when ``csls_k`` > 0: 2·cos(y, t) - r(y) - r(t), r the mean
+    cosine to the ``csls_k`` nearest rows of the other set. Computed in float32, in row blocks of bounded
+    size; the pairs come sorted by target position.
+    """
+    y = torch.nn.functional.normalize(mapped.float(), dim=1)
+    t = torch.nn.functional.normalize(target.float(), dim=1)
+    neighbours = min(csls_k, len(y), len(t))
+    blocks = _blocks(len(y), len(t))
+    if len(blocks) == 1:  # everything fits: one similarity matrix, reductions along contiguous rows only
+        sims = y @ t.T
+        sims_t = sims.T.contiguous()
+        row_hub = sims.topk(neighbours, dim=1).values.mean(dim=1) if neighbours else torch.zeros(len(y))
+        column_hub = sims_t.topk(neighbours, dim=1).values.mean(dim=1) if neighbours else torch.zeros(len(t))
+        # CSLS = 2·cos - r(y) - r(t): a row's argmax ignores r(y), a column's ignores r(t)
+        best_column = (2 * sims - column_hub[None, :]).argmax(dim=1)
+        column_arg = (2 * sims_t - row_hub[None, :]).argmax(dim=1)
+    else:
+        best_column, column_arg = _blocked_neighbours(y, t, neighbours, blocks)
+    columns = torch.arange(len(t))
+    mutual = best_column[column_arg] == columns
+    return column_arg[mutual], columns[mutual]
+
+
+def _blocked_neighbours(y: torch.Tensor, t: torch.Tensor, neighbours: int, blocks: list[slice]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Give (best target of each mapped row, best mapped row of each target) under CSLS, one row block at a time."""
+    row_hub = torch.zeros(len(y))
+    column_hub = torch.zeros(len(t))
+    if neighbours > 0:
+        running = torch.full((neighbours, len(t)), -2.0)
+        for rows in blocks:
+            sims = y[rows] @ t.T
+            row_hub[rows] = sims.topk(neighbours, dim=1).values.mean(dim=1)
+            running = torch.cat([running, sims]).topk(neighbours, dim=0).values
+        column_hub = running.mean(dim=0)
+    best_column = torch.empty(len(y), dtype=torch.long)
+    column_best = torch.full((len(t),), -float("inf"))
+    column_arg = torch.zeros(len(t), dtype=torch.long)
+    for rows in blocks:
+        scores = 2 * (y[rows] @ t.T) - row_hub[rows, None] - column_hub[None, :]
+        best_column[rows] = scores.argmax(dim=1)
+        value, arg = scores.max(dim=0)
+        better = value > column_best
+        column_best = torch.where(better, value, column_best)
+        column_arg = torch.where(better, arg + rows.start, column_arg)
+    return best_column, column_arg
+
+
+def refine_map(
+    source_anchors: torch.Tensor,
+    target_anchors: torch.Tensor,
+    source_rows: torch.Tensor,
+    target_rows: torch.Tensor,
+    *,
+    refit: str,
+    ridge: float | str,
+    rounds: int,
+    csls_k: int,
+    max_rows: int,
+    seed: int,
+) -> tuple[AffineMap, list[int]]:
+    """Give (the refined affine map, the number of pseudo-anchor pairs of each round run)."""
+    fit = REFITS[refit]
+    source = unordered_subset(source_rows, max_rows, seed)
+    target = unordered_subset(target_rows, max_rows, seed + 1)
+    bridge = AffineMap(*fit(source_anchors, target_anchors, ridge))
+    counts: list[int] = []
+    previous: tuple[torch.Tensor, torch.Tensor] | None = None
+    source32, target32 = source.float(), target.float()
+    for _ in range(rounds):
+        # float32 is enough to rank cosines, and halves the work of the largest products
+        shift = (bridge.target_mean - bridge.source_mean @ bridge.matrix).float()
+        centre = bridge.target_mean.float()  # the decoder anchors' mean: cosines of centred rows, as in `center`
+        mapped = source32 @ bridge.matrix.float() + (shift - centre)
+        pairs = mutual_neighbours(mapped, target32 - centre, csls_k=csls_k)
+        if previous is not None and len(pairs[0]) == len(previous[0]) and bool((pairs[0] == previous[0]).all() and (pairs[1] == previous[1]).all()):
+            break
+        counts.append(len(pairs[0]))
+        previous = pairs
+        pooled = (torch.cat([source_anchors, source[pairs[0]]]), torch.cat([target_anchors, target[pairs[1]]]))
+        bridge = AffineMap(*fit(*pooled, ridge))
+    return bridge, counts
+
+
+def covariance_alignment(bridge: AffineMap, source_rows: torch.Tensor, target_rows: torch.Tensor, *, epsilon: float = 1e-2) -> AffineMap:
+    """Give ``bridge`` followed by CORAL: the mapped encoder rows recoloured to the decoder rows' mean and covariance.
+
+    x -> (f(x) - μm) Cm^(-1/2) Ct^(1/2) + μt, with Cm, Ct the covariances of the mapped encoder rows and of the
+    decoder rows (each plus ``epsilon`` times its mean variance on the diagonal), both from the rows as
+    unordered sets (Sun, Feng & Saenko 2016, "Return of Frustratingly Easy Domain Adaptation", arXiv
+    1511.05547). A least-squares map shrinks its outputs towards the mean; this gives them the decoder's
+    spread back. The result is still one affine map.
+    """
+    mapped = bridge._map(source_rows)
+    mapped_mean, target_mean = mapped.mean(dim=0), target_rows.mean(dim=0)
+
+    def covariance_power(rows: torch.Tensor, mean: torch.Tensor, power: float) -> torch.Tensor:
+        centred = rows - mean
+        covariance = centred.T @ centred / max(len(rows) - 1, 1)
+        values, vectors = torch.linalg.eigh(covariance + epsilon * float(covariance.diagonal().mean()) * torch.eye(len(covariance), dtype=rows.dtype))
+        return (vectors * values.clamp_min(torch.finfo(rows.dtype).tiny) ** power) @ vectors.T
+
+    recolour = covariance_power(mapped, mapped_mean, -0.5) @ covariance_power(target_rows, target_mean, 0.5)
+    matrix = bridge.matrix @ recolour
+    # f(x) - μm = (x - μs) W + μt0 - μm, so the new shift folds μt0 - μm through the recolouring
+    shift = (bridge.target_mean - mapped_mean) @ recolour + target_mean
+    return AffineMap(bridge.source_mean, matrix, shift)
+
+
+def _check(rounds: int, csls_k: int, max_rows: int) -> None:
+    if rounds < 0 or csls_k < 0 or max_rows < 1:
+        raise UsageError(f"refine needs rounds >= 0, csls_k >= 0 and max_rows >= 1, got {rounds}, {csls_k}, {max_rows}")
+
+
+@register_bridge(
+    "refine",
+    uses_rows=True,
+    exact_for="affine",
+    exact_options={"ridge": 0.0},
+    source="Conneau et al., Word Translation Without Parallel Data, ICLR 2018, arXiv 1710.04087 (CSLS, Procrustes refinement); Dar, mini-vec2vec, 2025, arXiv 2510.02348",
+)
+def fit_refine(
+    source_anchors: torch.Tensor,
+    target_anchors: torch.Tensor,
+    *,
+    source_rows: torch.Tensor | None = None,
+    target_rows: torch.Tensor | None = None,
+    seed: int = 0,
+    ridge: float | str = 0.1,
+    rounds: int = 3,
+    csls_k: int = 10,
+    max_rows: int = 5000,
+) -> AffineMap:
+    """Ridge affine map on the anchors, refitted with mutual-nearest-neighbour pseudo-anchors from unlabeled rows."""
+    _check(rounds, csls_k, max_rows)
+    assert source_rows is not None and target_rows is not None
+    bridge, counts = refine_map(
+        source_anchors, target_anchors, source_rows, target_rows,
+        refit="affine", ridge=ridge, rounds=rounds, csls_k=csls_k, max_rows=max_rows, seed=seed,
+    )
+    bridge.config = {"fit": {"pairs_per_round": counts}}
+    return bridge
+
+
+@register_bridge(
+    "refine-coral",
+    uses_rows=True,
+    exact_for="affine",
+    exact_options={"ridge": 0.0},
+    source="`refine`, then CORAL: Sun, Feng & Saenko, Return of Frustratingly Easy Domain Adaptation, AAAI 2016, arXiv 1511.05547",
+)
+def fit_refine_coral(
+    source_anchors: torch.Tensor,
+    target_anchors: torch.Tensor,
+    *,
+    source_rows: torch.Tensor | None = None,
+    target_rows: torch.Tensor | None = None,
+    seed: int = 0,
+    ridge: float | str = 0.1,
+    rounds: int = 3,
+    csls_k: int = 10,
+    max_rows: int = 5000,
+    epsilon: float = 1e-2,
+) -> AffineMap:
+    """`refine`, then the mapped rows' covariance matched to the decoder rows' (CORAL), both unpaired."""
+    _check(rounds, csls_k, max_rows)
+    if epsilon < 0:
+        raise UsageError(f"refine-coral epsilon must be 0 or more, not {epsilon}")
+    assert source_rows is not None and target_rows is not None
+    bridge, counts = refine_map(
+        source_anchors, target_anchors, source_rows, target_rows,
+        refit="affine", ridge=ridge, rounds=rounds, csls_k=csls_k, max_rows=max_rows, seed=seed,
+    )
+    source = unordered_subset(source_rows, max_rows, seed)
+    target = unordered_subset(target_rows, max_rows, seed + 1)
+    aligned = covariance_alignment(bridge, source, target, epsilon=epsilon)
+    aligned.config = {"fit": {"pairs_per_round": counts}}
+    return aligned
+
+
+@register_bridge(
+    "refine-orthogonal",
+    uses_rows=True,
+    exact_for="similarity",
+    source="Conneau et al., Word Translation Without Parallel Data, ICLR 2018, arXiv 1710.04087 (CSLS, Procrustes refinement)",
+)
+def fit_refine_orthogonal(
+    source_anchors: torch.Tensor,
+    target_anchors: torch.Tensor,
+    *,
+    source_rows: torch.Tensor | None = None,
+    target_rows: torch.Tensor | None = None,
+    seed: int = 0,
+    rounds: int = 3,
+    csls_k: int = 10,
+    max_rows: int = 5000,
+) -> AffineMap:
+    """Orthogonal Procrustes on the anchors, refitted with mutual-nearest-neighbour pseudo-anchors from unlabeled rows."""
+    _check(rounds, csls_k, max_rows)
+    assert source_rows is not None and target_rows is not None
+    bridge, counts = refine_map(
+        source_anchors, target_anchors, source_rows, target_rows,
+        refit="orthogonal", ridge=0.0, rounds=rounds, csls_k=csls_k, max_rows=max_rows, seed=seed,
+    )
+    bridge.config = {"fit": {"pairs_per_round": counts}}
+    return bridge

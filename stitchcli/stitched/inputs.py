@@ -1,0 +1,196 @@
+"""What a stitched model predicts on: image files and folders, text files (one input per line), table files, a
+dataset split, or values handed over in Python, as rows (:class:`~stitchcli.data.base.SplitData`) that the
+embedding loop reads as it reads a dataset split."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from stitchcli.data.base import DatasetSpec, SplitData, printable
+from stitchcli.data.columns import IMAGE_EXTENSIONS
+from stitchcli.data.tables import TABLE_SUFFIXES
+from stitchcli.errors import UsageError
+
+
+@dataclass
+class Inputs:
+    """Rows to predict on, with the name each one is shown under and, when known, its true class name.
+
+    Attributes:
+        split: the rows, as the embedding loop reads them.
+        data: the dataset they are described as (a dataset's spec, or a stand-in for loose inputs).
+        names: what the output calls each row (a path, ``FILE:LINE``, ``dataset/split#id``).
+        labels: the true class name of each row, or None for unlabelled inputs.
+    """
+
+    split: SplitData
+    data: DatasetSpec
+    names: list[str]
+    labels: list[str] | None = None
+
+
+class ImageFiles:
+    """Fetch images by position from a list of files (picklable: DataLoader workers call it)."""
+
+    def __init__(self, paths: Sequence[str]):
+        self.paths = list(paths)
+
+    def __call__(self, row_ids: Sequence[int]) -> list[Any]:
+        from stitchcli.data.images import to_rgb_image
+
+        return [to_rgb_image(self.paths[int(i)]) for i in row_ids]
+
+
+class Values:
+    """Fetch given values by position: texts, or images as PIL images, arrays or encoded bytes."""
+
+    def __init__(self, values: Sequence[Any], modality: str):
+        self.values = list(values)
+        self.modality = modality
+
+    def __call__(self, row_ids: Sequence[int]) -> list[Any]:
+        if self.modality == "text":
+            return [str(self.values[int(i)]) for i in row_ids]
+        from stitchcli.data.images import to_rgb_image
+
+        return [to_rgb_image(self.values[int(i)]) for i in row_ids]
+
+
+def _rows(fetch: Any, count: int, modality: str, what: str, digest: str, *, input_columns: tuple[str, ...] = ()) -> tuple[SplitData, DatasetSpec]:
+    data = DatasetSpec(name=what, kind="table", source=f"<{what}>")
+    split = SplitData(
+        dataset_id=data.dataset_id, split="inputs", modality=modality,  # type: ignore[arg-type]
+        ids=np.arange(count, dtype=np.int64), labels=np.full(count, -1, dtype=np.int64), class_names=[],
+        fingerprint=digest, fetch=fetch, num_rows_in_split=count, input_columns=input_columns,
+    )
+    return split, data
+
+
+def _digest(parts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode("utf-8", "surrogateescape") + b"\0")
+    return h.hexdigest()[:16]
+
+
+def image_files_under(path: Path) -> list[Path]:
+    """Give the image files in a folder and its subfolders (sorted), or the file itself."""
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+
+
+def inputs_from_paths(paths: Sequence[str | os.PathLike[str]], modality: str, *, input_column: str | None = None) -> Inputs:
+    """Give the rows the command line's INPUTS name.
+
+    Image models: image files and folders of them (searched recursively, sorted), or table files whose
+    ``input_column`` holds images (paths or bytes). Text models: text files, one input per non-empty line, or
+    table files with ``input_column``.
+
+    Raises:
+        UsageError: a path that does not exist, a folder for a text model, a table without ``--input-column``,
+            a column the table lacks, no input at all.
+    """
+    if not paths:
+        raise UsageError("no input given: name image files, folders, a text file (one input per line) or a table, or pass --dataset D --split S")
+    tables = [Path(p) for p in paths if str(p).lower().endswith(TABLE_SUFFIXES)]
+    if tables:
+        if len(paths) > 1:
+            raise UsageError("a table file is predicted on alone: give one table file, or image or text files without it")
+        return _table_inputs(tables[0], modality, input_column)
+    if input_column is not None:
+        raise UsageError(f"--input-column names a column of a table file ({', '.join(TABLE_SUFFIXES)}): none was given")
+    for path in paths:
+        if not Path(path).expanduser().exists():
+            raise UsageError(f"input {printable(path)} does not exist: check the path")
+    if modality == "image":
+        found: list[tuple[str, str]] = []
+        for path in paths:
+            root = Path(path).expanduser()
+            for file in image_files_under(root):
+                found.append((str(file), str(file)))
+        if not found:
+            raise UsageError(f"no image file ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(printable(p) for p in paths)}: give images")
+        names = [name for name, _ in found]
+        split, data = _rows(ImageFiles([file for _, file in found]), len(found), "image", "predict", _digest(names))
+        return Inputs(split, data, names)
+    texts: list[str] = []
+    names = []
+    for path in paths:
+        file = Path(path).expanduser()
+        if file.is_dir():
+            raise UsageError(f"{printable(path)} is a folder; a text model reads text files (one input per line) or a table with --input-column")
+        try:
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"{printable(path)} is not UTF-8 text ({exc.reason} at byte {exc.start}): give a UTF-8 text file") from None
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                texts.append(line)
+                names.append(f"{path}:{number}")
+    if not texts:
+        raise UsageError(f"{', '.join(printable(p) for p in paths)} hold no non-empty line: give one input per line")
+    split, data = _rows(Values(texts, "text"), len(texts), "text", "predict", _digest(texts))
+    return Inputs(split, data, names)
+
+
+def _table_inputs(path: Path, modality: str, input_column: str | None) -> Inputs:
+    from stitchcli.data.sources import TableFetcher
+    from stitchcli.data.tables import read_table
+
+    if input_column is None:
+        raise UsageError(f"{printable(path)} is a table: name the column that holds the inputs with --input-column")
+    if not path.expanduser().is_file():
+        raise UsageError(f"input {printable(path)} does not exist: check the path")
+    table = read_table(path.expanduser())
+    if input_column not in table.column_names:
+        raise UsageError(f"{printable(path)} has no column {input_column!r}: use one of {', '.join(table.column_names)}")
+    count = table.num_rows
+    if count == 0:
+        raise UsageError(f"{printable(path)} has no rows: give a table that holds inputs")
+    fetch = TableFetcher(str(path.expanduser().resolve()), (input_column,), modality, table)  # type: ignore[arg-type]
+    names = [f"{path}#{row}" for row in range(count)]
+    split, data = _rows(fetch, count, modality, "predict", _digest([str(path.resolve()), str(path.stat().st_size), str(path.stat().st_mtime_ns)]),
+                        input_columns=(input_column,))
+    return Inputs(split, data, names)
+
+
+def inputs_from_values(values: Sequence[Any] | Any, modality: str) -> Inputs:
+    """Give the rows of values handed over in Python: for an image model paths (files or folders), PIL images,
+    arrays or encoded bytes; for a text model strings (the texts themselves)."""
+    if isinstance(values, (str, os.PathLike)) or not isinstance(values, Sequence):
+        values = [values]
+    if modality == "text":
+        texts = [str(value) for value in values]
+        split, data = _rows(Values(texts, "text"), len(texts), "text", "predict", _digest(texts))
+        return Inputs(split, data, [text[:60] for text in texts])
+    expanded: list[Any] = []
+    names: list[str] = []
+    for position, value in enumerate(values):
+        if isinstance(value, (str, os.PathLike)):
+            path = Path(value).expanduser()
+            if not path.exists():
+                raise UsageError(f"input {printable(value)} does not exist: check the path")
+            for file in image_files_under(path):
+                expanded.append(str(file))
+                names.append(str(file))
+        else:
+            expanded.append(value)
+            names.append(f"#{position}")
+    if not expanded:
+        raise UsageError("no image given")
+    split, data = _rows(Values(expanded, "image"), len(expanded), "image", "predict", _digest(names))
+    return Inputs(split, data, names)
+
+
+def inputs_from_dataset(split: SplitData, data: DatasetSpec) -> Inputs:
+    """Give the rows of a dataset split, named ``split#row id`` and labelled with their class names."""
+    names = [f"{split.split}#{int(i)}" for i in split.ids]
+    labels = [split.class_names[int(label)] if 0 <= int(label) < len(split.class_names) else str(int(label)) for label in split.labels]
+    return Inputs(split, data, names, labels)

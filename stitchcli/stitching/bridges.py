@@ -1,0 +1,216 @@
+"""Bridges in a sweep (docs/BRIDGES.md): fitted once per (encoder, decoder, anchors, bridge), cached like heads.
+
+A bridge maps the encoder's latents into the decoder's absolute space; the decoder's absolute head reads them.
+The ``translation`` and ``affine`` baselines are the registry's ``orthogonal`` and ``affine`` bridges. ``auto``
+chooses among candidate bridges by their held-out scores on the anchors (:func:`stitchcli.bridges.select_bridge`,
+no label of the encoder's data, nothing of the evaluation split) and its choice is cached too, so a second run
+fits nothing.
+
+A fitted bridge is keyed by both models' training entries (their key digests), the anchor selection, the
+bridge's name and options and the fit's seed; a selection also by the candidates, the head it scored with,
+the folds and the score.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from stitchcli.bridges import (
+    FittedBridge,
+    fit_bridge,
+    get_bridge,
+    load_bridge,
+    select_bridge,
+)
+from stitchcli.errors import out_of_space_as_work_error
+from stitchcli.heads import FittedHead
+from stitchcli.progress import Reporter
+from stitchcli.settings import AUTO, StitchSettings
+from stitchcli.stitching.data import ModelView, SweepData
+from stitchcli.store import (
+    CHECKSUM_FIELD,
+    CorruptEntry,
+    EmbeddingStore,
+    canonical_json,
+    file_lock,
+    read_header,
+    slug,
+    write_safetensors,
+    write_text_atomically,
+)
+
+BRIDGES_FOLDER = "bridges"
+BRIDGE_SEED = 0
+"""The seed every bridge of a sweep is fitted (and auto's folds drawn) with: a bridge does not vary with the heads' seeds."""
+
+BASELINE_BRIDGES = {"translation": "orthogonal", "affine": "affine"}
+"""The baselines that are registry bridges under another name (their rows keep the baseline's name)."""
+
+
+def bridge_options(name: str, settings: StitchSettings) -> dict[str, Any]:
+    """Give the options a sweep fits bridge ``name`` with: the affine bridge takes ``--ridge``, the rest their defaults."""
+    return {"ridge": settings.ridge} if name == "affine" else {}
+
+
+AUTO_CANDIDATES = ("affine", "refine")
+"""What ``auto`` alone chooses among (docs/BRIDGES.md, "The default"): the ridge affine map, best of the anchor-only
+bridges but for the slower kernel, and its refinement from unlabeled rows, which rescues the few-anchor case;
+the other bridges either never won on the measured pairs or cost tens of seconds more per direction at 1280-d."""
+
+
+def auto_candidates(settings: StitchSettings) -> list[str]:
+    """Give the bridges ``auto`` chooses among: the other bridges given with it, or :data:`AUTO_CANDIDATES`."""
+    named = [name for name in settings.bridges if name != AUTO]
+    return named or list(AUTO_CANDIDATES)
+
+
+def _digest(identity: Mapping[str, Any]) -> str:
+    import hashlib
+
+    return hashlib.sha256(canonical_json(dict(identity)).encode()).hexdigest()[:20]
+
+
+def _pair_identity(data: SweepData, source: ModelView, target: ModelView) -> dict[str, Any]:
+    return {
+        "encoder_entry": source.train.metadata.get("key_digest"),
+        "decoder_entry": target.train.metadata.get("key_digest"),
+        "anchors": {k: v for k, v in data.manifest.selection().items() if k not in ("notes", "params", "name")},
+    }
+
+
+def _path(store: EmbeddingStore, data: SweepData, source: ModelView, target: ModelView, what: str, digest: str, suffix: str) -> Path:
+    folder = store.root / BRIDGES_FOLDER / slug(data.dataset_id) / f"{slug(source.name)}--{slug(target.name)}"
+    return folder / f"{what}-{digest}{suffix}"
+
+
+def _train_rows(view: ModelView) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(view.train.embeddings))
+
+
+def obtain_bridge(
+    store: EmbeddingStore, data: SweepData, source: ModelView, target: ModelView, name: str, options: Mapping[str, Any], *, reporter: Reporter
+) -> tuple[FittedBridge, bool]:
+    """Give (bridge ``name`` from the encoder ``source`` into the decoder ``target``, whether it came from the cache).
+
+    Fitted on the anchors (and, for bridges that use them, the unlabeled training rows of both models) when
+    missing, then saved as safetensors with checksums and its config as ``.json`` beside it.
+    """
+    identity = {"kind": "bridge", **_pair_identity(data, source, target), "bridge": name, "options": dict(options), "seed": BRIDGE_SEED}
+    digest = _digest(identity)
+    path = _path(store, data, source, target, slug(name), digest, ".safetensors")
+    cached = _cached_bridge(path, digest, reporter)
+    if cached is not None:
+        return cached, True
+    with file_lock(path.with_suffix(".lock"), on_wait=lambda: reporter.info(f"waiting for another process fitting the same bridge ({path})")):
+        cached = _cached_bridge(path, digest, reporter, quiet=True)
+        if cached is not None:
+            return cached, True
+        reporter.status(f"fitting bridge {name} from {source.name} into {target.name}")
+        rows = get_bridge(name).uses_rows
+        bridge = fit_bridge(
+            name, torch.from_numpy(np.asarray(source.anchors)), torch.from_numpy(np.asarray(target.anchors)),
+            source_rows=_train_rows(source) if rows else None, target_rows=_train_rows(target) if rows else None,
+            seed=BRIDGE_SEED, **options,
+        )
+        tensors, config = bridge.state()
+        config = {**config, "identity_digest": digest, "identity": identity, "encoder": source.name, "decoder": target.name,
+                  "dataset_id": data.dataset_id, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        bridge.config = config
+        with out_of_space_as_work_error(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_safetensors(path, {key: value.numpy() for key, value in tensors.items()}, config)
+            write_text_atomically(path.with_suffix(".json"), json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+        return bridge, False
+
+
+def _cached_bridge(path: Path, digest: str, reporter: Reporter, *, quiet: bool = False) -> FittedBridge | None:
+    """Give the bridge cached at ``path`` when it is there, intact and made for ``digest``; else None."""
+    from stitchcli.errors import UsageError
+
+    if not path.is_file():
+        return None
+    try:
+        header = read_header(path)
+        tensors = header.read_tensors()
+        config = {key: value for key, value in header.metadata.items() if key != CHECKSUM_FIELD}
+        if config.get("identity_digest") != digest:
+            raise CorruptEntry("it was made for other inputs")
+        return load_bridge({key: torch.from_numpy(value) for key, value in tensors.items()}, config)
+    except (CorruptEntry, UsageError) as exc:
+        if not quiet:
+            reporter.warn(f"cached bridge {path} cannot be used ({exc}); fitting it again")
+        return None
+
+
+def obtain_selection(
+    store: EmbeddingStore,
+    data: SweepData,
+    source: ModelView,
+    target: ModelView,
+    candidates: Sequence[str],
+    head: FittedHead,
+    settings: StitchSettings,
+    *,
+    reporter: Reporter,
+) -> tuple[dict[str, Any], bool]:
+    """Give (auto's selection record, whether it came from the cache): the winner and every candidate's held-out scores.
+
+    The candidates are scored with the decoder's absolute head ``head`` (trained on the decoder's own training
+    split); the winner is not refitted here (its row reads it through :func:`obtain_bridge`).
+    """
+    options = {name: bridge_options(name, settings) for name in candidates}
+    from stitchcli.bridges.selection import DEFAULT_SCORE
+
+    # a reconstruction head gives pixels, not logits: there auto scores by retrieval of the held-out anchors alone
+    classifying = settings.task == "classification"
+    score = DEFAULT_SCORE if classifying else "retrieval"
+    identity = {"kind": "selection", **_pair_identity(data, source, target), "candidates": list(candidates), "options": options,
+                "head": head.config.get("identity_digest") if classifying else None, "seed": BRIDGE_SEED,
+                **({} if classifying else {"score": score})}
+    digest = _digest(identity)
+    path = _path(store, data, source, target, "auto", digest, ".json")
+    if path.is_file():
+        try:
+            record = json.loads(path.read_text())
+            if record.get("identity_digest") == digest:
+                return record["selection"], True
+        except (OSError, ValueError, KeyError):
+            pass
+        reporter.warn(f"cached bridge selection {path} cannot be used; choosing again")
+    from stitchcli.bridges import BridgeCandidate
+    from stitchcli.bridges.selection import DEFAULT_FOLDS
+
+    reporter.status(f"auto: scoring {len(candidates)} bridge(s) from {source.name} into {target.name} on held-out anchors")
+    module = head.module
+
+    @torch.no_grad()
+    def logits(latents: torch.Tensor) -> torch.Tensor:
+        device = next(module.parameters()).device
+        return module(latents.to(device=device, dtype=torch.float32)).cpu()
+
+    # as many folds as the anchors allow (two held-out anchors a fold at least), up to the default
+    folds = min(DEFAULT_FOLDS, len(source.anchors) // 2)
+    if folds < 2:
+        record: dict[str, Any] = {
+            "winner": candidates[0], "score": None, "folds": 0, "candidates": [],
+            "note": f"{len(source.anchors)} anchors are too few to score bridges on held-out anchors (4 at least): the first candidate",
+        }
+    else:
+        uses_rows = any(get_bridge(name).uses_rows for name in candidates)
+        selection = select_bridge(
+            [BridgeCandidate(name, options[name], label=name) for name in candidates],
+            torch.from_numpy(np.asarray(source.anchors)), torch.from_numpy(np.asarray(target.anchors)), head=logits if classifying else None, score=score,
+            source_rows=_train_rows(source) if uses_rows else None, target_rows=_train_rows(target) if uses_rows else None,
+            seed=BRIDGE_SEED, refit=False, folds=folds,
+        )
+        record = selection.to_dict()
+    with out_of_space_as_work_error(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(path, json.dumps({"identity_digest": digest, "identity": identity, "selection": record}, indent=2, sort_keys=True) + "\n")
+    return record, False
