@@ -88,7 +88,9 @@ def rows_by(report) -> dict[tuple, object]:
 
 
 def test_reconstruction_rows_carry_the_task_and_pixel_scores_and_no_accuracy(report):
-    assert report.task == "reconstruction" and len(report.rows) == 2 * (3 + 3)  # 3 projection sets and 3 baselines, 2 directions
+    # 3 projection sets, 3 baselines and the auto bridge (chosen by held-out retrieval: a decoder has no logits), 2 directions
+    assert report.task == "reconstruction" and len(report.rows) == 2 * (3 + 3 + 1)
+    assert all(row.chosen for row in report.rows if row.method == "auto" and row.stitched)
     for row in report.rows:
         document = row.to_dict()
         assert document["task"] == "reconstruction" and document["accuracy"] is None and document["macro_f1"] is None
@@ -153,7 +155,7 @@ def test_eval_csv_writes_the_reconstruction_columns(world, report, tmp_path):
         rows = list(csv.DictReader(handle))
     assert {"task", "mse", "psnr", "ssim", "pixel_accuracy", "accuracy"} <= set(rows[0])
     assert all(row["task"] == "reconstruction" and row["accuracy"] == "" and float(row["mse"]) >= 0 for row in rows)
-    assert len(rows) == 4 * 6  # every ordered pair (A→A, A→B, B→A, B→B) of 3 projection sets and 3 baselines
+    assert len(rows) == 4 * 7  # every ordered pair (A→A, A→B, B→A, B→B) of 3 projection sets, 3 baselines and auto
 
 
 def test_a_text_dataset_is_refused_in_one_line_before_any_work(world):
@@ -177,7 +179,7 @@ def test_fit_head_trains_a_reconstruction_head(world, tmp_path):
 
     assert load_head(tmp_path / "head.safetensors").task == "reconstruction"
     head = str(tmp_path / "head.safetensors")
-    stitched = invoke("stitch", "B", "A", "-d", str(world["data"]), "--task", "reconstruction", "--head", head, "--baselines", "none", "--json",
+    stitched = invoke("stitch", "B", "A", "-d", str(world["data"]), "--task", "reconstruction", "--head", head, "--baselines", "none", "--bridge", "none", "--json",
                       cache=world["cache"])
     assert stitched.exit_code == 0, stitched.output
     rows = json.loads(stitched.stdout)["rows"]
