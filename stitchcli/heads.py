@@ -33,6 +33,8 @@ from stitchcli.store import CHECKSUM_FIELD, CorruptEntry, canonical_json, read_h
 
 HEAD_FORMAT = 1
 HEAD_KINDS = ("relative", "absolute")
+DEFAULT_TASK = "classification"
+"""The task of a head whose config names none (every head saved before reconstruction heads existed)."""
 
 
 class Classifier(nn.Module):
@@ -84,13 +86,14 @@ class FittedHead:
     """A trained head and the config that says what it reads.
 
     Attributes:
-        module: the classifier (with its aggregation for relative heads), in eval mode.
-        config: the JSON config saved with it (kind, model, dataset, anchors, projections, aggregation,
+        module: the classifier or, for ``task`` reconstruction, the decoder (with its aggregation for relative
+            heads), in eval mode.
+        config: the JSON config saved with it (kind, task, model, dataset, anchors, projections, aggregation,
             transform, classes, settings, seed, training record, versions).
         path: where it was saved, if it was.
     """
 
-    module: Classifier
+    module: nn.Module
     config: dict[str, Any]
     path: Path | None = None
 
@@ -98,6 +101,11 @@ class FittedHead:
     def kind(self) -> str:
         """``relative`` or ``absolute``."""
         return str(self.config["kind"])
+
+    @property
+    def task(self) -> str:
+        """``classification`` (also when the config names no task) or ``reconstruction``."""
+        return str(self.config.get("task") or DEFAULT_TASK)
 
     @property
     def projections(self) -> tuple[str, ...]:
@@ -116,6 +124,8 @@ class FittedHead:
 
     def predict(self, features: torch.Tensor | np.ndarray, *, batch_size: int = 4096) -> np.ndarray:
         """Give the predicted class of every row of ``features`` ((N, n, k) or (N, D)), in batches."""
+        if self.task != DEFAULT_TASK:
+            raise ValueError(f"a {self.task} head predicts no classes: use stitchcli.reconstruction.decoder.reconstruct")
         return predict(self.module, features, batch_size=batch_size)
 
 
@@ -230,79 +240,159 @@ def train_classifier(
         )
     x = torch.as_tensor(features).to(device=device, dtype=torch.float32)
     y = torch.as_tensor(labels).to(device)
+    fit = fit_with_early_stopping(
+        module, x, y, train_rows, val_rows, settings, seed=seed, loss_fn=nn.CrossEntropyLoss(),
+        metric=("accuracy", _count_correct), progress=progress,
+    )
+    return TrainingRecord(
+        epochs_run=len(fit.curve),
+        best_epoch=fit.best_epoch,
+        train_accuracy=round(fit.train_metric, 6),
+        val_accuracy=round(fit.val_metric, 6),
+        train_rows=len(train_rows),
+        val_rows=len(val_rows),
+        seconds=round(time.perf_counter() - started, 3),
+        curve=fit.curve,
+    )
+
+
+def _count_correct(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Give how many rows' arg-max class is their label (a batch's share of the accuracy)."""
+    return int((logits.argmax(dim=1) == labels).sum())
+
+
+@dataclass
+class EarlyStoppedFit:
+    """What :func:`fit_with_early_stopping` did: the curve and the kept (best) epoch's scores.
+
+    ``val_loss`` is the kept epoch's mean validation loss; ``val_metric`` its validation metric and
+    ``train_metric`` the metric of the kept weights on the training rows (both 0.0 without a metric).
+    """
+
+    curve: list[dict[str, float]]
+    best_epoch: int
+    val_loss: float
+    val_metric: float
+    train_metric: float
+
+
+def fit_with_early_stopping(
+    module: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    settings: HeadSettings,
+    *,
+    seed: int,
+    loss_fn: nn.Module,
+    metric: tuple[str, Callable[[torch.Tensor, torch.Tensor], float]] | None = None,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
+) -> EarlyStoppedFit:
+    """Give the curve and kept epoch after training ``module`` in place with Adam and early stopping.
+
+    The loop every head shares (classifiers here, reconstruction decoders in :mod:`stitchcli.reconstruction`).
+    Each epoch shuffles ``train_rows`` and takes Adam steps on ``loss_fn`` over batches of
+    ``settings.batch_size``, then scores ``val_rows``. With ``metric`` (a name and a function giving a batch's
+    *sum* of a score where higher is better, such as its count of correct rows), patience counts epochs
+    without a better validation metric and ties go to the lower validation loss; without, patience counts
+    epochs without a lower validation loss. The module keeps the weights of its best epoch and ends in eval
+    mode. Shuffling and dropout draw from generators seeded with ``seed`` (torch's global random state is
+    left as it was).
+
+    Args:
+        module: the module to train (already built and seeded).
+        x: the inputs, on the device to train on (its rows are indexed by ``train_rows`` and ``val_rows``).
+        y: the targets, on the same device, one row per row of ``x``.
+        train_rows, val_rows: row positions of the training and validation parts (validation non-empty).
+        settings: epochs, lr, batch size, weight decay and patience.
+        seed: seeds shuffling and dropout.
+        loss_fn: the mean loss of a batch (outputs, targets).
+        metric: (name, batch sum of the score), or None to select on the validation loss alone.
+        progress: called after every epoch with (epoch, its curve point).
+    """
+    device = x.device
     train_idx = torch.as_tensor(train_rows, device=device)
     val_idx = torch.as_tensor(val_rows, device=device)
+    name, score = metric if metric is not None else (None, None)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         module.to(device)
         optimizer = torch.optim.Adam(module.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         shuffle = torch.Generator(device="cpu").manual_seed(seed)
-        loss_fn = nn.CrossEntropyLoss()
-        best: tuple[float, float] = (-1.0, float("inf"))
+        # (validation metric, -validation loss) with a metric, (-validation loss,) without: larger is better
+        best: tuple[float, ...] = (-float("inf"), -float("inf")) if score is not None else (-float("inf"),)
         best_state: dict[str, torch.Tensor] = copy.deepcopy(module.state_dict())
         best_epoch, stale = 0, 0
         curve: list[dict[str, float]] = []
         for epoch in range(1, settings.epochs + 1):
             module.train()
             order = train_idx[torch.randperm(len(train_idx), generator=shuffle).to(device)]
-            total_loss, correct = 0.0, 0
+            total_loss, total_score = 0.0, 0.0
             for start in range(0, len(order), settings.batch_size):
                 batch = order[start : start + settings.batch_size]
-                logits = module(x[batch])
-                loss = loss_fn(logits, y[batch])
+                outputs = module(x[batch])
+                loss = loss_fn(outputs, y[batch])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 total_loss += float(loss.detach()) * len(batch)
-                correct += int((logits.argmax(dim=1) == y[batch]).sum())
-            val_loss, val_accuracy = _evaluate(module, x, y, val_idx, loss_fn, settings.batch_size)
-            point = {
-                "epoch": epoch,
-                "train_loss": round(total_loss / len(order), 6),
-                "train_accuracy": round(correct / len(order), 6),
-                "val_loss": round(val_loss, 6),
-                "val_accuracy": round(val_accuracy, 6),
-            }
+                if score is not None:
+                    total_score += score(outputs.detach(), y[batch])
+            val_loss, val_score = _evaluate(module, x, y, val_idx, loss_fn, score, settings.batch_size)
+            point: dict[str, float] = {"epoch": epoch, "train_loss": round(total_loss / len(order), 6)}
+            if name is not None:
+                point[f"train_{name}"] = round(total_score / len(order), 6)
+            point["val_loss"] = round(val_loss, 6)
+            if name is not None:
+                point[f"val_{name}"] = round(val_score, 6)
             curve.append(point)
             if progress is not None:
                 progress(epoch, point)
-            # Patience counts epochs without a better accuracy; the loss only breaks ties in which weights to keep
+            # Patience counts epochs without a better metric; the loss only breaks ties in which weights to keep
             # (on easy data it keeps falling long after the accuracy stopped rising).
-            stale = 0 if val_accuracy > best[0] else stale + 1
-            if (val_accuracy, -val_loss) > (best[0], -best[1]):
-                best, best_epoch = (val_accuracy, val_loss), epoch
+            key = (val_score, -val_loss) if score is not None else (-val_loss,)
+            stale = 0 if key[0] > best[0] else stale + 1
+            if key > best:
+                best, best_epoch = key, epoch
                 best_state = copy.deepcopy(module.state_dict())
             if stale >= settings.patience:
                 break
     module.load_state_dict(best_state)
     module.eval()
-    _, train_accuracy = _evaluate(module, x, y, train_idx, loss_fn, settings.batch_size)
-    return TrainingRecord(
-        epochs_run=len(curve),
-        best_epoch=best_epoch,
-        train_accuracy=round(train_accuracy, 6),
-        val_accuracy=round(best[0], 6),
-        train_rows=len(train_rows),
-        val_rows=len(val_rows),
-        seconds=round(time.perf_counter() - started, 3),
+    _, train_score = _evaluate(module, x, y, train_idx, loss_fn, score, settings.batch_size) if score is not None else (0.0, 0.0)
+    return EarlyStoppedFit(
         curve=curve,
+        best_epoch=best_epoch,
+        val_loss=-best[-1],
+        val_metric=best[0] if score is not None else 0.0,
+        train_metric=train_score,
     )
 
 
 @torch.no_grad()
-def _evaluate(module: nn.Module, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, loss_fn: nn.Module, batch_size: int) -> tuple[float, float]:
-    """Give (mean loss, accuracy) of ``module`` in eval mode on the given rows."""
+def _evaluate(
+    module: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rows: torch.Tensor,
+    loss_fn: nn.Module,
+    score: Callable[[torch.Tensor, torch.Tensor], float] | None,
+    batch_size: int,
+) -> tuple[float, float]:
+    """Give (mean loss, mean score, 0.0 without ``score``) of ``module`` in eval mode on the given rows."""
     was_training = module.training
     module.eval()
-    total_loss, correct = 0.0, 0
+    total_loss, total_score = 0.0, 0.0
     for start in range(0, len(rows), max(batch_size, 1024)):
         batch = rows[start : start + max(batch_size, 1024)]
-        logits = module(x[batch])
-        total_loss += float(loss_fn(logits, y[batch])) * len(batch)
-        correct += int((logits.argmax(dim=1) == y[batch]).sum())
+        outputs = module(x[batch])
+        total_loss += float(loss_fn(outputs, y[batch])) * len(batch)
+        if score is not None:
+            total_score += score(outputs, y[batch])
     module.train(was_training)
-    return total_loss / len(rows), correct / len(rows)
+    return total_loss / len(rows), total_score / len(rows)
 
 
 # ----- identity, saving and loading ---------------------------------------------------------------
@@ -358,17 +448,12 @@ def load_head(path: str | Path, *, device: torch.device | str = "cpu") -> Fitted
             f"{str(path)!r} is not a stitchcli head of format {HEAD_FORMAT} "
             f"(kind {config.get('kind')!r}, format {config.get('format')!r}): train it again with `stitchcli fit-head`"
         )
+    task = str(config.get("task") or DEFAULT_TASK)
+    if task not in HEAD_TASKS:
+        raise UsageError(f"head {str(path)!r} is a {task!r} head, which this stitchcli cannot read (it knows {', '.join(HEAD_TASKS)}): update stitchcli")
     try:
         settings = HeadSettings.from_dict(dict(config["settings"]))
-        module = build_classifier(
-            config["kind"],
-            int(config["num_classes"]),
-            settings,
-            input_dim=config.get("input_dim"),
-            aggregation=config.get("aggregation"),
-            num_subspaces=len(config.get("projections") or ()) or None,
-            num_anchors=config.get("num_anchors"),
-        )
+        module = HEAD_TASKS[task](config, settings)
         tensors = header.read_tensors()
         module.load_state_dict({name: torch.from_numpy(array) for name, array in tensors.items()}, strict=True)
     except CorruptEntry as exc:
@@ -379,9 +464,37 @@ def load_head(path: str | Path, *, device: torch.device | str = "cpu") -> Fitted
     return FittedHead(module, config, path)
 
 
+def _classifier_from_config(config: dict[str, Any], settings: HeadSettings) -> nn.Module:
+    """Give the untrained classifier a saved classification head's config describes."""
+    return build_classifier(
+        config["kind"],
+        int(config["num_classes"]),
+        settings,
+        input_dim=config.get("input_dim"),
+        aggregation=config.get("aggregation"),
+        num_subspaces=len(config.get("projections") or ()) or None,
+        num_anchors=config.get("num_anchors"),
+    )
+
+
+def _decoder_from_config(config: dict[str, Any], settings: HeadSettings) -> nn.Module:
+    """Give the untrained decoder a saved reconstruction head's config describes."""
+    from stitchcli.reconstruction.decoder import decoder_from_config
+
+    return decoder_from_config(config, settings)
+
+
+HEAD_TASKS: dict[str, Callable[[dict[str, Any], HeadSettings], nn.Module]] = {
+    "classification": _classifier_from_config,
+    "reconstruction": _decoder_from_config,
+}
+"""task -> the untrained module a saved head's config describes (``load_head`` then fills in its tensors)."""
+
+
 def check_head(
     head: FittedHead,
     *,
+    task: str | None = None,
     dataset_id: str | None = None,
     dataset_fingerprint: str | None = None,
     num_classes: int | None = None,
@@ -398,6 +511,8 @@ def check_head(
     """
     config = head.config
     where = str(head.path) if head.path else "the head"
+    if task is not None and head.task != task:
+        raise UsageError(f"head {where} is a {head.task} head, not a {task} head: train one with `stitchcli fit-head --task {task}`")
     if dataset_id is not None and config.get("dataset_id") != dataset_id:
         raise UsageError(
             f"head {where} was trained on dataset {config.get('dataset_id')!r}, not the requested {dataset_id!r}: "

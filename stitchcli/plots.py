@@ -86,9 +86,11 @@ def write_plots(folder: str | Path, reports: Sequence[StitchReport]) -> list[Pat
             method, projections, aggregation = setting
             label = setting_label(projections, aggregation, method)
             name = _file_name("stitching", dataset, method, "+".join(projections), aggregation or "")
-            percent = [[None if v is None else 100 * v for v in row] for row in stitching_matrix(report, setting, names)]
+            # a reconstruction sweep's matrix: the pixel classifier's accuracy on the reconstructions
+            metric = "accuracy" if report.task == "classification" else "pixel_accuracy"
+            percent = [[None if v is None else 100 * v for v in row] for row in stitching_matrix(report, setting, names, metric)]
             written.append(heatmap(
-                folder / name, percent, names, names, title=f"{dataset}: {label}, accuracy %",
+                folder / name, percent, names, names, title=f"{dataset}: {label}, {metric.replace('_', ' ')} %",
                 xlabel="decoder", ylabel="encoder", value_format="{:.1f}", vmax=100.0,
             ))
         if not report.similarity:

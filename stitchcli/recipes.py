@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from stitchcli.errors import UsageError
 from stitchcli.models import MODEL_OPTIONS as MODEL_OPTION_KEYS
 from stitchcli.models import ModelRef
-from stitchcli.settings import Declared, StitchSettings, build_settings, declared_settings
+from stitchcli.settings import Declared, StitchSettings, build_settings, declared_settings, with_task_defaults
 
 if TYPE_CHECKING:
     from stitchcli.store import EmbeddingStore
@@ -480,7 +480,7 @@ def recipe_sweeps(recipe: Recipe, runtime: Mapping[str, Any] | None = None, *, l
     base = recipe.settings if limit == "recipe" else replace(recipe.settings, limit=limit)
     sweeps = []
     for dataset in recipe.datasets:
-        settings = build_settings(dataset, overrides, base)
+        settings = with_task_defaults(build_settings(dataset, overrides, base))
         settings.check()
         sweeps.append((list(recipe.models_of(dataset)), settings))
     return sweeps

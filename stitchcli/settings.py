@@ -22,7 +22,7 @@ import math
 import typing
 from dataclasses import dataclass, field, fields, replace
 from functools import cache
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
 from stitchcli.errors import UsageError, unknown_name
 
@@ -31,6 +31,11 @@ ALL_COMMANDS = frozenset({FIT_HEAD, STITCH, EVAL})
 SWEEPS = frozenset({STITCH, EVAL})
 
 BASELINES: tuple[str, ...] = ("absolute", "translation", "affine")
+TASKS: tuple[str, ...] = ("classification", "reconstruction")
+TASK_HEAD_DEFAULTS: dict[str, dict[str, Any]] = {"reconstruction": {"batch_size": 64}}
+"""Head settings whose default differs by task (applied unless given: :func:`with_task_defaults`). A
+reconstruction decoder trains in batches of 64: at the demo's 300 training rows, 256 leaves two Adam steps an
+epoch and the decoder is far from trained after 40 epochs (docs/RECONSTRUCTION.md §4)."""
 METRICS: tuple[str, ...] = ("cka", "jaccard", "mrr", "cosine")
 AUTO = "auto"
 """The bridge that is a choice among the others, made without labels (docs/BRIDGES.md)."""
@@ -194,6 +199,9 @@ class StitchSettings:
     """
 
     dataset: str
+    task: str = setting("classification", "--task", help="classification: heads predict the class; reconstruction: decoders rebuild "
+                        "the input image (image datasets; rows report MSE, PSNR, SSIM and a pixel classifier's accuracy on the "
+                        "reconstructions).", recipe="task", choices=lambda: TASKS, panel="Task")
     split: str = setting("test", "--split", "-s", help="Evaluation split (never used for training or model selection).",
                          commands=SWEEPS, recipe="split", panel="Data")
     train_split: str = setting("train", "--train-split", help="Split heads are trained on and anchors drawn from.", recipe="train_split", panel="Data")
@@ -426,6 +434,16 @@ def build_settings(dataset: str, values: Mapping[str, Any], base: StitchSettings
         prefix, _, attribute = declared.path.rpartition(".")
         groups[prefix + "." if prefix else ""][attribute] = value
     return replace(base, head=replace(base.head, **groups["head."]), data=replace(base.data, **groups["data."]), **groups[""])
+
+
+def with_task_defaults(settings: StitchSettings, explicit: Collection[str] = ()) -> StitchSettings:
+    """Give ``settings`` with the head defaults of its task (:data:`TASK_HEAD_DEFAULTS`) where not in ``explicit``.
+
+    ``explicit``: the parameter names the user gave (a value given is kept even when it equals the default).
+    """
+    defaults = {name: value for name, value in TASK_HEAD_DEFAULTS.get(settings.task, {}).items()
+                if name not in explicit and getattr(settings.head, name) == by_name(name).default}
+    return replace(settings, head=replace(settings.head, **defaults)) if defaults else settings
 
 
 def differing(settings: StitchSettings, other: StitchSettings, names: Sequence[str]) -> list[str]:

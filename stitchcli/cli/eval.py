@@ -23,7 +23,13 @@ def eval_command(
         Optional[Path], typer.Option("--recipe", "-r", help="A TOML recipe (recipes/*.toml): datasets, models, projections, aggregations, anchors, seeds.", show_default=False)
     ] = None,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Also write the rows as CSV (and the similarity rows to FILE's stem + .similarity.csv).", show_default=False)] = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write heatmap PNGs of every matrix and similarity measure into this folder.", show_default=False)] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write heatmap PNGs of every matrix and similarity measure into this folder "
+                                                 "(--task reconstruction: also one grid of reconstructions per encoder→decoder pair).", show_default=False)] = None,
+    save_outputs: Annotated[
+        Optional[Path],
+        typer.Option("--save-outputs", help="--task reconstruction: write every row's reconstructions (first seed) into this folder as "
+                     "ENCODER--DECODER--METHOD.safetensors (images N×C×H×W in [0, 1], ids).", show_default=False),
+    ] = None,
     cache_dir: opt.CacheDir = None,
     json_output: opt.Json = False,
     quiet: opt.Quiet = False,
@@ -37,7 +43,7 @@ def eval_command(
     the absolute latents' CKA). Missing embeddings, anchors and heads are built and cached.
     """
     from stitchcli.cli.output import check_output_path, progress_and_store
-    from stitchcli.cli.report import render_eval, write_csv
+    from stitchcli.cli.report import check_reconstruction_outputs, render_eval, write_csv, write_reconstruction_outputs
     from stitchcli.cli.settings_options import split_list
     from stitchcli.models import ModelRef
     from stitchcli.settings import by_name
@@ -69,10 +75,11 @@ def eval_command(
             raise UsageError("eval needs --dataset D and --models A,B (at least two), or --recipe FILE")
         refs = [ModelRef(name) for name in split_list(models, "--models") or ()]
         runs = [(refs, given.settings(dataset))]
+    keeps = [check_reconstruction_outputs(settings.task, plot, save_outputs, plot_is_heatmaps=True) for _, settings in runs]
     reports = []
-    for refs, settings in runs:
+    for (refs, settings), keep in zip(runs, keeps):
         progress.info(f"eval: {len(refs)} models on {settings.dataset}")
-        reports.append(evaluate(store, refs, settings, reporter=reporter))
+        reports.append(evaluate(store, refs, settings, reporter=reporter, keep=keep))
     trained = sum(r.heads_trained for r in reports)
     cached = sum(r.heads_cached for r in reports)
     progress.info(f"{trained} head(s) trained, {cached} read from the cache, in {sum(r.seconds for r in reports):.1f} s")
@@ -84,4 +91,5 @@ def eval_command(
 
         written = write_plots(plot, reports)
         progress.info(f"wrote {len(written)} heatmap(s) to {plot}")
+    write_reconstruction_outputs(reports, plot, save_outputs, progress)
     render_eval(reports, json_output=json_output, recipe=str(recipe) if recipe is not None else None)

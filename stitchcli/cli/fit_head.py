@@ -51,20 +51,23 @@ def fit_head_command(
         anchors = {key: config["anchors"][key] for key in ("name", "num", "strategy", "seed", "split", "limit")}
         print_json({**config, "anchors": anchors, "path": str(head.path), "out": str(written) if written is not None else None, "cached": cached})
         return
+    # a reconstruction head's record holds mean squared errors where a classifier's holds accuracies
+    scores = ("train MSE", "val MSE", "train_mse", "val_mse", "{:.4f}", 1) if head.task == "reconstruction" else \
+        ("train acc", "val acc", "train_accuracy", "val_accuracy", "{:.1f}", 100)
     print_table(
-        f"Head of {model} on {dataset} ({config['num_anchors']} anchors {config['anchors']['name']!r}; seed {seed})",
-        ["projections", "aggregation", "transform", "train acc", "val acc", "epochs", "best epoch", "rows (train/val)", "path"],
+        f"{'Reconstruction head' if head.task == 'reconstruction' else 'Head'} of {model} on {dataset} ({config['num_anchors']} anchors {config['anchors']['name']!r}; seed {seed})",
+        ["projections", "aggregation", "transform", scores[0], scores[1], "epochs", "best epoch", "rows (train/val)", "path"],
         [[
             "+".join(config["projections"]),
             config["aggregation"],
             config["transform"],
-            f"{100 * training['train_accuracy']:.1f}",
-            f"{100 * training['val_accuracy']:.1f}",
+            scores[4].format(scores[5] * training[scores[2]]),
+            scores[4].format(scores[5] * training[scores[3]]),
             training["epochs_run"],
             training["best_epoch"],
             f"{training['train_rows']}/{training['val_rows']}",
             str(written or head.path),
         ]],
-        justify={"train acc": "right", "val acc": "right", "epochs": "right", "best epoch": "right"},
+        justify={scores[0]: "right", scores[1]: "right", "epochs": "right", "best epoch": "right"},
         trailing="path",
     )

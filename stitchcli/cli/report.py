@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 ROW_FIELDS = ("dataset", "encoder", "decoder", "method", "projections", "aggregation", "stitched",
               "accuracy", "accuracy_std", "macro_f1", "macro_f1_std", "seeds", "note")
+RECONSTRUCTION_ROW_FIELDS = ("task", "mse", "mse_std", "psnr", "psnr_std", "ssim", "ssim_std", "pixel_accuracy", "pixel_accuracy_std")
+"""The CSV columns added when a report is of ``--task reconstruction`` (after ROW_FIELDS)."""
 SIMILARITY_FIELDS = ("dataset", "model_a", "model_b", "projection", "cka", "jaccard", "mrr", "cosine", "rows", "note")
 
 
@@ -32,8 +34,28 @@ def _number(value: float | None) -> str:
 
 
 def spread(row: StitchRow, metric: str = "accuracy") -> str:
-    """Give a row's metric as ``mean ± std`` over its seeds (the mean alone for one seed)."""
-    return percent(getattr(row, metric), getattr(row, f"{metric}_std") if len(row.seeds) > 1 else None)
+    """Give a row's metric as ``mean ± std`` over its seeds (the mean alone for one seed).
+
+    Fractions (accuracy, macro-F1, pixel accuracy) as percentages; MSE with 4 decimals, PSNR (dB) with 1, SSIM with 3.
+    """
+    std = getattr(row, f"{metric}_std") if len(row.seeds) > 1 else None
+    return scaled(metric, getattr(row, metric), std)
+
+
+_DECIMALS = {"mse": 4, "psnr": 1, "ssim": 3}
+
+
+def scaled(metric: str, mean: float | None, std: float | None = None) -> str:
+    """Give a metric's ``mean ± std`` as tables show it (see :func:`spread`); ``-`` for None."""
+    if metric not in _DECIMALS:
+        return percent(mean, std)
+    if mean is None:
+        return "-"
+    digits = _DECIMALS[metric]
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+_RECONSTRUCTION_COLUMNS = (("mse", "MSE"), ("psnr", "PSNR dB"), ("ssim", "SSIM"), ("pixel_accuracy", "pixel acc %"))
 
 
 def _anchor_text(report: StitchReport) -> str:
@@ -51,6 +73,9 @@ def render_stitch(report: StitchReport, *, json_output: bool) -> None:
     if not stitched:
         return
     encoder, decoder = stitched[0].encoder, stitched[0].decoder
+    if report.task == "reconstruction":
+        _render_stitch_reconstruction(report, reference, stitched, encoder, decoder)
+        return
     table_rows = []
     for row in stitched:
         ref = reference.get(row.setting)
@@ -71,6 +96,36 @@ def render_stitch(report: StitchReport, *, json_output: bool) -> None:
         justify={name: "right" for name in (f"{decoder}→{decoder} acc", f"{encoder}→{decoder} acc", f"{decoder}→{decoder} F1", f"{encoder}→{decoder} F1")},
         trailing="note",
     )
+
+
+def _render_stitch_reconstruction(report: StitchReport, reference: dict, stitched: list[StitchRow], encoder: str, decoder: str) -> None:
+    """Print ``stitch --task reconstruction``: per setting, each metric of DECODER→DECODER and ENCODER→DECODER."""
+    headers = ["setting"]
+    for _, title in _RECONSTRUCTION_COLUMNS:
+        headers += [f"{decoder}→{decoder} {title}", f"{encoder}→{decoder} {title}"]
+    table_rows = []
+    for row in stitched:
+        ref = reference.get(row.setting)
+        line = [setting_label(row.projections, row.aggregation, row.method)]
+        for metric, _ in _RECONSTRUCTION_COLUMNS:
+            line += [spread(ref, metric) if ref else "-", spread(row, metric)]
+        table_rows.append(line + [row.note or ""])
+    seeds = ",".join(str(s) for s in stitched[0].seeds)
+    print_table(
+        f"{encoder} → {decoder} on {report.dataset} ({report.split}; {_anchor_text(report)}; seeds {seeds}; reconstruction: "
+        f"MSE, PSNR, SSIM, and a pixel classifier's accuracy on the reconstructions{_classifier_text(report)})",
+        headers + ["note"],
+        table_rows,
+        justify={name: "right" for name in headers[1:]},
+        trailing="note",
+    )
+
+
+def _classifier_text(report: StitchReport) -> str:
+    facts = report.pixel_classifier
+    if not facts:
+        return ""
+    return f", {percent(facts['accuracy_on_originals'])}% on the original images"
 
 
 def eval_document(reports: Sequence[StitchReport], recipe: str | None) -> dict[str, Any]:
@@ -104,6 +159,10 @@ def render_eval(reports: Sequence[StitchReport], *, json_output: bool, recipe: s
             _render_pair(report, names)
             _render_similarity(report)
             continue
+        if report.task == "reconstruction":
+            _render_eval_reconstruction(report, names)
+            _render_similarity(report)
+            continue
         summary_rows = [
             [
                 setting_label(entry["projections"], entry["aggregation"], entry["method"]),
@@ -133,6 +192,34 @@ def render_eval(reports: Sequence[StitchReport], *, json_output: bool, recipe: s
         _render_similarity(report)
 
 
+def _render_eval_reconstruction(report: StitchReport, names: Sequence[str]) -> None:
+    """Print a reconstruction sweep of N models: the summary over model pairs and one MSE matrix per setting."""
+    from stitchcli.stitching import stitching_matrix
+
+    headers = ["setting"]
+    for _, title in _RECONSTRUCTION_COLUMNS:
+        headers += [f"non-stitched {title}", f"stitched {title}"]
+    summary_rows = []
+    for entry in report.summary():
+        line = [setting_label(entry["projections"], entry["aggregation"], entry["method"])]
+        for metric, _ in _RECONSTRUCTION_COLUMNS:
+            line += [scaled(metric, entry[f"reference_{metric}"], entry[f"reference_{metric}_std"]),
+                     scaled(metric, entry[f"stitched_{metric}"], entry[f"stitched_{metric}_std"])]
+        summary_rows.append(line + [entry["stitched_pairs"]])
+    print_table(
+        f"{report.dataset} ({report.split}, {_anchor_text(report)}): reconstruction, mean ± std over model pairs{_classifier_text(report)}",
+        headers + ["stitched pairs"], summary_rows, justify={name: "right" for name in headers[1:] + ["stitched pairs"]},
+    )
+    for setting in dict.fromkeys(row.setting for row in report.rows):
+        matrix = stitching_matrix(report, setting, names, "mse")
+        print_table(
+            f"{setting_label(setting[1], setting[2], setting[0])}: MSE, encoder rows, decoder columns",
+            ["encoder \\ decoder", *names],
+            [[encoder, *(scaled("mse", value) for value in values)] for encoder, values in zip(names, matrix)],
+            justify={name: "right" for name in names},
+        )
+
+
 def _render_pair(report: StitchReport, names: Sequence[str]) -> None:
     """Print both directions of a two-model sweep in one table: one line per setting."""
     a, b = names
@@ -143,12 +230,19 @@ def _render_pair(report: StitchReport, names: Sequence[str]) -> None:
         line = [setting_label(setting[1], setting[2], setting[0])]
         for encoder, decoder in directions:
             row = cells.get((setting, encoder, decoder))
-            line.append(spread(row) if row is not None else "-")
+            if row is None:
+                line.append("-")
+            elif report.task == "reconstruction":  # MSE / SSIM / pixel accuracy %
+                line.append(" / ".join(scaled(metric, getattr(row, metric)) for metric in ("mse", "ssim", "pixel_accuracy")))
+            else:
+                line.append(spread(row))
         table_rows.append(line)
     headers = [f"{encoder}→{decoder}" for encoder, decoder in directions]
     seeds = ",".join(str(s) for s in report.settings.get("seeds", []))
     print_table(
-        f"{report.dataset} ({report.split}, {_anchor_text(report)}, seeds {seeds}): accuracy %, encoder→decoder",
+        f"{report.dataset} ({report.split}, {_anchor_text(report)}, seeds {seeds}): "
+        + ("MSE / SSIM / pixel classifier accuracy %" + _classifier_text(report) if report.task == "reconstruction" else "accuracy %")
+        + ", encoder→decoder",
         ["setting", *headers],
         table_rows,
         justify={header: "right" for header in headers},
@@ -180,7 +274,8 @@ def write_csv(path: Path, reports: Sequence[StitchReport]) -> list[Path]:
     """Give the files written: the rows to ``path``, the similarity rows to ``<stem>.similarity.csv`` beside it."""
     document = eval_document(reports, None)
     path = Path(path).expanduser()
-    write_text_atomically(path, _csv_text(document["rows"], ROW_FIELDS))
+    reconstruction = any(report.task == "reconstruction" for report in reports)
+    write_text_atomically(path, _csv_text(document["rows"], ROW_FIELDS + (RECONSTRUCTION_ROW_FIELDS if reconstruction else ())))
     written = [path]
     if document["similarity"]:
         similarity = path.with_name(f"{path.stem}.similarity.csv")
@@ -188,3 +283,42 @@ def write_csv(path: Path, reports: Sequence[StitchReport]) -> list[Path]:
         written.append(similarity)
     return written
 
+
+
+def check_reconstruction_outputs(task: str, plot: Path | None, save_outputs: Path | None, *, plot_is_heatmaps: bool = False) -> str | None:
+    """Refuse, before any work, ``--plot``/``--save-outputs`` that cannot be written or have nothing to show.
+
+    Give what the sweep must keep of its reconstructions (``run_sweep``'s ``keep``): ``"all"`` for
+    ``--save-outputs``, ``"grid"`` for ``--plot`` alone, None otherwise. ``plot_is_heatmaps``: the command's
+    ``--plot`` also draws heatmaps (eval), so a classification sweep may take it.
+    """
+    from stitchcli.cli.output import check_output_path
+    from stitchcli.errors import UsageError
+
+    check_output_path(plot, "--plot", folder=True)
+    check_output_path(save_outputs, "--save-outputs", folder=True)
+    if task != "reconstruction":
+        wrong = [flag for flag, value in (("--plot", None if plot_is_heatmaps else plot), ("--save-outputs", save_outputs)) if value is not None]
+        if wrong:
+            raise UsageError(f"{' and '.join(wrong)} write reconstructions: add --task reconstruction (on an image dataset), or drop {' and '.join(wrong)}")
+        return None
+    if plot is not None:
+        from stitchcli.plots import require_matplotlib
+
+        require_matplotlib()  # before any work, not after it
+    return "all" if save_outputs is not None else "grid" if plot is not None else None
+
+
+def write_reconstruction_outputs(reports: Sequence[StitchReport], plot: Path | None, save_outputs: Path | None, progress: Any) -> None:
+    """Write the grids (``--plot``) and reconstruction files (``--save-outputs``) of reconstruction reports."""
+    from stitchcli.stitching.reconstruction import write_grids, write_outputs
+
+    for report in reports:
+        if report.task != "reconstruction":
+            continue
+        if plot is not None:
+            grids = write_grids(plot, report)
+            progress.info(f"wrote {len(grids)} reconstruction grid(s) to {plot}")
+        if save_outputs is not None:
+            files = write_outputs(save_outputs, report)
+            progress.info(f"wrote {len(files)} reconstruction file(s) to {save_outputs}")

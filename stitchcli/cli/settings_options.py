@@ -21,7 +21,7 @@ from typing import Annotated, Any, Callable, Mapping, Optional
 import typer
 
 from stitchcli.errors import UsageError
-from stitchcli.settings import Declared, StitchSettings, build_settings, by_name, settings_of
+from stitchcli.settings import Declared, StitchSettings, build_settings, by_name, settings_of, with_task_defaults
 
 
 def split_list(value: str | None, option: str) -> tuple[str, ...] | None:
@@ -58,7 +58,7 @@ class GivenSettings:
 
     def settings(self, dataset: str, **overrides: Any) -> StitchSettings:
         """Give the checked StitchSettings of these values, ``overrides`` (parameter names) applied on top."""
-        settings = build_settings(dataset, {**self.values, **overrides})
+        settings = with_task_defaults(build_settings(dataset, {**self.values, **overrides}), self.explicit)
         settings.check()
         return settings
 

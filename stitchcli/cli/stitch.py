@@ -10,6 +10,7 @@ import typer
 from stitchcli.cli import options as opt
 from stitchcli.cli.predict import MinAccuracy, SaveDir, SaveRow
 from stitchcli.cli.settings_options import GivenSettings, takes_settings
+from stitchcli.errors import UsageError
 from stitchcli.settings import STITCH
 
 
@@ -22,6 +23,16 @@ def stitch_command(
         Optional[Path],
         typer.Option("--head", help="Use this head (from `fit-head --out`) as DECODER's; its anchors, projections, aggregation, seed and "
                      "training settings apply (options that differ from the head's are refused).", show_default=False),
+    ] = None,
+    plot: Annotated[
+        Optional[Path],
+        typer.Option("--plot", help="--task reconstruction: write a PNG grid into this folder: the original images, DECODER's own "
+                     "reconstruction, then one row per stitched method (the same seeded test images in every row).", show_default=False),
+    ] = None,
+    save_outputs: Annotated[
+        Optional[Path],
+        typer.Option("--save-outputs", help="--task reconstruction: write every row's reconstructions (first seed) into this folder as "
+                     "ENCODER--DECODER--METHOD.safetensors (images N×C×H×W in [0, 1], ids).", show_default=False),
     ] = None,
     save: SaveDir = None,
     save_row: SaveRow = None,
@@ -38,16 +49,21 @@ def stitch_command(
     so a second call only reads the cache.
     """
     from stitchcli.cli.output import progress_and_store
+    from stitchcli.cli.report import check_reconstruction_outputs, write_reconstruction_outputs
     from stitchcli.cli.predict import check_stitch_outputs, save_and_check
     from stitchcli.cli.report import render_stitch
     from stitchcli.models import ModelRef
     from stitchcli.stitching import stitch
 
     settings = given.settings(dataset)
+    keep = check_reconstruction_outputs(settings.task, plot, save_outputs)
     bar = check_stitch_outputs(save, save_row, min_accuracy)
+    if settings.task != "classification" and (save is not None or min_accuracy is not None):
+        raise UsageError(f"--save and --min-accuracy apply to classification: drop them with --task {settings.task}")
     progress, store, reporter = progress_and_store(cache_dir, quiet)
-    report = stitch(store, ModelRef(encoder), ModelRef(decoder), settings, head_file=head, explicit=given.explicit, reporter=reporter)
+    report = stitch(store, ModelRef(encoder), ModelRef(decoder), settings, head_file=head, explicit=given.explicit, reporter=reporter, keep=keep)
     progress.info(f"{report.heads_trained} head(s) trained, {report.heads_cached} read from the cache, in {report.seconds:.1f} s")
+    write_reconstruction_outputs([report], plot, save_outputs, progress)
     render_stitch(report, json_output=json_output)
     save_and_check(store, ModelRef(encoder), ModelRef(decoder), settings, report, save=save, save_row=save_row, bar=bar, head_file=head,
                    explicit=given.explicit, progress=progress, reporter=reporter)

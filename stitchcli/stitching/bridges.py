@@ -165,8 +165,14 @@ def obtain_selection(
     split); the winner is not refitted here (its row reads it through :func:`obtain_bridge`).
     """
     options = {name: bridge_options(name, settings) for name in candidates}
+    from stitchcli.bridges.selection import DEFAULT_SCORE
+
+    # a reconstruction head gives pixels, not logits: there auto scores by retrieval of the held-out anchors alone
+    classifying = settings.task == "classification"
+    score = DEFAULT_SCORE if classifying else "retrieval"
     identity = {"kind": "selection", **_pair_identity(data, source, target), "candidates": list(candidates), "options": options,
-                "head": head.config.get("identity_digest"), "seed": BRIDGE_SEED}
+                "head": head.config.get("identity_digest") if classifying else None, "seed": BRIDGE_SEED,
+                **({} if classifying else {"score": score})}
     digest = _digest(identity)
     path = _path(store, data, source, target, "auto", digest, ".json")
     if path.is_file():
@@ -199,7 +205,7 @@ def obtain_selection(
         uses_rows = any(get_bridge(name).uses_rows for name in candidates)
         selection = select_bridge(
             [BridgeCandidate(name, options[name], label=name) for name in candidates],
-            torch.from_numpy(np.asarray(source.anchors)), torch.from_numpy(np.asarray(target.anchors)), head=logits,
+            torch.from_numpy(np.asarray(source.anchors)), torch.from_numpy(np.asarray(target.anchors)), head=logits if classifying else None, score=score,
             source_rows=_train_rows(source) if uses_rows else None, target_rows=_train_rows(target) if uses_rows else None,
             seed=BRIDGE_SEED, refit=False, folds=folds,
         )

@@ -13,6 +13,7 @@ from stitchcli.progress import Reporter
 from stitchcli.settings import StitchSettings
 from stitchcli.stitching.data import prepare, resolve_sweep_dataset
 from stitchcli.stitching.features import product_values
+from stitchcli.stitching.reconstruction import require_image_task
 from stitchcli.stitching.heads_cache import HeadRequest, head_identity, obtain_head
 from stitchcli.store import EmbeddingStore
 
@@ -31,7 +32,8 @@ def fit_head(
 
     The head reads all of ``settings.projections`` with ``settings.aggregations[0]``; it is cached like the
     heads ``stitch`` trains (so ``stitch`` reuses it) and also written to ``out`` (``.safetensors`` added
-    when missing, the config beside it as ``.json``) when given.
+    when missing, the config beside it as ``.json``) when given. With ``settings.task`` reconstruction the head is
+    a decoder that rebuilds the training images (:mod:`stitchcli.stitching.reconstruction`).
     """
     from stitchcli.device import resolve_device
 
@@ -39,6 +41,7 @@ def fit_head(
     if len(settings.aggregations) != 1:
         raise UsageError("fit-head trains one head: give one --aggregation")
     dataset = resolve_sweep_dataset(store, settings, [model.name], reporter)
+    require_image_task(settings, dataset)
     data = prepare(store, [model], settings, dataset, reporter=reporter, evaluation=False)
     view = data.models[model.name]
     device = resolve_device(settings.device)
@@ -49,7 +52,7 @@ def fit_head(
 
     def train_features() -> torch.Tensor:
         reporter.info(
-            f"training a {settings.aggregations[0]} head on {model.name}'s {','.join(projections)} product space "
+            f"training a {settings.aggregations[0]} {settings.task} head on {model.name}'s {','.join(projections)} product space "
             f"({view.train.rows} rows, {data.manifest.num} anchors)"
         )
         return features()

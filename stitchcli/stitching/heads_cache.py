@@ -5,17 +5,20 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from stitchcli.errors import UsageError, out_of_space_as_work_error
-from stitchcli.heads import HEAD_FORMAT, FittedHead, build_classifier, head_digest, load_head, save_head, train_classifier
+from stitchcli.heads import DEFAULT_TASK, HEAD_FORMAT, FittedHead, build_classifier, head_digest, load_head, save_head, train_classifier
 from stitchcli.progress import Reporter
 from stitchcli.provenance import library_versions
 from stitchcli.settings import StitchSettings
 from stitchcli.stitching.data import ModelView, SweepData
 from stitchcli.store import EmbeddingStore, file_lock, remove_interrupted_writes, slug
+
+if TYPE_CHECKING:
+    from stitchcli.reconstruction.targets import PixelTargets
 
 HEADS_FOLDER = "heads"
 @dataclass
@@ -35,6 +38,10 @@ def head_identity(data: SweepData, view: ModelView, request: HeadRequest, settin
         "settings": settings.head.to_dict(),
         "seed": request.seed,
     }
+    if settings.task != DEFAULT_TASK:  # classification identities stay as they were, so cached heads still match
+        from stitchcli.stitching.reconstruction import decoder_identity
+
+        identity.update(decoder_identity())
     if request.kind == "relative":
         identity.update(
             anchors={k: v for k, v in data.manifest.selection().items() if k not in ("notes", "params", "name")},
@@ -61,11 +68,13 @@ def obtain_head(
     *,
     reporter: Reporter,
     force: bool = False,
+    targets: Callable[[], PixelTargets] | None = None,
 ) -> tuple[FittedHead, bool]:
     """Give (the head, whether it came from the cache): read when cached, else trained and saved.
 
     ``features`` gives the decoder's training features the head reads ((N, n, k) or (N, D)); it is called
-    only when the head must be trained.
+    only when the head must be trained. The head is a classifier or, for ``settings.task`` reconstruction, a
+    decoder trained to rebuild the training rows' images, which ``targets`` gives (default: read from the dataset).
     """
     identity = head_identity(data, view, request, settings)
     digest = head_digest(identity)
@@ -84,24 +93,17 @@ def obtain_head(
             remove_interrupted_writes(path)
             remove_interrupted_writes(path.with_suffix(".json"))
         x = features()
-        module = build_classifier(
-            request.kind,
-            data.num_classes,
-            settings.head,
-            input_dim=int(x.shape[-1]) if request.kind == "absolute" else None,
-            aggregation=request.aggregation,
-            num_subspaces=len(request.projections) or None,
-            num_anchors=data.manifest.num if request.kind == "relative" else None,
-            seed=request.seed,
-        )
         what = "+".join(request.projections) + f" [{request.aggregation}]" if request.kind == "relative" else "absolute"
-        record = train_classifier(
-            module, x, data.train_labels, settings.head, seed=request.seed, device=device,
-            progress=lambda epoch, point: reporter.status(
-                f"training {view.name}'s {what} head, seed {request.seed}: epoch {epoch} of at most {settings.head.epochs}, "
-                f"validation accuracy {100 * point['val_accuracy']:.1f}%"
-            ),
-        )
+        extra: dict[str, Any] = {}
+        if settings.task != DEFAULT_TASK:
+            from stitchcli.stitching.reconstruction import train_reconstruction_head, train_targets
+
+            module, record, extra = train_reconstruction_head(
+                data, view, request, settings, x, targets() if targets is not None else train_targets(data, view, settings.train_split), device,
+                reporter=reporter, what=what,
+            )
+        else:
+            module, record = _train_classification_head(data, view, request, settings, x, device, reporter=reporter, what=what)
         train_key = view.train.metadata["key"]
         config = {
             "format": HEAD_FORMAT,
@@ -124,9 +126,10 @@ def obtain_head(
             "transform": settings.transform if request.kind == "relative" else None,
             "num_anchors": data.manifest.num if request.kind == "relative" else None,
             "input_dim": view.dim if request.kind == "absolute" else None,
+            **extra,
             "settings": settings.head.to_dict(),
             "seed": request.seed,
-            "training": record.to_dict(),
+            "training": record,
             "versions": library_versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -134,6 +137,30 @@ def obtain_head(
         with out_of_space_as_work_error(path):
             save_head(path, head)
         return head, False
+
+
+def _train_classification_head(
+    data: SweepData, view: ModelView, request: HeadRequest, settings: StitchSettings, x: torch.Tensor, device: torch.device, *, reporter: Reporter, what: str
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Give (the trained classifier, its training record) of one head request."""
+    module = build_classifier(
+        request.kind,
+        data.num_classes,
+        settings.head,
+        input_dim=int(x.shape[-1]) if request.kind == "absolute" else None,
+        aggregation=request.aggregation,
+        num_subspaces=len(request.projections) or None,
+        num_anchors=data.manifest.num if request.kind == "relative" else None,
+        seed=request.seed,
+    )
+    record = train_classifier(
+        module, x, data.train_labels, settings.head, seed=request.seed, device=device,
+        progress=lambda epoch, point: reporter.status(
+            f"training {view.name}'s {what} head, seed {request.seed}: epoch {epoch} of at most {settings.head.epochs}, "
+            f"validation accuracy {100 * point['val_accuracy']:.1f}%"
+        ),
+    )
+    return module, record.to_dict()
 
 
 def _cached_head(path: Path, digest: str, device: torch.device, reporter: Reporter, *, quiet: bool = False) -> FittedHead | None:

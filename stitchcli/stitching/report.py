@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from stitchcli.stitching.reconstruction import ReconstructionOutputs
 
 
 def setting_label(projections: Sequence[str], aggregation: str | None, method: str = "relative") -> str:
@@ -15,12 +18,22 @@ def setting_label(projections: Sequence[str], aggregation: str | None, method: s
     return f"{'+'.join(projections)} [{aggregation}]"
 
 
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "macro_f1"),
+    "reconstruction": ("mse", "psnr", "ssim", "pixel_accuracy"),
+}
+"""The metrics of a row of each task (each with its ``_std`` over seeds); the summary averages them."""
+RECONSTRUCTION_FIELDS = ("task", "mse", "mse_std", "psnr", "psnr_std", "ssim", "ssim_std", "pixel_accuracy", "pixel_accuracy_std")
+
+
 @dataclass
 class StitchRow:
     """One (encoder, decoder, method, projection set, aggregation) result, mean ± std over seeds.
 
     ``accuracy`` and ``macro_f1`` are fractions in [0, 1]; None with a ``note`` where the row is not
-    defined (absolute stitching across different latent sizes).
+    defined (absolute stitching across different latent sizes). A ``task`` reconstruction row has them None
+    and holds ``mse``, ``psnr`` (dB), ``ssim`` and ``pixel_accuracy`` (a pixel classifier's accuracy on the
+    reconstructions) instead.
     """
 
     encoder: str
@@ -36,12 +49,25 @@ class StitchRow:
     seeds: list[int]
     per_seed: list[dict[str, float]] = field(default_factory=list)
     note: str | None = None
+    task: str = "classification"
+    mse: float | None = None
+    mse_std: float | None = None
+    psnr: float | None = None
+    psnr_std: float | None = None
+    ssim: float | None = None
+    ssim_std: float | None = None
+    pixel_accuracy: float | None = None
+    pixel_accuracy_std: float | None = None
     chosen: str | None = None  # auto: the bridge it chose
     selection: dict[str, Any] | None = None  # auto: every candidate's held-out scores (docs/BRIDGES.md)
 
     def to_dict(self) -> dict[str, Any]:
-        """Give the JSON-ready row (``chosen`` and ``selection`` only on ``auto`` rows)."""
+        """Give the JSON-ready row (a classification row without the reconstruction fields, as before they existed;
+        ``chosen`` and ``selection`` only on ``auto`` rows)."""
         document = asdict(self)
+        if self.task == "classification":
+            for name in RECONSTRUCTION_FIELDS:
+                document.pop(name)
         for key in ("chosen", "selection"):
             if document[key] is None:
                 del document[key]
@@ -90,6 +116,9 @@ class StitchReport:
     bridges_fitted: int = 0
     bridges_cached: int = 0
     seconds: float = 0.0
+    task: str = "classification"
+    pixel_classifier: dict[str, Any] | None = None  # reconstruction: the classifier that reads the reconstructions
+    reconstructions: ReconstructionOutputs | None = None  # reconstruction: images kept for --plot/--save-outputs (not in JSON)
 
     def summary(self) -> list[dict[str, Any]]:
         """Give mean ± std over model pairs per (method, projections, aggregation): reference and stitched.
@@ -103,12 +132,13 @@ class StitchReport:
         out = []
         for (method, projections, aggregation), parts in groups.items():
             entry: dict[str, Any] = {"method": method, "projections": list(projections), "aggregation": aggregation}
+            metrics = TASK_METRICS[self.task]
             for stitched, label in ((False, "reference"), (True, "stitched")):
-                for metric in ("accuracy", "macro_f1"):
+                for metric in metrics:
                     values = [getattr(r, metric) for r in parts[stitched] if getattr(r, metric) is not None]
                     entry[f"{label}_{metric}"] = round(float(np.mean(values)), 6) if values else None
                     entry[f"{label}_{metric}_std"] = round(float(np.std(values)), 6) if values else None
-                entry[f"{label}_pairs"] = sum(1 for r in parts[stitched] if r.accuracy is not None)
+                entry[f"{label}_pairs"] = sum(1 for r in parts[stitched] if getattr(r, metrics[0]) is not None)
             out.append(entry)
         return out
 
@@ -125,6 +155,7 @@ class StitchReport:
             "rows": [row.to_dict() for row in self.rows],
             "summary": self.summary(),
             **({"similarity": [row.to_dict() for row in self.similarity]} if self.similarity is not None else {}),
+            **({"task": self.task, "pixel_classifier": self.pixel_classifier} if self.task != "classification" else {}),
             "heads_trained": self.heads_trained,
             "heads_cached": self.heads_cached,
             "bridges_fitted": self.bridges_fitted,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -25,18 +25,16 @@ from stitchcli.heads import FittedHead, check_head, load_head
 from stitchcli.models import ModelRef
 from stitchcli.progress import Reporter
 from stitchcli.settings import AUTO, HeadSettings, StitchSettings, differing
-from stitchcli.stitching.bridges import (
-    BASELINE_BRIDGES,
-    auto_candidates,
-    bridge_options,
-    obtain_bridge,
-    obtain_selection,
-)
-from stitchcli.stitching.data import SweepData, prepare, resolve_sweep_dataset
+from stitchcli.stitching.bridges import BASELINE_BRIDGES, auto_candidates, bridge_options, obtain_bridge, obtain_selection
+from stitchcli.stitching.data import ModelView, SweepData, prepare, resolve_sweep_dataset
 from stitchcli.stitching.features import product_values, subspaces
 from stitchcli.stitching.heads_cache import HeadRequest, obtain_head
 from stitchcli.stitching.report import StitchReport, StitchRow, score_predictions
 from stitchcli.store import EmbeddingStore
+
+if TYPE_CHECKING:
+    from stitchcli.reconstruction.targets import PixelTargets
+    from stitchcli.stitching.reconstruction import ReconstructionRows, RowKey
 
 HeadKey = tuple[str, tuple[str, ...], "str | None", int]
 
@@ -51,8 +49,12 @@ def run_sweep(
     head_file: str | Path | None = None,
     explicit: Collection[str] = (),
     reporter: Reporter | None = None,
+    keep: str | None = None,
 ) -> StitchReport:
     """Give the stitching rows of every (encoder, decoder) pair, and optionally the similarity table.
+
+    ``settings.task`` decides what heads do: classify (rows with accuracy and macro-F1) or reconstruct the
+    input image (rows with MSE, PSNR, SSIM and a pixel classifier's accuracy; :mod:`stitchcli.stitching.reconstruction`).
 
     Args:
         store: the cache.
@@ -67,8 +69,11 @@ def run_sweep(
             :func:`stitchcli.settings.by_name`); one whose value differs from the head's is refused, as are
             anchors named in the settings that are not the head's.
         reporter: where progress goes.
+        keep: reconstruction only: keep the first seed's reconstructions in ``report.reconstructions``, of the
+            grid's images (``"grid"``) or of every evaluation image (``"all"``).
     """
     from stitchcli.device import resolve_device
+    from stitchcli.stitching.reconstruction import ReconstructionRows, require_image_task
 
     started = time.perf_counter()
     reporter = reporter or Reporter()
@@ -77,6 +82,7 @@ def run_sweep(
     if len(refs) < 1:
         raise UsageError("no model given")
     dataset = resolve_sweep_dataset(store, settings, names, reporter)
+    require_image_task(settings, dataset)
     pairs = list(pairs) if pairs is not None else [(a, b) for a in names for b in names]
     decoders = list(dict.fromkeys(decoder for _, decoder in pairs))
     device = resolve_device(settings.device)
@@ -87,7 +93,7 @@ def run_sweep(
         given_head, manifest, settings = _settings_of_head(store, head_file, settings, dataset, decoders, explicit, device)
     data = prepare(store, refs, settings, dataset, reporter=reporter, manifest=manifest)
     if given_head is not None:
-        check_head(given_head, dataset_id=data.dataset_id, dataset_fingerprint=data.dataset_fingerprint, num_classes=data.num_classes)
+        check_head(given_head, task=settings.task, dataset_id=data.dataset_id, dataset_fingerprint=data.dataset_fingerprint, num_classes=data.num_classes)
     rows_evaluated = len(data.eval_labels) if data.eval_labels is not None else 0
     if similarity and {"jaccard", "mrr"} & set(settings.metrics) and settings.k >= rows_evaluated:
         raise UsageError(f"--k {settings.k} neighbours need more than the {rows_evaluated} evaluation rows: pass a smaller --k")
@@ -96,23 +102,30 @@ def run_sweep(
     needed = list(dict.fromkeys(encoders + decoders))
     reporter.info(f"projecting the {settings.split} split of {len(needed)} model(s) onto {data.manifest.num} anchors ({', '.join(projections)})")
     eval_spaces = {name: _evaluation_space(data, name, projections, settings, device) for name in needed}
-    heads, trained, cached = _heads(store, data, settings, decoders, given_head, device, reporter)
+    pixels = ReconstructionRows(data, settings, device, keep=keep, reporter=reporter) if settings.task == "reconstruction" else None
+    heads, trained, cached = _heads(store, data, settings, decoders, given_head, device, reporter, pixels)
+
+    def score(key: RowKey, head_list: list[FittedHead], features: torch.Tensor) -> dict[str, Any]:
+        if pixels is not None:
+            return pixels.score(key, data.models[key[0]], head_list, features)
+        predictions = [head.predict(features) for head in head_list]
+        return score_predictions(predictions, _eval_labels(data), data.num_classes, settings.seeds)
 
     rows: list[StitchRow] = []
     for subset in settings.projection_sets():
         for aggregation in settings.aggregations:
             for encoder, decoder in pairs:
                 features = subspaces(eval_spaces[encoder], projections, subset)
-                predictions = [heads[(decoder, subset, aggregation, seed)].predict(features) for seed in settings.seeds]
+                head_list = [heads[(decoder, subset, aggregation, seed)] for seed in settings.seeds]
                 rows.append(StitchRow(encoder, decoder, "relative", list(subset), aggregation, encoder != decoder,
-                                      **score_predictions(predictions, _eval_labels(data), data.num_classes, settings.seeds)))
+                                      **score((encoder, decoder, "relative", subset, aggregation), head_list, features)))
     bridges = _BridgeCounter(store, data, reporter)
     for method in settings.baselines:
         for encoder, decoder in pairs:
-            rows.append(_baseline_row(method, data, encoder, decoder, heads, settings, bridges))
+            rows.append(_baseline_row(method, data, encoder, decoder, heads, settings, bridges, score))
     for name in settings.bridges:
         for encoder, decoder in pairs:
-            rows.append(_bridge_row(name, data, encoder, decoder, heads, settings, bridges))
+            rows.append(_bridge_row(name, data, encoder, decoder, heads, settings, bridges, score))
     report = StitchReport(
         dataset=settings.dataset,
         dataset_id=data.dataset_id,
@@ -125,9 +138,12 @@ def run_sweep(
         rows=rows,
         heads_trained=trained,
         heads_cached=cached,
+        task=settings.task,
         bridges_fitted=bridges.fitted,
         bridges_cached=bridges.cached,
     )
+    if pixels is not None:
+        report.pixel_classifier, report.reconstructions = pixels.summary(), pixels.outputs
     if similarity:
         from stitchcli.stitching.similarity import similarity_rows
 
@@ -157,8 +173,12 @@ def _heads(
     given_head: FittedHead | None,
     device: torch.device,
     reporter: Reporter,
+    pixels: ReconstructionRows | None = None,
 ) -> tuple[dict[HeadKey, FittedHead], int, int]:
-    """Give (every head the rows read, how many were trained, how many read from the cache)."""
+    """Give (every head the rows read, how many were trained, how many read from the cache).
+
+    ``pixels``: a reconstruction sweep's images (the decoders' training targets, read once).
+    """
     projections = list(settings.projections)
     train_spaces: dict[str, torch.Tensor] = {}
 
@@ -184,7 +204,7 @@ def _heads(
             else:
                 heads[(decoder, subset, aggregation, seed)], hit = obtain_head(
                     store, data, data.models[decoder], HeadRequest("relative", subset, aggregation, seed), settings,
-                    train_features(decoder, subset), device, reporter=reporter,
+                    train_features(decoder, subset), device, reporter=reporter, targets=_targets(pixels, data.models[decoder]),
                 )
             cached, trained = cached + hit, trained + (not hit)
             reporter.advance(1)
@@ -192,13 +212,17 @@ def _heads(
             view = data.models[decoder]
             heads[(decoder, (), None, seed)], hit = obtain_head(
                 store, data, view, HeadRequest("absolute", (), None, seed), settings,
-                lambda view=view: torch.from_numpy(view.train.embeddings), device, reporter=reporter,
+                lambda view=view: torch.from_numpy(view.train.embeddings), device, reporter=reporter, targets=_targets(pixels, view),
             )
             cached, trained = cached + hit, trained + (not hit)
             reporter.advance(1)
     finally:
         reporter.stop()
     return heads, trained, cached
+
+
+def _targets(pixels: ReconstructionRows | None, view: ModelView) -> Callable[[], PixelTargets] | None:
+    return (lambda: pixels.train_targets(view)) if pixels is not None else None
 
 
 def _settings_of_head(
@@ -223,6 +247,7 @@ def _settings_of_head(
     requested = load_anchor_manifest(store, settings.anchors) if settings.anchors is not None else None
     check_head(
         head,
+        task=settings.task,
         dataset_id=dataset.dataset_id,
         model=decoders[0],
         anchor_ids=requested.ids if requested is not None else None,
@@ -246,13 +271,17 @@ def _settings_of_head(
         limit=head.config.get("limit"),
         singles=False,
     )
-    changed = differing(settings, implied, [name for name in explicit if name != "anchors"])
+    changed = differing(settings, implied, sorted(name for name in explicit if name != "anchors"))
     if changed:
         raise UsageError(
             f"--head fixes the anchors, projections, aggregation, seed and training settings of the head, and {head_file} was "
             f"trained with other values: drop {', '.join(changed)} (or give the head's own values)"
         )
     return head, manifest, implied
+
+
+Scorer = Callable[..., dict[str, Any]]
+"""(row key, the decoder's heads of each seed, the encoder's features) -> the row's scores (either task)."""
 
 
 class _BridgeCounter:
@@ -275,18 +304,16 @@ class _BridgeCounter:
         return record
 
 
-def _absolute_row(method: str, data: SweepData, encoder: str, decoder: str, heads: Mapping[HeadKey, FittedHead], settings: StitchSettings,
-                  latents: np.ndarray | torch.Tensor, **extra: Any) -> StitchRow:
+def _absolute_row(method: str, encoder: str, decoder: str, heads: Mapping[HeadKey, FittedHead], settings: StitchSettings,
+                  latents: np.ndarray | torch.Tensor, score: Scorer, **extra: Any) -> StitchRow:
     """Give the row of ``latents`` (the encoder's evaluation split, mapped or not) through the decoder's absolute heads."""
-    seeds = settings.seeds
     features = torch.as_tensor(np.ascontiguousarray(latents)) if isinstance(latents, np.ndarray) else latents.contiguous()
-    predictions = [heads[(decoder, (), None, seed)].predict(features) for seed in seeds]
-    return StitchRow(encoder, decoder, method, [], None, encoder != decoder,
-                     **score_predictions(predictions, _eval_labels(data), data.num_classes, seeds), **extra)
+    head_list = [heads[(decoder, (), None, seed)] for seed in settings.seeds]
+    return StitchRow(encoder, decoder, method, [], None, encoder != decoder, **score((encoder, decoder, method, (), None), head_list, features), **extra)
 
 
 def _baseline_row(method: str, data: SweepData, encoder: str, decoder: str, heads: Mapping[HeadKey, FittedHead], settings: StitchSettings,
-                  bridges: _BridgeCounter) -> StitchRow:
+                  bridges: _BridgeCounter, score: Scorer) -> StitchRow:
     """Give one absolute, translation or affine row: the encoder's (mapped) latents through the decoder's absolute head.
 
     ``translation`` and ``affine`` are the registry's ``orthogonal`` and ``affine`` bridges (:data:`BASELINE_BRIDGES`).
@@ -296,16 +323,17 @@ def _baseline_row(method: str, data: SweepData, encoder: str, decoder: str, head
         raise AssertionError("a sweep always reads the evaluation split")
     if method == "absolute" or encoder == decoder:  # a space translated to itself: the identity, nothing to fit
         if source.dim != target.dim:
-            empty = {"accuracy": None, "accuracy_std": None, "macro_f1": None, "macro_f1_std": None, "seeds": list(settings.seeds)}
+            empty = {"accuracy": None, "accuracy_std": None, "macro_f1": None, "macro_f1_std": None, "seeds": list(settings.seeds),
+                     "task": settings.task}
             return StitchRow(encoder, decoder, method, [], None, True, **empty,
                              note=f"not defined: {encoder} has {source.dim}-d latents, {decoder} {target.dim}-d")
-        return _absolute_row(method, data, encoder, decoder, heads, settings, source.evaluation.embeddings)
+        return _absolute_row(method, encoder, decoder, heads, settings, source.evaluation.embeddings, score)
     bridge = bridges.bridge(BASELINE_BRIDGES[method], encoder, decoder, settings)
-    return _absolute_row(method, data, encoder, decoder, heads, settings, bridge(torch.from_numpy(np.asarray(source.evaluation.embeddings))))
+    return _absolute_row(method, encoder, decoder, heads, settings, bridge(torch.from_numpy(np.asarray(source.evaluation.embeddings))), score)
 
 
 def _bridge_row(name: str, data: SweepData, encoder: str, decoder: str, heads: Mapping[HeadKey, FittedHead], settings: StitchSettings,
-                bridges: _BridgeCounter) -> StitchRow:
+                bridges: _BridgeCounter, score: Scorer) -> StitchRow:
     """Give the row of bridge ``name`` (or ``auto``): the encoder's mapped latents through the decoder's absolute head.
 
     On the diagonal (a model into itself) every bridge is the identity: nothing is fitted or chosen.
@@ -314,7 +342,7 @@ def _bridge_row(name: str, data: SweepData, encoder: str, decoder: str, heads: M
     if source.evaluation is None:
         raise AssertionError("a sweep always reads the evaluation split")
     if encoder == decoder:
-        return _absolute_row(name, data, encoder, decoder, heads, settings, source.evaluation.embeddings)
+        return _absolute_row(name, encoder, decoder, heads, settings, source.evaluation.embeddings, score)
     extra: dict[str, Any] = {}
     if name == AUTO:
         record = bridges.selection(encoder, decoder, heads[(decoder, (), None, settings.seeds[0])], settings)
@@ -322,7 +350,7 @@ def _bridge_row(name: str, data: SweepData, encoder: str, decoder: str, heads: M
         name = record["winner"]
     bridge = bridges.bridge(name, encoder, decoder, settings)
     mapped = bridge(torch.from_numpy(np.asarray(source.evaluation.embeddings)))
-    return _absolute_row(AUTO if extra else name, data, encoder, decoder, heads, settings, mapped, **extra)
+    return _absolute_row(AUTO if extra else name, encoder, decoder, heads, settings, mapped, score, **extra)
 
 
 def stitch(
@@ -334,18 +362,27 @@ def stitch(
     head_file: str | Path | None = None,
     explicit: Collection[str] = (),
     reporter: Reporter | None = None,
+    keep: str | None = None,
 ) -> StitchReport:
-    """Give the rows of ENCODER→DECODER next to DECODER→DECODER for every projection set and the baselines."""
+    """Give the rows of ENCODER→DECODER next to DECODER→DECODER for every projection set and the baselines.
+
+    ``keep``: see :func:`run_sweep` (reconstruction).
+    """
     if encoder.name == decoder.name:
         raise UsageError(f"ENCODER and DECODER are both {encoder.name!r}: stitching needs two models")
     return run_sweep(
         store, [encoder, decoder], settings, pairs=[(decoder.name, decoder.name), (encoder.name, decoder.name)],
-        head_file=head_file, explicit=explicit, reporter=reporter,
+        head_file=head_file, explicit=explicit, reporter=reporter, keep=keep,
     )
 
 
-def evaluate(store: EmbeddingStore, models: Sequence[ModelRef], settings: StitchSettings, *, reporter: Reporter | None = None) -> StitchReport:
-    """Give the N×N stitching rows (every encoder into every decoder) and the similarity table of the models."""
+def evaluate(
+    store: EmbeddingStore, models: Sequence[ModelRef], settings: StitchSettings, *, reporter: Reporter | None = None, keep: str | None = None
+) -> StitchReport:
+    """Give the N×N stitching rows (every encoder into every decoder) and the similarity table of the models.
+
+    ``keep``: see :func:`run_sweep` (reconstruction).
+    """
     if len(models) < 2:
         raise UsageError("eval compares models: give at least two with --models A,B")
-    return run_sweep(store, models, settings, similarity=bool(settings.metrics), reporter=reporter)
+    return run_sweep(store, models, settings, similarity=bool(settings.metrics), reporter=reporter, keep=keep)
