@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 
-def lazy_exports(package: str, module_of: Mapping[str, str], namespace: MutableMapping[str, Any]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """Give a package's ``__getattr__`` and ``__dir__``: name -> ``package.module_of[name]``, imported once, kept in ``namespace``."""
+def lazy_exports(
+    package: str, exports: Mapping[str, Sequence[str]], namespace: MutableMapping[str, Any]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
+    """Give a package's ``__getattr__``, ``__dir__`` and ``__all__``: each name of ``exports[module]`` is imported from
+    ``package.module`` on first use and kept in ``namespace``."""
+    module_of = {name: module for module, names in exports.items() for name in names}
 
     def __getattr__(name: str) -> Any:
         module = module_of.get(name)
@@ -21,4 +25,4 @@ def lazy_exports(package: str, module_of: Mapping[str, str], namespace: MutableM
     def __dir__() -> list[str]:
         return sorted(set(namespace) | set(module_of))
 
-    return __getattr__, __dir__
+    return __getattr__, __dir__, sorted(module_of)

@@ -16,8 +16,9 @@ command line.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from stitchcli.lazy import lazy_exports
 
 _EXPORTS = {
     "registry": (
@@ -36,9 +37,7 @@ _EXPORTS = {
     "selection": ("BridgeCandidate", "Candidate", "CandidateScore", "Selection", "SCORES", "select_bridge"),
     "shared_space": ("SharedSpace", "fit_shared_space"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
     from stitchcli.bridges.linear import AffineMap
@@ -56,16 +55,3 @@ if TYPE_CHECKING:
     )
     from stitchcli.bridges.selection import SCORES, BridgeCandidate, Candidate, CandidateScore, Selection, select_bridge
     from stitchcli.bridges.shared_space import SharedSpace, fit_shared_space
-
-
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'stitchcli.bridges' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"stitchcli.bridges.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))

@@ -13,8 +13,9 @@ command line.
 
 from __future__ import annotations
 
-from stitchcli.lazy import lazy_exports
 from typing import TYPE_CHECKING
+
+from stitchcli.lazy import lazy_exports
 
 from stitchcli.errors import unknown_name as unknown_name  # the registries' error, re-exported for them
 
@@ -44,9 +45,7 @@ _EXPORTS = {
         "register_aggregation",
     ),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
     from stitchcli.relative.aggregation import (
@@ -79,6 +78,3 @@ if TYPE_CHECKING:
         list_transforms,
         register_transform,
     )
-
-
-__getattr__, __dir__ = lazy_exports(__name__, _MODULE_OF, globals())

@@ -14,8 +14,9 @@ below load their module (and torch) on first use, so importing this package stay
 
 from __future__ import annotations
 
-from stitchcli.lazy import lazy_exports
 from typing import TYPE_CHECKING
+
+from stitchcli.lazy import lazy_exports
 
 _EXPORTS = {
     "registry": ("Measure", "get_measure", "list_measures", "measure", "register_measure"),
@@ -24,9 +25,7 @@ _EXPORTS = {
     "layers": ("BestPair", "LayerMatrix", "layer_matrix"),
     "pairs": ("SimilarityRecord", "SimilarityReport", "compare_models", "relative_representations"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
     from stitchcli.similarity.calibration import (
@@ -50,6 +49,3 @@ if TYPE_CHECKING:
         register_measure,
     )
     from stitchcli.similarity.representation import Representation
-
-
-__getattr__, __dir__ = lazy_exports(__name__, _MODULE_OF, globals())

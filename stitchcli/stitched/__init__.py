@@ -18,8 +18,9 @@ The names below load their module on first use, so importing this package stays 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from stitchcli.lazy import lazy_exports
 
 _EXPORTS = {
     "model": ("StitchedModel", "StitchedParts", "load_stitched", "save_stitched"),
@@ -27,9 +28,7 @@ _EXPORTS = {
     "maps": ("MapKind", "register_map", "list_maps"),
     "files": ("verify_directory",),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
     from stitchcli.stitched.build import StitchedBuild, stitched_from_sweep
@@ -41,9 +40,3 @@ if TYPE_CHECKING:
         load_stitched,
         save_stitched,
     )
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'stitchcli.stitched' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"stitchcli.stitched.{_MODULE_OF[name]}"), name)

@@ -139,20 +139,22 @@ def obtain_head(
         return head, False
 
 
+def head_shape(data: SweepData, request: HeadRequest, x: torch.Tensor) -> dict[str, Any]:
+    """Give the shape arguments of a head (classifier or decoder) for ``request`` reading the features ``x``."""
+    return {
+        "input_dim": int(x.shape[-1]) if request.kind == "absolute" else None,
+        "aggregation": request.aggregation,
+        "num_subspaces": len(request.projections) or None,
+        "num_anchors": data.manifest.num if request.kind == "relative" else None,
+        "seed": request.seed,
+    }
+
+
 def _train_classification_head(
     data: SweepData, view: ModelView, request: HeadRequest, settings: StitchSettings, x: torch.Tensor, device: torch.device, *, reporter: Reporter, what: str
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Give (the trained classifier, its training record) of one head request."""
-    module = build_classifier(
-        request.kind,
-        data.num_classes,
-        settings.head,
-        input_dim=int(x.shape[-1]) if request.kind == "absolute" else None,
-        aggregation=request.aggregation,
-        num_subspaces=len(request.projections) or None,
-        num_anchors=data.manifest.num if request.kind == "relative" else None,
-        seed=request.seed,
-    )
+    module = build_classifier(request.kind, data.num_classes, settings.head, **head_shape(data, request, x))
     record = train_classifier(
         module, x, data.train_labels, settings.head, seed=request.seed, device=device,
         progress=lambda epoch, point: reporter.status(

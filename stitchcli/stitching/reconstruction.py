@@ -76,19 +76,11 @@ def train_reconstruction_head(
 ) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
     """Give (the trained decoder, its training record, its config fields) of one head request."""
     from stitchcli.reconstruction.decoder import build_decoder, decoder_config, train_decoder
+    from stitchcli.stitching.heads_cache import head_shape
 
     if not np.array_equal(targets.ids, _ids(view.train.ids, view.train.rows)):
         raise AssertionError("the pixel targets are not the rows of the training embeddings")
-    module = build_decoder(
-        request.kind,
-        targets.shape,
-        settings.head,
-        input_dim=int(x.shape[-1]) if request.kind == "absolute" else None,
-        aggregation=request.aggregation,
-        num_subspaces=len(request.projections) or None,
-        num_anchors=data.manifest.num if request.kind == "relative" else None,
-        seed=request.seed,
-    )
+    module = build_decoder(request.kind, targets.shape, settings.head, **head_shape(data, request, x))
     record = train_decoder(
         module, x, targets.images, settings.head, seed=request.seed, labels=data.train_labels, device=device,
         progress=lambda epoch, point: reporter.status(
