@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 
 def lazy_exports(
-    package: str, exports: Mapping[str, Sequence[str]], namespace: MutableMapping[str, Any]
+    package: str, exports: Mapping[str, str], namespace: MutableMapping[str, Any]
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
-    """Give a package's ``__getattr__``, ``__dir__`` and ``__all__``: each name of ``exports[module]`` is imported from
-    ``package.module`` on first use and kept in ``namespace``."""
-    module_of = {name: module for module, names in exports.items() for name in names}
+    """Give a package's ``__getattr__``, ``__dir__`` and ``__all__``: each name of ``exports[module]`` (names
+    separated by spaces) is imported from ``package.module`` on first use and kept in ``namespace``.
+
+    The table is the one list of a package's public names: type checkers and editors resolve them through
+    ``__getattr__``'s module (tests/test_architecture.py checks that every name exists there).
+    """
+    module_of = {name: module for module, names in exports.items() for name in names.split()}
 
     def __getattr__(name: str) -> Any:
         module = module_of.get(name)

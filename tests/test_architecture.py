@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "stitchcli"
@@ -104,3 +107,15 @@ def test_the_command_line_starts_without_torch():
     code = "import sys, stitchcli.cli; print(sorted(m for m in ('torch', 'numpy', 'timm', 'transformers', 'datasets') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_every_name_a_lazy_package_exports_exists_in_its_module():
+    lazy_packages = [name for name, path in modules().items() if path.name == "__init__.py" and "lazy_exports(" in path.read_text()]
+    assert {"stitchcli.bridges", "stitchcli.relative", "stitchcli.similarity", "stitchcli.stitched"} <= set(lazy_packages)
+    for name in lazy_packages:
+        package = importlib.import_module(name)
+        for exported in package.__all__:
+            assert getattr(package, exported) is not None, f"{name}.{exported}"
+        assert set(package.__all__) <= set(dir(package))
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        importlib.import_module("stitchcli.bridges").nonexistent  # noqa: B018

@@ -556,11 +556,11 @@ def test_out_of_memory_at_one_row_fails_with_one_line_and_keeps_finished_shards(
 
 
 def test_batch_decay_follows_timm_and_default_batch_sizes():
-    from timm.utils.decay_batch import decay_batch_step
+    from timm.utils.decay_batch import decay_batch_step as timm_decay_batch_step
 
     from stitchcli.embedding.batching import decay_batch_step, default_batch_size
 
-    assert [decay_batch_step(n) for n in range(0, 600)] == [decay_batch_step(n) for n in range(0, 600)]
+    assert [decay_batch_step(n) for n in range(1, 600)] == [timm_decay_batch_step(n) for n in range(1, 600)]
     assert (default_batch_size("cpu"), default_batch_size("cuda"), default_batch_size("mps")) == (32, 256, 256)
 
 

@@ -16,42 +16,12 @@ command line.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from stitchcli.lazy import lazy_exports
 
-_EXPORTS = {
-    "registry": (
-        "BRIDGE_FORMAT",
-        "TRANSFORMATION_CLASSES",
-        "Bridge",
-        "FittedBridge",
-        "fit_bridge",
-        "get_bridge",
-        "list_bridges",
-        "load_bridge",
-        "register_bridge",
-        "register_form",
-    ),
-    "linear": ("AffineMap",),
-    "selection": ("BridgeCandidate", "Candidate", "CandidateScore", "Selection", "SCORES", "select_bridge"),
-    "shared_space": ("SharedSpace", "fit_shared_space"),
+_EXPORTS = {  # module: the names it gives this package
+    "registry": "BRIDGE_FORMAT TRANSFORMATION_CLASSES Bridge FitData FittedBridge fit_bridge get_bridge list_bridges load_bridge register_bridge register_form",
+    "linear": "AffineMap",
+    "selection": "BridgeCandidate Candidate CandidateScore Selection SCORES select_bridge",
+    "shared_space": "SharedSpace fit_shared_space",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, globals())
-
-if TYPE_CHECKING:
-    from stitchcli.bridges.linear import AffineMap
-    from stitchcli.bridges.registry import (
-        BRIDGE_FORMAT,
-        TRANSFORMATION_CLASSES,
-        Bridge,
-        FittedBridge,
-        fit_bridge,
-        get_bridge,
-        list_bridges,
-        load_bridge,
-        register_bridge,
-        register_form,
-    )
-    from stitchcli.bridges.selection import SCORES, BridgeCandidate, Candidate, CandidateScore, Selection, select_bridge
-    from stitchcli.bridges.shared_space import SharedSpace, fit_shared_space

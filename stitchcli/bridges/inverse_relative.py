@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import torch
 
-from stitchcli.bridges.registry import FittedBridge, register_bridge, register_form
+from stitchcli.bridges.registry import FitData, FittedBridge, register_bridge, register_form
 from stitchcli.errors import UsageError
 from stitchcli.relative.transforms import l2_normalize_rows
 
@@ -137,17 +137,14 @@ def cross_validated_ridge(source_units: torch.Tensor, target_anchors: torch.Tens
     source="Maiorca et al., Latent Space Translation via Inverse Relative Projection, 2024, arXiv 2406.15057",
 )
 def fit_inverse_relative(
-    source_anchors: torch.Tensor,
-    target_anchors: torch.Tensor,
+    data: FitData,
     *,
-    source_rows: torch.Tensor | None = None,
-    target_rows: torch.Tensor | None = None,
-    seed: int = 0,
     norm: str = "mean",
     ridge: float | str = "cv",
     center: bool = True,
 ) -> InverseRelativeMap:
     """The encoder's cosine relative representation decoded into the decoder's space with its anchors."""
+    source_anchors, target_anchors = data.source_anchors, data.target_anchors
     if norm not in NORMS:
         raise UsageError(f"inverse-relative norm must be one of {', '.join(NORMS)}, not {norm!r}")
     if ridge != "cv" and (isinstance(ridge, str) or ridge < 0):
@@ -158,7 +155,7 @@ def fit_inverse_relative(
     target_mean, target_units = _decoder_side(target_anchors, center)
     record: dict[str, object] = {}
     if ridge == "cv":
-        ridge, scores = cross_validated_ridge(source_units, target_anchors, center, seed=seed)
+        ridge, scores = cross_validated_ridge(source_units, target_anchors, center, seed=data.seed)
         record = {"ridge": ridge, "held_out_cosine": [round(s, 4) for s in scores]}
     matrix = source_units.T @ _decode_operators(target_units, [float(ridge)])[0]
     norms = torch.stack([

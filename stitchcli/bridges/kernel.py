@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from stitchcli.bridges.linear import RIDGE_GRID, rms_row_norm
-from stitchcli.bridges.registry import FittedBridge, register_bridge, register_form
+from stitchcli.bridges.registry import FitData, FittedBridge, register_bridge, register_form
 from stitchcli.errors import UsageError
 
 RBF_WEIGHTS: tuple[float, ...] = (0.0, 0.3, 1.0, 3.0)
@@ -96,17 +96,14 @@ def kernel_gcv(kernel: torch.Tensor, b: torch.Tensor, penalties: Sequence[float]
     source="kernel ridge regression (Schölkopf & Smola 2002) with GCV (Golub, Heath & Wahba 1979); nonlinear latent maps as in Lähner & Moeller 2024, arXiv 2401.06244",
 )
 def fit_kernel(
-    source_anchors: torch.Tensor,
-    target_anchors: torch.Tensor,
+    data: FitData,
     *,
-    source_rows: torch.Tensor | None = None,
-    target_rows: torch.Tensor | None = None,
-    seed: int = 0,
     rbf_weight: float | str = "gcv",
     ridge: float | str = 0.1,
     bandwidth: float = 1.0,
 ) -> KernelMap:
     """Kernel ridge regression (linear + Gaussian kernel) on the anchors, the Gaussian's weight by GCV."""
+    source_anchors, target_anchors = data.source_anchors, data.target_anchors
     for name, value in (("rbf_weight", rbf_weight), ("ridge", ridge)):
         if value != "gcv" and (isinstance(value, str) or value < 0):
             raise UsageError(f"kernel {name} must be 0 or more, or 'gcv', not {value!r}")

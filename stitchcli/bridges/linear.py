@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from stitchcli.bridges.registry import FittedBridge, register_bridge, register_form
+from stitchcli.bridges.registry import FitData, FittedBridge, register_bridge, register_form
 from stitchcli.errors import UsageError
 
 RIDGE_GRID: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
@@ -101,16 +101,9 @@ def orthogonal_map(source: torch.Tensor, target: torch.Tensor) -> tuple[torch.Te
     exact_for="similarity",
     source="Maiorca et al., Latent Space Translation via Semantic Alignment, NeurIPS 2023, arXiv 2311.00664 (orthogonal Procrustes, Schönemann 1966)",
 )
-def fit_orthogonal(
-    source_anchors: torch.Tensor,
-    target_anchors: torch.Tensor,
-    *,
-    source_rows: torch.Tensor | None = None,
-    target_rows: torch.Tensor | None = None,
-    seed: int = 0,
-) -> AffineMap:
+def fit_orthogonal(data: FitData) -> AffineMap:
     """Orthogonal Procrustes after centring and scaling both anchor sets (the `translation` baseline)."""
-    return AffineMap(*orthogonal_map(source_anchors, target_anchors))
+    return AffineMap(*orthogonal_map(data.source_anchors, data.target_anchors))
 
 
 # ----- ridge least-squares affine maps ---------------------------------------------------------------
@@ -176,14 +169,10 @@ def affine_map(
     source="Maiorca et al., Latent Space Translation via Semantic Alignment, NeurIPS 2023, arXiv 2311.00664 (affine least squares); ridge as in Hoerl & Kennard 1970",
 )
 def fit_affine(
-    source_anchors: torch.Tensor,
-    target_anchors: torch.Tensor,
+    data: FitData,
     *,
-    source_rows: torch.Tensor | None = None,
-    target_rows: torch.Tensor | None = None,
-    seed: int = 0,
     ridge: float | str = 0.1,
 ) -> AffineMap:
     """Ridge least-squares affine map on the anchors (ridge relative to their variance, or 'gcv')."""
-    source_mean, matrix, target_mean, used = affine_map(source_anchors, target_anchors, ridge)
+    source_mean, matrix, target_mean, used = affine_map(data.source_anchors, data.target_anchors, ridge)
     return AffineMap(source_mean, matrix, target_mean, {"fit": {"ridge": used}})

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from stitchcli.bridges.linear import AffineMap, affine_map, orthogonal_map
-from stitchcli.bridges.registry import register_bridge
+from stitchcli.bridges.registry import FitData, register_bridge
 from stitchcli.errors import UsageError
 
 REFITS: dict[str, Callable[[torch.Tensor, torch.Tensor, float | str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {
@@ -103,22 +103,18 @@ def _blocked_neighbours(y: torch.Tensor, t: torch.Tensor, neighbours: int, block
 
 
 def refine_map(
-    source_anchors: torch.Tensor,
-    target_anchors: torch.Tensor,
-    source_rows: torch.Tensor,
-    target_rows: torch.Tensor,
-    *,
-    refit: str,
-    ridge: float | str,
-    rounds: int,
-    csls_k: int,
-    max_rows: int,
-    seed: int,
-) -> tuple[AffineMap, list[int]]:
-    """Give (the refined affine map, the number of pseudo-anchor pairs of each round run)."""
+    data: FitData, *, refit: str, ridge: float | str, rounds: int, csls_k: int, max_rows: int
+) -> AffineMap:
+    """Give the refined affine map; its config's ``fit.pairs_per_round`` counts the pseudo-anchor pairs of each
+    round run."""
+    if rounds < 0 or csls_k < 0 or max_rows < 1:
+        raise UsageError(f"refine needs rounds >= 0, csls_k >= 0 and max_rows >= 1, got {rounds}, {csls_k}, {max_rows}")
+    if data.source_rows is None or data.target_rows is None:
+        raise UsageError("refinement learns from unlabeled training rows of both models: pass source_rows and target_rows")
+    source_anchors, target_anchors, seed = data.source_anchors, data.target_anchors, data.seed
     fit = REFITS[refit]
-    source = unordered_subset(source_rows, max_rows, seed)
-    target = unordered_subset(target_rows, max_rows, seed + 1)
+    source = unordered_subset(data.source_rows, max_rows, seed)
+    target = unordered_subset(data.target_rows, max_rows, seed + 1)
     bridge = AffineMap(*fit(source_anchors, target_anchors, ridge))
     counts: list[int] = []
     previous: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -135,7 +131,8 @@ def refine_map(
         previous = pairs
         pooled = (torch.cat([source_anchors, source[pairs[0]]]), torch.cat([target_anchors, target[pairs[1]]]))
         bridge = AffineMap(*fit(*pooled, ridge))
-    return bridge, counts
+    bridge.config = {"fit": {"pairs_per_round": counts}}
+    return bridge
 
 
 def covariance_alignment(bridge: AffineMap, source_rows: torch.Tensor, target_rows: torch.Tensor, *, epsilon: float = 1e-2) -> AffineMap:
@@ -163,11 +160,6 @@ def covariance_alignment(bridge: AffineMap, source_rows: torch.Tensor, target_ro
     return AffineMap(bridge.source_mean, matrix, shift)
 
 
-def _check(rounds: int, csls_k: int, max_rows: int) -> None:
-    if rounds < 0 or csls_k < 0 or max_rows < 1:
-        raise UsageError(f"refine needs rounds >= 0, csls_k >= 0 and max_rows >= 1, got {rounds}, {csls_k}, {max_rows}")
-
-
 @register_bridge(
     "refine",
     uses_rows=True,
@@ -176,26 +168,15 @@ def _check(rounds: int, csls_k: int, max_rows: int) -> None:
     source="Conneau et al., Word Translation Without Parallel Data, ICLR 2018, arXiv 1710.04087 (CSLS, Procrustes refinement); Dar, mini-vec2vec, 2025, arXiv 2510.02348",
 )
 def fit_refine(
-    source_anchors: torch.Tensor,
-    target_anchors: torch.Tensor,
+    data: FitData,
     *,
-    source_rows: torch.Tensor | None = None,
-    target_rows: torch.Tensor | None = None,
-    seed: int = 0,
     ridge: float | str = 0.1,
     rounds: int = 3,
     csls_k: int = 10,
     max_rows: int = 5000,
 ) -> AffineMap:
     """Ridge affine map on the anchors, refitted with mutual-nearest-neighbour pseudo-anchors from unlabeled rows."""
-    _check(rounds, csls_k, max_rows)
-    assert source_rows is not None and target_rows is not None
-    bridge, counts = refine_map(
-        source_anchors, target_anchors, source_rows, target_rows,
-        refit="affine", ridge=ridge, rounds=rounds, csls_k=csls_k, max_rows=max_rows, seed=seed,
-    )
-    bridge.config = {"fit": {"pairs_per_round": counts}}
-    return bridge
+    return refine_map(data, refit="affine", ridge=ridge, rounds=rounds, csls_k=csls_k, max_rows=max_rows)
 
 
 @register_bridge(
@@ -206,12 +187,8 @@ def fit_refine(
     source="`refine`, then CORAL: Sun, Feng & Saenko, Return of Frustratingly Easy Domain Adaptation, AAAI 2016, arXiv 1511.05547",
 )
 def fit_refine_coral(
-    source_anchors: torch.Tensor,
-    target_anchors: torch.Tensor,
+    data: FitData,
     *,
-    source_rows: torch.Tensor | None = None,
-    target_rows: torch.Tensor | None = None,
-    seed: int = 0,
     ridge: float | str = 0.1,
     rounds: int = 3,
     csls_k: int = 10,
@@ -219,18 +196,14 @@ def fit_refine_coral(
     epsilon: float = 1e-2,
 ) -> AffineMap:
     """`refine`, then the mapped rows' covariance matched to the decoder rows' (CORAL), both unpaired."""
-    _check(rounds, csls_k, max_rows)
     if epsilon < 0:
         raise UsageError(f"refine-coral epsilon must be 0 or more, not {epsilon}")
-    assert source_rows is not None and target_rows is not None
-    bridge, counts = refine_map(
-        source_anchors, target_anchors, source_rows, target_rows,
-        refit="affine", ridge=ridge, rounds=rounds, csls_k=csls_k, max_rows=max_rows, seed=seed,
-    )
-    source = unordered_subset(source_rows, max_rows, seed)
-    target = unordered_subset(target_rows, max_rows, seed + 1)
+    bridge = refine_map(data, refit="affine", ridge=ridge, rounds=rounds, csls_k=csls_k, max_rows=max_rows)
+    assert data.source_rows is not None and data.target_rows is not None  # refine_map checked them
+    source = unordered_subset(data.source_rows, max_rows, data.seed)
+    target = unordered_subset(data.target_rows, max_rows, data.seed + 1)
     aligned = covariance_alignment(bridge, source, target, epsilon=epsilon)
-    aligned.config = {"fit": {"pairs_per_round": counts}}
+    aligned.config = bridge.config
     return aligned
 
 
@@ -241,22 +214,11 @@ def fit_refine_coral(
     source="Conneau et al., Word Translation Without Parallel Data, ICLR 2018, arXiv 1710.04087 (CSLS, Procrustes refinement)",
 )
 def fit_refine_orthogonal(
-    source_anchors: torch.Tensor,
-    target_anchors: torch.Tensor,
+    data: FitData,
     *,
-    source_rows: torch.Tensor | None = None,
-    target_rows: torch.Tensor | None = None,
-    seed: int = 0,
     rounds: int = 3,
     csls_k: int = 10,
     max_rows: int = 5000,
 ) -> AffineMap:
     """Orthogonal Procrustes on the anchors, refitted with mutual-nearest-neighbour pseudo-anchors from unlabeled rows."""
-    _check(rounds, csls_k, max_rows)
-    assert source_rows is not None and target_rows is not None
-    bridge, counts = refine_map(
-        source_anchors, target_anchors, source_rows, target_rows,
-        refit="orthogonal", ridge=0.0, rounds=rounds, csls_k=csls_k, max_rows=max_rows, seed=seed,
-    )
-    bridge.config = {"fit": {"pairs_per_round": counts}}
-    return bridge
+    return refine_map(data, refit="orthogonal", ridge=0.0, rounds=rounds, csls_k=csls_k, max_rows=max_rows)

@@ -108,6 +108,26 @@ def register_form(cls: type[FittedBridge]) -> type[FittedBridge]:
     return cls
 
 
+@dataclass(frozen=True)
+class FitData:
+    """What a bridge is fitted on, checked by :func:`fit_bridge`: float64 CPU tensors.
+
+    Attributes:
+        source_anchors: (k, Ds) the anchors embedded by the encoder.
+        target_anchors: (k, Dt) the same anchors, in the same order, embedded by the decoder's model.
+        source_rows: (Ns, Ds) unlabeled training rows of the encoder, an unordered set (None unless the
+            bridge uses rows).
+        target_rows: (Nt, Dt) unlabeled training rows of the decoder's model, likewise.
+        seed: seed of whatever the fit draws at random.
+    """
+
+    source_anchors: torch.Tensor
+    target_anchors: torch.Tensor
+    source_rows: torch.Tensor | None = None
+    target_rows: torch.Tensor | None = None
+    seed: int = 0
+
+
 BridgeFitter = Callable[..., FittedBridge]
 
 
@@ -117,8 +137,8 @@ class Bridge:
 
     Attributes:
         name: registry name.
-        fit: ``fit(source_anchors, target_anchors, *, source_rows, target_rows, seed, **options)`` on float64
-            tensors, giving a :class:`FittedBridge` (its config is completed by :func:`fit_bridge`).
+        fit: ``fit(data: FitData, **options)``, giving a :class:`FittedBridge` (its config is completed by
+            :func:`fit_bridge`).
         uses_rows: whether it needs the unlabeled training rows of both models.
         exact_for: the transformation class it stitches exactly (see :data:`TRANSFORMATION_CLASSES`).
         exact_options: the options under which that claim holds (for example no ridge), merged over defaults.
@@ -150,8 +170,8 @@ def register_bridge(
 ) -> Callable[[BridgeFitter], BridgeFitter]:
     """Give a decorator that registers a fitting function as bridge ``name``.
 
-    The function's keyword-only parameters after ``seed`` are the bridge's options; their defaults are
-    recorded in :attr:`Bridge.defaults`, and unknown options are refused by :func:`fit_bridge`.
+    The function takes a :class:`FitData` and the bridge's options as keyword-only parameters; their defaults
+    are recorded in :attr:`Bridge.defaults`, and unknown options are refused by :func:`fit_bridge`.
     """
     if exact_for not in TRANSFORMATION_CLASSES:
         raise ValueError(f"exact_for must be one of {TRANSFORMATION_CLASSES}, not {exact_for!r}")
@@ -159,9 +179,8 @@ def register_bridge(
     def decorator(fit: BridgeFitter) -> BridgeFitter:
         if name in _BRIDGES:
             raise ValueError(f"bridge {name!r} is already registered")
-        fixed = {"source_anchors", "target_anchors", "source_rows", "target_rows", "seed"}
         parameters = inspect.signature(fit).parameters.values()
-        defaults = {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY and p.name not in fixed}
+        defaults = {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY}
         summary = (inspect.getdoc(fit) or name).splitlines()[0]
         _BRIDGES[name] = Bridge(name, fit, uses_rows, exact_for, summary, source, defaults, dict(exact_options or {}))
         return fit
@@ -258,7 +277,7 @@ def fit_bridge(
         rows["target_rows"] = as_latents(target_rows, "the decoder's unlabeled rows", dim=target.shape[1])
     chosen = {**bridge.defaults, **options}
     started = time.perf_counter()
-    fitted = bridge.fit(source, target, seed=seed, **rows, **chosen)
+    fitted = bridge.fit(FitData(source, target, rows["source_rows"], rows["target_rows"], int(seed)), **chosen)
     seconds = time.perf_counter() - started
     fitted.config = {
         "format": BRIDGE_FORMAT,

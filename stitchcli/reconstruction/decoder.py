@@ -40,6 +40,7 @@ from torch import nn
 from stitchcli.errors import UsageError
 from stitchcli.heads import fit_with_early_stopping, stratified_split
 from stitchcli.reconstruction.targets import ImageShape, image_shape_of
+from stitchcli.registry import Registry
 from stitchcli.relative.aggregation import Aggregation, build_aggregation
 from stitchcli.settings import TASK_HEAD_DEFAULTS, HeadSettings
 
@@ -55,7 +56,7 @@ COARSEST_SIDE = 8
 """deconv: the largest side of the map the transposed convolutions start from."""
 
 GeneratorBuilder = Callable[[int, ImageShape, HeadSettings, int], nn.Module]
-_ARCHITECTURES: dict[str, GeneratorBuilder] = {}
+_ARCHITECTURES: Registry[GeneratorBuilder] = Registry("decoder architecture")
 
 
 def register_decoder_architecture(name: str) -> Callable[[GeneratorBuilder], GeneratorBuilder]:
@@ -64,19 +65,12 @@ def register_decoder_architecture(name: str) -> Callable[[GeneratorBuilder], Gen
     The generator maps the (N, h) output of the shared LayerNorm → Linear → SiLU → Dropout to (N, C, H, W)
     images in [0, 1].
     """
-
-    def decorator(build: GeneratorBuilder) -> GeneratorBuilder:
-        if name in _ARCHITECTURES:
-            raise ValueError(f"decoder architecture {name!r} is already registered")
-        _ARCHITECTURES[name] = build
-        return build
-
-    return decorator
+    return _ARCHITECTURES.register(name)
 
 
 def list_decoder_architectures() -> list[str]:
     """Give the registered decoder architecture names, the default first."""
-    return list(_ARCHITECTURES)
+    return _ARCHITECTURES.names()
 
 
 class _Reshape(nn.Module):
@@ -144,16 +138,13 @@ class ReconstructionDecoder(nn.Module):
         base_channels: int = DEFAULT_BASE_CHANNELS,
     ) -> None:
         super().__init__()
-        if architecture not in _ARCHITECTURES:
-            from stitchcli.relative import unknown_name
-
-            raise unknown_name("decoder architecture", architecture, list_decoder_architectures())
+        build_generator = _ARCHITECTURES.get(architecture)
         self.aggregation = aggregation
         self.image_shape = image_shape
         self.architecture = architecture
         self.base_channels = base_channels
         self.mlp = nn.Sequential(nn.LayerNorm(input_size), nn.Linear(input_size, settings.hidden), nn.SiLU(), nn.Dropout(settings.dropout))
-        self.generator = _ARCHITECTURES[architecture](settings.hidden, image_shape, settings, base_channels)
+        self.generator = build_generator(settings.hidden, image_shape, settings, base_channels)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Give the (N, C, H, W) images of (N, n, k) product-space features, or of (N, D) latents without aggregation."""
@@ -217,7 +208,7 @@ def decoder_from_config(config: dict[str, Any], settings: HeadSettings) -> Recon
     decoder = dict(config.get("decoder") or {})
     architecture = str(decoder.get("architecture"))
     if architecture not in _ARCHITECTURES:
-        raise UsageError(f"the head's decoder architecture {architecture!r} is not one this stitchcli knows ({', '.join(_ARCHITECTURES)}): update stitchcli, or train it again")
+        raise UsageError(f"the head's decoder architecture {architecture!r} is not one this stitchcli knows ({', '.join(_ARCHITECTURES.names())}): update stitchcli, or train it again")
     return build_decoder(
         str(config["kind"]),
         image_shape_of(config),

@@ -13,68 +13,15 @@ command line.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from stitchcli.lazy import lazy_exports
 
 from stitchcli.errors import unknown_name as unknown_name  # the registries' error, re-exported for them
 
-_EXPORTS = {
-    "projections": (
-        "DEFAULT_MEMORY_BUDGET",
-        "DISTANCE_KERNELS",
-        "Projection",
-        "chunk_rows",
-        "get_projection",
-        "list_projections",
-        "pairwise_lp",
-        "register_projection",
-        "relative_projection",
-    ),
-    "to_file": ("relative_projection_to_file",),
-    "transforms": ("Transform", "fit_transform", "l2_normalize_rows", "list_transforms", "register_transform"),
-    "product": ("DEFAULT_PROJECTIONS", "ProductSpace", "relative_space"),
-    "aggregation": (
-        "Aggregation",
-        "Concat",
-        "MLPSum",
-        "SelfAttention",
-        "Sum",
-        "build_aggregation",
-        "list_aggregations",
-        "register_aggregation",
-    ),
+_EXPORTS = {  # module: the names it gives this package
+    "projections": "DEFAULT_MEMORY_BUDGET DISTANCE_KERNELS Projection chunk_rows get_projection list_projections pairwise_lp register_projection relative_projection",
+    "to_file": "relative_projection_to_file",
+    "transforms": "Transform fit_transform l2_normalize_rows list_transforms register_transform",
+    "product": "DEFAULT_PROJECTIONS ProductSpace relative_space",
+    "aggregation": "Aggregation Concat MLPSum SelfAttention Sum build_aggregation list_aggregations register_aggregation",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, globals())
-
-if TYPE_CHECKING:
-    from stitchcli.relative.aggregation import (
-        Aggregation,
-        Concat,
-        MLPSum,
-        SelfAttention,
-        Sum,
-        build_aggregation,
-        list_aggregations,
-        register_aggregation,
-    )
-    from stitchcli.relative.product import DEFAULT_PROJECTIONS, ProductSpace, relative_space
-    from stitchcli.relative.projections import (
-        DEFAULT_MEMORY_BUDGET,
-        DISTANCE_KERNELS,
-        Projection,
-        chunk_rows,
-        get_projection,
-        list_projections,
-        pairwise_lp,
-        register_projection,
-        relative_projection,
-    )
-    from stitchcli.relative.to_file import relative_projection_to_file
-    from stitchcli.relative.transforms import (
-        Transform,
-        fit_transform,
-        l2_normalize_rows,
-        list_transforms,
-        register_transform,
-    )

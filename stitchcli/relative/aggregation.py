@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from stitchcli.errors import UsageError
-from stitchcli.relative import unknown_name
+from stitchcli.registry import Registry
 
 DEFAULT_LAYER_NORM_EPS = 1e-5
 """torch's LayerNorm default. LayerNorm(s·v) = LayerNorm(v) holds exactly with eps = 0 and up to a relative
@@ -70,24 +70,17 @@ class Aggregation(nn.Module):
         return self.combine(self.normalize(subspaces))
 
 
-_AGGREGATIONS: dict[str, type[Aggregation]] = {}
+_AGGREGATIONS: Registry[type[Aggregation]] = Registry("aggregation")
 
 
 def register_aggregation(name: str) -> Callable[[type[Aggregation]], type[Aggregation]]:
     """Give a decorator that registers an :class:`Aggregation` subclass under ``name``."""
-
-    def decorator(cls: type[Aggregation]) -> type[Aggregation]:
-        if name in _AGGREGATIONS:
-            raise ValueError(f"aggregation {name!r} is already registered")
-        _AGGREGATIONS[name] = cls
-        return cls
-
-    return decorator
+    return _AGGREGATIONS.register(name)
 
 
 def list_aggregations() -> list[str]:
     """Give the registered aggregation names, in registration order."""
-    return list(_AGGREGATIONS)
+    return _AGGREGATIONS.names()
 
 
 def build_aggregation(
@@ -99,8 +92,6 @@ def build_aggregation(
         UsageError: ``name`` is not a registered aggregation (the message lists the known ones).
     """
     cls = _AGGREGATIONS.get(name)
-    if cls is None:
-        raise unknown_name("aggregation", name, list(_AGGREGATIONS))
     return cls(num_subspaces, num_anchors, layer_norm_eps=layer_norm_eps)
 
 

@@ -14,11 +14,11 @@ from typing import Callable
 import torch
 
 from stitchcli.errors import UsageError
-from stitchcli.relative import unknown_name
+from stitchcli.registry import Registry
 
 TransformFitter = Callable[[torch.Tensor], "Transform"]
 
-_TRANSFORMS: dict[str, TransformFitter] = {}
+_TRANSFORMS: Registry[TransformFitter] = Registry("transform")
 
 
 @dataclass(frozen=True)
@@ -75,19 +75,12 @@ def l2_normalize_rows(x: torch.Tensor) -> torch.Tensor:
 
 def register_transform(name: str) -> Callable[[TransformFitter], TransformFitter]:
     """Give a decorator that registers a fitting function ``anchors (k, D) -> Transform`` under ``name``."""
-
-    def decorator(fit: TransformFitter) -> TransformFitter:
-        if name in _TRANSFORMS:
-            raise ValueError(f"transform {name!r} is already registered")
-        _TRANSFORMS[name] = fit
-        return fit
-
-    return decorator
+    return _TRANSFORMS.register(name)
 
 
 def list_transforms() -> list[str]:
     """Give the registered transform names, in registration order."""
-    return list(_TRANSFORMS)
+    return _TRANSFORMS.names()
 
 
 def fit_transform(name: str | Transform, anchors: torch.Tensor) -> Transform:
@@ -99,8 +92,6 @@ def fit_transform(name: str | Transform, anchors: torch.Tensor) -> Transform:
     if isinstance(name, Transform):
         return name
     fit = _TRANSFORMS.get(name)
-    if fit is None:
-        raise unknown_name("transform", name, list(_TRANSFORMS))
     if anchors.ndim != 2 or anchors.shape[0] == 0:
         raise UsageError(f"anchors must be a non-empty (k, D) matrix, got shape {tuple(anchors.shape)}")
     return fit(anchors)

@@ -14,38 +14,13 @@ below load their module (and torch) on first use, so importing this package stay
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from stitchcli.lazy import lazy_exports
 
-_EXPORTS = {
-    "registry": ("Measure", "get_measure", "list_measures", "measure", "register_measure"),
-    "representation": ("Representation",),
-    "calibration": ("Calibrated", "calibrate", "permutation_null", "permutations"),
-    "layers": ("BestPair", "LayerMatrix", "layer_matrix"),
-    "pairs": ("SimilarityRecord", "SimilarityReport", "compare_models", "relative_representations"),
+_EXPORTS = {  # module: the names it gives this package
+    "registry": "Measure get_measure list_measures measure register_measure",
+    "representation": "Representation",
+    "calibration": "Calibrated calibrate permutation_null permutations",
+    "layers": "BestPair LayerMatrix layer_matrix",
+    "pairs": "SimilarityRecord SimilarityReport compare_models relative_representations",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, globals())
-
-if TYPE_CHECKING:
-    from stitchcli.similarity.calibration import (
-        Calibrated,
-        calibrate,
-        permutation_null,
-        permutations,
-    )
-    from stitchcli.similarity.layers import BestPair, LayerMatrix, layer_matrix
-    from stitchcli.similarity.pairs import (
-        SimilarityRecord,
-        SimilarityReport,
-        compare_models,
-        relative_representations,
-    )
-    from stitchcli.similarity.registry import (
-        Measure,
-        get_measure,
-        list_measures,
-        measure,
-        register_measure,
-    )
-    from stitchcli.similarity.representation import Representation

@@ -18,25 +18,12 @@ The names below load their module on first use, so importing this package stays 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from stitchcli.lazy import lazy_exports
 
-_EXPORTS = {
-    "model": ("StitchedModel", "StitchedParts", "load_stitched", "save_stitched"),
-    "build": ("StitchedBuild", "stitched_from_sweep"),
-    "maps": ("MapKind", "register_map", "list_maps"),
-    "files": ("verify_directory",),
+_EXPORTS = {  # module: the names it gives this package
+    "model": "StitchedModel StitchedParts load_stitched save_stitched",
+    "build": "StitchedBuild stitched_from_sweep",
+    "maps": "MapKind register_map list_maps",
+    "files": "verify_directory",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, globals())
-
-if TYPE_CHECKING:
-    from stitchcli.stitched.build import StitchedBuild, stitched_from_sweep
-    from stitchcli.stitched.files import verify_directory
-    from stitchcli.stitched.maps import MapKind, list_maps, register_map
-    from stitchcli.stitched.model import (
-        StitchedModel,
-        StitchedParts,
-        load_stitched,
-        save_stitched,
-    )
