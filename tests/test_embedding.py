@@ -464,6 +464,7 @@ def _encoder_that_runs_out_of_memory(monkeypatch, fits, error=None) -> list[int]
     return seen
 
 
+@pytest.mark.slow
 def test_out_of_memory_retries_the_same_batch_in_smaller_slices(cache_dir, image_folder, tmp_path, monkeypatch):
 
     from stitchcli.progress import Reporter
@@ -564,6 +565,7 @@ def test_batch_decay_follows_timm_and_default_batch_sizes():
     assert (default_batch_size("cpu"), default_batch_size("cuda"), default_batch_size("mps")) == (32, 256, 256)
 
 
+@pytest.mark.slow
 def test_compile_option_runs_the_compiled_model_and_says_so(cache_dir, image_folder):
     from conftest import run_cli
 

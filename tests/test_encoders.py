@@ -513,6 +513,7 @@ def test_image_batches_cross_as_uint8_and_finish_to_the_transforms_own_values() 
     assert torch.equal(collate.finish(batch), torch.stack([extra(image.convert("RGB")) for image in images]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("amx", [False, True])
 def test_bf16_on_the_cpu_casts_the_weights_once_and_uses_matmul_attention_without_amx(monkeypatch, amx) -> None:
     import stitchcli.encoders.torch_encoder
@@ -533,6 +534,7 @@ def test_bf16_on_the_cpu_casts_the_weights_once_and_uses_matmul_attention_withou
     assert float(cosine.min()) > 0.999 and not torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_compiled_encoder_equals_eager_and_pads_a_short_last_batch() -> None:
     images = _noise_images()
     eager = build_encoder(resolve_model("test_vit", weights="random", seed=1), "image", CPU)

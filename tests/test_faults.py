@@ -30,7 +30,7 @@ from stitchcli.embedding import EmbedOptions, embed
 from stitchcli.errors import out_of_space_errno, out_of_space_message
 from stitchcli.store import EmbeddingStore
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the tests see a stopped process in /proc (Linux)")
+pytestmark = [pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the tests see a stopped process in /proc (Linux)"), pytest.mark.slow]
 
 TINY = "test_vit"
 EMBED = ["--batch-size", "4", "--shard-rows", "4", "--num-workers", "0"]

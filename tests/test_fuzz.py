@@ -151,7 +151,8 @@ def fuzz_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@settings(FUZZ, max_examples=600)
+@pytest.mark.slow
+@settings(FUZZ, max_examples=300)
 @given(argv=command_lines())
 def test_option_parser_never_raises_and_errors_are_one_line(fuzz_dir: Path, argv: list[str]) -> None:
     from typer.testing import CliRunner
@@ -304,6 +305,7 @@ def _check_split_or_usage_error(name: str, splits: list[str], **options: Any) ->
             assert all(isinstance(x, Image.Image) and x.mode == "RGB" for x in inputs)
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=400)
 @given(tables())
 def test_random_tables_load_or_give_one_usage_error(table: dict[str, Any]) -> None:
@@ -357,6 +359,7 @@ def image_folders(draw: st.DrawFn) -> list[tuple[str, str, str, str, str]]:
     return files
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=200)
 @given(image_folders(), st.one_of(st.none(), st.integers(1, 4)))
 def test_random_image_folders_load_or_give_one_usage_error(files: list[tuple[str, str, str, str, str]], limit: int | None) -> None:

@@ -48,6 +48,7 @@ def test_reachable_endpoint_stays_online(online_env, monkeypatch):
         server.close()
 
 
+@pytest.mark.slow
 def test_cli_without_offline_variables_fails_fast_with_the_offline_message(cache_dir, tiny_bert):
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update({"HF_ENDPOINT": UNREACHABLE, "STITCHCLI_CACHE": str(cache_dir)})

@@ -12,7 +12,7 @@ from stitchcli.models import ModelRef
 from stitchcli.embedding import EmbedOptions, embed, load_embeddings
 from stitchcli.store import EmbeddingStore
 
-pytestmark = pytest.mark.real
+pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 PARAPHRASES = [
     ("A man is playing a guitar on stage.", "Someone performs a song on the guitar in front of a crowd."),

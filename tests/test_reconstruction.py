@@ -333,6 +333,7 @@ def test_ssim_equals_scikit_image(shape):
 # ----- the semantic check ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_pixel_classifier_reads_clean_images_and_not_blank_ones():
     from stitchcli.reconstruction.semantic import train_pixel_classifier
 

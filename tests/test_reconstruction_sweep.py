@@ -87,6 +87,7 @@ def rows_by(report) -> dict[tuple, object]:
     return {(row.encoder, row.decoder, row.method, tuple(row.projections)): row for row in report.rows}
 
 
+@pytest.mark.slow
 def test_reconstruction_rows_carry_the_task_and_pixel_scores_and_no_accuracy(report):
     # 3 projection sets, 3 baselines and the auto bridge (chosen by held-out retrieval: a decoder has no logits), 2 directions
     assert report.task == "reconstruction" and len(report.rows) == 2 * (3 + 3 + 1)
@@ -135,6 +136,7 @@ def invoke(*argv: str, cache: Path):
     return CliRunner().invoke(app, [*argv, "--cache-dir", str(cache), "--quiet"])
 
 
+@pytest.mark.slow
 def test_stitch_command_prints_reconstruction_rows_and_writes_the_grid(world, report, tmp_path):
     result = invoke("stitch", "A", "B", "-d", str(world["data"]), *FLAGS, "--json", "--plot", str(tmp_path / "grids"), cache=world["cache"])
     assert result.exit_code == 0, result.output
@@ -147,6 +149,7 @@ def test_stitch_command_prints_reconstruction_rows_and_writes_the_grid(world, re
     assert table.exit_code == 0 and "B→B MSE" in table.stdout and "A→B pixel acc %" in table.stdout
 
 
+@pytest.mark.slow
 def test_eval_csv_writes_the_reconstruction_columns(world, report, tmp_path):
     out = tmp_path / "rows.csv"
     result = invoke("eval", "-d", str(world["data"]), "-m", "A,B", *FLAGS, "--metrics", "none", "--csv", str(out), cache=world["cache"])

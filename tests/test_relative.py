@@ -629,6 +629,7 @@ def test_bad_shapes_are_usage_errors() -> None:
     assert relative_projection(torch.empty(0, 3), torch.randn(2, 3), "cosine").shape == (0, 2)
 
 
+@pytest.mark.slow
 def test_importing_the_package_does_not_import_torch() -> None:
     code = "import sys, stitchcli, stitchcli.relative; assert 'torch' not in sys.modules; stitchcli.relative.list_projections; assert 'torch' in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -25,6 +25,8 @@ from stitchcli.errors import UsageError
 from stitchcli.data import resolve_dataset
 from stitchcli.store import EmbeddingStore, ShardPlan, read_safetensors_header
 
+pytestmark = pytest.mark.slow  # starts processes: torchrun ranks, array jobs, killed runs
+
 TINY = "test_vit"
 
 

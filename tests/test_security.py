@@ -60,6 +60,7 @@ def one_error_line(done) -> str:
 # ----- pickles are refused -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["head.pt", "head.safetensors"])
 def test_a_head_file_that_is_a_pickle_is_refused(tmp_path, text_table, name):
     marker = tmp_path / "marker"
@@ -70,6 +71,7 @@ def test_a_head_file_that_is_a_pickle_is_refused(tmp_path, text_table, name):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_weights_file_that_would_run_code_is_refused(tmp_path, image_folder):
     marker = tmp_path / "marker"
     weights = pickle_payload(tmp_path / "weights.pt", marker)
@@ -139,6 +141,7 @@ def code_model(tmp_path, monkeypatch):
     return model_with_code(tmp_path / "model-with-code", marker), model_with_code(tmp_path / "other-model", marker), marker
 
 
+@pytest.mark.slow
 def test_model_code_runs_only_with_trust_remote_code(code_model, tmp_path, text_table):
     folder, _, marker = code_model
     cache = str(tmp_path / "cache")
@@ -238,6 +241,7 @@ def test_embed_writes_nothing_outside_the_cache_whatever_the_names(tmp_path, mon
 # ----- recipes are data ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_recipe_with_python_in_it_runs_nothing(tmp_path):
     marker = tmp_path / "marker"
     payload = f"__import__('os').system('touch {marker}')"

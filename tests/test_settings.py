@@ -70,6 +70,7 @@ def captured_settings(monkeypatch: pytest.MonkeyPatch, command: str, args: list[
     return seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [STITCH, EVAL, FIT_HEAD])
 def test_every_declared_setting_of_a_command_reaches_its_settings(command, monkeypatch, tmp_path):
     declared = settings_of(command)

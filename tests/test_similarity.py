@@ -343,6 +343,7 @@ def test_layer_matrix_holds_every_pair_and_the_best_pair_s_null_is_the_null_of_t
     assert result.to_dict()["best"]["layer_a"] == result.best.layer_a
 
 
+@pytest.mark.slow
 def test_compare_models_gives_every_row_of_the_issue_and_an_n_by_n_table() -> None:
     models = {"a": layered(1), "b": layered(2), "c": layered(3)}
     report = compare_models(models, ["linear-cka", "cknna", "procrustes"], null=3, k=5)

@@ -113,6 +113,7 @@ def saved_row(report: dict, card: dict) -> dict:
 # ----- save -> predict ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_predict_on_the_test_split_gives_the_saved_rows_accuracy_and_predictions_row_for_row(world):
     card, row = world.card, saved_row(world.report, world.card)
     seed_accuracy = next(entry["accuracy"] for entry in row["per_seed"] if entry["seed"] == card["row"]["seed"])

@@ -76,6 +76,7 @@ def clusters(tmp_path: Path, cache_dir: Path) -> tuple[Path, dict[str, np.ndarra
     return data, latents
 
 
+@pytest.mark.slow
 def test_cosine_row_stitches_exactly_through_a_rotation_and_rescaling(clusters, tmp_path):
     data, z = clusters
     q = random_orthogonal(DIM, seed=1)
@@ -97,6 +98,7 @@ def test_cosine_row_stitches_exactly_through_a_rotation_and_rescaling(clusters, 
     assert abs(translation[True]["accuracy"] - translation[False]["accuracy"]) <= 0.005
 
 
+@pytest.mark.slow
 def test_distance_rows_stitch_exactly_through_a_translation(clusters, tmp_path):
     data, z = clusters
     shift = np.random.default_rng(2).normal(0.0, 5.0, DIM).astype(np.float32)
@@ -114,6 +116,7 @@ def test_distance_rows_stitch_exactly_through_a_translation(clusters, tmp_path):
         assert pair[True]["seeds"] == [0, 1] and len(pair[True]["per_seed"]) == 2
 
 
+@pytest.mark.slow
 def test_output_contract_json_tables_and_progress(clusters, tmp_path):
     data, z = clusters
     import_model("B", data, {split: values[:, ::-1].copy() for split, values in z.items()}, tmp_path)
@@ -143,6 +146,7 @@ def test_output_contract_json_tables_and_progress(clusters, tmp_path):
     assert "heads (trained" not in table.stdout and "read from the cache" in table.stderr
 
 
+@pytest.mark.slow
 def test_eval_matrix_similarity_csv_and_plots(clusters, tmp_path):
     data, z = clusters
     q = random_orthogonal(DIM, seed=3)
@@ -177,6 +181,7 @@ def test_eval_matrix_similarity_csv_and_plots(clusters, tmp_path):
     assert all((plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in pngs)
 
 
+@pytest.mark.slow
 def test_fit_head_saves_a_head_that_stitch_reads_and_refuses_mismatches(clusters, tmp_path):
     data, z = clusters
     import_model("B", data, {split: values * 3.0 for split, values in z.items()}, tmp_path)
@@ -224,6 +229,7 @@ def test_fit_head_saves_a_head_that_stitch_reads_and_refuses_mismatches(clusters
     assert refused.returncode == 2 and "was trained on 'B''s latents" in refused.stderr
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_exit_2(clusters, tmp_path):
     data, z = clusters
     import_model("B", data, z, tmp_path)
@@ -245,6 +251,7 @@ def test_bad_input_is_one_line_and_exit_2(clusters, tmp_path):
         assert "Traceback" not in result.stderr and result.stderr.count("error:") == 1
 
 
+@pytest.mark.slow
 def test_anchors_missing_from_the_encoders_cache_are_refused(tmp_path, cache_dir, tiny_bert):
     texts = make_text_table(tmp_path / "texts", rows_per_class=20)
     anchors = run_cli("anchor", "--dataset", str(texts), "--num", "30", "--name", "whole")  # drawn from all 40 rows
@@ -291,6 +298,7 @@ def test_stitch_two_models_of_different_sizes_with_no_step_before(tmp_path, cach
     assert "embedding them now" in result.stderr
 
 
+@pytest.mark.slow
 def test_anchors_are_checked_before_any_embedding(clusters, tmp_path):
     data, _ = clusters
     elsewhere = tmp_path / "elsewhere"
@@ -306,6 +314,7 @@ def test_anchors_are_checked_before_any_embedding(clusters, tmp_path):
     assert "embedding them now" not in result.stderr and "download" not in result.stderr
 
 
+@pytest.mark.slow
 def test_fit_head_out_refuses_to_replace_another_head(clusters, tmp_path):
     data, z = clusters
     import_model("B", data, z, tmp_path)

@@ -253,6 +253,7 @@ def test_stitch_and_evaluate_refuse_too_few_models(clusters, tmp_path):
         evaluate(store, [ModelRef("A")], sweep_settings(dataset))
 
 
+@pytest.mark.slow
 def test_evaluate_gives_every_pair_and_the_similarity_table(clusters, tmp_path):
     dataset, z = clusters
     store = EmbeddingStore(tmp_path / "cache")
