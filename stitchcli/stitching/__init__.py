@@ -13,31 +13,23 @@ the heads) is built with the defaults and cached, so a second call only reads th
     features.py     the product spaces heads read
     heads_cache.py  heads identified by what they read, cached, trained once
     sweep.py        stitch and eval: the rows of every encoder x decoder pair and the baselines
-    fit_head.py     fit-head: one model's head, written to a file
+    head_file.py    fit-head: one model's head, written to a file
     report.py       rows, the report and its JSON document
     similarity.py   eval's similarity table
 """
 
 from __future__ import annotations
 
-from stitchcli.settings import HeadSettings, StitchSettings
-from stitchcli.stitching.data import ModelView, SweepData, prepare
-from stitchcli.stitching.fit_head import fit_head
-from stitchcli.stitching.report import SimilarityRow, StitchReport, StitchRow, stitching_matrix
-from stitchcli.stitching.sweep import evaluate, run_sweep, stitch
+from stitchcli.lazy import lazy_exports
 
-__all__ = [
-    "HeadSettings",
-    "ModelView",
-    "SimilarityRow",
-    "StitchReport",
-    "StitchRow",
-    "StitchSettings",
-    "SweepData",
-    "evaluate",
-    "fit_head",
-    "prepare",
-    "run_sweep",
-    "stitch",
-    "stitching_matrix",
-]
+_EXPORTS = {  # module: the names it gives this package (imported on first use: the command line's reports need no torch)
+    "data": "ModelView SweepData prepare",
+    "head_file": "fit_head",
+    "report": "SimilarityRow StitchReport StitchRow stitching_matrix",
+    "sweep": "evaluate run_sweep stitch",
+}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, globals())
+
+from stitchcli.settings import HeadSettings, StitchSettings  # noqa: E402  (cheap: no torch)
+
+__all__ += ["HeadSettings", "StitchSettings"]
