@@ -407,8 +407,8 @@ def test_help_shows_flags_without_types_and_the_positional_names_in_capitals():
 
     from stitchcli.cli import app
 
-    for command in ("stitch", "eval", "fit-head", "embed"):
-        result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    for command in ([], ["stitch"], ["eval"], ["fit-head"], ["embed"], ["anchor"], ["similarity"], ["predict"], ["demo"]):
+        result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
         assert result.exit_code == 0
         assert "<bool>" not in result.output and "{" not in result.output, command
     usage = CliRunner().invoke(app, ["stitch", "--help"], env={"COLUMNS": "200"}).output

@@ -19,6 +19,14 @@ from stitchcli.device import keep_freed_memory_for_reuse
 from stitchcli.errors import StitchError, out_of_space_errno, out_of_space_message
 
 
+def _flags_without_types(params: list[Any]) -> list[Any]:
+    """Give ``params`` with every flag's metavar blanked: typer shows ``--json <bool>``, as if the flag took a value."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
 class StitchGroup(TyperGroup):
     """The command group, whose errors end in one line on stderr and the documented exit code.
 
@@ -27,6 +35,9 @@ class StitchGroup(TyperGroup):
     group's ``main``, rather than in the app's ``__call__``, so that typer's CliRunner (which calls
     ``main``) sees what the shell sees.
     """
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_without_types(super().get_params(ctx))  # --version and --help
 
     def main(  # type: ignore[override]
         self,
@@ -64,11 +75,7 @@ class StitchCommand(TyperCommand):
     flags without a value type (typer shows ``--json <bool>``, as if the flag took a value)."""
 
     def get_params(self, ctx: Any) -> list[Any]:
-        params = super().get_params(ctx)  # the command's, and --help
-        for param in params:
-            if getattr(param, "is_flag", False) and param.metavar is None:
-                param.metavar = ""
-        return params
+        return _flags_without_types(super().get_params(ctx))  # the command's, and --help
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         pieces = super().collect_usage_pieces(ctx)
