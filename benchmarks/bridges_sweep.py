@@ -82,7 +82,7 @@ def accuracy(module: torch.nn.Module, latents: torch.Tensor | np.ndarray, labels
 
 def register_experimental() -> list[str]:
     """Register the residual-MLP bridge measured against `kernel` (kept out of the library: it lost)."""
-    from stitchcli.bridges import register_bridge, register_form
+    from stitchcli.bridges import FitData, register_bridge, register_form
     from stitchcli.bridges.linear import AffineMap, affine_map, rms_row_norm
     from stitchcli.bridges.registry import FittedBridge
 
@@ -109,10 +109,10 @@ def register_experimental() -> list[str]:
             return cls(dict(tensors), config)
 
     @register_bridge("mlp", source="residual MLP on the anchors with early stopping (benchmark only)")
-    def fit_mlp(source_anchors, target_anchors, *, source_rows=None, target_rows=None, seed=0,
-                hidden: int = 512, epochs: int = 2000, lr: float = 1e-3, weight_decay: float = 1e-4, patience: int = 100,
+    def fit_mlp(data: FitData, *, hidden: int = 512, epochs: int = 2000, lr: float = 1e-3, weight_decay: float = 1e-4, patience: int = 100,
                 held_fraction: float = 0.1, ridge: float = 0.1):  # type: ignore[no-untyped-def]
         """Ridge affine map plus a residual MLP trained on the anchors, early stopping on held-out anchors."""
+        source_anchors, target_anchors, seed = data.source_anchors, data.target_anchors, data.seed
         source_mean, matrix, target_mean, _ = affine_map(source_anchors, target_anchors, ridge)
         base = AffineMap(source_mean, matrix, target_mean)
         scale = rms_row_norm(source_anchors - source_mean)

@@ -39,6 +39,8 @@ epoch and the decoder is far from trained after 40 epochs (docs/RECONSTRUCTION.m
 METRICS: tuple[str, ...] = ("cka", "jaccard", "mrr", "cosine")
 AUTO = "auto"
 """The bridge that is a choice among the others, made without labels (docs/BRIDGES.md)."""
+SHARED = "shared"
+"""The bridge through one generalised-Procrustes space of all the sweep's models (docs/BRIDGES.md)."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ def _bridges() -> list[str]:
 
 
 def _bridge_choices() -> list[str]:
-    return [*_bridges(), AUTO]
+    return [*_bridges(), SHARED, AUTO]
 
 
 def _anchor_strategies() -> list[str]:
@@ -236,9 +238,10 @@ class StitchSettings:
     # The default (docs/BRIDGES.md, "The default"): auto beside the paper's rows and the baselines, choosing between
     # the affine map and its refinement from unlabeled rows (the cheap pair that holds the measured best rows).
     bridges: tuple[str, ...] = setting((AUTO,), "--bridge", "--bridges", help="Comma-separated bridges (orthogonal, affine, inverse-relative, "
-                                       "kernel, refine, refine-coral, refine-orthogonal), all, auto, or none: a row each, the encoder's "
-                                       "latents mapped into the decoder's for its absolute head. auto chooses among the other bridges "
-                                       "given (alone: affine, refine) by held-out anchors, without labels.", commands=SWEEPS, recipe="bridges",
+                                       "kernel, refine, refine-coral, refine-orthogonal), all, shared, auto, or none: a row each, the encoder's "
+                                       "latents mapped into the decoder's for its absolute head. shared: one space for all the models "
+                                       "(N maps, not N²). auto chooses among the other bridges given (alone: affine, refine) by held-out "
+                                       "anchors, without labels.", commands=SWEEPS, recipe="bridges",
                                        choices=_bridge_choices, every=_bridges, empty_ok=True, panel="Bridges")
     metrics: tuple[str, ...] = setting(METRICS, "--metrics", help="Comma-separated similarity measures (cka, jaccard, mrr, cosine), all, or none.",
                                        commands=frozenset({EVAL}), recipe="metrics", choices=lambda: METRICS, empty_ok=True, panel="Similarity")

@@ -134,3 +134,37 @@ def test_auto_chooses_without_the_encoders_labels_or_the_evaluation_split(cluste
     fresh = EmbeddingStore(tmp_path / "fresh")  # nothing cached: the selection is made again
     record, cached = obtain_selection(fresh, blind, blind.models["A"], blind.models["B"], ["orthogonal", "affine", "kernel", "refine"], head, settings, reporter=reporter)
     assert not cached and record["winner"] == choice.chosen and scores(record) == scores(choice.selection)
+
+
+def test_shared_bridge_fits_one_space_for_every_pair_and_stitches_rigid_twins_exactly(clusters, tmp_path):  # noqa: F811 - the fixture
+    from stitchcli.stitching import evaluate
+
+    dataset, z = clusters
+    store = EmbeddingStore(tmp_path / "cache")
+    q, shift = random_orthogonal(z["train"].shape[1], z["train"].shape[1], seed=21), np.random.default_rng(22).normal(size=z["train"].shape[1])
+    models = [import_model(store, dataset, "A", z), import_model(store, dataset, "R", invariant_twin(z)),
+              import_model(store, dataset, "T", {split: x @ q * 0.5 - shift for split, x in z.items()})]
+    settings = settings_of(dataset, bridges=("shared",), baselines=("absolute",))
+    report = evaluate(store, models, settings)
+    rows = rows_by(report)
+    for encoder in "ART":
+        for decoder in "ART":
+            own = rows[(decoder, decoder, ("absolute", (), None))]
+            assert rows[(encoder, decoder, ("shared", (), None))].per_seed == own.per_seed, (encoder, decoder)
+    # one space (3 maps) for the 6 stitched pairs: fitted by the first pair, read back by the other five
+    assert (report.bridges_fitted, report.bridges_cached) == (1, 5)
+    assert len(list((store.root / "bridges").rglob("space-*.safetensors"))) == 1
+    again = evaluate(store, models, settings)
+    assert again.bridges_fitted == 0 and [r.per_seed for r in again.rows] == [r.per_seed for r in report.rows]
+    # a fourth model is another space: the key holds every model's entry
+    wider = evaluate(store, [*models, import_model(store, dataset, "B", affine_twin(z))], settings)
+    assert wider.bridges_fitted == 1 and len(list((store.root / "bridges").rglob("space-*.safetensors"))) == 2
+
+
+def test_shared_is_a_bridge_name_but_not_in_all_or_autos_candidates():
+    declared = by_name("bridge")
+    assert "shared" not in cli_value(declared, "all")
+    assert cli_value(declared, "shared,auto") == ("shared", "auto")
+    from stitchcli.stitching.bridges import AUTO_CANDIDATES, auto_candidates
+
+    assert auto_candidates(StitchSettings(dataset="x", bridges=("shared", "auto"))) == list(AUTO_CANDIDATES)

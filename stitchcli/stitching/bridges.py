@@ -21,17 +21,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from stitchcli.bridges import (
-    FittedBridge,
-    fit_bridge,
-    get_bridge,
-    load_bridge,
-    select_bridge,
-)
+from stitchcli.bridges import FittedBridge, SharedSpace, fit_bridge, fit_shared_space, get_bridge, load_bridge, select_bridge
 from stitchcli.errors import out_of_space_as_work_error
 from stitchcli.heads import FittedHead
 from stitchcli.progress import Reporter
-from stitchcli.settings import AUTO, StitchSettings
+from stitchcli.settings import AUTO, SHARED, StitchSettings
 from stitchcli.stitching.data import ModelView, SweepData
 from stitchcli.store import (
     CHECKSUM_FIELD,
@@ -65,8 +59,8 @@ the other bridges either never won on the measured pairs or cost tens of seconds
 
 
 def auto_candidates(settings: StitchSettings) -> list[str]:
-    """Give the bridges ``auto`` chooses among: the other bridges given with it, or :data:`AUTO_CANDIDATES`."""
-    named = [name for name in settings.bridges if name != AUTO]
+    """Give the bridges ``auto`` chooses among: the other pairwise bridges given with it, or :data:`AUTO_CANDIDATES`."""
+    named = [name for name in settings.bridges if name not in (AUTO, SHARED)]
     return named or list(AUTO_CANDIDATES)
 
 
@@ -101,6 +95,11 @@ def obtain_bridge(
     Fitted on the anchors (and, for bridges that use them, the unlabeled training rows of both models) when
     missing, then saved as safetensors with checksums and its config as ``.json`` beside it.
     """
+    if name == SHARED:
+        space, hit = obtain_shared_space(store, data, reporter=reporter)
+        bridge = space.bridge(source.name, target.name)
+        bridge.config = {**bridge.config, "bridge": SHARED}
+        return bridge, hit
     identity = {"kind": "bridge", **_pair_identity(data, source, target), "bridge": name, "options": dict(options), "seed": BRIDGE_SEED}
     digest = _digest(identity)
     path = _path(store, data, source, target, slug(name), digest, ".safetensors")
@@ -127,6 +126,56 @@ def obtain_bridge(
             write_safetensors(path, {key: value.numpy() for key, value in tensors.items()}, config)
             write_text_atomically(path.with_suffix(".json"), json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
         return bridge, False
+
+
+def obtain_shared_space(store: EmbeddingStore, data: SweepData, *, reporter: Reporter) -> tuple[SharedSpace, bool]:
+    """Give (the generalised-Procrustes space of every model of the sweep, whether it came from the cache).
+
+    One map per model into a consensus fitted on the anchors (:func:`stitchcli.bridges.fit_shared_space`), so an
+    eval of N models fits N maps, not N·(N-1) bridges. Keyed by every model's training entry and the anchors.
+    """
+    from stitchcli.errors import UsageError
+
+    views = dict(sorted(data.models.items()))
+    identity = {
+        "kind": "shared-space",
+        "entries": {name: view.train.metadata.get("key_digest") for name, view in views.items()},
+        "anchors": {k: v for k, v in data.manifest.selection().items() if k not in ("notes", "params", "name")},
+        "options": {"whiten": False},
+    }
+    digest = _digest(identity)
+    path = store.root / BRIDGES_FOLDER / slug(data.dataset_id) / "shared" / f"space-{digest}.safetensors"
+
+    def cached() -> SharedSpace | None:
+        if not path.is_file():
+            return None
+        try:
+            header = read_header(path)
+            config = {key: value for key, value in header.metadata.items() if key != CHECKSUM_FIELD}
+            if config.get("identity_digest") != digest:
+                raise CorruptEntry("it was made for other inputs")
+            return SharedSpace.from_state({key: torch.from_numpy(value) for key, value in header.read_tensors().items()}, config)
+        except (CorruptEntry, UsageError) as exc:
+            reporter.warn(f"cached shared space {path} cannot be used ({exc}); fitting it again")
+            return None
+
+    found = cached()
+    if found is not None:
+        return found, True
+    with file_lock(path.with_suffix(".lock"), on_wait=lambda: reporter.info(f"waiting for another process fitting the same shared space ({path})")):
+        found = cached()
+        if found is not None:
+            return found, True
+        reporter.status(f"fitting one shared space for {', '.join(views)}")
+        space = fit_shared_space({name: torch.from_numpy(np.asarray(view.anchors)) for name, view in views.items()})
+        tensors, config = space.state()
+        config = {**config, "identity_digest": digest, "identity": identity, "dataset_id": data.dataset_id,
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        space.config = config
+        with out_of_space_as_work_error(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_safetensors(path, {key: value.numpy() for key, value in tensors.items()}, config)
+        return space, False
 
 
 def _cached_bridge(path: Path, digest: str, reporter: Reporter, *, quiet: bool = False) -> FittedBridge | None:
