@@ -240,7 +240,7 @@ class StitchSettings:
     bridges: tuple[str, ...] = setting((AUTO,), "--bridge", "--bridges", help="Comma-separated bridges (orthogonal, affine, inverse-relative, "
                                        "kernel, refine, refine-coral, refine-orthogonal), all, shared, auto, or none: a row each, the encoder's "
                                        "latents mapped into the decoder's for its absolute head. shared: one space for all the models "
-                                       "(N maps, not N²). auto chooses among the other bridges given (alone: affine, refine) by held-out "
+                                       "(N maps, not N²). auto chooses among the other bridges given (alone: affine, refine, refine-coral) by held-out "
                                        "anchors, without labels.", commands=SWEEPS, recipe="bridges",
                                        choices=_bridge_choices, every=_bridges, empty_ok=True, panel="Bridges")
     metrics: tuple[str, ...] = setting(METRICS, "--metrics", help="Comma-separated similarity measures (cka, jaccard, mrr, cosine), all, or none.",
