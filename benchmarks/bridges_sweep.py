@@ -36,8 +36,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from _common import load, processor
-from stitchcli.bridges import fit_bridge, list_bridges, select_bridge
-from stitchcli.bridges.selection import SCORES, as_candidate
+from stitchcli.bridges import list_bridges, select_bridge
+from stitchcli.bridges.selection import as_candidate
 from stitchcli.data.packaged import packaged_dataset
 from stitchcli.embedding import load_embeddings
 from stitchcli.heads import HeadSettings, build_classifier, predict, train_classifier
