@@ -56,8 +56,8 @@ AUTO_CANDIDATES = ("affine", "refine", "refine-coral")
 """What ``auto`` alone chooses among (docs/BRIDGES.md, "The default"): the ridge affine map, best of the anchor-only
 bridges but for the slower kernel; its refinement from unlabeled rows, which rescues the few-anchor case; and that
 refinement recoloured to the decoder rows' covariance, the best bridge on MNIST. With these three, auto landed
-within 0.4 points of the best of all seven bridges on every measured direction and draw (docs/RESULTS.md §11); the
-others never won by more than that and cost more."""
+within 0.5 points of the best of all seven bridges on every measured direction and draw (docs/RESULTS.md §11); the
+others never beat all three by more than that and cost more."""
 
 
 def auto_candidates(settings: StitchSettings) -> list[str]:
