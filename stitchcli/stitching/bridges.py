@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -72,11 +72,15 @@ def _digest(identity: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(dict(identity)).encode()).hexdigest()[:20]
 
 
+def _anchors_identity(data: SweepData) -> dict[str, Any]:
+    return {k: v for k, v in data.manifest.selection().items() if k not in ("notes", "params", "name")}
+
+
 def _pair_identity(data: SweepData, source: ModelView, target: ModelView) -> dict[str, Any]:
     return {
         "encoder_entry": source.train.metadata.get("key_digest"),
         "decoder_entry": target.train.metadata.get("key_digest"),
-        "anchors": {k: v for k, v in data.manifest.selection().items() if k not in ("notes", "params", "name")},
+        "anchors": _anchors_identity(data),
     }
 
 
@@ -105,29 +109,18 @@ def obtain_bridge(
     identity = {"kind": "bridge", **_pair_identity(data, source, target), "bridge": name, "options": dict(options), "seed": BRIDGE_SEED}
     digest = _digest(identity)
     path = _path(store, data, source, target, slug(name), digest, ".safetensors")
-    cached = _cached_bridge(path, digest, reporter)
-    if cached is not None:
-        return cached, True
-    with file_lock(path.with_suffix(".lock"), on_wait=lambda: reporter.info(f"waiting for another process fitting the same bridge ({path})")):
-        cached = _cached_bridge(path, digest, reporter, quiet=True)
-        if cached is not None:
-            return cached, True
+
+    def fit() -> FittedBridge:
         reporter.status(f"fitting bridge {name} from {source.name} into {target.name}")
         rows = get_bridge(name).uses_rows
-        bridge = fit_bridge(
+        return fit_bridge(
             name, torch.from_numpy(np.asarray(source.anchors)), torch.from_numpy(np.asarray(target.anchors)),
             source_rows=_train_rows(source) if rows else None, target_rows=_train_rows(target) if rows else None,
             seed=BRIDGE_SEED, **options,
         )
-        tensors, config = bridge.state()
-        config = {**config, "identity_digest": digest, "identity": identity, "encoder": source.name, "decoder": target.name,
-                  "dataset_id": data.dataset_id, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        bridge.config = config
-        with out_of_space_as_work_error(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_safetensors(path, {key: value.numpy() for key, value in tensors.items()}, config)
-            write_text_atomically(path.with_suffix(".json"), json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
-        return bridge, False
+
+    return _cached_or_fitted(path, digest, identity, "bridge", load_bridge, fit, reporter=reporter, sidecar=True,
+                             extra={"encoder": source.name, "decoder": target.name, "dataset_id": data.dataset_id})
 
 
 def obtain_shared_space(store: EmbeddingStore, data: SweepData, *, reporter: Reporter) -> tuple[SharedSpace, bool]:
@@ -136,52 +129,69 @@ def obtain_shared_space(store: EmbeddingStore, data: SweepData, *, reporter: Rep
     One map per model into a consensus fitted on the anchors (:func:`stitchcli.bridges.fit_shared_space`), so an
     eval of N models fits N maps, not N·(N-1) bridges. Keyed by every model's training entry and the anchors.
     """
-    from stitchcli.errors import UsageError
-
     views = dict(sorted(data.models.items()))
     identity = {
         "kind": "shared-space",
         "entries": {name: view.train.metadata.get("key_digest") for name, view in views.items()},
-        "anchors": {k: v for k, v in data.manifest.selection().items() if k not in ("notes", "params", "name")},
+        "anchors": _anchors_identity(data),
         "options": {"whiten": False},
     }
     digest = _digest(identity)
     path = store.root / BRIDGES_FOLDER / slug(data.dataset_id) / "shared" / f"space-{digest}.safetensors"
 
-    def cached() -> SharedSpace | None:
-        if not path.is_file():
-            return None
-        try:
-            header = read_header(path)
-            config = {key: value for key, value in header.metadata.items() if key != CHECKSUM_FIELD}
-            if config.get("identity_digest") != digest:
-                raise CorruptEntry("it was made for other inputs")
-            return SharedSpace.from_state({key: torch.from_numpy(value) for key, value in header.read_tensors().items()}, config)
-        except (CorruptEntry, UsageError) as exc:
-            reporter.warn(f"cached shared space {path} cannot be used ({exc}); fitting it again")
-            return None
-
-    found = cached()
-    if found is not None:
-        return found, True
-    with file_lock(path.with_suffix(".lock"), on_wait=lambda: reporter.info(f"waiting for another process fitting the same shared space ({path})")):
-        found = cached()
-        if found is not None:
-            return found, True
+    def fit() -> SharedSpace:
         reporter.status(f"fitting one shared space for {', '.join(views)}")
-        space = fit_shared_space({name: torch.from_numpy(np.asarray(view.anchors)) for name, view in views.items()})
-        tensors, config = space.state()
-        config = {**config, "identity_digest": digest, "identity": identity, "dataset_id": data.dataset_id,
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        space.config = config
+        return fit_shared_space({name: torch.from_numpy(np.asarray(view.anchors)) for name, view in views.items()})
+
+    return _cached_or_fitted(path, digest, identity, "shared space", SharedSpace.from_state, fit, reporter=reporter,
+                             extra={"dataset_id": data.dataset_id})
+
+
+Fitted = TypeVar("Fitted", FittedBridge, SharedSpace)
+
+
+def _cached_or_fitted(
+    path: Path,
+    digest: str,
+    identity: Mapping[str, Any],
+    what: str,
+    load: Callable[[Mapping[str, torch.Tensor], dict[str, Any]], Fitted],
+    fit: Callable[[], Fitted],
+    *,
+    reporter: Reporter,
+    extra: Mapping[str, Any],
+    sidecar: bool = False,
+) -> tuple[Fitted, bool]:
+    """Give (what ``load`` reads from ``path`` when it is there and made for ``digest``, else what ``fit`` gives,
+    saved there; whether it came from the cache).
+
+    A second process fitting the same thing waits on a lock and reads the first one's file. What is saved is the
+    object's ``state()`` as safetensors with checksums, its config completed by the identity, ``extra`` and the
+    time (``sidecar``: the config also as ``.json`` beside it, for people).
+    """
+    cached = _read_cached(path, digest, what, load, reporter)
+    if cached is not None:
+        return cached, True
+    with file_lock(path.with_suffix(".lock"), on_wait=lambda: reporter.info(f"waiting for another process fitting the same {what} ({path})")):
+        cached = _read_cached(path, digest, what, load, reporter, quiet=True)
+        if cached is not None:
+            return cached, True
+        fitted = fit()
+        tensors, config = fitted.state()
+        config = {**config, "identity_digest": digest, "identity": dict(identity), **extra, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        fitted.config = config
         with out_of_space_as_work_error(path):
             path.parent.mkdir(parents=True, exist_ok=True)
             write_safetensors(path, {key: value.numpy() for key, value in tensors.items()}, config)
-        return space, False
+            if sidecar:
+                write_text_atomically(path.with_suffix(".json"), json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+        return fitted, False
 
 
-def _cached_bridge(path: Path, digest: str, reporter: Reporter, *, quiet: bool = False) -> FittedBridge | None:
-    """Give the bridge cached at ``path`` when it is there, intact and made for ``digest``; else None."""
+def _read_cached(
+    path: Path, digest: str, what: str, load: Callable[[Mapping[str, torch.Tensor], dict[str, Any]], Fitted], reporter: Reporter, *, quiet: bool = False
+) -> Fitted | None:
+    """Give what ``load`` reads from ``path`` when it is there, intact and made for ``digest``; else None."""
     from stitchcli.errors import UsageError
 
     if not path.is_file():
@@ -192,10 +202,10 @@ def _cached_bridge(path: Path, digest: str, reporter: Reporter, *, quiet: bool =
         config = {key: value for key, value in header.metadata.items() if key != CHECKSUM_FIELD}
         if config.get("identity_digest") != digest:
             raise CorruptEntry("it was made for other inputs")
-        return load_bridge({key: torch.from_numpy(value) for key, value in tensors.items()}, config)
+        return load({key: torch.from_numpy(value) for key, value in tensors.items()}, config)
     except (CorruptEntry, UsageError) as exc:
         if not quiet:
-            reporter.warn(f"cached bridge {path} cannot be used ({exc}); fitting it again")
+            reporter.warn(f"cached {what} {path} cannot be used ({exc}); fitting it again")
         return None
 
 
