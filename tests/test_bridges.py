@@ -65,6 +65,23 @@ def test_the_registry_lists_the_bridges_of_the_issue():
     assert all(get_bridge(name).source for name in names)  # every bridge cites where it comes from
 
 
+def test_a_bridge_that_extends_another_takes_its_options_rows_and_claim():
+    refine, coral = get_bridge("refine"), get_bridge("refine-coral")
+    assert refine.defaults == {"ridge": get_bridge("affine").defaults["ridge"], "rounds": 3, "csls_k": 10, "max_rows": 5000}
+    assert coral.defaults == {**refine.defaults, "epsilon": 1e-2}
+    assert coral.uses_rows and (coral.exact_for, dict(coral.exact_options)) == ("affine", {"ridge": 0.0})
+    assert get_bridge("refine-orthogonal").exact_for == "similarity"
+    source, target = _rows(40), _rows(40, seed=1)
+    rows = dict(source_rows=_rows(200, seed=2), target_rows=_rows(200, seed=3))
+    # the base's options reach the base: no rounds, or max_rows 50, change what refine-coral fits
+    plain = fit_bridge("refine-coral", source, target, **rows)
+    unrefined = fit_bridge("refine-coral", source, target, **rows, rounds=0)
+    assert unrefined.config["options"]["rounds"] == 0 and unrefined.config["fit"]["pairs_per_round"] == []
+    assert plain.config["fit"]["pairs_per_round"] and not torch.allclose(plain.matrix, unrefined.matrix)
+    with pytest.raises(UsageError, match="no option bogus"):
+        fit_bridge("refine-coral", source, target, **rows, bogus=1)
+
+
 def test_unknown_bridge_and_option_are_usage_errors_with_a_hint():
     with pytest.raises(UsageError, match="did you mean 'affine'"):
         get_bridge("afine")

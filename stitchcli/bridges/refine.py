@@ -15,12 +15,12 @@ positions, so shuffling one model's rows leaves the fitted map unchanged. When a
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from stitchcli.bridges.linear import AffineMap, affine_map, orthogonal_map
-from stitchcli.bridges.registry import FitData, register_bridge
+from stitchcli.bridges.registry import FitData, base_options, register_bridge
 from stitchcli.errors import UsageError
 
 REFITS: dict[str, Callable[[torch.Tensor, torch.Tensor, float | str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {
@@ -162,43 +162,28 @@ def covariance_alignment(bridge: AffineMap, source_rows: torch.Tensor, target_ro
 
 @register_bridge(
     "refine",
+    extends="affine",
     uses_rows=True,
-    exact_for="affine",
-    exact_options={"ridge": 0.0},
     source="Conneau et al., Word Translation Without Parallel Data, ICLR 2018, arXiv 1710.04087 (CSLS, Procrustes refinement); Dar, mini-vec2vec, 2025, arXiv 2510.02348",
 )
-def fit_refine(
-    data: FitData,
-    *,
-    ridge: float | str = 0.1,
-    rounds: int = 3,
-    csls_k: int = 10,
-    max_rows: int = 5000,
-) -> AffineMap:
+def fit_refine(data: FitData, *, rounds: int = 3, csls_k: int = 10, max_rows: int = 5000, **affine: Any) -> AffineMap:
     """Ridge affine map on the anchors, refitted with mutual-nearest-neighbour pseudo-anchors from unlabeled rows."""
+    ridge = base_options("affine", affine)["ridge"]
     return refine_map(data, refit="affine", ridge=ridge, rounds=rounds, csls_k=csls_k, max_rows=max_rows)
 
 
 @register_bridge(
     "refine-coral",
-    uses_rows=True,
-    exact_for="affine",
-    exact_options={"ridge": 0.0},
+    extends="refine",
     source="`refine`, then CORAL: Sun, Feng & Saenko, Return of Frustratingly Easy Domain Adaptation, AAAI 2016, arXiv 1511.05547",
 )
-def fit_refine_coral(
-    data: FitData,
-    *,
-    ridge: float | str = 0.1,
-    rounds: int = 3,
-    csls_k: int = 10,
-    max_rows: int = 5000,
-    epsilon: float = 1e-2,
-) -> AffineMap:
+def fit_refine_coral(data: FitData, *, epsilon: float = 1e-2, **refine: Any) -> AffineMap:
     """`refine`, then the mapped rows' covariance matched to the decoder rows' (CORAL), both unpaired."""
     if epsilon < 0:
         raise UsageError(f"refine-coral epsilon must be 0 or more, not {epsilon}")
-    bridge = refine_map(data, refit="affine", ridge=ridge, rounds=rounds, csls_k=csls_k, max_rows=max_rows)
+    options = base_options("refine", refine)
+    bridge = fit_refine(data, **options)
+    max_rows = options["max_rows"]
     assert data.source_rows is not None and data.target_rows is not None  # refine_map checked them
     source = unordered_subset(data.source_rows, max_rows, data.seed)
     target = unordered_subset(data.target_rows, max_rows, data.seed + 1)
@@ -209,16 +194,10 @@ def fit_refine_coral(
 
 @register_bridge(
     "refine-orthogonal",
+    extends="orthogonal",
     uses_rows=True,
-    exact_for="similarity",
     source="Conneau et al., Word Translation Without Parallel Data, ICLR 2018, arXiv 1710.04087 (CSLS, Procrustes refinement)",
 )
-def fit_refine_orthogonal(
-    data: FitData,
-    *,
-    rounds: int = 3,
-    csls_k: int = 10,
-    max_rows: int = 5000,
-) -> AffineMap:
+def fit_refine_orthogonal(data: FitData, *, rounds: int = 3, csls_k: int = 10, max_rows: int = 5000) -> AffineMap:
     """Orthogonal Procrustes on the anchors, refitted with mutual-nearest-neighbour pseudo-anchors from unlabeled rows."""
     return refine_map(data, refit="orthogonal", ridge=0.0, rounds=rounds, csls_k=csls_k, max_rows=max_rows)

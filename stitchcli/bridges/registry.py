@@ -164,28 +164,50 @@ def register_bridge(
     name: str,
     *,
     uses_rows: bool = False,
-    exact_for: str = "none",
+    exact_for: str | None = None,
     source: str = "",
     exact_options: Mapping[str, Any] | None = None,
+    extends: str | None = None,
 ) -> Callable[[BridgeFitter], BridgeFitter]:
     """Give a decorator that registers a fitting function as bridge ``name``.
 
     The function takes a :class:`FitData` and the bridge's options as keyword-only parameters; their defaults
     are recorded in :attr:`Bridge.defaults`, and unknown options are refused by :func:`fit_bridge`.
+
+    With ``extends``, the new bridge is that registered bridge plus a step of its own: it takes the base's
+    options as well as its own (they reach the function in its ``**options``, see :func:`base_options`), uses
+    rows if either does, and keeps the base's exactness claim unless it states one.
     """
-    if exact_for not in TRANSFORMATION_CLASSES:
+    base = _BRIDGES[extends] if extends is not None else None
+    claim = exact_for or (base.exact_for if base is not None else "none")
+    if claim not in TRANSFORMATION_CLASSES:
         raise ValueError(f"exact_for must be one of {TRANSFORMATION_CLASSES}, not {exact_for!r}")
 
     def decorator(fit: BridgeFitter) -> BridgeFitter:
         if name in _BRIDGES:
             raise ValueError(f"bridge {name!r} is already registered")
         parameters = inspect.signature(fit).parameters.values()
-        defaults = {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY}
+        defaults = dict(base.defaults) if base is not None else {}
+        defaults.update({p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY})
+        inherited = dict(base.exact_options) if base is not None and exact_for is None else {}
         summary = (inspect.getdoc(fit) or name).splitlines()[0]
-        _BRIDGES[name] = Bridge(name, fit, uses_rows, exact_for, summary, source, defaults, dict(exact_options or {}))
+        _BRIDGES[name] = Bridge(
+            name, fit, uses_rows or (base is not None and base.uses_rows), claim, summary, source, defaults,
+            {**inherited, **(exact_options or {})},
+        )
         return fit
 
     return decorator
+
+
+def base_options(base: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Give the options of registered bridge ``base`` taken from ``options``, its defaults filling the gaps
+    (for a bridge registered with ``extends=base``, whose function receives them in ``**options``)."""
+    defaults = _BRIDGES[base].defaults
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise TypeError(f"bridge {base!r} has no option {', '.join(unknown)}")
+    return {key: options.get(key, value) for key, value in defaults.items()}
 
 
 def _load_families() -> None:
