@@ -63,22 +63,45 @@ class Classifier(nn.Module):
         return self.mlp(features)
 
 
-@dataclass
-class TrainingRecord:
-    """What training did: the curve, the chosen epoch and the accuracies of the kept weights."""
+@dataclass(kw_only=True)
+class TrainingRun:
+    """What training did, whatever the task: the curve, the chosen epoch, the rows and the time.
+
+    Each task's record adds its scores of the kept weights (:class:`TrainingRecord` for classification,
+    ``ReconstructionRecord`` for reconstruction).
+    """
 
     epochs_run: int
     best_epoch: int
-    train_accuracy: float
-    val_accuracy: float
     train_rows: int
     val_rows: int
     seconds: float
     curve: list[dict[str, float]] = field(default_factory=list)
 
+    @classmethod
+    def of(cls, fit: EarlyStoppedFit, train_rows: np.ndarray, val_rows: np.ndarray, started: float, **scores: float) -> Any:
+        """Give the record of ``fit`` (begun at ``perf_counter`` time ``started``), with the task's ``scores``."""
+        return cls(
+            epochs_run=len(fit.curve),
+            best_epoch=fit.best_epoch,
+            train_rows=len(train_rows),
+            val_rows=len(val_rows),
+            seconds=round(time.perf_counter() - started, 3),
+            curve=fit.curve,
+            **{name: round(value, 6) for name, value in scores.items()},
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """Give the record as a JSON-ready dict."""
         return asdict(self)
+
+
+@dataclass(kw_only=True)
+class TrainingRecord(TrainingRun):
+    """A classification head's training: the run, and the accuracies of the kept weights."""
+
+    train_accuracy: float
+    val_accuracy: float
 
 
 @dataclass
@@ -244,16 +267,7 @@ def train_classifier(
         module, x, y, train_rows, val_rows, settings, seed=seed, loss_fn=nn.CrossEntropyLoss(),
         metric=("accuracy", _count_correct), progress=progress,
     )
-    return TrainingRecord(
-        epochs_run=len(fit.curve),
-        best_epoch=fit.best_epoch,
-        train_accuracy=round(fit.train_metric, 6),
-        val_accuracy=round(fit.val_metric, 6),
-        train_rows=len(train_rows),
-        val_rows=len(val_rows),
-        seconds=round(time.perf_counter() - started, 3),
-        curve=fit.curve,
-    )
+    return TrainingRecord.of(fit, train_rows, val_rows, started, train_accuracy=fit.train_metric, val_accuracy=fit.val_metric)
 
 
 def _count_correct(logits: torch.Tensor, labels: torch.Tensor) -> float:

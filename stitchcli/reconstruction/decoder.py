@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from stitchcli.errors import UsageError
-from stitchcli.heads import fit_with_early_stopping, stratified_split
+from stitchcli.heads import TrainingRun, fit_with_early_stopping, stratified_split
 from stitchcli.reconstruction.targets import ImageShape, image_shape_of
 from stitchcli.registry import Registry
 from stitchcli.relative.aggregation import Aggregation, build_aggregation
@@ -222,22 +222,12 @@ def decoder_from_config(config: dict[str, Any], settings: HeadSettings) -> Recon
     )
 
 
-@dataclass
-class ReconstructionRecord:
-    """What training did: the curve, the chosen epoch and the mean squared errors of the kept weights."""
+@dataclass(kw_only=True)
+class ReconstructionRecord(TrainingRun):
+    """A reconstruction head's training: the run, and the mean squared errors of the kept weights."""
 
-    epochs_run: int
-    best_epoch: int
     train_mse: float
     val_mse: float
-    train_rows: int
-    val_rows: int
-    seconds: float
-    curve: list[dict[str, float]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Give the record as a JSON-ready dict."""
-        return asdict(self)
 
 
 def validation_split(rows: int, labels: np.ndarray | None, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -299,16 +289,7 @@ def train_decoder(
     fit = fit_with_early_stopping(module, x, y, train_rows, val_rows, settings, seed=seed, loss_fn=nn.MSELoss(), progress=progress)
     kept = torch.as_tensor(train_rows, device=device)
     train_mse = float(((reconstruct(module, x[kept]) - y[kept].cpu()) ** 2).mean())
-    return ReconstructionRecord(
-        epochs_run=len(fit.curve),
-        best_epoch=fit.best_epoch,
-        train_mse=round(train_mse, 6),
-        val_mse=round(fit.val_loss, 6),
-        train_rows=len(train_rows),
-        val_rows=len(val_rows),
-        seconds=round(time.perf_counter() - started, 3),
-        curve=fit.curve,
-    )
+    return ReconstructionRecord.of(fit, train_rows, val_rows, started, train_mse=train_mse, val_mse=fit.val_loss)
 
 
 @torch.no_grad()
