@@ -406,7 +406,7 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
 def validate_recipe(recipe: Recipe, store: EmbeddingStore | None = None) -> None:
     """Check that every dataset and model name of a recipe resolves, without network or model work.
 
-    Datasets go through ``resolve_dataset`` (aliases, hub ids, existing local paths) and models
+    Datasets go through :func:`stitchcli.data.resolve_dataset` (aliases, hub ids, existing local paths) and models
     through ``resolve_model`` (timm and open_clip names against their registries; hub ids by their
     form, since whether a hub id exists can only be told online). With a ``store``, names saved with
     ``embed --name`` are accepted too and ``anchors.name`` must be a saved manifest.
@@ -414,7 +414,6 @@ def validate_recipe(recipe: Recipe, store: EmbeddingStore | None = None) -> None
     Raises:
         UsageError: the recipe file, the key, and the resolver's own one-line message.
     """
-    from stitchcli.data import resolve_dataset
     from stitchcli.encoders import resolve_model
 
     from stitchcli.assets import PACKAGED_MODELS
@@ -428,12 +427,7 @@ def validate_recipe(recipe: Recipe, store: EmbeddingStore | None = None) -> None
             if packaged and name[len(PACKAGED_PREFIX):] not in PACKAGED_DATASETS:
                 raise UsageError(f"unknown packaged dataset {name!r}: use {' or '.join(PACKAGED_PREFIX + n for n in PACKAGED_DATASETS)}")
             if not packaged:
-                resolve_dataset(
-                    name,
-                    input_column=options.input_column,
-                    label_column=options.label_column,
-                    revision=options.dataset_revision,
-                )
+                options.resolve(name)
         except UsageError as exc:
             raise check.error(f"datasets[{i}]: {exc}") from None
         for j, model in enumerate(recipe.models_of(name)):

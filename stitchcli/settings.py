@@ -26,6 +26,9 @@ from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
 from stitchcli.errors import UsageError, unknown_name
 
+if typing.TYPE_CHECKING:
+    from stitchcli.data.base import DatasetSpec
+
 FIT_HEAD, STITCH, EVAL = "fit-head", "stitch", "eval"
 ALL_COMMANDS = frozenset({FIT_HEAD, STITCH, EVAL})
 SWEEPS = frozenset({STITCH, EVAL})
@@ -186,6 +189,18 @@ class DatasetOptions:
     def given(self) -> dict[str, str]:
         """Give the options that are set (name -> value)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_given(cls, given: Mapping[str, Any] | None) -> DatasetOptions:
+        """Give the options :meth:`given` recorded (an anchor manifest's ``dataset_options``)."""
+        return cls(**dict(given or {}))
+
+    def resolve(self, name: str, split_paths: Mapping[str, str] | None = None) -> DatasetSpec:
+        """Give the spec of dataset ``name`` read with these options (see :func:`stitchcli.data.resolve_dataset`)."""
+        from stitchcli.data import resolve_dataset
+
+        return resolve_dataset(name, input_column=self.input_column, label_column=self.label_column,
+                               split_paths=dict(split_paths) if split_paths else None, revision=self.dataset_revision)
 
 
 @dataclass(frozen=True)

@@ -338,3 +338,23 @@ def test_library_checks_before_any_work(cache_dir, image_folder):
         choose_anchors(store, str(image_folder), num=3, name="../escape")
     with pytest.raises(UsageError, match="positive"):
         choose_anchors(store, str(image_folder), num=0)
+
+
+def test_the_dataset_options_given_are_recorded_and_read_again(cache_dir, tmp_path):
+    from data_fixtures import TEXT_ROWS_TRAIN, _write_csv
+
+    from stitchcli.settings import DatasetOptions
+
+    data = tmp_path / "columns"
+    data.mkdir()
+    _write_csv(data / "train.csv", TEXT_ROWS_TRAIN, header=("body", "topic"))
+    with pytest.raises(UsageError, match="column"):  # neither 'text' nor 'label': nothing to infer them from
+        choose_anchors(EmbeddingStore(cache_dir), str(data), num=3)
+    options = DatasetOptions(input_column="body", label_column="topic")
+    manifest = choose_anchors(EmbeddingStore(cache_dir), str(data), num=3, dataset_options=options)
+    assert manifest.dataset_options == {"input_column": "body", "label_column": "topic"}
+    assert DatasetOptions.from_given(manifest.dataset_options) == options
+    spec = DatasetOptions.from_given(manifest.dataset_options).resolve(manifest.dataset)
+    assert (spec.input_columns, spec.label_column) == (("body",), "topic")
+    with pytest.raises(UsageError, match="revision"):
+        DatasetOptions(dataset_revision="main").resolve(str(data))

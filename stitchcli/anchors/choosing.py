@@ -20,6 +20,7 @@ from stitchcli.anchors.strategies import AnchorPool, get_anchor_strategy
 from stitchcli.data.base import DatasetSpec
 from stitchcli.errors import NotCached, UsageError
 from stitchcli.models import MODEL_OPTIONS, ModelRef
+from stitchcli.settings import DatasetOptions
 
 if TYPE_CHECKING:
     from stitchcli.progress import Reporter
@@ -67,9 +68,7 @@ def choose_anchors(
     model: ModelRef | str | None = None,
     limit: int | None = None,
     embed_seed: int = 0,
-    dataset_revision: str | None = None,
-    input_column: str | None = None,
-    label_column: str | None = None,
+    dataset_options: DatasetOptions | None = None,
     name: str | None = None,
     reporter: Reporter | None = None,
 ) -> AnchorManifest:
@@ -89,8 +88,8 @@ def choose_anchors(
         limit: draw from the seeded class-stratified subset ``embed --limit`` encodes.
         embed_seed: the ``--seed`` given to embed: it picks the ``limit`` subset and seeds
             ``--weights random``, so it locates the cache entry.
-        dataset_revision, input_column, label_column: the dataset options given to embed (with a resolved
-            ``dataset``, the ones it was resolved with: the manifest records them).
+        dataset_options: the dataset options given to embed (with a resolved ``dataset``, the ones it was
+            resolved with: the manifest records them).
         name: the name to save under (default :func:`~stitchcli.anchors.manifest.default_anchor_name`).
         reporter: where notes and progress go.
 
@@ -99,7 +98,7 @@ def choose_anchors(
             fps/kmeans without that model's cached embeddings.
     """
     from stitchcli import __version__
-    from stitchcli.data import load_split, resolve_dataset
+    from stitchcli.data import load_split
     from stitchcli.progress import Reporter
 
     reporter = reporter or Reporter()
@@ -130,10 +129,7 @@ def choose_anchors(
         from stitchcli.assets import prepare_packaged
 
         local = prepare_packaged(store, dataset, [model_name] if model_name else [], reporter)
-        data = resolve_dataset(local, input_column=input_column, label_column=label_column, revision=dataset_revision)
-    # the options as given (with a resolved spec: as it was resolved with), so the manifest resolves the same data again
-    given = {"input_column": input_column, "label_column": label_column, "dataset_revision": dataset_revision}
-    dataset_options = {k: v for k, v in given.items() if v is not None}
+        data = (dataset_options or DatasetOptions()).resolve(local)
     # A name that resolves again from any folder: local data by its absolute path.
     dataset_name = data.name if data.kind == "hub" else data.source
     entry: CachedEmbeddings | None = None
@@ -185,7 +181,8 @@ def choose_anchors(
         model=model_name,
         model_options=_given_options(model),
         model_entry=str(entry.metadata["key_digest"]) if entry is not None else None,
-        dataset_options=dataset_options,
+        # the options as given (with a resolved spec: as it was resolved with), so the manifest resolves the same data again
+        dataset_options=(dataset_options or DatasetOptions()).given(),
         params=selection.params,
         notes=selection.notes,
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -265,11 +262,7 @@ def anchor_embeddings(
         UsageError: the entry is not cached (the message names the embed command), lacks some
             anchor rows (e.g. made with another --limit), or holds changed data.
     """
-    from stitchcli.data import resolve_dataset
-
-    options = manifest.dataset_options
-    data = resolve_dataset(manifest.dataset, input_column=options.get("input_column"), label_column=options.get("label_column"),
-                           revision=options.get("dataset_revision"))
+    data = DatasetOptions.from_given(manifest.dataset_options).resolve(manifest.dataset)
     model = ModelRef.of(model)
     entry = _cached_entry(store, model, data, manifest.split, limit=limit, embed_seed=embed_seed, purpose=f"anchors {manifest.name!r}")
     return select_anchor_rows(manifest, entry, model=model.name)

@@ -67,6 +67,7 @@ def anchor_command(
     from stitchcli.cli.output import check_output_path, progress_and_store
     from stitchcli.errors import UsageError
     from stitchcli.models import ModelRef
+    from stitchcli.settings import DatasetOptions
 
     check_output_path(out, "--out")
     given = {"weights": weights, "pooling": pooling, "max_length": max_length, "precision": precision, "revision": revision}
@@ -85,9 +86,7 @@ def anchor_command(
         model=ModelRef(model, model_options) if model is not None else None,
         limit=limit,
         embed_seed=embed_seed,
-        dataset_revision=dataset_revision,
-        input_column=input_column,
-        label_column=label_column,
+        dataset_options=DatasetOptions(input_column, label_column, dataset_revision),
         name=name,
         reporter=reporter,
     )

@@ -110,12 +110,14 @@ def embed_command(
     from stitchcli.distributed import torchrun_rank
     from stitchcli.embedding import EmbedOptions, embed
     from stitchcli.models import ModelRef
+    from stitchcli.settings import DatasetOptions
 
     launched = torchrun_rank()
     follower = launched is not None and launched[1] != 0  # ranks other than 0 report nothing but warnings and errors
     progress, store, reporter = progress_and_store(cache_dir, quiet or follower)
     given = {"weights": weights, "pooling": pooling, "max_length": max_length, "precision": precision, "revision": revision}
     options = {key: value for key, value in given.items() if value is not None}
+    dataset_options = DatasetOptions(input_column, label_column, dataset_revision)
     if layers is not None:
         from stitchcli.embedding.layers import embed_layers
 
@@ -126,7 +128,7 @@ def embed_command(
             options=EmbedOptions(batch_size=batch_size, device=device, num_workers=num_workers, shard_rows=shard_rows, force=force,
                                  limit=limit, seed=seed, compile=compile_model, num_shards=num_shards, merge=merge,
                                  trust_remote_code=trust_remote_code),
-            input_column=input_column, label_column=label_column, dataset_revision=dataset_revision, reporter=reporter,
+            dataset_options=dataset_options, reporter=reporter,
         )
         render_results(results, store, json_output=json_output)
         return
@@ -149,9 +151,7 @@ def embed_command(
             merge=merge,
             trust_remote_code=trust_remote_code,
         ),
-        dataset_revision=dataset_revision,
-        input_column=input_column,
-        label_column=label_column,
+        dataset_options=dataset_options,
         from_array=from_array,
         register_as=name,
         reporter=reporter,

@@ -33,6 +33,7 @@ from stitchcli.errors import NotCached, UsageError, out_of_space_as_work_error
 from stitchcli.models import ModelRef
 from stitchcli.progress import Reporter
 from stitchcli.provenance import library_versions
+from stitchcli.settings import DatasetOptions
 from stitchcli.store import CachedEmbeddings, EmbeddingStore, EntryKey, canonical_json, file_lock, remove_interrupted_writes
 
 ALL_LAYERS = "all"
@@ -80,16 +81,14 @@ def embed_layers(
     store: EmbeddingStore,
     layers: LayerSelection = ALL_LAYERS,
     options: EmbedOptions | None = None,
-    input_column: str | None = None,
-    label_column: str | None = None,
-    dataset_revision: str | None = None,
+    dataset_options: DatasetOptions | None = None,
     reporter: Reporter | None = None,
 ) -> list[EmbedResult]:
     """Give one result per (model, split, layer) after making sure each layer's entry is in the cache.
 
     Args:
         models: the models (timm and transformers; open_clip is refused).
-        dataset, splits, input_column, label_column, dataset_revision: as for :func:`~stitchcli.embedding.embed`.
+        dataset, splits, dataset_options: as for :func:`~stitchcli.embedding.embed`.
         store: the cache.
         layers: ``"all"`` or the layer names to keep (a name the model lacks is a UsageError naming its layers).
         options: as for embed; array jobs, torchrun, ``--merge``, ``--force`` and ``--compile`` do not apply.
@@ -112,8 +111,7 @@ def embed_layers(
     for ref in refs:
         _check_device_options(options.device, ref.options.get("precision"))
     split_names, split_paths = parse_splits(splits)
-    data = resolve_embed_dataset(store, dataset, names, split_paths, reporter, input_column=input_column,
-                                 label_column=label_column, dataset_revision=dataset_revision)
+    data = resolve_embed_dataset(store, dataset, names, split_paths, reporter, dataset_options)
     specs = [_spec_for(store, ref, arrays=False, seed=options.seed) for ref in refs]
     from stitchcli.encoders.layers import check_layers_supported
 

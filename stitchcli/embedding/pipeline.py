@@ -23,6 +23,7 @@ from stitchcli.errors import NotCached, UsageError, out_of_space_as_work_error
 from stitchcli.models import ModelRef
 from stitchcli.hub import prefer_offline_when_unreachable
 from stitchcli.progress import Reporter
+from stitchcli.settings import DatasetOptions
 from stitchcli.store import (
     CachedEmbeddings,
     EmbeddingStore,
@@ -44,9 +45,7 @@ def embed(
     *,
     store: EmbeddingStore,
     options: EmbedOptions | None = None,
-    input_column: str | None = None,
-    label_column: str | None = None,
-    dataset_revision: str | None = None,
+    dataset_options: DatasetOptions | None = None,
     from_array: Sequence[str] | None = None,
     register_as: str | None = None,
     reporter: Reporter | None = None,
@@ -59,8 +58,8 @@ def embed(
 
     Args:
         models: the models, each a name or a :class:`~stitchcli.models.ModelRef` (a name with its embed options).
-        dataset: a name as ``embed --dataset`` takes it (``input_column``, ``label_column`` and
-            ``dataset_revision`` apply to it), or a spec resolved already (those three are then in it).
+        dataset: a name as ``embed --dataset`` takes it (``dataset_options`` apply to it), or a spec
+            resolved already (the options are then in it).
         splits: ``NAME`` or ``NAME=PATH`` values (default: train and test).
         store: the cache.
         options: how to run (batch size, device, limit, shards...).
@@ -98,8 +97,7 @@ def embed(
         raise UsageError("--from-array imports one model's embeddings: give exactly one --model with it")
     if arrays and (refs[0].options.get("weights") or register_as):
         raise UsageError("--from-array imports finished embeddings: --weights and --name do not apply")
-    data = resolve_embed_dataset(store, dataset, names, split_paths, reporter, input_column=input_column,
-                                 label_column=label_column, dataset_revision=dataset_revision)
+    data = resolve_embed_dataset(store, dataset, names, split_paths, reporter, dataset_options)
 
     loaded: dict[str, SplitData] = {}
 
@@ -150,10 +148,7 @@ def resolve_embed_dataset(
     models: Sequence[str],
     split_paths: Mapping[str, str],
     reporter: Reporter,
-    *,
-    input_column: str | None = None,
-    label_column: str | None = None,
-    dataset_revision: str | None = None,
+    dataset_options: DatasetOptions | None = None,
 ) -> DatasetSpec:
     """Give embed's dataset resolved: a spec as given, or a name (a ``packaged:`` one written first, and the
     packaged models among ``models`` registered) resolved with the dataset options and ``--split`` paths."""
@@ -162,15 +157,9 @@ def resolve_embed_dataset(
             raise UsageError("--split NAME=PATH names table files: give the dataset by name with them")
         return dataset
     from stitchcli.assets import prepare_packaged
-    from stitchcli.data import resolve_dataset
 
-    return resolve_dataset(
-        prepare_packaged(store, dataset, models, reporter),
-        input_column=input_column,
-        label_column=label_column,
-        split_paths=dict(split_paths) or None,
-        revision=dataset_revision,
-    )
+    local = prepare_packaged(store, dataset, models, reporter)
+    return (dataset_options or DatasetOptions()).resolve(local, split_paths=dict(split_paths) or None)
 
 
 def _embed_all(
@@ -368,14 +357,12 @@ def load_embeddings(
     *,
     limit: int | None = None,
     seed: int = 0,
-    input_column: str | None = None,
-    label_column: str | None = None,
-    dataset_revision: str | None = None,
+    dataset_options: DatasetOptions | None = None,
     layer: str | None = None,
 ) -> CachedEmbeddings:
     """Give a model's cached embeddings of one split with arrays loaded.
 
-    ``model`` and ``dataset`` as for :func:`embed` (a name, or a ModelRef / resolved DatasetSpec); ``limit``
+    ``model``, ``dataset`` and ``dataset_options`` as for :func:`embed` (a name, or a ModelRef / resolved DatasetSpec); ``limit``
     and ``seed`` as given to embed; ``layer`` one intermediate layer's entry (``embed --layers``), None the
     final representation.
 
@@ -383,12 +370,8 @@ def load_embeddings(
         NotCached: the entry is not in the cache yet (the message names the embed command that makes it).
         UsageError: some array jobs of the entry have not finished (the message names them).
     """
-    from stitchcli.data import resolve_dataset
-
     ref = ModelRef.of(model)
-    data = dataset if isinstance(dataset, DatasetSpec) else resolve_dataset(
-        dataset, input_column=input_column, label_column=label_column, revision=dataset_revision
-    )
+    data = dataset if isinstance(dataset, DatasetSpec) else (dataset_options or DatasetOptions()).resolve(dataset)
     spec = resolve_model_spec(store, ref, seed=seed)
     key = entry_key(spec, data, split, limit=limit, seed=seed, layer=layer)
     entry = store.lookup(spec.storage_name, key)

@@ -10,6 +10,7 @@ import numpy as np
 
 from stitchcli.errors import BelowMinimum, UsageError
 from stitchcli.progress import Reporter
+from stitchcli.settings import DatasetOptions
 from stitchcli.stitched.model import StitchedModel, softmax
 from stitchcli.store import EmbeddingStore
 
@@ -119,9 +120,7 @@ def predict_dataset(
     store: EmbeddingStore,
     limit: int | None = None,
     seed: int = 0,
-    input_column: str | None = None,
-    label_column: str | None = None,
-    dataset_revision: str | None = None,
+    dataset_options: DatasetOptions | None = None,
     batch_size: int | None = None,
     device: str = "auto",
     recompute: bool = False,
@@ -133,14 +132,14 @@ def predict_dataset(
     unless ``recompute``; otherwise the rows go through the encoder. Nothing is written to the cache.
     """
     from stitchcli.assets import prepare_packaged
-    from stitchcli.data import load_split, resolve_dataset
+    from stitchcli.data import load_split
     from stitchcli.stitched.build import predictions_digest
     from stitchcli.stitched.encoding import cached_latents, embed_inputs
     from stitchcli.stitched.inputs import inputs_from_dataset
 
     reporter = reporter or Reporter()
     local = prepare_packaged(store, dataset, [], reporter)
-    data = resolve_dataset(local, input_column=input_column, label_column=label_column, revision=dataset_revision)
+    data = (dataset_options or DatasetOptions()).resolve(local)
     rows = load_split(data, split, limit=limit, seed=seed)
     inputs = inputs_from_dataset(rows, data)
     latents = None if recompute else cached_latents(model, store, data, split, rows.ids, limit=limit, seed=seed)

@@ -88,11 +88,8 @@ def resolve_sweep_dataset(store: EmbeddingStore, settings: StitchSettings, model
     """Give the settings' dataset resolved once: a ``packaged:`` dataset is written first (and the packaged models
     among ``models`` registered), then the name and the dataset options are resolved (no rows are read)."""
     from stitchcli.assets import prepare_packaged
-    from stitchcli.data import resolve_dataset
 
-    local = prepare_packaged(store, settings.dataset, models, reporter)
-    options = settings.data
-    return resolve_dataset(local, input_column=options.input_column, label_column=options.label_column, revision=options.dataset_revision)
+    return settings.data.resolve(prepare_packaged(store, settings.dataset, models, reporter))
 
 
 def ensure_embeddings(
