@@ -79,7 +79,7 @@ WORDS = st.sampled_from(
         "self-attention", "center", "l2", "uniform", "fps", "kmeans", "class-balanced", "cka,jaccard", "absolute",
         "affine,none", "train", "test", "validation", "train=missing.csv", "=", "0,1", "0,,1", "random", "fp16", "bf16",
         "fp64", "cpu", "cuda", "cuda:9", "mps", "auto", "cls", "mean", "-", "--", "-x", "no-such-dir/", "out/file.json",
-        "afile/x", ".", "/nonexistent/file.csv", "missing.safetensors", "missing.toml", "../../etc/passwd", "~",
+        "afile/x", ".", "/proc/no-such-dir/file.csv", "missing.safetensors", "missing.toml", "../../etc/passwd", "~",
         "a\nb", "naïve ☃", "\x7f", "%s{}", "${HOME}",
     ]
 )
