@@ -47,7 +47,6 @@ def eval_command(
     from stitchcli.cli.settings_options import split_list
     from stitchcli.models import ModelRef
     from stitchcli.settings import by_name
-    from stitchcli.stitching import evaluate
 
     check_output_path(csv_file, "--csv")
     check_output_path(plot, "--plot", folder=True)
@@ -76,6 +75,8 @@ def eval_command(
         refs = [ModelRef(name) for name in split_list(models, "--models") or ()]
         runs = [(refs, given.settings(dataset))]
     keeps = [check_reconstruction_outputs(settings.task, plot, save_outputs, plot_is_heatmaps=True) for _, settings in runs]
+    from stitchcli.stitching import evaluate  # torch: after the options are checked, so a bad one is refused at once
+
     reports = []
     for (refs, settings), keep in zip(runs, keeps):
         progress.info(f"eval: {len(refs)} models on {settings.dataset}")

@@ -33,11 +33,12 @@ def fit_head_command(
     """
     from stitchcli.cli.output import check_output_path, print_json, print_table, progress_and_store
     from stitchcli.models import ModelRef
-    from stitchcli.stitching import fit_head
 
     check_output_path(out, "--out")
     settings = given.settings(dataset, anchor_model=model, seeds=(seed,))
     progress, store, reporter = progress_and_store(cache_dir, quiet)
+    from stitchcli.stitching import fit_head  # torch: after the options are checked, so a bad one is refused at once
+
     head, cached, written = fit_head(store, ModelRef(model), settings, seed=seed, out=out, force=force, reporter=reporter)
     if cached:
         progress.info(f"read the head from the cache: {head.path} (--force trains it again)")

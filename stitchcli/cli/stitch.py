@@ -53,7 +53,6 @@ def stitch_command(
     from stitchcli.cli.predict import check_stitch_outputs, save_and_check
     from stitchcli.cli.report import render_stitch
     from stitchcli.models import ModelRef
-    from stitchcli.stitching import stitch
 
     settings = given.settings(dataset)
     keep = check_reconstruction_outputs(settings.task, plot, save_outputs)
@@ -61,6 +60,8 @@ def stitch_command(
     if settings.task != "classification" and (save is not None or min_accuracy is not None):
         raise UsageError(f"--save and --min-accuracy apply to classification: drop them with --task {settings.task}")
     progress, store, reporter = progress_and_store(cache_dir, quiet)
+    from stitchcli.stitching import stitch  # torch: after the options are checked, so a bad one is refused at once
+
     report = stitch(store, ModelRef(encoder), ModelRef(decoder), settings, head_file=head, explicit=given.explicit, reporter=reporter, keep=keep)
     progress.info(f"{report.heads_trained} head(s) trained, {report.heads_cached} read from the cache, in {report.seconds:.1f} s")
     write_reconstruction_outputs([report], plot, save_outputs, progress)
