@@ -385,3 +385,19 @@ def test_shared_space_errors():
         fit_shared_space({"a": _rows(10), "b": _rows(11)})
     with pytest.raises(UsageError, match="not in this shared space"):
         fit_shared_space({"a": _rows(10), "b": _rows(10, seed=1)}).bridge("a", "z")
+
+
+@pytest.mark.parametrize("count", [5, 23])
+def test_coral_with_fewer_rows_than_dimensions_equals_the_eigen_decomposition(count):
+    """The thin-SVD route of `covariance_power` (rows < dimensions) gives the matrix the d×d eigen-decomposition gives."""
+    from stitchcli.bridges.refine import covariance_power
+
+    rows = _rows(count)
+    mean = rows.mean(dim=0)
+    centred = rows - mean
+    covariance = centred.T @ centred / (count - 1)
+    regularised = covariance + 0.05 * float(covariance.diagonal().mean()) * torch.eye(D, dtype=torch.float64)
+    values, vectors = torch.linalg.eigh(regularised)
+    for power in (-0.5, 0.5):
+        expected = (vectors * values**power) @ vectors.T
+        torch.testing.assert_close(covariance_power(rows, mean, power, 0.05), expected, rtol=1e-9, atol=1e-12)
