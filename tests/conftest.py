@@ -6,8 +6,12 @@ import os
 from pathlib import Path
 
 import json
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from stitchcli.store import EmbeddingStore
 
 # No test may reach a hub: the real code paths must fail fast and clearly, as on an offline machine.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -19,6 +23,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # the cores for torch's threads: 2 workers on 2 cores at 2 threads each oversubscribe the cores, and torch's
 # spinning thread pool then spends time waiting (tests/test_stitching.py ran 20% faster with 1 thread per
 # worker). A value the user set is kept; tests that need several threads set them themselves.
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: two workers more than the cores, as memory allows (about 3 GB a worker at the peak of the real tests).
+
+    Many tests spend part of their time waiting on a process they started (a killed run, torchrun's ranks, an
+    array job); the extra workers fill the cores meanwhile. On 2 cores the suite took 18 min 49 s with 2 workers
+    and 15 min 35 s with 4 (docs/PERFORMANCE.md, "The test suite").
+    """
+    cores = os.cpu_count() or 1
+    try:
+        memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        memory_gb = 3.0 * (cores + 2)
+    return max(1, min(cores + 2, int(memory_gb // 3)))
+
+
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
@@ -120,6 +139,32 @@ def make_tiny_bert(folder: Path) -> Path:
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Give a local folder holding a tiny random BERT and its tokenizer."""
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+REAL_MNIST_ROWS = 300
+"""Rows per split of the packaged MNIST that the real tests sharing :func:`real_mnist` embed."""
+
+
+@pytest.fixture(scope="session")
+def real_mnist(tmp_path_factory: pytest.TempPathFactory) -> tuple[EmbeddingStore, str]:
+    """Give (a cache, the packaged MNIST folder) shared by the real tests of this run: it holds Lite0's and Lite2's
+    embeddings of the 300-row train and test subsets (seed 0), built once under a lock by whichever test (or
+    xdist worker: they share the session's temporary folder) asks first, so each real test does not embed the
+    same digits with the same models again."""
+    from stitchcli.assets import register_packaged_models
+    from stitchcli.data.packaged import packaged_dataset
+    from stitchcli.embedding import EmbedOptions, embed
+    from stitchcli.store import EmbeddingStore, file_lock
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "real-mnist-cache"
+    root.mkdir(exist_ok=True)
+    store = EmbeddingStore(root)
+    with file_lock(root / "prepare.lock"):
+        mnist = packaged_dataset("packaged:mnist5k", root / "assets")
+        register_packaged_models(store, ["lite0", "lite2"])
+        embed(["lite0", "lite2"], mnist, ["train", "test"], store=store, options=EmbedOptions(limit=REAL_MNIST_ROWS))
+    return store, mnist
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import REAL_MNIST_ROWS
 from stitchcli.models import ModelRef
 from stitchcli.embedding import EmbedOptions, embed, load_embeddings
 from stitchcli.store import EmbeddingStore
@@ -57,19 +58,14 @@ def test_minilm_puts_paraphrases_closer_than_unrelated_sentences(cache_dir, tmp_
         assert sims[i, i] > others.max() + 0.1, (i, sims[i])
 
 
-def test_efficientnet_lite0_features_beat_random_weights_on_real_mnist(cache_dir):
-    from stitchcli.assets import register_packaged_models
-    from stitchcli.data.packaged import packaged_dataset
-
-    store = EmbeddingStore(cache_dir)
-    mnist = packaged_dataset("packaged:mnist5k", store.root / "assets")
-    register_packaged_models(store, ["lite0"])
+def test_efficientnet_lite0_features_beat_random_weights_on_real_mnist(real_mnist):
+    store, mnist = real_mnist  # the packaged Lite0 has embedded these 300 + 300 digits already
     accuracy = {}
     for name, weights in (("lite0", None), ("timm:tf_efficientnet_lite0", "random")):
-        embed([ModelRef(name, {"weights": weights})], mnist, ["train", "test"], store=store, options=EmbedOptions(limit=300))
-        train = load_embeddings(store, ModelRef(name, {"weights": weights}), mnist, "train", limit=300)
-        test = load_embeddings(store, ModelRef(name, {"weights": weights}), mnist, "test", limit=300)
-        assert train.embeddings.shape == (300, 1280)
+        embed([ModelRef(name, {"weights": weights})], mnist, ["train", "test"], store=store, options=EmbedOptions(limit=REAL_MNIST_ROWS))
+        train = load_embeddings(store, ModelRef(name, {"weights": weights}), mnist, "train", limit=REAL_MNIST_ROWS)
+        test = load_embeddings(store, ModelRef(name, {"weights": weights}), mnist, "test", limit=REAL_MNIST_ROWS)
+        assert train.embeddings.shape == (REAL_MNIST_ROWS, 1280)
         accuracy[name] = _ridge_probe_accuracy(train, test, 10)
     # measured: pretrained 0.77, the same architecture with random weights 0.60 (300 train / 300 test rows)
     assert accuracy["lite0"] > 0.65
