@@ -27,8 +27,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """`-n auto`: two workers more than the cores, as memory allows (about 3 GB a worker at the peak of the real tests).
 
     Many tests spend part of their time waiting on a process they started (a killed run, torchrun's ranks, an
-    array job); the extra workers fill the cores meanwhile. On 2 cores the suite took 18 min 49 s with 2 workers
-    and 15 min 35 s with 4 (docs/PERFORMANCE.md, "The test suite").
+    array job); the extra workers fill the cores meanwhile (measured in docs/PERFORMANCE.md, "The test suite").
     """
     cores = os.cpu_count() or 1
     try:
