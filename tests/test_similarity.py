@@ -302,6 +302,18 @@ def test_rsa_takes_the_cosine_and_correlation_distances() -> None:
         assert measure(x, y, "rsa", distance=distance) == pytest.approx(rsa_reference(x, y, distance), abs=TOLERANCE)
 
 
+
+def test_rsa_gives_tied_distances_their_average_rank_as_spearman_does() -> None:
+    # points on a small integer grid: many pairs are exactly equally far apart, in both models
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 3, size=(60, 4)).astype(np.float64)
+    y = x[:, :3] + rng.integers(0, 2, size=(60, 3))
+    assert len(np.unique(pdist(x))) < 20  # the case is the one meant: ties everywhere
+    # Euclidean only: integer squared distances are exact on both sides, so the ties are the same ties (equal
+    # cosines can differ in their last bit between two ways of computing them)
+    assert measure(x, y, "rsa") == pytest.approx(rsa_reference(x, y), abs=TOLERANCE)
+
+
 # ------------------------------------------------------------------------------------------ calibration
 
 

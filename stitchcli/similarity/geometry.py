@@ -140,15 +140,23 @@ def _dissimilarities(points: torch.Tensor, distance: str) -> torch.Tensor:
 
 
 def _average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Give the 1-based ranks of ``values``, tied values sharing the mean of their ranks (as scipy's rankdata)."""
-    ordered, order = values.sort(stable=True)
-    starts_group = torch.ones_like(ordered, dtype=torch.bool)
-    starts_group[1:] = ordered[1:] != ordered[:-1]
-    group = starts_group.cumsum(0) - 1
-    ends = torch.bincount(group).cumsum(0).to(torch.float64)  # 1-based rank of each group's last member
-    counts = torch.bincount(group).to(torch.float64)
-    mean_rank = ends - (counts - 1) / 2
+    """Give the 1-based ranks of ``values``, tied values sharing the mean of their ranks (as scipy's rankdata).
+
+    One sort of all the values is the cost (the pairs of m samples are m²/2 values); ties share the mean of
+    their ranks whatever order the sort leaves them in, so the faster unstable sort is enough, and the group
+    bookkeeping runs only when there are ties (distances of distinct float samples rarely tie).
+    """
+    ordered, order = values.sort()
     ranks = torch.empty_like(values, dtype=torch.float64)
+    tied = ordered[1:] == ordered[:-1]
+    if not bool(tied.any()):
+        ranks[order] = torch.arange(1, values.numel() + 1, dtype=torch.float64, device=values.device)
+        return ranks
+    starts_group = torch.ones_like(ordered, dtype=torch.bool)
+    starts_group[1:] = ~tied
+    group = starts_group.cumsum(0) - 1
+    counts = torch.bincount(group).to(torch.float64)
+    mean_rank = counts.cumsum(0) - (counts - 1) / 2  # the last member's 1-based rank, less half the group's span
     ranks[order] = mean_rank[group]
     return ranks
 
