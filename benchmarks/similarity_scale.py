@@ -14,8 +14,9 @@ the full layer × layer matrix, at each N of ``--compare-rows``. Two implementat
   the feature-space and k-NN measures), with ``max_rows`` = N so that RBF CKA and RSA use every row, as plain.
 
 Each (implementation, N, measure) runs in its own fresh process (``--child``), so its time and peak memory
-are its own (a call under a second is repeated, up to 7 runs or a second in all, and ``seconds`` is the median): ``peak_rss`` is ``ru_maxrss`` at the end, ``rss_before`` the resident set before the call (torch
-and the inputs). Both give the full matrix of values; ``max_abs_diff`` is their largest difference (k = 10).
+are its own (a call under a second is repeated, up to 7 runs or a second in all, and ``seconds`` is the
+median): ``peak_rss`` is ``ru_maxrss`` at the end, ``rss_before`` the resident set before the call (torch and
+the inputs). Both give the full matrix of values; ``max_abs_diff`` is their largest difference (k = 10).
 ``speedup`` = plain seconds / stitchcli seconds. A stitchcli run of all measures together (families sharing
 their preparation) is timed too.
 

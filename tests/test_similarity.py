@@ -302,7 +302,6 @@ def test_rsa_takes_the_cosine_and_correlation_distances() -> None:
         assert measure(x, y, "rsa", distance=distance) == pytest.approx(rsa_reference(x, y, distance), abs=TOLERANCE)
 
 
-
 def test_rsa_gives_tied_distances_their_average_rank_as_spearman_does() -> None:
     # points on a small integer grid: many pairs are exactly equally far apart, in both models
     rng = np.random.default_rng(3)
