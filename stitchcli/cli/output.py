@@ -216,6 +216,28 @@ def check_output_path(path: Any, option: str, *, folder: bool = False) -> None:
         raise UsageError(f"{option} {path}: {where} is not writable here (permission denied): choose another {option}")
 
 
+def make_output_folder(path: Any, option: str) -> None:
+    """Create the output folder ``path`` (with its parents) before the work that fills it, or raise a UsageError.
+
+    :func:`check_output_path` refuses what it can see (a file in the way); some folders can only be found
+    unmakeable by trying (a path under /proc, a full or foreign file system), and the work must not run first.
+    """
+    import os
+    from pathlib import Path
+
+    from stitchcli.errors import UsageError
+
+    if path is None:
+        return
+    target = Path(path).expanduser()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot create this folder ({exc.strerror or exc}): choose another {option}") from None
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path} is not writable here (permission denied): choose another {option}")
+
+
 def progress_and_store(cache_dir: Any, quiet: bool) -> tuple[Progress, Any, Any]:
     """Give the (progress, EmbeddingStore, Reporter) a command works with, all reporting to stderr."""
     from stitchcli.progress import Reporter

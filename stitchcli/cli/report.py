@@ -292,7 +292,7 @@ def check_reconstruction_outputs(task: str, plot: Path | None, save_outputs: Pat
     ``--save-outputs``, ``"grid"`` for ``--plot`` alone, None otherwise. ``plot_is_heatmaps``: the command's
     ``--plot`` also draws heatmaps (eval), so a classification sweep may take it.
     """
-    from stitchcli.cli.output import check_output_path
+    from stitchcli.cli.output import check_output_path, make_output_folder
     from stitchcli.errors import UsageError
 
     check_output_path(plot, "--plot", folder=True)
@@ -301,11 +301,14 @@ def check_reconstruction_outputs(task: str, plot: Path | None, save_outputs: Pat
         wrong = [flag for flag, value in (("--plot", None if plot_is_heatmaps else plot), ("--save-outputs", save_outputs)) if value is not None]
         if wrong:
             raise UsageError(f"{' and '.join(wrong)} write reconstructions: add --task reconstruction (on an image dataset), or drop {' and '.join(wrong)}")
+        make_output_folder(plot, "--plot")  # eval's heatmaps
         return None
     if plot is not None:
         from stitchcli.plots import require_matplotlib
 
         require_matplotlib()  # before any work, not after it
+    make_output_folder(plot, "--plot")
+    make_output_folder(save_outputs, "--save-outputs")
     return "all" if save_outputs is not None else "grid" if plot is not None else None
 
 

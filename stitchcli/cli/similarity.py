@@ -81,7 +81,7 @@ def similarity_command(
     """
     import time
 
-    from stitchcli.cli.output import check_output_path, progress_and_store
+    from stitchcli.cli.output import check_output_path, make_output_folder, progress_and_store
     from stitchcli.embedding.layers import parse_layer_selection
     from stitchcli.models import ModelRef
     from stitchcli.settings import build_settings
@@ -94,6 +94,14 @@ def similarity_command(
         raise UsageError(f"--null must be 0 or more permutations, not {null}")
     if k < 1:
         raise UsageError(f"--k must be at least 1 neighbour, not {k}")
+    if not projections:
+        from stitchcli.settings import by_name
+
+        relative_only = {"anchors": anchors, "num_anchors": num_anchors, "anchor_model": anchor_model,
+                         "anchor_strategy": anchor_strategy, "anchor_seed": anchor_seed, "transform": transform}
+        if given_here := [f"--{name.replace('_', '-')}" for name, value in relative_only.items() if value != by_name(name).default]:
+            raise UsageError(f"{', '.join(given_here)} shape(s) the relative spaces, and there are none without --projection: "
+                             "add --projection (for example --projection cosine) or drop them")
     selection = None if layers is None else (parse_layer_selection(layers) or "all")
     check_output_path(csv_file, "--csv")
     check_output_path(plot, "--plot", folder=True)
@@ -109,6 +117,7 @@ def similarity_command(
         "transform": transform, "device": device, "embed_batch_size": embed_batch_size, "trust_remote_code": trust_remote_code,
         "input_column": input_column, "label_column": label_column, "dataset_revision": dataset_revision,
     })
+    make_output_folder(plot, "--plot")
     progress, store, reporter = progress_and_store(cache_dir, quiet)
     started = time.perf_counter()
     loaded, report = compare_cached(store, refs, settings, chosen, layers=selection, projections=projections, null=null, seed=seed,
