@@ -55,6 +55,17 @@ def test_json_is_one_document_whose_values_agree_with_the_library(embedded):
         assert row["null_mean"] is not None and row["calibrated"] is not None
 
 
+def test_the_dataset_is_named_as_the_user_gave_it_and_identified_by_its_resolved_source(embedded, monkeypatch):
+    images, cache = embedded
+    monkeypatch.chdir(images.parent)  # a relative path, as typed in a shell
+    result = CliRunner().invoke(app, ["similarity", "-d", images.name, "-m", "test_vit,test_vit2", "--weights", "random",
+                                      "--k", "3", "--cache-dir", str(cache), "--measures", "linear-cka", "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["dataset"] == images.name
+    assert document["dataset_id"] == str(images.resolve())
+
+
 def test_layers_give_a_matrix_and_a_best_pair_and_csv_holds_every_row(embedded, tmp_path):
     table = tmp_path / "rows.csv"
     result = _run(embedded, "--layers", "all", "--measures", "linear-cka", "--csv", str(table), "--plot", str(tmp_path / "plots"))

@@ -133,7 +133,7 @@ def similarity_command(
     if plot is not None:
         from stitchcli.plots import write_similarity_plots
 
-        written = write_similarity_plots(plot, report, title=f"{loaded.dataset.name}/{loaded.split}, {loaded.samples} rows")
+        written = write_similarity_plots(plot, report, title=f"{loaded.label}/{loaded.split}, {loaded.samples} rows")
         progress.info(f"wrote {len(written)} heatmap(s) to {plot}")
     if json_output:
         from stitchcli.cli.output import print_json
@@ -234,7 +234,7 @@ def similarity_document(
     """Give the one JSON document of `similarity --json` (``rows``: one per model pair, layer pair, projection, measure)."""
     document = report.to_dict()
     return {
-        "dataset": loaded.dataset.name,
+        "dataset": loaded.label,
         "dataset_id": loaded.dataset.dataset_id,
         "split": loaded.split,
         "samples": loaded.samples,
@@ -287,7 +287,7 @@ def render_similarity(
     from stitchcli.similarity import get_measure
 
     names = list(report.models)
-    where = f"{loaded.dataset.name}/{loaded.split}, {loaded.samples} rows"
+    where = f"{loaded.label}/{loaded.split}, {loaded.samples} rows"
     shown = "value (calibrated)" if null else "value"
     for projection in (None, *projections):
         space = "absolute latents" if projection is None else f"{projection} relative space"

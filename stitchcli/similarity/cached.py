@@ -46,6 +46,8 @@ class CachedModels:
         models: by model, then layer name (None: the final representation, last), an (N, d) matrix.
         anchors: the same structure, each model's (and layer's) embeddings of the anchors; None without projections.
         anchors_name: the anchor manifest's name, None without projections.
+        label: the dataset as the user named it (``packaged:bbc-news``, a hub name, a path): what tables,
+            plot titles and JSON show, where ``dataset`` holds the resolved source (a folder in the cache).
     """
 
     refs: list[ModelRef]
@@ -55,6 +57,7 @@ class CachedModels:
     models: dict[str, dict[Hashable, np.ndarray]]
     anchors: dict[str, dict[Hashable, np.ndarray]] | None = None
     anchors_name: str | None = None
+    label: str = ""
 
     def summary(self) -> list[dict[str, Any]]:
         """Give the JSON-ready facts of each model: name, embed options, width of each layer."""
@@ -127,7 +130,8 @@ def load_models(
                 layer: np.asarray(select_anchor_rows(manifest, entry, model=ref.name).embeddings, dtype=np.float32)
                 for layer, entry in train.items()
             }
-    return CachedModels(list(refs), data, settings.split, first.rows, models, anchors, manifest.name if relative else None)
+    return CachedModels(list(refs), data, settings.split, first.rows, models, anchors, manifest.name if relative else None,
+                        label=str(settings.dataset))
 
 
 def ensure_layers(
