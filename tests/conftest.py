@@ -19,10 +19,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# Under pytest-xdist every worker (and every process a test starts, which inherits this) gets its share of
-# the cores for torch's threads: 2 workers on 2 cores at 2 threads each oversubscribe the cores, and torch's
-# spinning thread pool then spends time waiting (tests/test_stitching.py ran 20% faster with 1 thread per
-# worker). A value the user set is kept; tests that need several threads set them themselves.
+
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """`-n auto`: two workers more than the cores, as memory allows (about 3 GB a worker at the peak of the real tests).
 
@@ -37,6 +34,10 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return max(1, min(cores + 2, int(memory_gb // 3)))
 
 
+# Under pytest-xdist every worker (and every process a test starts, which inherits this) gets its share of
+# the cores for torch's threads: workers at all the cores' threads each oversubscribe the cores, and torch's
+# spinning thread pool then spends time waiting (measured in docs/PERFORMANCE.md, "The test suite"). A value
+# the user set is kept; tests that need several threads set them themselves.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))

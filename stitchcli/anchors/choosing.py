@@ -68,7 +68,7 @@ def choose_anchors(
     model: ModelRef | str | None = None,
     limit: int | None = None,
     embed_seed: int = 0,
-    dataset_options: DatasetOptions | None = None,
+    dataset_options: DatasetOptions = DatasetOptions(),
     name: str | None = None,
     reporter: Reporter | None = None,
 ) -> AnchorManifest:
@@ -129,7 +129,7 @@ def choose_anchors(
         from stitchcli.assets import prepare_packaged
 
         local = prepare_packaged(store, dataset, [model_name] if model_name else [], reporter)
-        data = (dataset_options or DatasetOptions()).resolve(local)
+        data = dataset_options.resolve(local)
     # A name that resolves again from any folder: local data by its absolute path.
     dataset_name = data.name if data.kind == "hub" else data.source
     entry: CachedEmbeddings | None = None
@@ -182,7 +182,7 @@ def choose_anchors(
         model_options=_given_options(model),
         model_entry=str(entry.metadata["key_digest"]) if entry is not None else None,
         # the options as given (with a resolved spec: as it was resolved with), so the manifest resolves the same data again
-        dataset_options=(dataset_options or DatasetOptions()).given(),
+        dataset_options=dataset_options.given(),
         params=selection.params,
         notes=selection.notes,
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

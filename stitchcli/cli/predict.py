@@ -61,8 +61,8 @@ def predict_command(
     """
     from stitchcli.cli.output import check_output_path, progress_and_store
     from stitchcli.errors import UsageError
-    from stitchcli.stitched import load_stitched
     from stitchcli.settings import DatasetOptions
+    from stitchcli.stitched import load_stitched
     from stitchcli.stitched.predicting import (
         check_min_accuracy,
         parse_min_accuracy,
@@ -83,7 +83,9 @@ def predict_command(
     model = load_stitched(directory)
     progress, store, reporter = progress_and_store(cache_dir, quiet)
     if dataset is not None:
-        predictions = predict_dataset(model, dataset, split, store=store, limit=limit, seed=seed, dataset_options=DatasetOptions(input_column, label_column, dataset_revision), batch_size=batch_size, device=device, recompute=recompute, reporter=reporter)
+        predictions = predict_dataset(model, dataset, split, store=store, limit=limit, seed=seed,
+                                      dataset_options=DatasetOptions(input_column, label_column, dataset_revision),
+                                      batch_size=batch_size, device=device, recompute=recompute, reporter=reporter)
     else:
         predictions = predict_paths(model, inputs or [], store=store, input_column=input_column, batch_size=batch_size, device=device, reporter=reporter)
     if csv_file is not None:

@@ -81,7 +81,7 @@ def embed_layers(
     store: EmbeddingStore,
     layers: LayerSelection = ALL_LAYERS,
     options: EmbedOptions | None = None,
-    dataset_options: DatasetOptions | None = None,
+    dataset_options: DatasetOptions = DatasetOptions(),
     reporter: Reporter | None = None,
 ) -> list[EmbedResult]:
     """Give one result per (model, split, layer) after making sure each layer's entry is in the cache.

@@ -45,7 +45,7 @@ def embed(
     *,
     store: EmbeddingStore,
     options: EmbedOptions | None = None,
-    dataset_options: DatasetOptions | None = None,
+    dataset_options: DatasetOptions = DatasetOptions(),
     from_array: Sequence[str] | None = None,
     register_as: str | None = None,
     reporter: Reporter | None = None,
@@ -148,7 +148,7 @@ def resolve_embed_dataset(
     models: Sequence[str],
     split_paths: Mapping[str, str],
     reporter: Reporter,
-    dataset_options: DatasetOptions | None = None,
+    dataset_options: DatasetOptions = DatasetOptions(),
 ) -> DatasetSpec:
     """Give embed's dataset resolved: a spec as given, or a name (a ``packaged:`` one written first, and the
     packaged models among ``models`` registered) resolved with the dataset options and ``--split`` paths."""
@@ -159,7 +159,7 @@ def resolve_embed_dataset(
     from stitchcli.assets import prepare_packaged
 
     local = prepare_packaged(store, dataset, models, reporter)
-    return (dataset_options or DatasetOptions()).resolve(local, split_paths=dict(split_paths) or None)
+    return dataset_options.resolve(local, split_paths=split_paths)
 
 
 def _embed_all(
@@ -357,7 +357,7 @@ def load_embeddings(
     *,
     limit: int | None = None,
     seed: int = 0,
-    dataset_options: DatasetOptions | None = None,
+    dataset_options: DatasetOptions = DatasetOptions(),
     layer: str | None = None,
 ) -> CachedEmbeddings:
     """Give a model's cached embeddings of one split with arrays loaded.
@@ -371,7 +371,7 @@ def load_embeddings(
         UsageError: some array jobs of the entry have not finished (the message names them).
     """
     ref = ModelRef.of(model)
-    data = dataset if isinstance(dataset, DatasetSpec) else (dataset_options or DatasetOptions()).resolve(dataset)
+    data = dataset if isinstance(dataset, DatasetSpec) else dataset_options.resolve(dataset)
     spec = resolve_model_spec(store, ref, seed=seed)
     key = entry_key(spec, data, split, limit=limit, seed=seed, layer=layer)
     entry = store.lookup(spec.storage_name, key)

@@ -120,7 +120,7 @@ def predict_dataset(
     store: EmbeddingStore,
     limit: int | None = None,
     seed: int = 0,
-    dataset_options: DatasetOptions | None = None,
+    dataset_options: DatasetOptions = DatasetOptions(),
     batch_size: int | None = None,
     device: str = "auto",
     recompute: bool = False,
@@ -139,7 +139,7 @@ def predict_dataset(
 
     reporter = reporter or Reporter()
     local = prepare_packaged(store, dataset, [], reporter)
-    data = (dataset_options or DatasetOptions()).resolve(local)
+    data = dataset_options.resolve(local)
     rows = load_split(data, split, limit=limit, seed=seed)
     inputs = inputs_from_dataset(rows, data)
     latents = None if recompute else cached_latents(model, store, data, split, rows.ids, limit=limit, seed=seed)
