@@ -312,3 +312,21 @@ def test_user_errors_raise_one_clear_usage_error(call, message: str) -> None:
     with pytest.raises(UsageError, match=message) as caught:
         call()
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_single_bad_value_is_found_wherever_it_is(bad: float) -> None:
+    # the check sums each block first: one NaN or infinity anywhere must still be found, also past the first block
+    for dtype in (np.float64, np.float32, np.float16):
+        x = np.random.default_rng(0).normal(size=(9000, 3)).astype(dtype)
+        x[8500, 2] = bad
+        with pytest.raises(UsageError, match="NaN or infinite"):
+            mean_cosine(x, x)
+
+
+def test_finite_values_whose_sum_overflows_are_accepted() -> None:
+    # the sum of these float32 values is infinite although each is finite: the value-by-value check decides
+    x = np.full((6, 4), 3e38, dtype=np.float32)
+    x[::2] *= -0.5
+    assert not np.isfinite(x.sum(dtype=np.float32))
+    assert np.isfinite(mean_cosine(x, x))

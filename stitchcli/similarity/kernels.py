@@ -62,22 +62,39 @@ def product_blocks(*reps: Representation, chunk_size: int = _CHUNK) -> tuple[tor
     return torch.float32, min(chunk_size, _FLOAT32_CHUNK)
 
 
+def _centre(rep: Representation, chunk_size: int = _CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Give (shift, mean) of ``rep`` (see :class:`Moments`): one O(N·d) pass, once."""
+
+    def build() -> tuple[torch.Tensor, torch.Tensor]:
+        shift = rep.block(slice(0, 1), torch.float64)[0]
+        total = torch.zeros_like(shift)
+        for rows in rep.blocks(chunk_size):
+            total += (rep.block(rows, torch.float64) - shift).sum(dim=0)
+        return shift, total / rep.rows
+
+    return rep.cached(("centre",), build)
+
+
 def moments(rep: Representation, chunk_size: int = _CHUNK) -> Moments:
-    """Give the centring moments of ``rep``: two O(N·d) passes, once (a permuted one reorders the row norms)."""
+    """Give the centring moments of ``rep``: two O(N·d) passes, once (a permuted one reorders the row norms).
+
+    The row norms are read from the centred copy when a float64 one was built (one subtraction fewer); a
+    float32 copy would round them, so float32 inputs are centred again in float64.
+    """
 
     def build() -> Moments:
         if rep.origin is not None:
             base, order = rep.origin
             found = moments(base, chunk_size)
             return replace(found, sq_norms=found.sq_norms[order.to(found.sq_norms.device)])
-        shift = rep.block(slice(0, 1), torch.float64)[0]
-        total = torch.zeros_like(shift)
-        for rows in rep.blocks(chunk_size):
-            total += (rep.block(rows, torch.float64) - shift).sum(dim=0)
-        found = Moments(shift, total / rep.rows, torch.empty(0, dtype=torch.float64))
+        shift, mean = _centre(rep, chunk_size)
+        found = Moments(shift, mean, torch.empty(0, dtype=torch.float64))
+        copy = rep.peek(("centred",))
+        exact = copy is not None and copy.dtype == torch.float64
         sq_norms = torch.empty(rep.rows, dtype=torch.float64, device=rep.device)
         for rows in rep.blocks(chunk_size):
-            sq_norms[rows] = found.centred(rep, rows, rep.device).square().sum(dim=1)
+            block = copy.block(rows) if exact else found.centred(rep, rows, rep.device)
+            sq_norms[rows] = block.square().sum(dim=1)
         if not float(sq_norms.sum()) > 0:
             raise UsageError(
                 f"{rep.name} has no variance (every row is the same), so it cannot be compared: "
@@ -94,21 +111,23 @@ def centred_copy(rep: Representation, chunk_size: int = _CHUNK) -> Representatio
     Centring a block costs as much memory traffic as multiplying it by a narrow matrix, so doing it once per
     representation instead of once per pair saved a third of the cross family's time; the price is one copy
     of each representation while the family runs (the engine clears it after). A permuted representation
-    reorders its original's copy.
+    reorders its original's copy. A representation with no variance is refused here (through its moments).
     """
     if rep.origin is not None:
         base, order = rep.origin
         return rep.cached(("centred",), lambda: centred_copy(base, chunk_size).permuted(order))
 
     def build() -> Representation:
-        found = moments(rep, chunk_size)
+        shift, mean = _centre(rep, chunk_size)
         dtype, _ = product_blocks(rep, chunk_size=chunk_size)
         copy = torch.empty(rep.rows, rep.dim, dtype=dtype, device=rep.device)
         for rows in rep.blocks(chunk_size):
-            copy[rows] = found.centred(rep, rows, rep.device, dtype)
-        return Representation(copy, rep.name)
+            copy[rows] = (rep.block(rows, torch.float64) - (shift + mean)).to(dtype)
+        return Representation.derived(copy, rep.name)
 
-    return rep.cached(("centred",), build)
+    found = rep.cached(("centred",), build)
+    moments(rep, chunk_size)
+    return found
 
 
 def gram_norm(rep: Representation, chunk_size: int = _CHUNK) -> float:

@@ -132,6 +132,22 @@ class Representation:
         kind = "permuted " if self._origin is not None else ""
         return f"Representation({self.name!r}, {kind}{self.rows}x{self.dim}, {self.dtype})"
 
+    @classmethod
+    def derived(cls, matrix: torch.Tensor, name: str) -> Representation:
+        """Wrap a matrix computed from checked representations (a centred copy), without checking it again.
+
+        The constructor's finiteness check reads every value; a copy made from checked inputs cannot hold
+        what the check looks for, so reading it once more would only cost a pass over N×d values.
+        """
+        result = cls.__new__(cls)
+        result.name, result._matrix = name, matrix
+        result._order, result._origin, result._cache = None, None, {}
+        return result
+
+    def peek(self, key: Any) -> Any | None:
+        """Give the quantity stored under ``key`` if it was built, else None (never builds it)."""
+        return self._cache.get(key)
+
 
 def compute_dtype(*reps: Representation) -> torch.dtype:
     """Give float64 where an input is float64 (its precision was asked for), else float32."""
