@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import re
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
 
 from stitchcli.errors import UsageError
 
 if TYPE_CHECKING:
     from stitchcli.similarity import SimilarityReport
+    from stitchcli.similarity.layers import LayerMatrix
     from stitchcli.stitching import StitchReport
 
 
@@ -30,8 +34,14 @@ def _file_name(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", "-".join(part for part in parts if part)).strip("_") + ".png"
 
 
-def heatmap(
-    path: Path,
+BLANK = "—"
+"""The text of a cell that holds no measurement (a pair not run, a model against itself): like the tables."""
+
+BLANK_COLOUR = "#d9d9d9"
+"""The light grey of such a cell, outside the colormap."""
+
+
+def heatmap_figure(
     values: Sequence[Sequence[float | None]],
     row_labels: Sequence[str],
     column_labels: Sequence[str],
@@ -42,16 +52,24 @@ def heatmap(
     value_format: str = "{:.2f}",
     vmin: float = 0.0,
     vmax: float = 1.0,
-) -> Path:
-    """Give the path of a PNG heatmap of ``values`` (None cells left blank), each cell annotated with ``value_format``."""
-    import numpy as np
-
+    annotations: Sequence[Sequence[str | None]] | None = None,
+):
+    """Give the matplotlib Figure (the caller closes it) of a heatmap of ``values``, each cell annotated with
+    ``value_format`` (or with its text in ``annotations``, same shape; lines split by newlines). A None or NaN
+    cell holds no measurement: it is drawn light grey with "—", outside the colormap. The colour scale runs
+    from ``vmin`` to ``vmax``."""
     plt = require_matplotlib()
-    grid = np.array([[np.nan if v is None else float(v) for v in row] for row in values], dtype=float)
-    width = max(4.0, 1.1 * len(column_labels) + 2.5)
-    height = max(3.0, 0.6 * len(row_labels) + 2.0)
+    grid = np.array([[np.nan if v is None else float(v) for v in row] for row in values], dtype=float).reshape(len(row_labels), len(column_labels))
+    texts = [[None if np.isnan(grid[i, j]) else value_format.format(grid[i, j]) for j in range(grid.shape[1])] for i in range(grid.shape[0])]
+    if annotations is not None:
+        texts = [[text for text in row] for row in annotations]
+    two_lines = any(text is not None and "\n" in text for row in texts for text in row)
+    scale = 1.25 if two_lines else 1.0  # taller, wider cells for "value\n(calibrated)"
+    width = max(4.0, scale * 1.1 * len(column_labels) + 2.5)
+    height = max(3.0, scale * 0.6 * len(row_labels) + 2.0)
     figure, axes = plt.subplots(figsize=(width, height))
-    image = axes.imshow(grid, vmin=vmin, vmax=vmax, cmap="viridis")
+    colormap = plt.get_cmap("viridis").with_extremes(bad=BLANK_COLOUR)  # NaN cells: grey, outside the scale (vmin/vmax are fixed)
+    image = axes.imshow(np.ma.masked_invalid(grid), vmin=vmin, vmax=vmax, cmap=colormap)
     axes.set_xticks(range(len(column_labels)), labels=list(column_labels), rotation=30, ha="right")
     axes.set_yticks(range(len(row_labels)), labels=list(row_labels))
     axes.set_xlabel(xlabel)
@@ -59,12 +77,22 @@ def heatmap(
     axes.set_title(textwrap.fill(title, width=max(30, int(9 * width)), break_on_hyphens=False), fontsize=10)  # long titles wrap, never cut
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
-            if not np.isnan(grid[i, j]):
+            if np.isnan(grid[i, j]):
+                axes.text(j, i, BLANK, ha="center", va="center", fontsize=8, color="black")
+            elif texts[i][j] is not None:
                 bright = (grid[i, j] - vmin) / max(vmax - vmin, 1e-12) > 0.6
-                axes.text(j, i, value_format.format(grid[i, j]),
-                          ha="center", va="center", fontsize=8, color="black" if bright else "white")
+                axes.text(j, i, texts[i][j], ha="center", va="center", fontsize=7 if two_lines else 8,
+                          linespacing=1.1, color="black" if bright else "white")
     figure.colorbar(image, ax=axes)
     figure.tight_layout()
+    return figure
+
+
+def heatmap(path: Path, values: Sequence[Sequence[float | None]], row_labels: Sequence[str], column_labels: Sequence[str], **style: Any) -> Path:
+    """Give the path of a PNG heatmap of ``values`` drawn by :func:`heatmap_figure` (``style``: its title,
+    labels, ``value_format``, ``vmin``/``vmax`` and ``annotations``)."""
+    plt = require_matplotlib()
+    figure = heatmap_figure(values, row_labels, column_labels, **style)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
@@ -110,12 +138,61 @@ def write_plots(folder: str | Path, reports: Sequence[StitchReport]) -> list[Pat
     return written
 
 
+def cell_text(value: float | None, calibrated: float | None, *, null: bool, value_format: str = "{:.3f}") -> str | None:
+    """Give the annotation of one similarity cell: the value, and with a null a second line with the
+    calibrated value in brackets, like the tables' "value (calibrated)" ("0.712\\n(0.951)"); None for a cell
+    without a value. A missing calibrated value reads "–", as in the tables."""
+    def number(v: float | None) -> str:
+        return "–" if v is None or math.isnan(v) else value_format.format(v)
+
+    if value is None or math.isnan(value):
+        return None
+    return number(value) if not null else f"{number(value)}\n({number(calibrated)})"
+
+
+def permutations_of(matrices: Sequence[LayerMatrix]) -> int:
+    """Give how many permutations the null of these matrices holds (0 without a null)."""
+    return max((m.best.null.permutations for m in matrices if m.best.null is not None), default=0)
+
+
+def similarity_cells(report: SimilarityReport, measure: str, projection: str | None = None) -> tuple[list[str], np.ndarray, list[list[str | None]]]:
+    """Give (model names, N×N values, N×N annotations) of the heatmap of ``measure`` in ``projection``.
+
+    Values are :meth:`SimilarityReport.table`'s, except that a diagonal cell is NaN (drawn grey, "—",
+    as the tables print it) unless the report compared that model with itself. With a null, each
+    annotation holds the value and, on a second line, the calibrated value in brackets."""
+    from stitchcli.similarity import get_measure
+
+    name = get_measure(measure).name
+    matrices = [m for m in report.matrices if m.measure == name and m.projection == projection]
+    models, values = report.table(name, projection)
+    values = values.copy()
+    compared_self = {m.model_a for m in matrices if m.model_a == m.model_b}
+    for i, model in enumerate(models):
+        if model not in compared_self:
+            values[i, i] = np.nan
+    null = permutations_of(matrices) > 0
+    calibrated = report.table(name, projection, value="calibrated")[1] if null else values
+    texts = [[cell_text(float(values[i, j]), float(calibrated[i, j]), null=null) for j in range(len(models))] for i in range(len(models))]
+    return models, values, texts
+
+
+def layer_cells(matrix: LayerMatrix, value_format: str = "{:.2f}") -> tuple[np.ndarray, list[list[str | None]]]:
+    """Give (L_a × L_b values, annotations) of a layer matrix's heatmap: each cell's value, and with a null
+    its calibrated value (against that cell's own null) in brackets on a second line."""
+    null = matrix.calibrated is not None
+    calibrated = matrix.calibrated if matrix.calibrated is not None else matrix.values
+    rows, columns = matrix.values.shape
+    texts = [[cell_text(float(matrix.values[i, j]), float(calibrated[i, j]), null=null, value_format=value_format) for j in range(columns)]
+             for i in range(rows)]
+    return matrix.values, texts
+
+
 def write_similarity_plots(folder: str | Path, report: SimilarityReport, *, title: str) -> list[Path]:
     """Give the PNGs of ``stitchcli similarity --plot``: the N×N table of each measure in each space, and
-    (with layers) the layer × layer matrix of each model pair; every cell the measure's value, with the
-    calibrated value in the titles of best pairs when a null was drawn."""
-    import math
-
+    (with layers) the layer × layer matrix of each model pair. Each cell is coloured by the measure's value
+    and annotated with it; with a null, also with the calibrated value in brackets, as the tables print
+    it. A diagonal cell that is not a measurement (no model compared with itself) is grey, "—"."""
     from stitchcli.similarity import get_measure
 
     require_matplotlib()
@@ -128,25 +205,35 @@ def write_similarity_plots(folder: str | Path, report: SimilarityReport, *, titl
         direction = "" if found.higher_is_more_alike else " (a distance: lower = more alike)"
         for space in spaces:
             name = space or "absolute"
-            models, table = report.table(measure, space)
             matrices = [m for m in report.matrices if m.measure == measure and m.projection == space]
             if not matrices:
                 continue
             layered = any(m.values.size > 1 for m in matrices)
+            permutations = permutations_of(matrices)
+            if not permutations:
+                shown = ""
+            elif layered:
+                shown = f"; cell: best pair's value (calibrated against the null of the best cell, {permutations} permutations)"
+            else:
+                shown = f"; cell: value (calibrated against {permutations} permutations)"
+            models, table, texts = similarity_cells(report, measure, space)
             written.append(heatmap(
                 folder / _file_name("similarity", measure, name), table.tolist(), models, models,
-                title=f"{found.title}{direction}, {name}{', best layer pair' if layered else ''}: {title}",
-                xlabel="model b", ylabel="model a", value_format="{:.3f}", vmin=low, vmax=high,
+                title=f"{found.title}{direction}, {name}{', best layer pair' if layered else ''}: {title}{shown}",
+                xlabel="model b", ylabel="model a", value_format="{:.3f}", vmin=low, vmax=high, annotations=texts,
             ))
             for matrix in matrices if layered else ():
                 best = matrix.best
-                calibrated = f", calibrated {best.null.calibrated:.3f}" if best.null is not None and not math.isnan(best.null.calibrated) else ""
+                calibrated = f", calibrated {best.null.calibrated:.3f} against the null of the best cell" if best.null is not None and not math.isnan(best.null.calibrated) else ""
+                cell = f"; cell: value (calibrated against {permutations} permutations)" if matrix.calibrated is not None else ""
                 label = [("final" if layer is None else str(layer)) for layer in (*matrix.layers_a, *matrix.layers_b)]
                 rows, columns = label[: len(matrix.layers_a)], label[len(matrix.layers_a) :]
+                values, cells = layer_cells(matrix)
                 written.append(heatmap(
-                    folder / _file_name("layers", measure, name, matrix.model_a, matrix.model_b), matrix.values.tolist(), rows, columns,
+                    folder / _file_name("layers", measure, name, matrix.model_a, matrix.model_b), values.tolist(), rows, columns,
                     title=f"{found.title}{direction}, {name}: {matrix.model_a} × {matrix.model_b} layers; best "
-                          f"{rows[matrix.layers_a.index(best.layer_a)]} × {columns[matrix.layers_b.index(best.layer_b)]} = {best.value:.3f}{calibrated}; {title}",
+                          f"{rows[matrix.layers_a.index(best.layer_a)]} × {columns[matrix.layers_b.index(best.layer_b)]} = {best.value:.3f}{calibrated}; {title}{cell}",
                     xlabel=f"{matrix.model_b} layer", ylabel=f"{matrix.model_a} layer", value_format="{:.2f}", vmin=low, vmax=high,
+                    annotations=cells,
                 ))
     return written
