@@ -287,6 +287,19 @@ def test_a_permuted_representation_gives_what_the_permuted_matrix_gives(name: st
     assert measure(rx, twice, name) == pytest.approx(expected, abs=1e-12)
 
 
+@pytest.mark.parametrize(("p", "q"), [(50, 16), (16, 50), (50, 70)], ids=["wide-narrow", "narrow-wide", "both-wide"])
+@pytest.mark.parametrize("name", ["linear-cka", "unbiased-cka", "procrustes"])
+def test_fewer_rows_than_columns_give_the_reference_values_aligned_and_permuted(name: str, p: int, q: int) -> None:
+    # 30 rows of 50 or 70 columns: the cross measures read an N×N factor of the wide side instead of its columns
+    x, y = related(n=30, p=p, q=q)
+    assert measure(x, y, name) == pytest.approx(reference(name, x, y), abs=TOLERANCE)
+    perm = torch.from_numpy(np.random.default_rng(5).permutation(30))
+    rx, ry = Representation(x), Representation(y)
+    measure(rx, ry, name)
+    assert measure(rx, ry.permuted(perm), name) == pytest.approx(reference(name, x, y[perm.numpy()]), abs=TOLERANCE)
+    assert measure(rx, rigid_copy(x), name) == pytest.approx(get_measure(name).identical, abs=1e-6)
+
+
 def test_subsampled_measures_use_the_same_seeded_rows_for_both_models() -> None:
     x, y = related(n=300)
     rows = subsample_rows(300, 120, seed=5).numpy()

@@ -1,14 +1,18 @@
 """Measures built on the centred features: linear CKA, unbiased CKA, orthogonal Procrustes distance, SVCCA.
 
 Linear CKA, unbiased CKA and the Procrustes distance all read the cross-covariance C = Xcᵀ Yc (p×q) of the
-column-centred inputs, accumulated in float64 over row blocks: one O(N·p·q) product per pair, shared by the
-three (family ``cross``), and no N×N matrix. The centring is done in float64; float32 inputs (the cache's)
-then multiply their centred blocks of at most 1,024 rows in float32, each block's product added to the float64
-sum, which is about twice as fast as float64 products; float64 inputs stay in float64 throughout. On the
-cached EfficientNet-Lite embeddings (4,000 × 1,280) the float32 blocks moved linear CKA by 8e-10 and the
-nuclear norm of C by 2e-10 of itself. Per representation, the column mean and the squared row norms
-(two O(N·p) passes) and, for CKA, ‖Xcᵀ Xc‖_F (O(N·p²)) are computed once; only those O(p + N) numbers are
-kept. SVCCA keeps each representation's top singular vectors (N×r) once and compares two of them in O(N·r²).
+column-centred inputs, or rather its singular values: one product per pair, shared by the three (family
+``cross``), and no N×N matrix of the rows. Each representation enters through a factor F with F Fᵀ = Xc Xcᵀ
+(:func:`cross_factor`): the centred copy itself when N ≥ d, an N×N triangle from a QR decomposition when
+there are fewer rows than columns, so that a pair of wide representations on few rows costs an N×N×N product
+and an N×N decomposition instead of N·p·q and p×q. The products are accumulated in float64 over row blocks.
+The centring is done in float64; float32 inputs (the cache's) then multiply their centred blocks of at most
+1,024 rows in float32, each block's product added to the float64 sum, which is about twice as fast as float64
+products; float64 inputs stay in float64 throughout. On the cached EfficientNet-Lite embeddings (4,000 ×
+1,280) the float32 blocks moved linear CKA by 8e-10 and the nuclear norm of C by 2e-10 of itself. Per
+representation, the column mean and the squared row norms (two O(N·d) passes), the factor and, for CKA,
+‖Xcᵀ Xc‖_F are computed once; only O(N + d) numbers and the factor are kept. SVCCA keeps each
+representation's top singular vectors (N×r) once and compares two of them in O(N·r²).
 """
 
 from __future__ import annotations
@@ -130,17 +134,43 @@ def centred_copy(rep: Representation, chunk_size: int = _CHUNK) -> Representatio
     return found
 
 
+def cross_factor(rep: Representation, chunk_size: int = _CHUNK) -> Representation:
+    """Give a factor F of the centred ``rep`` with F Fᵀ = Xc Xcᵀ: all the cross measures read, built once.
+
+    Linear CKA, unbiased CKA and the Procrustes distance depend on Xc only through Xc Xcᵀ (the singular
+    values of Xcᵀ Yc are those of Fxᵀ Fy, whatever F is). With at least as many rows as columns F is the
+    centred copy itself (N×d). With fewer rows than columns, as with wide features on a few thousand samples,
+    F is Rᵀ from the QR decomposition Xcᵀ = QR, an N×N float64 triangle (Xc = Rᵀ Qᵀ, and Q has orthonormal
+    columns): one O(N²·d) decomposition per representation, after which a pair costs an N×N×N product and an
+    N×N decomposition instead of an N×p×q product and a p×q one. A permuted representation permutes its
+    original's factor (P Xc = (P F) Qᵀ).
+    """
+    if rep.origin is not None:
+        base, order = rep.origin
+        return rep.cached(("factor",), lambda: cross_factor(base, chunk_size).permuted(order))
+    if rep.rows >= rep.dim:
+        return centred_copy(rep, chunk_size)
+
+    def build() -> Representation:
+        found = moments(rep, chunk_size)
+        centred = found.centred(rep, slice(0, rep.rows), rep.device)  # N×d float64, smaller than d×d here
+        triangle = torch.linalg.qr(centred.T, mode="r").R
+        return Representation.derived(triangle.T.contiguous(), rep.name)
+
+    return rep.cached(("factor",), build)
+
+
 def gram_norm(rep: Representation, chunk_size: int = _CHUNK) -> float:
-    """Give ‖Xcᵀ Xc‖_F of ``rep`` (an O(N·d²) pass, once; unchanged by a permutation)."""
+    """Give ‖Xcᵀ Xc‖_F of ``rep`` (= ‖Fᵀ F‖_F for its :func:`cross_factor`; once; unchanged by a permutation)."""
     if rep.origin is not None:
         return gram_norm(rep.origin[0], chunk_size)
 
     def build() -> float:
-        centred = centred_copy(rep, chunk_size)
-        dtype, block = product_blocks(rep, chunk_size=chunk_size)
-        gram = torch.zeros(rep.dim, rep.dim, dtype=torch.float64, device=rep.device)
-        for rows in rep.blocks(block):
-            xc = centred.block(rows, dtype)
+        factor = cross_factor(rep, chunk_size)
+        dtype, block = product_blocks(factor, chunk_size=chunk_size)
+        gram = torch.zeros(factor.dim, factor.dim, dtype=torch.float64, device=rep.device)
+        for rows in factor.blocks(block):
+            xc = factor.block(rows, dtype)
             gram += xc.T @ xc
         return float(torch.linalg.matrix_norm(gram))
 
@@ -148,13 +178,15 @@ def gram_norm(rep: Representation, chunk_size: int = _CHUNK) -> float:
 
 
 def cross_covariance(x: Representation, y: Representation, pair: PairCache, chunk_size: int = _CHUNK) -> torch.Tensor:
-    """Give Xcᵀ Yc (p×q, float64) for the pair, accumulated over row blocks and kept in ``pair``."""
+    """Give Fxᵀ Fy (float64) for the pair's :func:`cross_factor`\ s, accumulated over row blocks and kept in
+    ``pair``: Xcᵀ Yc itself (p×q) when both have at least as many rows as columns, else a smaller matrix with the
+    same singular values (so the same Frobenius and nuclear norms)."""
     if "cross" not in pair:
-        cx, cy = centred_copy(x, chunk_size), centred_copy(y, chunk_size)
-        dtype, block = product_blocks(x, y, chunk_size=chunk_size)
-        cross = torch.zeros(x.dim, y.dim, dtype=torch.float64, device=x.device)
-        for rows in x.blocks(block):
-            cross += cx.block(rows, dtype).T @ cy.block(rows, dtype).to(x.device)
+        fx, fy = cross_factor(x, chunk_size), cross_factor(y, chunk_size)
+        dtype, block = product_blocks(fx, fy, chunk_size=chunk_size)
+        cross = torch.zeros(fx.dim, fy.dim, dtype=torch.float64, device=x.device)
+        for rows in fx.blocks(block):
+            cross += fx.block(rows, dtype).T @ fy.block(rows, dtype).to(x.device)
         pair["cross"] = cross
     return pair["cross"]
 
@@ -210,12 +242,15 @@ def procrustes(x: Representation, y: Representation, pair: PairCache, *, chunk_s
     _enough_rows(x, 2, "the Procrustes distance")
     cross = cross_covariance(x, y, pair, chunk_size)
     mx, my = moments(x, chunk_size), moments(y, chunk_size)
-    nuclear = _nuclear_norm(cross) / math.sqrt(float(mx.sq_norms.sum()) * float(my.sq_norms.sum()))
+    # Xcᵀ Yc has rank N - 1 at most: a wider one is singular, and its singular values need the SVD
+    nuclear = _nuclear_norm(cross, singular=min(cross.shape) >= x.rows) / math.sqrt(float(mx.sq_norms.sum()) * float(my.sq_norms.sum()))
     return math.sqrt(max(0.0, 2.0 - 2.0 * min(nuclear, 1.0)))
 
 
-def _nuclear_norm(matrix: torch.Tensor) -> float:
-    """Give the sum of the singular values of ``matrix`` (float64)."""
+def _nuclear_norm(matrix: torch.Tensor, singular: bool = False) -> float:
+    """Give the sum of the singular values of ``matrix`` (float64); ``singular``: known to be rank-deficient."""
+    if singular:
+        return float(torch.linalg.svdvals(matrix).sum())
     small = matrix if matrix.shape[1] <= matrix.shape[0] else matrix.T
     # The eigenvalues of CᵀC on the narrower side are 2-6x faster than an SVD; their square roots lose
     # precision only for eigenvalues near eps·λ_max, so an ill-conditioned C goes through the SVD.
@@ -293,8 +328,8 @@ register_measure(Measure(
     name="linear-cka", title="linear CKA", compare=linear_cka, higher_is_more_alike=True, identical=1.0,
     symmetric=True, invariant_to=_RIGID, family="cross", options=measure_options(linear_cka), aliases=("cka",),
     function=metrics.linear_cka,
-    cost="O(N·p²) once per representation, O(N·p·q) per pair (shared with unbiased-cka and procrustes); "
-    "memory O(p² + q² + p·q + chunk·(p + q)), no N×N matrix",
+    cost="O(N·p·min(N, p)) once per representation, O(N·min(N, p)·min(N, q)) per pair (shared with unbiased-cka "
+    "and procrustes); memory O(p² + q² + p·q + chunk·(p + q)) with N ≥ p, q, else an N×N factor (smaller than the input)",
     reference="Kornblith et al. 2019, feature-space form (docs/METHOD.md §6)",
 ))
 register_measure(Measure(
@@ -306,7 +341,7 @@ register_measure(Measure(
 register_measure(Measure(
     name="procrustes", title="Procrustes distance", compare=procrustes, higher_is_more_alike=False, identical=0.0,
     symmetric=True, invariant_to=_RIGID, family="cross", options=measure_options(procrustes),
-    cost="as linear-cka (the same cross-covariance) plus an eigen-decomposition of min(p, q)² per pair",
+    cost="as linear-cka (the same cross-covariance) plus a decomposition of its min(N, p, q)² core per pair",
     reference="orthogonal Procrustes distance, Ding et al. 2021; netrep LinearMetric(alpha=1), euclidean score",
 ))
 register_measure(Measure(
