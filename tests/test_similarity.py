@@ -399,6 +399,26 @@ def test_final_representations_give_null_layers_and_projections_compare_relative
     assert relative["linear-cka"] == pytest.approx(measure(rx, ry, "linear-cka"), abs=1e-9)
 
 
+def test_the_progress_bar_counts_every_cell_aligned_and_permuted_and_says_what_runs() -> None:
+    from stitchcli.progress import Reporter
+
+    events: list[tuple] = []
+    reporter = Reporter(start=lambda label, total, done, unit="rows": events.append(("start", total, done, unit)),
+                        advance=lambda n: events.append(("advance", n)), status=lambda line: events.append(("status", line)),
+                        stop=lambda: events.append(("stop",)))
+    x, y = related(n=60)
+    models = {"a": {"early": x, "late": y}, "b": y, "c": x + 1.0}
+    compare_models(models, ["linear-cka", "cknna"], null=3, k=5, reporter=reporter)
+    # linear-cka: 3 unordered pairs; cknna (not symmetric) 6 ordered; a has 2 layers: (2 + 2 + 1) and (2·2 + 2·1 + 1·1)
+    cells = (2 + 2 + 1) + (2 + 2 + 2 + 2 + 1 + 1)
+    assert events[0] == ("start", cells * (1 + 3), 0, "cells")
+    assert sum(e[1] for e in events if e[0] == "advance") == cells * 4
+    assert events[-1] == ("stop",) and [e for e in events if e[0] == "stop"] == [("stop",)]
+    statuses = [e[1] for e in events if e[0] == "status"]
+    assert any(line.startswith("absolute: cross: linear-cka") for line in statuses)
+    assert any("cknna" in line for line in statuses)
+
+
 def test_the_report_is_strict_json_and_relative_spaces_need_every_model_s_anchors() -> None:
     import json
 

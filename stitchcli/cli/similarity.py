@@ -121,7 +121,7 @@ def similarity_command(
     progress, store, reporter = progress_and_store(cache_dir, quiet)
     started = time.perf_counter()
     loaded, report = compare_cached(store, refs, settings, chosen, layers=selection, projections=projections, null=null, seed=seed,
-                                    reporter=reporter, progress=progress.info, k=k)
+                                    reporter=reporter, k=k)
     seconds = time.perf_counter() - started
     document = similarity_document(loaded, report, chosen, projections=projections, null=null, seed=seed, k=k,
                                    layers=selection is not None, transform=settings.transform, seconds=seconds)

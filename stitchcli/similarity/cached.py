@@ -186,7 +186,7 @@ def compare_cached(
             own embeddings of the same anchors, with ``settings.transform``).
         null: permutations of the rows for the calibration (0: none).
         seed: seeds the permutations (and the row draw of RBF CKA and RSA).
-        reporter: where the loading reports.
+        reporter: where the loading reports, and the comparison's progress bar (over the cells).
         progress: called with a line as each family of measures and model starts.
         **options: measure options (``k=10``, ``max_rows=1000``...).
     """
@@ -203,7 +203,7 @@ def compare_cached(
         anchors = {name: {layer: _on(matrix, device) for layer, matrix in group.items()} for name, group in models.anchors.items()}
     transform = None if settings.transform == "none" else settings.transform
     report = compare_models(samples, measures, null=null, seed=seed, projections=(None, *projections), anchors=anchors,
-                            transform=transform, progress=progress, **options)
+                            transform=transform, progress=progress, reporter=reporter, **options)
     return models, report
 
 

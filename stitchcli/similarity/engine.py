@@ -42,6 +42,7 @@ def run(
     options: Mapping[str, Mapping[str, Any]],
     permutations: Sequence[torch.Tensor] = (),
     progress: Callable[[str], None] | None = None,
+    advance: Callable[[int], None] | None = None,
 ) -> dict[CellKey, Cell]:
     """Give every measure between every layer pair of every (model a, model b) job, with its null draws.
 
@@ -52,6 +53,8 @@ def run(
         options: each measure's resolved options, by name.
         permutations: the row permutations applied to y for the null (none: no null).
         progress: called with a short line as each family and model b start.
+        advance: called with the number of cells (one measure, one layer pair, the aligned rows or one
+            permutation) computed, after each layer of b is compared, aligned or permuted (see :func:`cell_count`).
     """
     cells: dict[CellKey, Cell] = {}
     families: dict[str, list[Measure]] = {}
@@ -64,14 +67,27 @@ def run(
                 progress(f"{family}: {', '.join(m.name for m in members)} against {b}")
             # (measure, model a) for this b; a model a's layers are all compared with each layer of b.
             wanted = [(found, a) for found in members for a, target in jobs[found.name] if target == b]
+            width = sum(len(groups[a]) for _, a in wanted)
             for layer_b, y in groups[b].items():
                 _compare(groups, wanted, y, b, layer_b, options, cells, None)
+                if advance:
+                    advance(width)
                 for perm in permutations:
                     _compare(groups, wanted, y.permuted(perm), b, layer_b, options, cells, perm)
+                    if advance:
+                        advance(width)
         for group in groups.values():
             for rep in group.values():
                 rep.clear()
     return cells
+
+
+def cell_count(
+    groups: Mapping[str, Group], jobs: Mapping[str, Sequence[tuple[str, str]]], permutations: int = 0
+) -> int:
+    """Give how many cells :func:`run` computes: every layer pair of every job, once aligned and once per permutation."""
+    pairs = sum(len(groups[a]) * len(groups[b]) for pairs in jobs.values() for a, b in pairs)
+    return pairs * (1 + permutations)
 
 
 def _compare(

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from stitchcli.errors import UsageError
+from stitchcli.progress import Reporter
 from stitchcli.similarity import engine
 from stitchcli.similarity.calibration import calibrate, permutations
 from stitchcli.similarity.layers import LayerMatrix, matrix_from_cells
@@ -116,6 +117,7 @@ def compare_models(
     transform: str | None = None,
     include_self: bool = False,
     progress: Callable[[str], None] | None = None,
+    reporter: Reporter | None = None,
     **options: Any,
 ) -> SimilarityReport:
     """Give every measure between every pair of models (every layer pair), optionally calibrated.
@@ -135,6 +137,8 @@ def compare_models(
         transform: the absolute transform of the relative projection (``center``, ...; default none).
         include_self: also compare each model with itself (layer × layer within a model).
         progress: called with a short line as work proceeds.
+        reporter: a progress bar over the cells (one measure between one layer pair, aligned or permuted),
+            with what is running as its status (``Reporter().start/advance/status/stop``).
         **options: measure options, each passed to the measures that take it (e.g. ``k=10``, ``max_rows``);
             one that no registered measure takes is a UsageError.
 
@@ -153,19 +157,35 @@ def compare_models(
     draws = permutations(rows.pop(), null, seed)
     records: list[SimilarityRecord] = []
     matrices: list[LayerMatrix] = []
+    plan = []
     for projection in projections:
-        spaces = groups if projection is None else _relative_groups(groups, anchors, projection, transform)
         chosen = [m for m in found if projection is not None or not m.shared_space]
-        if not chosen:
-            continue
-        jobs = {m.name: _jobs(names, m.symmetric, include_self) for m in chosen}
-        resolved = {m.name: m.options_from(options) for m in chosen}
-        cells = engine.run(spaces, jobs, chosen, resolved, draws, progress)
-        for m in chosen:
-            for a, b in jobs[m.name]:
-                matrix = matrix_from_cells(cells, m, a, b, list(spaces[a]), list(spaces[b]), projection)
-                matrices.append(matrix)
-                records.extend(_records(cells, m, a, b, list(spaces[a]), list(spaces[b]), projection))
+        if chosen:
+            plan.append((projection, chosen, {m.name: _jobs(names, m.symmetric, include_self) for m in chosen}))
+    if reporter is not None:  # relative spaces keep their model's layers, so the count needs none of them built
+        total = sum(engine.cell_count(groups, jobs, null) for _, _, jobs in plan)
+        reporter.start("similarity", total, 0, unit="cells")
+    try:
+        for projection, chosen, jobs in plan:
+            space = "absolute" if projection is None else projection
+
+            def say(line: str, space: str = space) -> None:
+                if progress:
+                    progress(line)
+                if reporter is not None:
+                    reporter.status(f"{space}: {line}")
+
+            spaces = groups if projection is None else _relative_groups(groups, anchors, projection, transform)
+            resolved = {m.name: m.options_from(options) for m in chosen}
+            cells = engine.run(spaces, jobs, chosen, resolved, draws, say, reporter.advance if reporter is not None else None)
+            for m in chosen:
+                for a, b in jobs[m.name]:
+                    matrix = matrix_from_cells(cells, m, a, b, list(spaces[a]), list(spaces[b]), projection)
+                    matrices.append(matrix)
+                    records.extend(_records(cells, m, a, b, list(spaces[a]), list(spaces[b]), projection))
+    finally:
+        if reporter is not None:
+            reporter.stop()
     return SimilarityReport(names, records, matrices)
 
 
