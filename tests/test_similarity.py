@@ -288,9 +288,9 @@ def test_a_permuted_representation_gives_what_the_permuted_matrix_gives(name: st
 
 
 @pytest.mark.parametrize(("p", "q"), [(50, 16), (16, 50), (50, 70)], ids=["wide-narrow", "narrow-wide", "both-wide"])
-@pytest.mark.parametrize("name", ["linear-cka", "unbiased-cka", "procrustes"])
+@pytest.mark.parametrize("name", ["linear-cka", "unbiased-cka", "procrustes", "svcca"])
 def test_fewer_rows_than_columns_give_the_reference_values_aligned_and_permuted(name: str, p: int, q: int) -> None:
-    # 30 rows of 50 or 70 columns: the cross measures read an N×N factor of the wide side instead of its columns
+    # 30 rows of 50 or 70 columns: the wide side enters through N×N matrices (a QR factor, the row Gram matrix)
     x, y = related(n=30, p=p, q=q)
     assert measure(x, y, name) == pytest.approx(reference(name, x, y), abs=TOLERANCE)
     perm = torch.from_numpy(np.random.default_rng(5).permutation(30))
@@ -298,6 +298,15 @@ def test_fewer_rows_than_columns_give_the_reference_values_aligned_and_permuted(
     measure(rx, ry, name)
     assert measure(rx, ry.permuted(perm), name) == pytest.approx(reference(name, x, y[perm.numpy()]), abs=TOLERANCE)
     assert measure(rx, rigid_copy(x), name) == pytest.approx(get_measure(name).identical, abs=1e-6)
+
+
+@pytest.mark.parametrize("order", [["linear-cka", "unbiased-cka", "procrustes"], ["procrustes", "unbiased-cka", "linear-cka"]])
+def test_wide_measures_sharing_a_pair_give_the_reference_values_in_either_order(order: list[str]) -> None:
+    # CKA first reads the row Gram matrices; Procrustes first makes the cross-covariance the CKAs then reuse
+    x, y = related(n=30, p=50, q=70)
+    report = compare_models({"x": x, "y": y}, order, null=2)
+    for record in report.records:
+        assert record.value == pytest.approx(reference(record.measure, x, y), abs=TOLERANCE), record.measure
 
 
 def test_subsampled_measures_use_the_same_seeded_rows_for_both_models() -> None:

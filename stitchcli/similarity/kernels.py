@@ -5,7 +5,8 @@ column-centred inputs, or rather its singular values: one product per pair, shar
 ``cross``), and no N×N matrix of the rows. Each representation enters through a factor F with F Fᵀ = Xc Xcᵀ
 (:func:`cross_factor`): the centred copy itself when N ≥ d, an N×N triangle from a QR decomposition when
 there are fewer rows than columns, so that a pair of wide representations on few rows costs an N×N×N product
-and an N×N decomposition instead of N·p·q and p×q. The products are accumulated in float64 over row blocks.
+and an N×N decomposition instead of N·p·q and p×q; the two CKAs of such a pair need only ‖Xcᵀ Yc‖²_F =
+tr(Kx Ky), O(N²) from each one's N×N row Gram matrix. The products are accumulated in float64 over row blocks.
 The centring is done in float64; float32 inputs (the cache's) then multiply their centred blocks of at most
 1,024 rows in float32, each block's product added to the float64 sum, which is about twice as fast as float64
 products; float64 inputs stay in float64 throughout. On the cached EfficientNet-Lite embeddings (4,000 ×
@@ -148,7 +149,7 @@ def cross_factor(rep: Representation, chunk_size: int = _CHUNK) -> Representatio
     if rep.origin is not None:
         base, order = rep.origin
         return rep.cached(("factor",), lambda: cross_factor(base, chunk_size).permuted(order))
-    if rep.rows >= rep.dim:
+    if not _wide(rep):
         return centred_copy(rep, chunk_size)
 
     def build() -> Representation:
@@ -160,21 +161,65 @@ def cross_factor(rep: Representation, chunk_size: int = _CHUNK) -> Representatio
     return rep.cached(("factor",), build)
 
 
+def row_gram(rep: Representation, chunk_size: int = _CHUNK) -> torch.Tensor:
+    """Give K = Xc Xcᵀ (N×N, float64) of a representation with fewer rows than columns, once.
+
+    Built from the :func:`cross_factor` when the Procrustes distance made one (F Fᵀ, O(N³)), else from the
+    centred rows (O(N²·d)). A permuted representation gathers its original's (P K Pᵀ).
+    """
+    if rep.origin is not None:
+        base, order = rep.origin
+
+        def permute() -> torch.Tensor:
+            gram = row_gram(base, chunk_size)
+            where = order.to(gram.device)
+            return gram[where][:, where]
+
+        return rep.cached(("row_gram",), permute)
+
+    def build() -> torch.Tensor:
+        factor = rep.peek(("factor",))
+        rows = factor.matrix() if factor is not None else moments(rep, chunk_size).centred(rep, slice(0, rep.rows), rep.device)
+        return rows @ rows.T
+
+    return rep.cached(("row_gram",), build)
+
+
 def gram_norm(rep: Representation, chunk_size: int = _CHUNK) -> float:
-    """Give ‖Xcᵀ Xc‖_F of ``rep`` (= ‖Fᵀ F‖_F for its :func:`cross_factor`; once; unchanged by a permutation)."""
+    """Give ‖Xcᵀ Xc‖_F of ``rep`` (= ‖Xc Xcᵀ‖_F; once; unchanged by a permutation)."""
     if rep.origin is not None:
         return gram_norm(rep.origin[0], chunk_size)
 
     def build() -> float:
-        factor = cross_factor(rep, chunk_size)
-        dtype, block = product_blocks(factor, chunk_size=chunk_size)
-        gram = torch.zeros(factor.dim, factor.dim, dtype=torch.float64, device=rep.device)
-        for rows in factor.blocks(block):
-            xc = factor.block(rows, dtype)
+        if _wide(rep):
+            return float(torch.linalg.matrix_norm(row_gram(rep, chunk_size)))
+        centred = centred_copy(rep, chunk_size)
+        dtype, block = product_blocks(centred, chunk_size=chunk_size)
+        gram = torch.zeros(rep.dim, rep.dim, dtype=torch.float64, device=rep.device)
+        for rows in centred.blocks(block):
+            xc = centred.block(rows, dtype)
             gram += xc.T @ xc
         return float(torch.linalg.matrix_norm(gram))
 
     return rep.cached(("gram_norm",), build)
+
+
+def cross_frobenius(x: Representation, y: Representation, pair: PairCache, chunk_size: int = _CHUNK) -> float:
+    """Give ‖Xcᵀ Yc‖²_F for the pair, kept in ``pair``: tr(Kx Ky) in O(N²) from the row Gram matrices when
+    both have fewer rows than columns (and no cross-covariance was needed yet), else from
+    :func:`cross_covariance`."""
+    if "frobenius" not in pair:
+        if "cross" not in pair and _wide(x) and _wide(y):
+            kx = row_gram(x, chunk_size)
+            pair["frobenius"] = float((kx * row_gram(y, chunk_size).to(kx.device)).sum())
+        else:
+            pair["frobenius"] = float(cross_covariance(x, y, pair, chunk_size).square().sum())
+    return pair["frobenius"]
+
+
+def _wide(rep: Representation) -> bool:
+    """Tell whether ``rep`` has fewer rows than columns (the cross measures then work on N×N matrices)."""
+    return rep.rows < rep.dim
 
 
 def cross_covariance(x: Representation, y: Representation, pair: PairCache, chunk_size: int = _CHUNK) -> torch.Tensor:
@@ -197,8 +242,7 @@ def cross_covariance(x: Representation, y: Representation, pair: PairCache, chun
 def linear_cka(x: Representation, y: Representation, pair: PairCache, *, chunk_size: int = _CHUNK) -> float:
     """Give linear CKA, ‖Xcᵀ Yc‖²_F / (‖Xcᵀ Xc‖_F · ‖Ycᵀ Yc‖_F), in [0, 1] (Kornblith et al., 2019)."""
     _enough_rows(x, 2, "CKA")
-    cross = cross_covariance(x, y, pair, chunk_size)
-    return float(cross.square().sum() / (gram_norm(x, chunk_size) * gram_norm(y, chunk_size)))
+    return cross_frobenius(x, y, pair, chunk_size) / (gram_norm(x, chunk_size) * gram_norm(y, chunk_size))
 
 
 def unbiased_cka(x: Representation, y: Representation, pair: PairCache, *, chunk_size: int = _CHUNK) -> float:
@@ -206,11 +250,11 @@ def unbiased_cka(x: Representation, y: Representation, pair: PairCache, *, chunk
 
     With K = Xc Xcᵀ and K̃ its off-diagonal part, the unbiased HSIC needs tr(K̃ L̃), 1ᵀK̃1 and 1ᵀK̃L̃1.
     Because the columns are centred, K1 = 0, so K̃1 = -n_x (the squared row norms) and everything follows
-    from ‖Xcᵀ Yc‖²_F, Σ n_x, Σ n_y and Σ n_x·n_y, without the N×N matrices. The estimator is invariant to
+    from ‖Xcᵀ Yc‖²_F (:func:`cross_frobenius`), Σ n_x, Σ n_y and Σ n_x·n_y. The estimator is invariant to
     translating either input, so centring first changes nothing (it equals the uncentred Gram form).
     """
     _enough_rows(x, 4, "the unbiased HSIC estimator")
-    cross = cross_covariance(x, y, pair, chunk_size)
+    cross_sq = cross_frobenius(x, y, pair, chunk_size)
     mx, my = moments(x, chunk_size), moments(y, chunk_size)
     n = x.rows
     nx = mx.sq_norms
@@ -221,7 +265,7 @@ def unbiased_cka(x: Representation, y: Representation, pair: PairCache, *, chunk
         return cross_sq - diagonal + sum_a * sum_b / ((n - 1) * (n - 2)) - 2.0 * diagonal / (n - 2)
 
     sum_x, sum_y = float(nx.sum()), float(ny.sum())
-    xy = hsic(float(cross.square().sum()), float(nx @ ny), sum_x, sum_y)
+    xy = hsic(cross_sq, float(nx @ ny), sum_x, sum_y)
     xx = hsic(gram_norm(x, chunk_size) ** 2, float(nx @ nx), sum_x, sum_x)
     yy = hsic(gram_norm(y, chunk_size) ** 2, float(ny @ ny), sum_y, sum_y)
     if not xx * yy > 0:
@@ -267,7 +311,8 @@ def svcca_basis(rep: Representation, components: int, chunk_size: int = _CHUNK) 
     """Give the top ``components`` left singular vectors of the centred ``rep``, (N, r) float64 orthonormal.
 
     r = min(components, d, N - 1). They come from the eigenvectors V of Xcᵀ Xc as Xc V / σ, so nothing
-    N×N and nothing N×d beyond a row block is held.
+    N×N and nothing N×d beyond a row block is held; with fewer rows than columns, directly from the
+    eigenvectors of the N×N row Gram matrix Xc Xcᵀ (O(N²·d + N³) instead of O(N·d² + d³)).
 
     Raises:
         UsageError: fewer than r non-zero singular values (lower ``components``).
@@ -280,10 +325,13 @@ def svcca_basis(rep: Representation, components: int, chunk_size: int = _CHUNK) 
             return basis[order.to(basis.device)]
         found = moments(rep, chunk_size)
         r = min(components, rep.dim, rep.rows - 1)
-        gram = torch.zeros(rep.dim, rep.dim, dtype=torch.float64, device=rep.device)
-        for rows in rep.blocks(chunk_size):
-            xc = found.centred(rep, rows, rep.device)
-            gram += xc.T @ xc
+        if _wide(rep):
+            gram = row_gram(rep, chunk_size)
+        else:
+            gram = torch.zeros(rep.dim, rep.dim, dtype=torch.float64, device=rep.device)
+            for rows in rep.blocks(chunk_size):
+                xc = found.centred(rep, rows, rep.device)
+                gram += xc.T @ xc
         eigenvalues, eigenvectors = torch.linalg.eigh(gram)
         top, vectors = eigenvalues.flip(0)[:r], eigenvectors.flip(1)[:, :r]
         if not float(top[-1]) > 1e-12 * float(top[0]):
@@ -292,6 +340,8 @@ def svcca_basis(rep: Representation, components: int, chunk_size: int = _CHUNK) 
                 f"{rep.name} has only {rank} directions of variance, fewer than the {r} SVCCA components: "
                 f"pass components={rank} or fewer"
             )
+        if _wide(rep):
+            return vectors.contiguous()  # the eigenvectors of Xc Xcᵀ are the left singular vectors themselves
         scale = vectors / top.sqrt()
         basis = torch.empty(rep.rows, r, dtype=torch.float64, device=rep.device)
         for rows in rep.blocks(chunk_size):
@@ -328,20 +378,22 @@ register_measure(Measure(
     name="linear-cka", title="linear CKA", compare=linear_cka, higher_is_more_alike=True, identical=1.0,
     symmetric=True, invariant_to=_RIGID, family="cross", options=measure_options(linear_cka), aliases=("cka",),
     function=metrics.linear_cka,
-    cost="O(N·p·min(N, p)) once per representation, O(N·min(N, p)·min(N, q)) per pair (shared with unbiased-cka "
-    "and procrustes); memory O(p² + q² + p·q + chunk·(p + q)) with N ≥ p, q, else an N×N factor (smaller than the input)",
+    cost="O(N·p·min(N, p)) once per representation; per pair O(N·p·q) (shared with unbiased-cka and procrustes), "
+    "O(N²) when both have fewer rows than columns; memory O(p² + q² + p·q + chunk·(p + q)), or with fewer rows than "
+    "columns an N×N row Gram matrix per representation",
     reference="Kornblith et al. 2019, feature-space form (docs/METHOD.md §6)",
 ))
 register_measure(Measure(
     name="unbiased-cka", title="unbiased CKA", compare=unbiased_cka, higher_is_more_alike=True, identical=1.0,
     symmetric=True, invariant_to=_RIGID, family="cross", options=measure_options(unbiased_cka),
-    cost="as linear-cka (the same cross-covariance) plus O(N) per pair",
+    cost="as linear-cka (the same ‖Xcᵀ Yc‖²_F) plus O(N) per pair",
     reference="Song et al. 2012 unbiased HSIC; the debiased CKA of platonic-rep and Kornblith's code",
 ))
 register_measure(Measure(
     name="procrustes", title="Procrustes distance", compare=procrustes, higher_is_more_alike=False, identical=0.0,
     symmetric=True, invariant_to=_RIGID, family="cross", options=measure_options(procrustes),
-    cost="as linear-cka (the same cross-covariance) plus a decomposition of its min(N, p, q)² core per pair",
+    cost="O(N·p·min(N, p)) once per representation (an N×N QR factor when N < p), O(N·min(N, p)·min(N, q)) "
+    "per pair for the cross-covariance (shared with the CKAs) plus a decomposition of its min(N, p, q)² core",
     reference="orthogonal Procrustes distance, Ding et al. 2021; netrep LinearMetric(alpha=1), euclidean score",
 ))
 register_measure(Measure(
