@@ -100,8 +100,9 @@ def similarity_command(
         relative_only = {"anchors": anchors, "num_anchors": num_anchors, "anchor_model": anchor_model,
                          "anchor_strategy": anchor_strategy, "anchor_seed": anchor_seed, "transform": transform}
         if given_here := [f"--{name.replace('_', '-')}" for name, value in relative_only.items() if value != by_name(name).default]:
+            hint = " (-k is --num-anchors; the neighbours of the k-NN measures are --k)" if num_anchors is not None else ""
             raise UsageError(f"{', '.join(given_here)} shape(s) the relative spaces, and there are none without --projection: "
-                             "add --projection (for example --projection cosine) or drop them")
+                             f"add --projection (for example --projection cosine) or drop them{hint}")
     selection = None if layers is None else (parse_layer_selection(layers) or "all")
     check_output_path(csv_file, "--csv")
     check_output_path(plot, "--plot", folder=True)
