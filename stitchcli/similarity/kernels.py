@@ -2,7 +2,7 @@
 
 Linear CKA, unbiased CKA and the Procrustes distance all read the cross-covariance C = Xcᵀ Yc (p×q) of the
 column-centred inputs, or rather its singular values: one product per pair, shared by the three (family
-``cross``), and no N×N matrix of the rows. Each representation enters through a factor F with F Fᵀ = Xc Xcᵀ
+``cross``). Each representation enters through a factor F with F Fᵀ = Xc Xcᵀ
 (:func:`cross_factor`): the centred copy itself when N ≥ d, an N×N triangle from a QR decomposition when
 there are fewer rows than columns, so that a pair of wide representations on few rows costs an N×N×N product
 and an N×N decomposition instead of N·p·q and p×q; the two CKAs of such a pair need only ‖Xcᵀ Yc‖²_F =
@@ -12,8 +12,9 @@ The centring is done in float64; float32 inputs (the cache's) then multiply thei
 products; float64 inputs stay in float64 throughout. On the cached EfficientNet-Lite embeddings (4,000 ×
 1,280) the float32 blocks moved linear CKA by 8e-10 and the nuclear norm of C by 2e-10 of itself. Per
 representation, the column mean and the squared row norms (two O(N·d) passes), the factor and, for CKA,
-‖Xcᵀ Xc‖_F are computed once; only O(N + d) numbers and the factor are kept. SVCCA keeps each
-representation's top singular vectors (N×r) once and compares two of them in O(N·r²).
+‖Xcᵀ Xc‖_F are computed once and kept while the family runs: with N ≥ d no N×N matrix of the rows is ever
+held; with N < d the N×N factor and row Gram matrix are (float64, so at most twice a float32 input's size
+each). SVCCA keeps each representation's top singular vectors (N×r) once and compares two of them in O(N·r²).
 """
 
 from __future__ import annotations
@@ -135,6 +136,11 @@ def centred_copy(rep: Representation, chunk_size: int = _CHUNK) -> Representatio
     return found
 
 
+def _wide(rep: Representation) -> bool:
+    """Tell whether ``rep`` has fewer rows than columns (the cross measures then work on N×N matrices)."""
+    return rep.rows < rep.dim
+
+
 def cross_factor(rep: Representation, chunk_size: int = _CHUNK) -> Representation:
     """Give a factor F of the centred ``rep`` with F Fᵀ = Xc Xcᵀ: all the cross measures read, built once.
 
@@ -217,11 +223,6 @@ def cross_frobenius(x: Representation, y: Representation, pair: PairCache, chunk
     return pair["frobenius"]
 
 
-def _wide(rep: Representation) -> bool:
-    """Tell whether ``rep`` has fewer rows than columns (the cross measures then work on N×N matrices)."""
-    return rep.rows < rep.dim
-
-
 def cross_covariance(x: Representation, y: Representation, pair: PairCache, chunk_size: int = _CHUNK) -> torch.Tensor:
     """Give Fxᵀ Fy (float64) for the pair's :func:`cross_factor`\ s, accumulated over row blocks and kept in
     ``pair``: Xcᵀ Yc itself (p×q) when both have at least as many rows as columns, else a smaller matrix with the
@@ -287,7 +288,8 @@ def procrustes(x: Representation, y: Representation, pair: PairCache, *, chunk_s
     cross = cross_covariance(x, y, pair, chunk_size)
     mx, my = moments(x, chunk_size), moments(y, chunk_size)
     # Xcᵀ Yc has rank N - 1 at most: a wider one is singular, and its singular values need the SVD
-    nuclear = _nuclear_norm(cross, singular=min(cross.shape) >= x.rows) / math.sqrt(float(mx.sq_norms.sum()) * float(my.sq_norms.sum()))
+    nuclear = _nuclear_norm(cross, singular=min(cross.shape) >= x.rows)
+    nuclear /= math.sqrt(float(mx.sq_norms.sum()) * float(my.sq_norms.sum()))
     return math.sqrt(max(0.0, 2.0 - 2.0 * min(nuclear, 1.0)))
 
 
