@@ -104,6 +104,8 @@ class Progress:
         self._total = 0
         self._done = 0
         self._next_log = 0.0
+        self._status = ""
+        self._started = 0.0
 
     @property
     def animated(self) -> bool:
@@ -125,6 +127,7 @@ class Progress:
 
         self._label, self._total, self._done, self._unit = label, total, done, unit
         self._started = time.perf_counter()
+        self._status = ""
         if self.animated:
             from rich.progress import (
                 BarColumn,
@@ -134,10 +137,14 @@ class Progress:
                 TimeElapsedColumn,
                 TimeRemainingColumn,
             )
+            from rich.table import Column
 
+            # The counts, times and a bar always show: a long description is cut with an ellipsis instead
+            # (about 50 columns go to the rest; an 80-column terminal keeps 30 for the description).
+            width = self.console.width
             self._bar = RichProgress(
-                TextColumn("{task.description}"),
-                BarColumn(),
+                TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis", max_width=max(16, width - 50))),
+                BarColumn(bar_width=max(10, min(40, width - 90))),
                 MofNCompleteColumn(),
                 TextColumn(unit),
                 TimeElapsedColumn(),
@@ -161,12 +168,13 @@ class Progress:
             # A plain line at most every 30 s, so CI logs show life without flooding.
             self._next_log = time.perf_counter() + 30.0
             if self._done < self._total:
-                self.info(f"{self._label}: {self._done}/{self._total} {self._unit}")
+                self.info(f"{self._label}: {self._done}/{self._total} {self._unit}{self._status and '; ' + self._status}")
 
     def status(self, message: str) -> None:
         """Say what the current unit of work is doing: beside the bar on a terminal, else a line at most every 30 s."""
         import time
 
+        self._status = message
         if self._bar is not None:
             self._bar.update(self._task, description=f"{self._label} · {message}")
         elif not self.quiet and time.perf_counter() >= self._next_log:
@@ -174,10 +182,15 @@ class Progress:
             self.info(f"{self._label}: {self._done}/{self._total} {self._unit}; {message}")
 
     def stop(self) -> None:
-        """End the bar."""
+        """End the bar; without one, say in a last line that the work is done (when all of it is)."""
+        import time
+
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+        elif not self.quiet and self._total and self._done >= self._total:
+            self.info(f"{self._label}: {self._total} {self._unit} done in {time.perf_counter() - self._started:.1f} s")
+        self._total = self._done = 0
 
 
 def check_output_path(path: Any, option: str, *, folder: bool = False) -> None:

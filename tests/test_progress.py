@@ -1,0 +1,55 @@
+"""The command line's progress reporter: plain lines off a terminal, a bar that fits on one."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from stitchcli.cli.output import Progress
+
+
+def _plain(quiet: bool = False) -> tuple[Progress, io.StringIO]:
+    out = io.StringIO()
+    return Progress(quiet=quiet, console=Console(file=out, force_terminal=False, width=200)), out
+
+
+def test_off_a_terminal_it_says_how_much_is_left_what_runs_and_when_it_is_done() -> None:
+    progress, out = _plain()
+    progress.start("similarity", 10, 0, unit="cells")
+    progress.status("absolute: cross")
+    progress._next_log = 0.0  # the 30-second spacing of the lines, let go for the test
+    progress.advance(4)
+    progress.advance(6)
+    progress.stop()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "similarity: 10 cells to go"
+    assert "similarity: 4/10 cells; absolute: cross" in lines
+    assert lines[-1].startswith("similarity: 10 cells done in ") and lines[-1].endswith(" s")
+
+
+def test_work_cut_short_gets_no_done_line_and_quiet_gets_none_at_all() -> None:
+    progress, out = _plain()
+    progress.start("embedding", 10, 0)
+    progress.advance(3)
+    progress.stop()  # an error stopped the work: no line may claim it is done
+    assert "done" not in out.getvalue()
+    quiet, silent = _plain(quiet=True)
+    quiet.start("embedding", 2, 0)
+    quiet.advance(2)
+    quiet.stop()
+    assert silent.getvalue() == ""
+
+
+def test_on_a_narrow_terminal_a_long_description_is_cut_and_the_counts_stay() -> None:
+    out = io.StringIO()
+    progress = Progress(console=Console(file=out, force_terminal=True, color_system=None, width=80))
+    progress.start("similarity", 310, 0, unit="cells")
+    progress.status("absolute: neighbours: mutual-knn, cknna, jaccard against efficientnet-lite2-imagenet-pretrained")
+    progress.advance(155)
+    progress._bar.refresh()
+    progress.stop()
+    frames = [frame for chunk in out.getvalue().split("\r") for frame in chunk.splitlines() if "cells" in frame]
+    last = frames[-1]
+    assert "155/310 cells" in last and "…" in last  # the count shows; the description was cut with an ellipsis
+    assert "jaccard against" not in last
