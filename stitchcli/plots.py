@@ -53,11 +53,13 @@ def heatmap_figure(
     vmin: float = 0.0,
     vmax: float = 1.0,
     annotations: Sequence[Sequence[str | None]] | None = None,
+    colormap: str = "viridis",
 ):
     """Give the matplotlib Figure (the caller closes it) of a heatmap of ``values``, each cell annotated with
     ``value_format`` (or with its text in ``annotations``, same shape; lines split by newlines). A None or NaN
     cell holds no measurement: it is drawn light grey with "—", outside the colormap. The colour scale runs
-    from ``vmin`` to ``vmax``."""
+    from ``vmin`` to ``vmax`` in ``colormap`` (``viridis_r`` for a distance, so that yellow always means alike).
+    The figure grows with the longest labels, so long model names do not squeeze the matrix."""
     plt = require_matplotlib()
     grid = np.array([[np.nan if v is None else float(v) for v in row] for row in values], dtype=float).reshape(len(row_labels), len(column_labels))
     texts = [[None if np.isnan(grid[i, j]) else value_format.format(grid[i, j]) for j in range(grid.shape[1])] for i in range(grid.shape[0])]
@@ -65,11 +67,14 @@ def heatmap_figure(
         texts = [[text for text in row] for row in annotations]
     two_lines = any(text is not None and "\n" in text for row in texts for text in row)
     scale = 1.25 if two_lines else 1.0  # taller, wider cells for "value\n(calibrated)"
-    width = max(4.0, scale * 1.1 * len(column_labels) + 2.5)
-    height = max(3.0, scale * 0.6 * len(row_labels) + 2.0)
+    # about 0.08 inch a character at the tick labels' size; the column labels are turned 30 degrees
+    row_room = 0.08 * max((len(label) for label in row_labels), default=0)
+    column_room = 0.04 * max((len(label) for label in column_labels), default=0)
+    width = max(4.0, scale * 1.1 * len(column_labels) + 2.0 + row_room)
+    height = max(3.0, scale * 0.6 * len(row_labels) + 1.8 + column_room)
     figure, axes = plt.subplots(figsize=(width, height))
-    colormap = plt.get_cmap("viridis").with_extremes(bad=BLANK_COLOUR)  # NaN cells: grey, outside the scale (vmin/vmax are fixed)
-    image = axes.imshow(np.ma.masked_invalid(grid), vmin=vmin, vmax=vmax, cmap=colormap)
+    colours = plt.get_cmap(colormap).with_extremes(bad=BLANK_COLOUR)  # NaN cells: grey, outside the scale (vmin/vmax are fixed)
+    image = axes.imshow(np.ma.masked_invalid(grid), vmin=vmin, vmax=vmax, cmap=colours)
     axes.set_xticks(range(len(column_labels)), labels=list(column_labels), rotation=30, ha="right")
     axes.set_yticks(range(len(row_labels)), labels=list(row_labels))
     axes.set_xlabel(xlabel)
@@ -80,10 +85,11 @@ def heatmap_figure(
             if np.isnan(grid[i, j]):
                 axes.text(j, i, BLANK, ha="center", va="center", fontsize=8, color="black")
             elif texts[i][j] is not None:
-                bright = (grid[i, j] - vmin) / max(vmax - vmin, 1e-12) > 0.6
+                red, green, blue, _ = colours(image.norm(grid[i, j]))
+                bright = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5  # dark text on a light cell
                 axes.text(j, i, texts[i][j], ha="center", va="center", fontsize=7 if two_lines else 8,
                           linespacing=1.1, color="black" if bright else "white")
-    figure.colorbar(image, ax=axes)
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)  # as tall as the matrix, close beside it
     figure.tight_layout()
     return figure
 
@@ -203,6 +209,7 @@ def write_similarity_plots(folder: str | Path, report: SimilarityReport, *, titl
         found = get_measure(measure)
         low, high = (0.0, math.sqrt(2.0)) if not found.higher_is_more_alike else (-1.0 if measure in ("rsa", "cosine") else 0.0, 1.0)
         direction = "" if found.higher_is_more_alike else " (a distance: lower = more alike)"
+        colormap = "viridis" if found.higher_is_more_alike else "viridis_r"  # yellow = alike, whatever the direction
         for space in spaces:
             name = space or "absolute"
             matrices = [m for m in report.matrices if m.measure == measure and m.projection == space]
@@ -220,7 +227,7 @@ def write_similarity_plots(folder: str | Path, report: SimilarityReport, *, titl
             written.append(heatmap(
                 folder / _file_name("similarity", measure, name), table.tolist(), models, models,
                 title=f"{found.title}{direction}, {name}{', best layer pair' if layered else ''}: {title}{shown}",
-                xlabel="model b", ylabel="model a", value_format="{:.3f}", vmin=low, vmax=high, annotations=texts,
+                xlabel="model b", ylabel="model a", value_format="{:.3f}", vmin=low, vmax=high, annotations=texts, colormap=colormap,
             ))
             for matrix in matrices if layered else ():
                 best = matrix.best
@@ -234,6 +241,6 @@ def write_similarity_plots(folder: str | Path, report: SimilarityReport, *, titl
                     title=f"{found.title}{direction}, {name}: {matrix.model_a} × {matrix.model_b} layers; best "
                           f"{rows[matrix.layers_a.index(best.layer_a)]} × {columns[matrix.layers_b.index(best.layer_b)]} = {best.value:.3f}{calibrated}; {title}{cell}",
                     xlabel=f"{matrix.model_b} layer", ylabel=f"{matrix.model_a} layer", value_format="{:.2f}", vmin=low, vmax=high,
-                    annotations=cells,
+                    annotations=cells, colormap=colormap,
                 ))
     return written

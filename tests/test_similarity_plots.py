@@ -211,3 +211,30 @@ def test_write_similarity_plots_without_null_only_blanks_the_diagonal(plain, tmp
     assert all(procrustes["texts"][(i, i)] == "—" for i in range(3))
     assert all("\n" not in text for text in procrustes["texts"].values())
     assert procrustes["texts"][(2, 0)] == f"{raw[2, 0]:.3f}"
+
+
+def test_a_distance_is_drawn_with_the_colours_reversed_so_that_yellow_means_alike(plain, tmp_path, monkeypatch):
+    drawn = _capture(monkeypatch)
+    plots.write_similarity_plots(tmp_path, plain, title="data/test")
+    cka, procrustes = drawn
+    names, table = plain.table("procrustes")
+    closest = min(((i, j) for i, j in _off_diagonal(len(names))), key=lambda cell: table[cell])
+    farthest = max(((i, j) for i, j in _off_diagonal(len(names))), key=lambda cell: table[cell])
+    viridis = plt.get_cmap("viridis")
+    # the most alike pair of a distance gets viridis' bright end, as the most alike pair of CKA does
+    assert tuple(procrustes["rgba"][closest]) == pytest.approx(viridis(1.0 - table[closest] / math.sqrt(2.0)), abs=0.02)
+    assert sum(procrustes["rgba"][closest][:3]) > sum(procrustes["rgba"][farthest][:3])
+
+
+def test_long_model_names_widen_the_figure_instead_of_squeezing_the_matrix():
+    short = plots.heatmap_figure([[0.1, 0.2], [0.3, 0.4]], ["a", "b"], ["a", "b"], title="t", xlabel="x", ylabel="y")
+    name = "sentence-transformers/all-MiniLM-L6-v2"
+    long = plots.heatmap_figure([[0.1, 0.2], [0.3, 0.4]], ["a", name], ["a", name], title="t", xlabel="x", ylabel="y")
+    try:
+        (sw, sh), (lw, lh) = short.get_size_inches(), long.get_size_inches()
+        assert lw >= sw + 0.08 * len(name) - 0.5 and lh > sh
+        # the matrix itself keeps about the same size on the page
+        assert long.axes[0].get_position().width * lw == pytest.approx(short.axes[0].get_position().width * sw, rel=0.35)
+    finally:
+        plt.close(short)
+        plt.close(long)
