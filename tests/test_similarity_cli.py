@@ -87,3 +87,16 @@ def test_bad_options_are_one_line_and_exit_2(embedded, args, needle):
     result = _run(embedded, *args)
     assert result.exit_code == 2, result.output
     assert needle in result.output and "Traceback" not in result.output
+
+
+def test_a_cknna_above_one_is_warned_about_with_what_to_change() -> None:
+    from stitchcli.cli.similarity import value_warnings
+    from stitchcli.similarity import SimilarityReport, SimilarityRecord
+
+    def report(*values: float) -> SimilarityReport:
+        rows = [SimilarityRecord("a", "b", None, None, None, "cknna", value) for value in values]
+        return SimilarityReport(["a", "b"], [*rows, SimilarityRecord("a", "b", None, None, None, "linear-cka", 1.5)])
+
+    (line,) = value_warnings(report(1.2, 1.607), k=10)
+    assert "cknna is above 1 (1.607)" in line and "--k 10" in line and "much smaller" in line
+    assert value_warnings(report(0.9, 1.0), k=10) == []  # linear-cka's row is not cknna's business

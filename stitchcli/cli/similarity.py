@@ -94,6 +94,8 @@ def similarity_command(
         raise UsageError(f"--null must be 0 or more permutations, not {null}")
     if k < 1:
         raise UsageError(f"--k must be at least 1 neighbour, not {k}")
+    if limit is not None and k >= limit and uses_neighbours(chosen):  # known now, before any model is embedded
+        raise UsageError(f"--k {k} neighbours need more than the {limit} rows of --limit {limit}: pass a smaller --k or a larger --limit")
     if not projections:
         from stitchcli.settings import by_name
 
@@ -136,6 +138,8 @@ def similarity_command(
 
         written = write_similarity_plots(plot, report, title=f"{loaded.label}/{loaded.split}, {loaded.samples} rows")
         progress.info(f"wrote {len(written)} heatmap(s) to {plot}")
+    for line in value_warnings(report, k=k):
+        progress.warn(line)
     if json_output:
         from stitchcli.cli.output import print_json
 
@@ -153,6 +157,8 @@ def model_names(models: str | None, models_file: Path | None) -> list[str]:
 
     if models is not None and models_file is not None:
         raise UsageError("give the models with --models A,B or with --models-file FILE, not both")
+    if models is None and models_file is None:
+        raise UsageError("give the models to compare: --models A,B[,C...] (at least two) or --models-file FILE")
     if models_file is not None:
         path = Path(models_file).expanduser()
         if not path.is_file():
@@ -212,6 +218,22 @@ def measure_names(value: str | None, projections: Sequence[str]) -> list[str]:
         if measure.name not in found:
             found.append(measure.name)
     return found
+
+
+def uses_neighbours(measures: Sequence[str]) -> bool:
+    """Tell whether any of ``measures`` takes the neighbour count k."""
+    from stitchcli.similarity import get_measure
+
+    return any("k" in get_measure(name).options for name in measures)
+
+
+def value_warnings(report: "SimilarityReport", *, k: int) -> list[str]:
+    """Give a warning for values outside what a measure's docs promise, with what to change (one per measure)."""
+    above = [record.value for record in report.records if record.measure == "cknna" and record.value is not None and record.value > 1.0 + 1e-9]
+    if not above:
+        return []
+    return [f"cknna is above 1 ({max(above):.3f}): its unbiased estimator leaves [0, 1] when --k {k} neighbours are not few "
+            "against the rows compared: use a k much smaller than the number of rows"]
 
 
 # ---------------------------------------------------------------------------------------------- outputs
