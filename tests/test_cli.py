@@ -413,3 +413,25 @@ def test_help_shows_flags_without_types_and_the_positional_names_in_capitals():
         assert "<bool>" not in result.output and "{" not in result.output, command
     usage = CliRunner().invoke(app, ["stitch", "--help"], env={"COLUMNS": "200"}).output
     assert "ENCODER DECODER" in usage
+
+
+@pytest.mark.parametrize("command", ["embed", "fit-head", "stitch", "eval", "similarity", "predict", "demo"])
+def test_help_fills_a_narrow_terminal_instead_of_keeping_the_docstring_s_line_breaks(command):
+    from typer.testing import CliRunner
+
+    from stitchcli.cli import app
+
+    output = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "80"}).output
+    description = output.split("Usage:", 1)[1].split("╭", 1)[0].splitlines()[1:]
+    paragraphs, current = [], []
+    for line in description:
+        if line.strip():
+            current.append(line.strip())
+        elif current:
+            paragraphs.append(current)
+            current = []
+    paragraphs.append(current)
+    assert len([p for p in paragraphs if p]) >= 2, output
+    for paragraph in paragraphs:
+        # every line but a paragraph's last is filled (a ragged line ends well short of the 78 columns)
+        assert all(len(line) > 55 for line in paragraph[:-1]), (command, paragraph)

@@ -229,7 +229,15 @@ def _register() -> None:
         ("predict", predict_command),
         ("demo", demo_command),
     ):
-        app.command(name, cls=StitchCommand)(reports_errors(command))
+        app.command(name, cls=StitchCommand, help=paragraphs(command.__doc__ or ""))(reports_errors(command))
+
+
+def paragraphs(doc: str) -> str:
+    """Give a docstring as paragraphs of one line each, so that help fills the terminal's width: typer's rich
+    help keeps a docstring's single line breaks, which leaves ragged lines on a terminal narrower than the source."""
+    import inspect
+
+    return "\n\n".join(" ".join(part.split()) for part in inspect.cleandoc(doc).split("\n\n") if part.strip())
 
 
 _register()
