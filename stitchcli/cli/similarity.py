@@ -215,8 +215,9 @@ def measure_names(value: str | None, projections: Sequence[str]) -> list[str]:
             raise UsageError(f"--measures: {exc}") from None
         if measure.shared_space and not projections:
             raise UsageError(f"--measures {name} compares vectors across spaces, so it needs relative spaces: add --projection cosine")
-        if measure.name not in found:
-            found.append(measure.name)
+        if measure.name in found:
+            raise UsageError(f"--measures lists {measure.name} twice{f' ({name} is its other name)' if name != measure.name else ''}: name each measure once")
+        found.append(measure.name)
     return found
 
 
