@@ -96,15 +96,6 @@ def similarity_command(
         raise UsageError(f"--k must be at least 1 neighbour, not {k}")
     if limit is not None and k >= limit and uses_neighbours(chosen):  # known now, before any model is embedded
         raise UsageError(f"--k {k} neighbours need more than the {limit} rows of --limit {limit}: pass a smaller --k or a larger --limit")
-    if not projections:
-        from stitchcli.settings import by_name
-
-        relative_only = {"anchors": anchors, "num_anchors": num_anchors, "anchor_model": anchor_model,
-                         "anchor_strategy": anchor_strategy, "anchor_seed": anchor_seed, "transform": transform}
-        if given_here := [f"--{name.replace('_', '-')}" for name, value in relative_only.items() if value != by_name(name).default]:
-            hint = " (-k is --num-anchors; the neighbours of the k-NN measures are --k)" if num_anchors is not None else ""
-            raise UsageError(f"{', '.join(given_here)} shape(s) the relative spaces, and there are none without --projection: "
-                             f"add --projection (for example --projection cosine) or drop them{hint}")
     selection = None if layers is None else (parse_layer_selection(layers) or "all")
     check_output_path(csv_file, "--csv")
     check_output_path(plot, "--plot", folder=True)
@@ -120,6 +111,19 @@ def similarity_command(
         "transform": transform, "device": device, "embed_batch_size": embed_batch_size, "trust_remote_code": trust_remote_code,
         "input_column": input_column, "label_column": label_column, "dataset_revision": dataset_revision,
     })
+    from stitchcli.relative import list_transforms, unknown_name
+
+    if transform not in list_transforms():  # a bad value is named as such, with or without --projection
+        raise UsageError(f"--transform: {unknown_name('transform', transform, list_transforms())}")
+    if not projections:
+        from stitchcli.settings import by_name
+
+        relative_only = {"anchors": anchors, "num_anchors": num_anchors, "anchor_model": anchor_model,
+                         "anchor_strategy": anchor_strategy, "anchor_seed": anchor_seed, "transform": transform}
+        if given_here := [f"--{name.replace('_', '-')}" for name, value in relative_only.items() if value != by_name(name).default]:
+            hint = " (-k is --num-anchors; the neighbours of the k-NN measures are --k)" if num_anchors is not None else ""
+            raise UsageError(f"{', '.join(given_here)} shape(s) the relative spaces, and there are none without --projection: "
+                             f"add --projection (for example --projection cosine) or drop them{hint}")
     make_output_folder(plot, "--plot")
     progress, store, reporter = progress_and_store(cache_dir, quiet)
     started = time.perf_counter()
