@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
 
 from stitchcli.cli.output import Progress
@@ -41,15 +42,41 @@ def test_work_cut_short_gets_no_done_line_and_quiet_gets_none_at_all() -> None:
     assert silent.getvalue() == ""
 
 
-def test_on_a_narrow_terminal_a_long_description_is_cut_and_the_counts_stay() -> None:
+LONG_STATUS = "absolute: neighbours: mutual-knn, cknna, jaccard against efficientnet-lite2-imagenet-pretrained"
+
+
+def _last_frame(width: int, total: int, done: int) -> str:
+    """Give the last frame a bar of ``total`` cells draws on a terminal ``width`` columns wide, after ``done``."""
     out = io.StringIO()
-    progress = Progress(console=Console(file=out, force_terminal=True, color_system=None, width=80))
-    progress.start("similarity", 310, 0, unit="cells")
-    progress.status("absolute: neighbours: mutual-knn, cknna, jaccard against efficientnet-lite2-imagenet-pretrained")
-    progress.advance(155)
+    progress = Progress(console=Console(file=out, force_terminal=True, color_system=None, width=width))
+    progress.start("similarity", total, 0, unit="cells")
+    progress.status(LONG_STATUS)
+    progress.advance(done)
     progress._bar.refresh()
     progress.stop()
-    frames = [frame for chunk in out.getvalue().split("\r") for frame in chunk.splitlines() if "cells" in frame]
-    last = frames[-1]
+    return [frame for chunk in out.getvalue().split("\r") for frame in chunk.splitlines() if "cells" in frame][-1]
+
+
+def test_on_a_narrow_terminal_a_long_description_is_cut_and_the_counts_stay() -> None:
+    last = _last_frame(80, 310, 155)
     assert "155/310 cells" in last and "…" in last  # the count shows; the description was cut with an ellipsis
     assert "jaccard against" not in last
+
+
+def test_the_done_line_counts_only_what_this_run_did_and_a_new_bar_logs_at_once() -> None:
+    progress, out = _plain()
+    progress.start("lite0", 10_000, 9_000)  # 9,000 rows resumed from an earlier run
+    progress.advance(1_000)
+    progress.stop()
+    assert out.getvalue().splitlines()[-1].startswith("lite0: 1000 rows done in ")
+    progress.start("cached", 5, 5)  # nothing left to do: no line may claim work done
+    progress.stop()
+    assert "cached: 5 rows done" not in out.getvalue()
+    progress.start("similarity", 4, 0, unit="cells")
+    progress.status("absolute: cross")  # the first status of a new bar is not held back by the last bar's line
+    assert out.getvalue().splitlines()[-1] == "similarity: 0/4 cells; absolute: cross"
+
+
+@pytest.mark.parametrize("width", [80, 100, 120, 160, 200])
+def test_a_seven_digit_count_shows_whole_at_any_width(width: int) -> None:
+    assert "12/4799040 cells" in _last_frame(width, 4_799_040, 12)

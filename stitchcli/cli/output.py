@@ -106,6 +106,7 @@ class Progress:
         self._next_log = 0.0
         self._status = ""
         self._started = 0.0
+        self._resumed = 0
 
     @property
     def animated(self) -> bool:
@@ -126,8 +127,9 @@ class Progress:
         import time
 
         self._label, self._total, self._done, self._unit = label, total, done, unit
-        self._started = time.perf_counter()
+        self._started, self._resumed = time.perf_counter(), done
         self._status = ""
+        self._next_log = 0.0  # an earlier bar's last line does not hold this one's first back
         if self.animated:
             from rich.progress import (
                 BarColumn,
@@ -139,12 +141,14 @@ class Progress:
             )
             from rich.table import Column
 
-            # The counts, times and a bar always show: a long description is cut with an ellipsis instead
-            # (about 50 columns go to the rest; an 80-column terminal keeps 30 for the description).
+            # The counts, times and a bar always show: a long description is cut with an ellipsis instead.
+            # The rest takes the bar, "done/total", the unit, two times of 7 and the spaces between columns.
             width = self.console.width
+            bar_width = max(10, min(40, width - 90))
+            rest = bar_width + 2 * len(str(total)) + 1 + len(unit) + 2 * 7 + 6
             self._bar = RichProgress(
-                TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis", max_width=max(16, width - 50))),
-                BarColumn(bar_width=max(10, min(40, width - 90))),
+                TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis", max_width=max(12, width - rest))),
+                BarColumn(bar_width=bar_width),
                 MofNCompleteColumn(),
                 TextColumn(unit),
                 TimeElapsedColumn(),
@@ -188,9 +192,10 @@ class Progress:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
-        elif not self.quiet and self._total and self._done >= self._total:
-            self.info(f"{self._label}: {self._total} {self._unit} done in {time.perf_counter() - self._started:.1f} s")
-        self._total = self._done = 0
+        elif not self.quiet and self._total and self._done >= self._total > self._resumed:
+            # what this run did: rows resumed from an earlier run are not counted as done in this time
+            self.info(f"{self._label}: {self._total - self._resumed} {self._unit} done in {time.perf_counter() - self._started:.1f} s")
+        self._total = self._done = self._resumed = 0
 
 
 def check_output_path(path: Any, option: str, *, folder: bool = False) -> None:
