@@ -99,9 +99,11 @@ def heatmap(path: Path, values: Sequence[Sequence[float | None]], row_labels: Se
     labels, ``value_format``, ``vmin``/``vmax`` and ``annotations``)."""
     plt = require_matplotlib()
     figure = heatmap_figure(values, row_labels, column_labels, **style)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(figure)
     return path
 
 

@@ -247,6 +247,15 @@ def test_float32_inputs_agree_with_float64_to_float32_precision() -> None:
         assert measure(x.astype(np.float32), y.astype(np.float32), name) == pytest.approx(measure(x, y, name), abs=1e-4)
 
 
+def test_float32_inputs_spread_beyond_float32_s_range_are_centred_in_float64() -> None:
+    # every value is finite, but centring puts some beyond ±3.4e38: the float32 copy would hold infinities
+    x = np.array([[3e38, 1], [-3e38, 2], [-3e38, 3], [-3e38, 5], [-3e38, 1]], dtype=np.float32)
+    y = np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32)
+    expected = measure(x.astype(np.float64), y.astype(np.float64), "procrustes")
+    assert measure(x, y, "procrustes") == pytest.approx(expected, abs=1e-6)  # it gave 0.0 ("identical")
+    assert measure(Representation(x), Representation(y), "linear-cka") == pytest.approx(linear_cka(x, y), abs=1e-6)
+
+
 # ------------------------------------------------------------------------------------ sanity checks
 
 

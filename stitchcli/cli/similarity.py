@@ -94,7 +94,7 @@ def similarity_command(
         raise UsageError(f"--null must be 0 or more permutations, not {null}")
     if k < 1:
         raise UsageError(f"--k must be at least 1 neighbour, not {k}")
-    if limit is not None and k >= limit and uses_neighbours(chosen):  # known now, before any model is embedded
+    if limit is not None and 1 <= limit <= k and uses_neighbours(chosen):  # known now, before any model is embedded
         raise UsageError(f"--k {k} neighbours need more than the {limit} rows of --limit {limit}: pass a smaller --k or a larger --limit")
     selection = None if layers is None else (parse_layer_selection(layers) or "all")
     check_output_path(csv_file, "--csv")
@@ -211,7 +211,8 @@ def measure_names(value: str | None, projections: Sequence[str]) -> list[str]:
     given = split_list(value, "--measures") or ()
     if list(given) == ["all"]:
         return [name for name in list_measures() if projections or not get_measure(name).shared_space]
-    found = []
+    found: list[str] = []
+    given_as: dict[str, str] = {}
     for name in given:
         try:
             measure = get_measure(name)
@@ -220,8 +221,10 @@ def measure_names(value: str | None, projections: Sequence[str]) -> list[str]:
         if measure.shared_space and not projections:
             raise UsageError(f"--measures {name} compares vectors across spaces, so it needs relative spaces: add --projection cosine")
         if measure.name in found:
-            raise UsageError(f"--measures lists {measure.name} twice{f' ({name} is its other name)' if name != measure.name else ''}: name each measure once")
+            first = given_as[measure.name]
+            raise UsageError(f"--measures lists {measure.name} twice{f' (as {first} and {name})' if first != name else ''}: name each measure once")
         found.append(measure.name)
+        given_as[measure.name] = name
     return found
 
 

@@ -126,9 +126,13 @@ def centred_copy(rep: Representation, chunk_size: int = _CHUNK) -> Representatio
     def build() -> Representation:
         shift, mean = _centre(rep, chunk_size)
         dtype, _ = product_blocks(rep, chunk_size=chunk_size)
-        copy = torch.empty(rep.rows, rep.dim, dtype=dtype, device=rep.device)
-        for rows in rep.blocks(chunk_size):
-            copy[rows] = (rep.block(rows, torch.float64) - (shift + mean)).to(dtype)
+        for kind in dict.fromkeys((dtype, torch.float64)):
+            copy = torch.empty(rep.rows, rep.dim, dtype=kind, device=rep.device)
+            for rows in rep.blocks(chunk_size):
+                copy[rows] = (rep.block(rows, torch.float64) - (shift + mean)).to(kind)
+            # finite float32 inputs spread beyond float32's range (±3.4e38) overflow when centred: float64 then
+            if kind == torch.float64 or bool(torch.isfinite(copy.sum(dtype=torch.float64))):
+                break
         return Representation.derived(copy, rep.name)
 
     found = rep.cached(("centred",), build)
@@ -290,6 +294,8 @@ def procrustes(x: Representation, y: Representation, pair: PairCache, *, chunk_s
     # Xcᵀ Yc has rank N - 1 at most: a wider one is singular, and its singular values need the SVD
     nuclear = _nuclear_norm(cross, singular=min(cross.shape) >= x.rows)
     nuclear /= math.sqrt(float(mx.sq_norms.sum()) * float(my.sq_norms.sum()))
+    if not math.isfinite(nuclear):
+        return float("nan")  # not 0 ("identical"), which max(0, nan) would give
     return math.sqrt(max(0.0, 2.0 - 2.0 * min(nuclear, 1.0)))
 
 

@@ -136,8 +136,8 @@ class Representation:
     def derived(cls, matrix: torch.Tensor, name: str) -> Representation:
         """Wrap a matrix computed from checked representations (a centred copy), without checking it again.
 
-        The constructor's finiteness check reads every value; a copy made from checked inputs cannot hold
-        what the check looks for, so reading it once more would only cost a pass over N×d values.
+        The constructor's finiteness check reads every value; the caller vouches that the matrix is finite
+        (a centred copy in float32 is checked by one sum, and made in float64 when centring overflowed).
         """
         result = cls.__new__(cls)
         result.name, result._matrix = name, matrix
