@@ -324,6 +324,17 @@ def test_a_single_bad_value_is_found_wherever_it_is(bad: float) -> None:
             mean_cosine(x, x)
 
 
+def test_float8_inputs_are_checked_value_by_value() -> None:
+    import torch
+
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(6, 4))).to(torch.float8_e5m2)
+    assert np.isfinite(mean_cosine(x, x))  # float8 has no sum on the CPU: the check must not need one
+    bad = x.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(UsageError, match="NaN or infinite"):
+        mean_cosine(bad, x)
+
+
 def test_finite_values_whose_sum_overflows_are_accepted() -> None:
     # the sum of these float32 values is infinite although each is finite: the value-by-value check decides
     x = np.full((6, 4), 3e38, dtype=np.float32)
