@@ -42,22 +42,13 @@ _FLOAT32_CHUNK = 1024
 
 @dataclass(frozen=True)
 class Moments:
-    """What the centred-feature measures need from one representation, all float64.
+    """What the centred-feature measures need from one representation's centred rows, float64.
 
     Attributes:
-        shift: the first row, subtracted before averaging (keeps a large common offset from eating
-            precision, and makes a constant column exactly zero after centring).
-        mean: the column mean of (x - shift).
         sq_norms: ‖xc_i‖² for every centred row, (N,); their sum is ‖Xc‖²_F.
     """
 
-    shift: torch.Tensor
-    mean: torch.Tensor
     sq_norms: torch.Tensor
-
-    def centred(self, rep: Representation, rows: slice, device: torch.device, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        """Give rows ``rows`` of ``rep`` centred (in float64), in ``dtype``, on ``device`` (a new tensor)."""
-        return (rep.block(rows, torch.float64).to(device) - (self.shift + self.mean).to(device)).to(dtype)
 
 
 def product_blocks(*reps: Representation, chunk_size: int = _CHUNK) -> tuple[torch.dtype, int]:
@@ -69,7 +60,9 @@ def product_blocks(*reps: Representation, chunk_size: int = _CHUNK) -> tuple[tor
 
 
 def _centre(rep: Representation, chunk_size: int = _CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
-    """Give (shift, mean) of ``rep`` (see :class:`Moments`): one O(N·d) pass, once."""
+    """Give (shift, mean) of ``rep``: one O(N·d) pass, once. The shift is the first row, subtracted before
+    averaging (it keeps a large common offset from eating precision, and makes a constant column exactly zero
+    after centring); the mean is the column mean of (x - shift)."""
 
     def build() -> tuple[torch.Tensor, torch.Tensor]:
         shift = rep.block(slice(0, 1), torch.float64)[0]
@@ -79,6 +72,12 @@ def _centre(rep: Representation, chunk_size: int = _CHUNK) -> tuple[torch.Tensor
         return shift, total / rep.rows
 
     return rep.cached(("centre",), build)
+
+
+def _centred_rows(rep: Representation, rows: slice, chunk_size: int = _CHUNK) -> torch.Tensor:
+    """Give rows ``rows`` of ``rep`` centred, float64, on its device (a new tensor)."""
+    shift, mean = _centre(rep, chunk_size)
+    return rep.block(rows, torch.float64) - (shift + mean)
 
 
 def moments(rep: Representation, chunk_size: int = _CHUNK) -> Moments:
@@ -93,20 +92,18 @@ def moments(rep: Representation, chunk_size: int = _CHUNK) -> Moments:
             base, order = rep.origin
             found = moments(base, chunk_size)
             return replace(found, sq_norms=found.sq_norms[order.to(found.sq_norms.device)])
-        shift, mean = _centre(rep, chunk_size)
-        found = Moments(shift, mean, torch.empty(0, dtype=torch.float64))
         copy = rep.peek(("centred",))
         exact = copy is not None and copy.dtype == torch.float64
         sq_norms = torch.empty(rep.rows, dtype=torch.float64, device=rep.device)
         for rows in rep.blocks(chunk_size):
-            block = copy.block(rows) if exact else found.centred(rep, rows, rep.device)
+            block = copy.block(rows) if exact else _centred_rows(rep, rows, chunk_size)
             sq_norms[rows] = block.square().sum(dim=1)
         if not float(sq_norms.sum()) > 0:
             raise UsageError(
                 f"{rep.name} has no variance (every row is the same), so it cannot be compared: "
                 "check that the embeddings were computed from distinct samples"
             )
-        return replace(found, sq_norms=sq_norms)
+        return Moments(sq_norms)
 
     return rep.cached(("moments",), build)
 
@@ -123,16 +120,18 @@ def centred_copy(rep: Representation, chunk_size: int = _CHUNK) -> Representatio
         base, order = rep.origin
         return rep.cached(("centred",), lambda: centred_copy(base, chunk_size).permuted(order))
 
+    def copy_in(dtype: torch.dtype) -> torch.Tensor:
+        copy = torch.empty(rep.rows, rep.dim, dtype=dtype, device=rep.device)
+        for rows in rep.blocks(chunk_size):
+            copy[rows] = _centred_rows(rep, rows, chunk_size).to(dtype)
+        return copy
+
     def build() -> Representation:
-        shift, mean = _centre(rep, chunk_size)
         dtype, _ = product_blocks(rep, chunk_size=chunk_size)
-        for kind in dict.fromkeys((dtype, torch.float64)):
-            copy = torch.empty(rep.rows, rep.dim, dtype=kind, device=rep.device)
-            for rows in rep.blocks(chunk_size):
-                copy[rows] = (rep.block(rows, torch.float64) - (shift + mean)).to(kind)
-            # finite float32 inputs spread beyond float32's range (±3.4e38) overflow when centred: float64 then
-            if kind == torch.float64 or bool(torch.isfinite(copy.sum(dtype=torch.float64))):
-                break
+        copy = copy_in(dtype)
+        # finite float32 inputs spread beyond float32's range (±3.4e38) overflow when centred: float64 then
+        if dtype != torch.float64 and not bool(torch.isfinite(copy.sum(dtype=torch.float64))):
+            copy = copy_in(torch.float64)
         return Representation.derived(copy, rep.name)
 
     found = rep.cached(("centred",), build)
@@ -163,8 +162,8 @@ def cross_factor(rep: Representation, chunk_size: int = _CHUNK) -> Representatio
         return centred_copy(rep, chunk_size)
 
     def build() -> Representation:
-        found = moments(rep, chunk_size)
-        centred = found.centred(rep, slice(0, rep.rows), rep.device)  # N×d float64, smaller than d×d here
+        moments(rep, chunk_size)  # refuses a representation with no variance
+        centred = _centred_rows(rep, slice(0, rep.rows), chunk_size)  # N×d float64, smaller than d×d here
         triangle = torch.linalg.qr(centred.T, mode="r").R
         return Representation.derived(triangle.T.contiguous(), rep.name)
 
@@ -188,8 +187,9 @@ def row_gram(rep: Representation, chunk_size: int = _CHUNK) -> torch.Tensor:
         return rep.cached(("row_gram",), permute)
 
     def build() -> torch.Tensor:
+        moments(rep, chunk_size)  # refuses a representation with no variance
         factor = rep.peek(("factor",))
-        rows = factor.matrix() if factor is not None else moments(rep, chunk_size).centred(rep, slice(0, rep.rows), rep.device)
+        rows = factor.matrix() if factor is not None else _centred_rows(rep, slice(0, rep.rows), chunk_size)
         return rows @ rows.T
 
     return rep.cached(("row_gram",), build)
@@ -331,14 +331,14 @@ def svcca_basis(rep: Representation, components: int, chunk_size: int = _CHUNK) 
             base, order = rep.origin
             basis = svcca_basis(base, components, chunk_size)
             return basis[order.to(basis.device)]
-        found = moments(rep, chunk_size)
+        moments(rep, chunk_size)  # refuses a representation with no variance
         r = min(components, rep.dim, rep.rows - 1)
         if _wide(rep):
             gram = row_gram(rep, chunk_size)
         else:
             gram = torch.zeros(rep.dim, rep.dim, dtype=torch.float64, device=rep.device)
             for rows in rep.blocks(chunk_size):
-                xc = found.centred(rep, rows, rep.device)
+                xc = _centred_rows(rep, rows, chunk_size)
                 gram += xc.T @ xc
         eigenvalues, eigenvectors = torch.linalg.eigh(gram)
         top, vectors = eigenvalues.flip(0)[:r], eigenvectors.flip(1)[:, :r]
@@ -353,7 +353,7 @@ def svcca_basis(rep: Representation, components: int, chunk_size: int = _CHUNK) 
         scale = vectors / top.sqrt()
         basis = torch.empty(rep.rows, r, dtype=torch.float64, device=rep.device)
         for rows in rep.blocks(chunk_size):
-            basis[rows] = found.centred(rep, rows, rep.device) @ scale
+            basis[rows] = _centred_rows(rep, rows, chunk_size) @ scale
         return basis
 
     return rep.cached(("svcca", components), build)
