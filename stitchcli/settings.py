@@ -269,6 +269,12 @@ class StitchSettings:
                                       "(auto_map in its config.json). Off, such a model is refused: read its code first. Not part of any cache key.", panel="Running")
     singles: bool = True
 
+    def check_values(self) -> None:
+        """Refuse a value that its declaration does not accept (an unknown name, a count out of range), and
+        nothing else: for a command that uses only some settings (``similarity``), where :meth:`check`'s rules
+        between settings (a training split apart from the evaluated one) need not hold."""
+        _check_fields(self)
+
     def check(self, where: Callable[[Declared], str] | None = None) -> None:
         """Refuse settings that cannot be right, before any work (UsageError naming the option).
 

@@ -85,6 +85,7 @@ def similarity_command(
     from stitchcli.embedding.layers import parse_layer_selection
     from stitchcli.models import ModelRef
     from stitchcli.settings import build_settings
+    from stitchcli.similarity import takes_neighbours
     from stitchcli.similarity.cached import compare_cached
 
     names = model_names(models, models_file)
@@ -94,7 +95,7 @@ def similarity_command(
         raise UsageError(f"--null must be 0 or more permutations, not {null}")
     if k < 1:
         raise UsageError(f"--k must be at least 1 neighbour, not {k}")
-    if limit is not None and 1 <= limit <= k and uses_neighbours(chosen):  # known now, before any model is embedded
+    if limit is not None and 1 <= limit <= k and takes_neighbours(chosen):  # known now, before any model is embedded
         raise UsageError(f"--k {k} neighbours need more than the {limit} rows of --limit {limit}: pass a smaller --k or a larger --limit")
     selection = None if layers is None else (parse_layer_selection(layers) or "all")
     check_output_path(csv_file, "--csv")
@@ -111,10 +112,7 @@ def similarity_command(
         "transform": transform, "device": device, "embed_batch_size": embed_batch_size, "trust_remote_code": trust_remote_code,
         "input_column": input_column, "label_column": label_column, "dataset_revision": dataset_revision,
     })
-    from stitchcli.relative import list_transforms, unknown_name
-
-    if transform not in list_transforms():  # a bad value is named as such, with or without --projection
-        raise UsageError(f"--transform: {unknown_name('transform', transform, list_transforms())}")
+    settings.check_values()  # a bad value is named as such (--transform whiten), with or without --projection
     if not projections:
         from stitchcli.settings import by_name
 
@@ -226,13 +224,6 @@ def measure_names(value: str | None, projections: Sequence[str]) -> list[str]:
         found.append(measure.name)
         given_as[measure.name] = name
     return found
-
-
-def uses_neighbours(measures: Sequence[str]) -> bool:
-    """Tell whether any of ``measures`` takes the neighbour count k."""
-    from stitchcli.similarity import get_measure
-
-    return any("k" in get_measure(name).options for name in measures)
 
 
 def value_warnings(report: "SimilarityReport", *, k: int) -> list[str]:

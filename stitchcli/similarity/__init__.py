@@ -17,7 +17,7 @@ from __future__ import annotations
 from stitchcli.lazy import lazy_exports
 
 _EXPORTS = {  # module: the names it gives this package
-    "registry": "Measure get_measure list_measures measure register_measure",
+    "registry": "Measure get_measure list_measures measure register_measure takes_neighbours",
     "representation": "Representation",
     "calibration": "Calibrated calibrate permutation_null permutations",
     "layers": "BestPair LayerMatrix layer_matrix",

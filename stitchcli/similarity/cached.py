@@ -190,11 +190,11 @@ def compare_cached(
         progress: called with a line as each family of measures and model starts.
         **options: measure options (``k=10``, ``max_rows=1000``...).
     """
-    from stitchcli.similarity import compare_models, get_measure
+    from stitchcli.similarity import compare_models, takes_neighbours
 
     models = load_models(store, refs, settings, layers=layers, relative=bool(projections), reporter=reporter)
     k = options.get("k")
-    if isinstance(k, int) and k >= models.samples and any("k" in get_measure(name).options for name in measures):
+    if isinstance(k, int) and k >= models.samples and takes_neighbours(measures):
         raise UsageError(f"--k {k} neighbours need more than the {models.samples} rows compared: pass a smaller --k")
     device = _device(settings.device)
     samples = {name: {layer: _on(matrix, device) for layer, matrix in group.items()} for name, group in models.models.items()}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -140,6 +140,11 @@ def get_measure(name: str) -> Measure:
     if key not in _MEASURES:
         raise unknown_name("similarity measure", name, list(_MEASURES))
     return _MEASURES[key]
+
+
+def takes_neighbours(names: Sequence[str]) -> bool:
+    """Tell whether any of the measures ``names`` takes the neighbour count k (so k must be below the rows)."""
+    return any("k" in get_measure(name).options for name in names)
 
 
 def measure(x: ArrayLike, y: ArrayLike, name: str, **options: Any) -> float:
