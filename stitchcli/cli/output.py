@@ -163,27 +163,30 @@ class Progress:
 
     def advance(self, rows: int) -> None:
         """Count ``rows`` more units as done."""
-        import time
-
         self._done += rows
         if self._bar is not None:
             self._bar.update(self._task, advance=rows)
-        elif not self.quiet and time.perf_counter() >= self._next_log:
-            # A plain line at most every 30 s, so CI logs show life without flooding.
-            self._next_log = time.perf_counter() + 30.0
-            if self._done < self._total:
-                self.info(f"{self._label}: {self._done}/{self._total} {self._unit}{self._status and '; ' + self._status}")
+        else:
+            self._plain_line(say=self._done < self._total)
 
     def status(self, message: str) -> None:
         """Say what the current unit of work is doing: beside the bar on a terminal, else a line at most every 30 s."""
-        import time
-
         self._status = message
         if self._bar is not None:
             self._bar.update(self._task, description=f"{self._label} · {message}")
-        elif not self.quiet and time.perf_counter() >= self._next_log:
-            self._next_log = time.perf_counter() + 30.0
-            self.info(f"{self._label}: {self._done}/{self._total} {self._unit}; {message}")
+        else:
+            self._plain_line()
+
+    def _plain_line(self, say: bool = True) -> None:
+        """Off a terminal: the count and the status in a line, at most every 30 s, so CI logs show life without
+        flooding (``say`` False: the 30 s start again, but with nothing to say)."""
+        import time
+
+        if self.quiet or time.perf_counter() < self._next_log:
+            return
+        self._next_log = time.perf_counter() + 30.0
+        if say:
+            self.info(f"{self._label}: {self._done}/{self._total} {self._unit}{self._status and '; ' + self._status}")
 
     def stop(self) -> None:
         """End the bar; without one, say in a last line that the work is done (when all of it is)."""
