@@ -275,10 +275,12 @@ class StitchSettings:
         between settings (a training split apart from the evaluated one) need not hold."""
         _check_fields(self)
 
-    def check(self, where: Callable[[Declared], str] | None = None) -> None:
+    def check(self, where: Callable[[Declared], str] | None = None, *, heads: bool = True) -> None:
         """Refuse settings that cannot be right, before any work (UsageError naming the option).
 
-        ``where`` names a setting in messages (default: its flag; recipes name their keys).
+        ``where`` names a setting in messages (default: its flag; recipes name their keys). ``heads`` False
+        (``similarity``: no head is trained) leaves out the rules that keep evaluation data apart from the
+        training split; the anchors' own rules still hold.
         """
         from stitchcli.anchors import STRATEGIES, is_evaluation_split
 
@@ -287,6 +289,8 @@ class StitchSettings:
         if STRATEGIES[self.anchor_strategy].needs_embeddings and self.anchor_model is None and self.anchors is None:
             raise UsageError(f"{name(by_name('anchor_strategy'))} {self.anchor_strategy} chooses anchors from a model's embeddings: "
                              f"name one of the models with {name(by_name('anchor_model'))}")
+        if not heads:
+            return
         if is_evaluation_split(self.train_split):
             raise UsageError(f"{name(by_name('train_split'))} {self.train_split!r} looks like evaluation data: heads and anchors come from a training split")
         if self.split == self.train_split:

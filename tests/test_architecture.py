@@ -119,3 +119,13 @@ def test_every_name_a_lazy_package_exports_exists_in_its_module():
         assert set(package.__all__) <= set(dir(package))
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         importlib.import_module("stitchcli.bridges").nonexistent  # noqa: B018
+
+
+def test_every_module_compiles_without_a_warning():
+    """An invalid escape in a docstring (``:func:`x`\\ s``) is a SyntaxWarning now and an error in a later Python."""
+    import warnings
+
+    for path in modules().values():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            compile(path.read_text(), str(path), "exec")

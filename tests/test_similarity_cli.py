@@ -100,3 +100,14 @@ def test_a_cknna_above_one_is_warned_about_with_what_to_change() -> None:
     (line,) = value_warnings(report(1.2, 1.607), k=10)
     assert "cknna is above 1 (1.607)" in line and "--k 10" in line and "much smaller" in line
     assert value_warnings(report(0.9, 1.0), k=10) == []  # linear-cka's row is not cknna's business
+
+
+@pytest.mark.parametrize("projection", [[], ["--projection", "cosine", "--num-anchors", "3"]])
+def test_the_training_split_can_be_compared_since_no_head_is_trained(embedded, projection):
+    """`similarity --split train` (the default --train-split) is refused by the stitching commands, which keep
+    evaluation data apart from the heads' training data; similarity trains nothing, so it compares that split."""
+    result = _run(embedded, "--split", "train", "--measures", "linear-cka", "--json", *projection)
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["split"] == "train" and document["samples"] == 6  # 2 images of each of 3 classes
+    assert {row["projection"] for row in document["rows"]} == ({None, "cosine"} if projection else {None})

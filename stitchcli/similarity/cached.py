@@ -99,10 +99,10 @@ def load_models(
         raise UsageError(f"model {', '.join(repeated)} is listed twice: name each model once")
     if len(refs) < 2:
         raise UsageError("give at least two models to compare")
-    settings.check()
+    settings.check(heads=False)  # no head is trained: any split may be compared, the training split too
     data = resolve_sweep_dataset(store, settings, names, reporter)
     if relative:
-        sweep = prepare(store, refs, settings, data, reporter=reporter)
+        sweep = prepare(store, refs, settings, data, reporter=reporter, heads=False)
         finals = {name: view.evaluation for name, view in sweep.models.items()}
         trains = {name: view.train for name, view in sweep.models.items()}
         manifest = sweep.manifest

@@ -228,7 +228,7 @@ def cross_frobenius(x: Representation, y: Representation, pair: PairCache, chunk
 
 
 def cross_covariance(x: Representation, y: Representation, pair: PairCache, chunk_size: int = _CHUNK) -> torch.Tensor:
-    """Give Fxᵀ Fy (float64) for the pair's :func:`cross_factor`\ s, accumulated over row blocks and kept in
+    """Give Fxᵀ Fy (float64) for the pair's factors (:func:`cross_factor`), accumulated over row blocks and kept in
     ``pair``: Xcᵀ Yc itself (p×q) when both have at least as many rows as columns, else a smaller matrix with the
     same singular values (so the same Frobenius and nuclear norms)."""
     if "cross" not in pair:

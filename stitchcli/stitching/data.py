@@ -177,6 +177,7 @@ def prepare(
     reporter: Reporter | None = None,
     evaluation: bool = True,
     manifest: AnchorManifest | None = None,
+    heads: bool = True,
 ) -> SweepData:
     """Give the sweep's data: every model's embeddings (built if missing) and anchor embeddings.
 
@@ -188,13 +189,15 @@ def prepare(
         reporter: where progress goes.
         evaluation: also the evaluation split (fit-head needs only the training split).
         manifest: anchors to use (default: ``settings.anchors``, else the default draw).
+        heads: False when no head is trained on the data (``similarity``): the evaluated split may then be
+            the training split (:meth:`StitchSettings.check`).
 
     Raises:
         UsageError: a model named twice, anchors of another dataset or split or not in a model's cache,
             a split that does not exist, models whose rows or classes disagree.
     """
     reporter = reporter or Reporter()
-    settings.check()
+    settings.check(heads=heads)
     names = [ref.name for ref in refs]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
