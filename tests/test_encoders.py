@@ -476,6 +476,24 @@ def test_hub_vision_model_without_network_is_a_work_error(monkeypatch: pytest.Mo
         build_encoder(resolve_model("hf:stitchcli-tests/not-a-cached-vit"), "image", CPU)
 
 
+@pytest.mark.parametrize(("name", "says"), [
+    ("nosuch", "'nosuch' is no timm architecture or packaged model (minilm, mpnet, lite0, lite2) either"),
+    ("lite2x", "if 'lite2x' is a typo: did you mean lite2?"),
+    ("roberta-bse", "did you mean roberta-base?"),
+    ("stitchcli-tests/nosuch", None),  # an organisation's id is taken as written
+])
+def test_a_failed_download_of_a_bare_name_says_it_may_be_a_typo(monkeypatch: pytest.MonkeyPatch, name: str, says: str | None) -> None:
+    """Offline, a misspelt name and a real hub id both fail to download: the line says which names it is not."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(WorkError, match="no network") as raised:
+        build_encoder(resolve_model(name), "text", CPU)
+    message = str(raised.value)
+    assert (says in message) if says else ("typo" not in message and "either" not in message)
+
+
 def _noise_images() -> list[Image.Image]:
     """Give images of varied sizes and modes with noise in them (flat colours would hide rounding)."""
     import numpy as np

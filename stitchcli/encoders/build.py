@@ -68,10 +68,8 @@ def build_encoder(spec: ModelSpec, modality: str, device: "torch.device", *, tru
         raise
     except Exception as exc:
         if looks_like_network_failure(exc):
-            close = [n for n in difflib.get_close_matches(spec.source, known_model_names(), n=3, cutoff=0.85) if n != spec.source]
-            hint = f" (if {spec.source!r} is a typo: did you mean {', '.join(close)}?)" if close else ""
             raise WorkError(
-                f"could not download {spec.source!r} from the Hugging Face hub (no network?){hint}; "
+                f"could not download {spec.source!r} from the Hugging Face hub (no network?){_typo_hint(spec.source)}; "
                 f"{OFFLINE_MODEL_ALTERNATIVES}"
             ) from exc
         missing = _missing_on_hub(exc)
@@ -80,6 +78,22 @@ def build_encoder(spec: ModelSpec, modality: str, device: "torch.device", *, tru
         if isinstance(exc, OSError):
             raise WorkError(f"could not load model {spec.name!r}: {short_reason(exc)}") from exc
         raise
+
+
+def _typo_hint(source: str) -> str:
+    """Give what to say beside a failed download of ``source``, in case it is a typo: close known names, or
+    for a bare name (no organisation) that it is no timm architecture or packaged model either, since offline
+    a misspelt name and a real hub id fail alike."""
+    from stitchcli.assets import PACKAGED_MODELS
+
+    known = [*known_model_names(), *PACKAGED_MODELS]
+    close = [n for n in difflib.get_close_matches(source, known, n=3, cutoff=0.85) if n != source]
+    if close:
+        return f" (if {source!r} is a typo: did you mean {', '.join(close)}?)"
+    if "/" not in source and not Path(source).expanduser().exists():
+        return (f" ({source!r} is no timm architecture or packaged model ({', '.join(PACKAGED_MODELS)}) either: "
+                "check the spelling if it is not a hub id)")
+    return ""
 
 
 def _check_fingerprint(spec: ModelSpec) -> None:
