@@ -201,7 +201,7 @@ def write_similarity_plots(folder: str | Path, report: SimilarityReport, *, titl
     (with layers) the layer × layer matrix of each model pair. Each cell is coloured by the measure's value
     and annotated with it; with a null, also with the calibrated value in brackets, as the tables print
     it. A diagonal cell that is not a measurement (no model compared with itself) is grey, "—"."""
-    from stitchcli.similarity import get_measure
+    from stitchcli.similarity import get_measure, layer_label
 
     require_matplotlib()
     folder = Path(folder).expanduser()
@@ -235,7 +235,7 @@ def write_similarity_plots(folder: str | Path, report: SimilarityReport, *, titl
                 best = matrix.best
                 calibrated = f", calibrated {best.null.calibrated:.3f} against the null of the best cell" if best.null is not None and not math.isnan(best.null.calibrated) else ""
                 cell = f"; cell: value (calibrated against {permutations} permutations)" if matrix.calibrated is not None else ""
-                label = [("final" if layer is None else str(layer)) for layer in (*matrix.layers_a, *matrix.layers_b)]
+                label = [layer_label(layer) for layer in (*matrix.layers_a, *matrix.layers_b)]
                 rows, columns = label[: len(matrix.layers_a)], label[len(matrix.layers_a) :]
                 values, cells = layer_cells(matrix)
                 written.append(heatmap(

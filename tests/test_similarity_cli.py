@@ -82,6 +82,7 @@ def test_layers_give_a_matrix_and_a_best_pair_and_csv_holds_every_row(embedded, 
     (["--measures", "nope"], "nope"),
     (["--k", "50"], "--k"),
     (["--measures", "mrr"], "--projection"),
+    (["--layers", "blocks.99"], "blocks.1, blocks.2, blocks.3, blocks.4, blocks.5 (the final representation, 'final', needs no --layers)"),
 ])
 def test_bad_options_are_one_line_and_exit_2(embedded, args, needle):
     result = _run(embedded, *args)
@@ -111,3 +112,13 @@ def test_the_training_split_can_be_compared_since_no_head_is_trained(embedded, p
     document = json.loads(result.stdout)
     assert document["split"] == "train" and document["samples"] == 6  # 2 images of each of 3 classes
     assert {row["projection"] for row in document["rows"]} == ({None, "cosine"} if projection else {None})
+
+
+def test_final_may_be_listed_among_the_layers_as_the_tables_name_it(embedded):
+    result = _run(embedded, "--layers", "blocks.1,final", "--measures", "linear-cka", "--json")
+    assert result.exit_code == 0, result.output
+    pairs = {(r["layer_a"], r["layer_b"]) for r in json.loads(result.stdout)["rows"]}
+    assert pairs == {(a, b) for a in ("blocks.1", None) for b in ("blocks.1", None)}
+    alone = _run(embedded, "--layers", "final", "--measures", "linear-cka", "--json")
+    assert alone.exit_code == 0, alone.output
+    assert {(r["layer_a"], r["layer_b"]) for r in json.loads(alone.stdout)["rows"]} == {(None, None)}

@@ -42,7 +42,8 @@ def similarity_command(
     layers: Annotated[
         Optional[str],
         typer.Option("--layers", help="Compare every layer pair: 'all' or comma-separated layer names (embedded with `embed --layers` when missing); "
-                     "prints the layer × layer matrix and the best pair of each model pair.", show_default=False),
+                     "prints the layer × layer matrix and the best pair of each model pair. The final representation ('final') "
+                     "is always compared.", show_default=False),
     ] = None,
     split: opt.Split = "test",
     limit: opt.Limit = None,
@@ -82,7 +83,6 @@ def similarity_command(
     import time
 
     from stitchcli.cli.output import check_output_path, make_output_folder, progress_and_store
-    from stitchcli.embedding.layers import parse_layer_selection
     from stitchcli.models import ModelRef
     from stitchcli.settings import build_settings
     from stitchcli.similarity import takes_neighbours
@@ -97,7 +97,7 @@ def similarity_command(
         raise UsageError(f"--k must be at least 1 neighbour, not {k}")
     if limit is not None and 1 <= limit <= k and takes_neighbours(chosen):  # known now, before any model is embedded
         raise UsageError(f"--k {k} neighbours need more than the {limit} rows of --limit {limit}: pass a smaller --k or a larger --limit")
-    selection = None if layers is None else (parse_layer_selection(layers) or "all")
+    selection = layer_choice(layers)
     check_output_path(csv_file, "--csv")
     check_output_path(plot, "--plot", folder=True)
     if plot is not None:
@@ -181,6 +181,22 @@ def model_names(models: str | None, models_file: Path | None) -> list[str]:
     if repeated:
         raise UsageError(f"model {', '.join(repeated)} is listed twice in {where}: name each model once")
     return names
+
+
+def layer_choice(value: str | None) -> "tuple[str, ...] | str | None":
+    """Give the --layers choice for :func:`compare_cached`: None (the final representations only), ``"all"``
+    or layer names. ``final``, as the tables call the final representation, may be listed: it is always
+    compared, so it is dropped from the names (and ``--layers final`` alone compares the final ones only)."""
+    from stitchcli.embedding.layers import parse_layer_selection
+    from stitchcli.similarity.layers import FINAL_LAYER
+
+    if value is None:
+        return None
+    names = parse_layer_selection(value)
+    if names is None:
+        return "all"
+    names = tuple(name for name in names if name != FINAL_LAYER)
+    return names or None
 
 
 def projection_names(value: str | None) -> tuple[str, ...]:
@@ -296,11 +312,6 @@ def _cell(value: float | None, calibrated: float | None, null: int) -> str:
     return _number(value) if not null else f"{_number(value)} ({_number(calibrated)})"
 
 
-def layer_label(layer: Any) -> str:
-    """Give how tables name a layer (the final representation: ``final``)."""
-    return "final" if layer is None else str(layer)
-
-
 def render_similarity(
     loaded: "CachedModels", report: "SimilarityReport", measures: Sequence[str], *, projections: Sequence[str], null: int, layers: bool
 ) -> None:
@@ -331,6 +342,7 @@ def render_similarity(
 
 def _render_layers(report: "SimilarityReport", measure: str, projection: str | None, space: str, null: int) -> None:
     from stitchcli.cli.output import print_table
+    from stitchcli.similarity import layer_label
 
     matrices = [m for m in report.matrices if m.measure == measure and m.projection == projection]
     best_rows = []
@@ -355,6 +367,7 @@ def _final_cell(matrix: "LayerMatrix") -> float | None:
 
 def _render_matrix(matrix: "LayerMatrix", space: str, null: int) -> None:
     from stitchcli.cli.output import print_table
+    from stitchcli.similarity import layer_label
 
     columns = [layer_label(layer) for layer in matrix.layers_b]
     rows = []

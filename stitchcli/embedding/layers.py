@@ -236,6 +236,7 @@ def load_layer_embeddings(
         if every is not None:  # depth order, and a clear message for a name the model lacks
             unknown = [name for name in names if name not in every]
             if unknown:
-                raise UsageError(f"model {ref.name!r} has no layer {', '.join(map(repr, unknown))}: its layers are {', '.join(every)}")
+                raise UsageError(f"model {ref.name!r} has no layer {', '.join(map(repr, unknown))}: its layers are {', '.join(every)} "
+                                 "(the final representation, 'final', needs no --layers)")
             names = [name for name in every if name in set(names)]
     return {name: load_embeddings(store, ref, dataset, split, limit=limit, seed=seed, layer=name) for name in names}

@@ -20,7 +20,7 @@ _EXPORTS = {  # module: the names it gives this package
     "registry": "Measure get_measure list_measures measure register_measure takes_neighbours",
     "representation": "Representation",
     "calibration": "Calibrated calibrate permutation_null permutations",
-    "layers": "BestPair LayerMatrix layer_matrix",
+    "layers": "FINAL_LAYER BestPair LayerMatrix layer_label layer_matrix",
     "pairs": "SimilarityRecord SimilarityReport compare_models relative_representations",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -22,6 +22,15 @@ from stitchcli.similarity.registry import Measure, get_measure
 from stitchcli.similarity.representation import ArrayLike, Representation
 
 
+FINAL_LAYER = "final"
+"""How tables, heatmaps and ``similarity --layers`` name the final representation (the layer ``None``)."""
+
+
+def layer_label(layer: Hashable) -> str:
+    """Give a layer's name as shown: ``final`` for the final representation (None), else the layer's name."""
+    return FINAL_LAYER if layer is None else str(layer)
+
+
 @dataclass(frozen=True)
 class BestPair:
     """The most alike layer pair of a layer matrix, calibrated against the null of the best cell."""
