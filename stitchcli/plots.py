@@ -40,6 +40,10 @@ BLANK = "—"
 BLANK_COLOUR = "#d9d9d9"
 """The light grey of such a cell, outside the colormap."""
 
+UNDEFINED = "n/a"
+"""The text of a measurement whose value is undefined (NaN: unbiased CKA of a constant representation), as the
+tables print it: grey like a blank cell, but not mistaken for a pair that was not compared."""
+
 
 def heatmap_figure(
     values: Sequence[Sequence[float | None]],
@@ -57,7 +61,8 @@ def heatmap_figure(
 ):
     """Give the matplotlib Figure (the caller closes it) of a heatmap of ``values``, each cell annotated with
     ``value_format`` (or with its text in ``annotations``, same shape; lines split by newlines). A None or NaN
-    cell holds no measurement: it is drawn light grey with "—", outside the colormap. The colour scale runs
+    cell is drawn light grey, outside the colormap, with its annotation if it has one (:data:`UNDEFINED` for a
+    measurement without a value) and "—" (no measurement) if not. The colour scale runs
     from ``vmin`` to ``vmax`` in ``colormap`` (``viridis_r`` for a distance, so that yellow always means alike).
     The figure grows with the longest labels, so long model names do not squeeze the matrix."""
     plt = require_matplotlib()
@@ -83,7 +88,7 @@ def heatmap_figure(
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
             if np.isnan(grid[i, j]):
-                axes.text(j, i, BLANK, ha="center", va="center", fontsize=8, color="black")
+                axes.text(j, i, texts[i][j] or BLANK, ha="center", va="center", fontsize=8, color="black")
             elif texts[i][j] is not None:
                 red, green, blue, _ = colours(image.norm(grid[i, j]))
                 bright = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5  # dark text on a light cell
@@ -149,12 +154,15 @@ def write_plots(folder: str | Path, reports: Sequence[StitchReport]) -> list[Pat
 def cell_text(value: float | None, calibrated: float | None, *, null: bool, value_format: str = "{:.3f}") -> str | None:
     """Give the annotation of one similarity cell: the value, and with a null a second line with the
     calibrated value in brackets, like the tables' "value (calibrated)" ("0.712\\n(0.951)"); None for a cell
-    without a value. A missing calibrated value reads "–", as in the tables."""
+    without a measurement, :data:`UNDEFINED` for a measurement whose value is undefined (NaN). A missing
+    calibrated value reads "–", an undefined one "n/a", as in the tables."""
     def number(v: float | None) -> str:
-        return "–" if v is None or math.isnan(v) else value_format.format(v)
+        return "–" if v is None else UNDEFINED if math.isnan(v) else value_format.format(v)
 
-    if value is None or math.isnan(value):
+    if value is None:
         return None
+    if math.isnan(value):
+        return UNDEFINED
     return number(value) if not null else f"{number(value)}\n({number(calibrated)})"
 
 
@@ -166,22 +174,21 @@ def permutations_of(matrices: Sequence[LayerMatrix]) -> int:
 def similarity_cells(report: SimilarityReport, measure: str, projection: str | None = None) -> tuple[list[str], np.ndarray, list[list[str | None]]]:
     """Give (model names, N×N values, N×N annotations) of the heatmap of ``measure`` in ``projection``.
 
-    Values are :meth:`SimilarityReport.table`'s, except that a diagonal cell is NaN (drawn grey, "—",
-    as the tables print it) unless the report compared that model with itself. With a null, each
+    Values are :meth:`SimilarityReport.table`'s, except that a pair the report did not compare (the
+    diagonal, unless a model was compared with itself) is NaN with no annotation (drawn grey, "—", as the
+    tables print it); a measured NaN keeps the annotation "n/a". With a null, each
     annotation holds the value and, on a second line, the calibrated value in brackets."""
     from stitchcli.similarity import get_measure
 
     name = get_measure(measure).name
     matrices = [m for m in report.matrices if m.measure == name and m.projection == projection]
     models, values = report.table(name, projection)
-    values = values.copy()
-    compared_self = {m.model_a for m in matrices if m.model_a == m.model_b}
-    for i, model in enumerate(models):
-        if model not in compared_self:
-            values[i, i] = np.nan
+    compared = {(m.model_a, m.model_b) for m in matrices} | {(m.model_b, m.model_a) for m in matrices}
     null = permutations_of(matrices) > 0
     calibrated = report.table(name, projection, value="calibrated")[1] if null else values
-    texts = [[cell_text(float(values[i, j]), float(calibrated[i, j]), null=null) for j in range(len(models))] for i in range(len(models))]
+    texts = [[cell_text(float(values[i, j]), float(calibrated[i, j]), null=null) if (a, b) in compared else None
+              for j, b in enumerate(models)] for i, a in enumerate(models)]
+    values = np.where([[text is None for text in row] for row in texts], np.nan, values)
     return models, values, texts
 
 

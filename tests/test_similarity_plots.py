@@ -97,9 +97,33 @@ def test_with_null_each_cell_shows_value_and_calibrated_value(with_null):
 def test_cell_text_formats_like_the_tables():
     assert plots.cell_text(0.7123, 0.9511, null=True) == "0.712\n(0.951)"
     assert plots.cell_text(0.7123, None, null=False) == "0.712"
-    assert plots.cell_text(0.7123, float("nan"), null=True) == "0.712\n(–)"
-    assert plots.cell_text(float("nan"), 0.5, null=True) is None
+    assert plots.cell_text(0.7123, float("nan"), null=True) == "0.712\n(n/a)"  # a calibration that is undefined
+    assert plots.cell_text(0.7123, None, null=True) == "0.712\n(–)"  # none
+    assert plots.cell_text(float("nan"), float("nan"), null=True) == "n/a"  # measured, undefined: as the tables print it
+    assert plots.cell_text(None, None, null=False) is None  # no measurement
     assert plots.cell_text(0.5, 0.25, null=True, value_format="{:.2f}") == "0.50\n(0.25)"
+
+
+def test_a_measured_nan_reads_n_a_and_is_not_mistaken_for_a_pair_not_compared(plain):
+    """A value that is undefined (NaN) was still measured: "n/a" in the heatmap, as in the table, while the
+    diagonal (no model compared with itself) stays a blank "—"."""
+    from dataclasses import replace
+
+    from stitchcli.cli.similarity import _cell
+
+    undefined = [replace(m, values=np.full_like(m.values, np.nan), best=replace(m.best, value=float("nan")))
+                 if (m.measure, m.model_a, m.model_b) == ("linear-cka", "a", "c") else m for m in plain.matrices]
+    report = replace(plain, matrices=undefined)
+    models, values, texts = plots.similarity_cells(report, "linear-cka")
+    assert models == ["a", "b", "c"] and math.isnan(values[0, 2]) and math.isnan(values[2, 0])
+    assert texts[0][2] == texts[2][0] == "n/a" and texts[1][1] is None and texts[0][1] == f"{values[0, 1]:.3f}"
+    assert _cell(float("nan"), None, 0) == "n/a" and _cell(0.5, float("nan"), 5) == "0.500 (n/a)"
+    figure = plots.heatmap_figure(values.tolist(), models, models, title="t", xlabel="x", ylabel="y", annotations=texts)
+    try:
+        drawn = {(int(y), int(x)): text for x, y, text in _texts(figure)}
+        assert drawn[(0, 2)] == "n/a" and drawn[(1, 1)] == "—"
+    finally:
+        plt.close(figure)
 
 
 def test_layer_cells_with_and_without_null(layered):

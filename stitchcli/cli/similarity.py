@@ -303,9 +303,10 @@ def csv_text(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _number(value: float | None) -> str:
+    """Give a value as the tables print it: "–" when there is none, "n/a" when it is undefined (NaN)."""
     import math
 
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+    return "–" if value is None else "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
 def _cell(value: float | None, calibrated: float | None, null: int) -> str:
