@@ -301,15 +301,16 @@ def check_reconstruction_outputs(task: str, plot: Path | None, save_outputs: Pat
         wrong = [flag for flag, value in (("--plot", None if plot_is_heatmaps else plot), ("--save-outputs", save_outputs)) if value is not None]
         if wrong:
             raise UsageError(f"{' and '.join(wrong)} write reconstructions: add --task reconstruction (on an image dataset), or drop {' and '.join(wrong)}")
-        make_output_folder(plot, "--plot")  # eval's heatmaps
-        return None
-    if plot is not None:
-        from stitchcli.plots import require_matplotlib
+        keep = None  # a --plot left here is eval's heatmaps
+    else:
+        if plot is not None:
+            from stitchcli.plots import require_matplotlib
 
-        require_matplotlib()  # before any work, not after it
+            require_matplotlib()  # before any work, not after it
+        make_output_folder(save_outputs, "--save-outputs")
+        keep = "all" if save_outputs is not None else "grid" if plot is not None else None
     make_output_folder(plot, "--plot")
-    make_output_folder(save_outputs, "--save-outputs")
-    return "all" if save_outputs is not None else "grid" if plot is not None else None
+    return keep
 
 
 def write_reconstruction_outputs(reports: Sequence[StitchReport], plot: Path | None, save_outputs: Path | None, progress: Any) -> None:
