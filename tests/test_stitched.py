@@ -319,6 +319,34 @@ def test_min_accuracy_exits_3_with_one_line_naming_the_row_below_the_bar_and_0_a
     one_error_line(invoke("predict", world.model, *args, "--min-accuracy", "fast"), 2, "not a number")
 
 
+def _relabelled(world, root: Path, names: dict[str, str]) -> Path:
+    """Copy the test split of the world's images with class folders renamed by ``names`` (others kept)."""
+    for cls in CLASSES:
+        shutil.copytree(world.images / "test" / cls, root / "test" / names.get(cls, cls))
+    return root
+
+
+def test_labels_that_are_none_of_the_models_classes_give_predictions_without_an_accuracy(world, tmp_path):
+    """A folder naming the same classes otherwise (zero … against 0 …) would read 0% whatever the predictions:
+    the rows are predicted without an accuracy, with a warning, and --min-accuracy is refused, not failed."""
+    renamed = _relabelled(world, tmp_path / "renamed", {cls: f"renamed-{cls}" for cls in CLASSES})
+    args = ["-d", renamed, "--split", "test", "--cache-dir", world.cache]
+    result = invoke("predict", world.model, *args, "--json")
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert "accuracy" not in document and all("label" not in p for p in document["predictions"])
+    assert "are none of the model's classes" in result.stderr and "renamed-" in result.stderr
+    inputs = sorted(p["input"] for p in document["predictions"])  # an image folder's rows are named by their files
+    assert inputs == sorted(path.relative_to(renamed).as_posix() for path in (renamed / "test").rglob("*.png"))
+    one_error_line(invoke("predict", world.model, *args, "--min-accuracy", "0.5"), 2, "none of the model's classes", "--label-column")
+
+    partly = _relabelled(world, tmp_path / "partly", {CLASSES[0]: "stranger"})
+    result = invoke("predict", world.model, "-d", partly, "--split", "test", "--cache-dir", world.cache, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "label(s) stranger of" in result.stderr and "their 6 row(s) count as errors" in result.stderr
+    assert 0.0 <= json.loads(result.stdout)["accuracy"] <= 1.0
+
+
 # ----- text -----------------------------------------------------------------------------------------------
 
 

@@ -190,7 +190,20 @@ def inputs_from_values(values: Sequence[Any] | Any, modality: str) -> Inputs:
 
 
 def inputs_from_dataset(split: SplitData, data: DatasetSpec) -> Inputs:
-    """Give the rows of a dataset split, named ``split#row id`` and labelled with their class names."""
-    names = [f"{split.split}#{int(i)}" for i in split.ids]
+    """Give the rows of a dataset split, labelled with their class names and named by their file (an image
+    folder's rows: the path below the dataset's folder) or else ``split#row id``."""
+    paths = getattr(split.fetch, "paths", None)
+    if paths is not None and data.kind == "imagefolder":
+        names = [_below(Path(paths[int(i)]), Path(data.source)) for i in split.ids]
+    else:
+        names = [f"{split.split}#{int(i)}" for i in split.ids]
     labels = [split.class_names[int(label)] if 0 <= int(label) < len(split.class_names) else str(int(label)) for label in split.labels]
     return Inputs(split, data, names, labels)
+
+
+def _below(path: Path, root: Path) -> str:
+    """Give ``path`` relative to ``root`` when it lies below it, else as it is."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)

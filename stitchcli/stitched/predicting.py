@@ -125,11 +125,17 @@ def predict_dataset(
     device: str = "auto",
     recompute: bool = False,
     reporter: Reporter | None = None,
+    need_accuracy: bool = False,
 ) -> Predictions:
     """Give the predictions on a dataset split (any dataset ``embed`` takes), labelled.
 
     The cache's embeddings of the split are used when it holds them for exactly this encoder (read only),
     unless ``recompute``; otherwise the rows go through the encoder. Nothing is written to the cache.
+
+    Labels are compared with the model's classes by name. When none of the split's labels is one of them
+    (digits named ``zero`` … against ``0`` …), the accuracy would read 0 whatever the predictions: the rows
+    are then predicted unlabelled, with a warning, or refused before any work when ``need_accuracy``
+    (``--min-accuracy``). Labels only partly among the classes are warned about (their rows count as errors).
     """
     from stitchcli.assets import prepare_packaged
     from stitchcli.data import load_split
@@ -142,6 +148,7 @@ def predict_dataset(
     data = dataset_options.resolve(local)
     rows = load_split(data, split, limit=limit, seed=seed)
     inputs = inputs_from_dataset(rows, data)
+    labels = _comparable_labels(model, inputs.labels, f"{dataset}/{split}", reporter, need_accuracy=need_accuracy)
     latents = None if recompute else cached_latents(model, store, data, split, rows.ids, limit=limit, seed=seed)
     source = "cache"
     if latents is None:
@@ -149,7 +156,7 @@ def predict_dataset(
         latents = embed_inputs(model, inputs, store=store, batch_size=batch_size, device=device, reporter=reporter)
     else:
         reporter.info(f"{model.card['encoder']['name']}'s embeddings of {dataset}/{split} read from the cache (--recompute encodes them again)")
-    predictions = Predictions(model, inputs.names, model.parts.logits(latents), inputs.labels, source, ids=rows.ids)
+    predictions = Predictions(model, inputs.names, model.parts.logits(latents), labels, source, ids=rows.ids)
     saved = model.card.get("data") or {}
     # the same rows as the card's evaluation: the same content (a packaged dataset lies in each cache), split and subset
     same_data = saved.get("split_fingerprint") == rows.fingerprint if saved.get("split_fingerprint") else saved.get("dataset_id") == data.dataset_id
@@ -161,6 +168,31 @@ def predict_dataset(
         digest = (model.card.get("evaluation") or {}).get("predictions_sha256")
         predictions.same_as_saved = digest == predictions_digest(rows.ids, predictions.indices)
     return predictions
+
+
+def _comparable_labels(model: StitchedModel, labels: list[str], where: str, reporter: Reporter, *, need_accuracy: bool) -> list[str] | None:
+    """Give ``labels`` when some are among the model's classes (warning about those that are not), else
+    None with a warning, or a UsageError when ``need_accuracy``."""
+    classes = set(model.classes)
+    present = list(dict.fromkeys(labels))
+    foreign = [label for label in present if label not in classes]
+    if not foreign:
+        return labels
+
+    def shown(names: Sequence[str]) -> str:
+        return ", ".join(names[:5]) + (f", … ({len(names)} in all)" if len(names) > 5 else "")
+
+    if len(foreign) == len(present):
+        said = (f"the labels of {where} ({shown(present)}) are none of the model's classes ({shown(model.classes)}), "
+                "so an accuracy against them would mean nothing")
+        if need_accuracy:
+            raise UsageError(f"{said}: --min-accuracy needs data labelled with the model's classes (pass --label-column "
+                             "naming such a column), or drop --min-accuracy to see the predictions")
+        reporter.warn(f"{said}: the rows are predicted without an accuracy")
+        return None
+    rows = sum(label in set(foreign) for label in labels)
+    reporter.warn(f"label(s) {shown(foreign)} of {where} are not among the model's classes: their {rows} row(s) count as errors")
+    return labels
 
 
 def parse_min_accuracy(text: str | float | None) -> float | None:
