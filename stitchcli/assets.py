@@ -320,19 +320,34 @@ def register_packaged_models(store: EmbeddingStore, names: Iterable[str] = PACKA
         if short not in sources:
             continue
         name, options = sources[short]()
-        spec = resolve_model_spec(store, ModelRef(name, options))
+        packaged = replace(resolve_model_spec(store, ModelRef(name, options)), name=short).to_dict()
         saved = store.load_name(short)
-        if saved != replace(spec, name=short).to_dict():
-            store.save_name(short, replace(spec, name=short).to_dict())
+        if saved is not None and not _same_model(saved, packaged):
+            reporter.warn(f"{short!r} is a name saved in this cache for {saved.get('backend')}: {saved.get('source')}; it keeps "
+                          f"that meaning, and the packaged {short} is not used here (save yours under another name to have both)")
+            continue
+        if saved != packaged:  # first use, or the packaged files moved (another cache folder, a reinstall)
+            store.save_name(short, packaged)
         loaded[short] = str(options.get("weights") or name)
     return loaded
+
+
+def _same_model(saved: Mapping[str, object], packaged: Mapping[str, object]) -> bool:
+    """Tell whether a saved name holds the packaged model, perhaps at another path: the same backend and
+    content (weights fingerprint), or the same source where there is no fingerprint. A name the user saved
+    for another model with ``--name`` is not, and is never replaced."""
+    if saved.get("backend") != packaged.get("backend"):
+        return False
+    if saved.get("weights_fingerprint") and packaged.get("weights_fingerprint"):
+        return saved["weights_fingerprint"] == packaged["weights_fingerprint"]
+    return saved.get("source") == packaged.get("source")
 
 
 def prepare_packaged(store: EmbeddingStore, dataset: str, models: Sequence[str], reporter: Reporter | None = None) -> str:
     """Give the dataset's local name after writing a ``packaged:`` dataset and registering the demo models named in ``models``.
 
-    The packaged models are registered only with a packaged dataset, so that a name like ``minilm`` keeps
-    meaning whatever the user saved under it elsewhere.
+    The packaged models are also registered on first use with any dataset (:func:`resolve_model_spec`); a name
+    the user saved for another model keeps its meaning (:func:`register_packaged_models`).
     """
     from stitchcli.data.packaged import PACKAGED_PREFIX, packaged_dataset
 

