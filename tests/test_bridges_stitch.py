@@ -76,9 +76,10 @@ def test_orthogonal_and_affine_twins_are_stitched_exactly_and_a_second_run_fits_
     auto = rows[("A", "R", ("auto", (), None))]
     assert auto.chosen in ("orthogonal", "affine") and {c["name"] for c in auto.selection["candidates"]} == {"orthogonal", "affine"}
     assert "chosen" not in rows[("A", "R", ("affine", (), None))].to_dict()
-    # fitted: orthogonal and affine (for the baselines) and auto's selection; read back: the orthogonal and affine
-    # rows' bridges and auto's winner
-    assert (report.bridges_fitted, report.bridges_cached) == (3, 3)
+    # fitted: orthogonal and affine (for the baselines) and auto's selection; read back: the orthogonal row's
+    # bridge and auto's winner. The affine bridge's row is the affine baseline's: given once, not twice.
+    assert (report.bridges_fitted, report.bridges_cached) == (3, 2)
+    assert [(row.encoder, row.method) for row in report.rows].count(("A", "affine")) == 1
 
     report = stitch(store, a, stretched, settings)
     rows = rows_by(report)
