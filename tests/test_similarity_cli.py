@@ -98,9 +98,23 @@ def test_a_cknna_above_one_is_warned_about_with_what_to_change() -> None:
         rows = [SimilarityRecord("a", "b", None, None, None, "cknna", value) for value in values]
         return SimilarityReport(["a", "b"], [*rows, SimilarityRecord("a", "b", None, None, None, "linear-cka", 1.5)])
 
-    (line,) = value_warnings(report(1.2, 1.607), k=10)
+    (line,) = value_warnings(report(1.2, 1.607), k=10, rows=100)
     assert "cknna is above 1 (1.607)" in line and "--k 10" in line and "much smaller" in line
-    assert value_warnings(report(0.9, 1.0), k=10) == []  # linear-cka's row is not cknna's business
+    assert value_warnings(report(0.9, 1.0), k=10, rows=100) == []  # linear-cka's row is not cknna's business
+
+
+def test_an_svcca_on_too_few_rows_to_differ_from_1_is_warned_about() -> None:
+    """With N - 1 <= 10 kept directions, both subspaces are the whole centred row space: SVCCA is 1 for any pair."""
+    from stitchcli.cli.similarity import value_warnings
+    from stitchcli.similarity import SimilarityReport, SimilarityRecord, compare_models
+
+    rng = np.random.default_rng(0)
+    few = compare_models({"a": rng.normal(size=(11, 16)), "b": rng.normal(size=(11, 16))}, ["svcca"])
+    assert few.records[0].value == pytest.approx(1.0)  # two unrelated random models: the degenerate case is real
+    (line,) = value_warnings(few, k=3, rows=11)
+    assert "svcca keeps the top 10 directions" in line and "11 rows span only 10" in line and "more than 11 rows" in line
+    enough = SimilarityReport(["a", "b"], [SimilarityRecord("a", "b", None, None, None, "svcca", 0.4)])
+    assert value_warnings(enough, k=3, rows=12) == []
 
 
 @pytest.mark.parametrize("projection", [[], ["--projection", "cosine", "--num-anchors", "3"]])

@@ -140,7 +140,7 @@ def similarity_command(
 
         written = write_similarity_plots(plot, report, title=f"{loaded.label}/{loaded.split}, {loaded.samples} rows")
         progress.info(f"wrote {len(written)} heatmap(s) to {plot}")
-    for line in value_warnings(report, k=k):
+    for line in value_warnings(report, k=k, rows=loaded.samples):
         progress.warn(line)
     if json_output:
         from stitchcli.cli.output import print_json
@@ -242,13 +242,22 @@ def measure_names(value: str | None, projections: Sequence[str]) -> list[str]:
     return found
 
 
-def value_warnings(report: "SimilarityReport", *, k: int) -> list[str]:
-    """Give a warning for values outside what a measure's docs promise, with what to change (one per measure)."""
+def value_warnings(report: "SimilarityReport", *, k: int, rows: int) -> list[str]:
+    """Give a warning for values that do not measure what a measure's docs promise, with what to change (one per
+    measure): a CKNNA above 1, an SVCCA whose kept directions fill the whole space of ``rows`` centred rows."""
+    from stitchcli.similarity import get_measure
+
+    warnings = []
     above = [record.value for record in report.records if record.measure == "cknna" and record.value is not None and record.value > 1.0 + 1e-9]
-    if not above:
-        return []
-    return [f"cknna is above 1 ({max(above):.3f}): its unbiased estimator leaves [0, 1] when --k {k} neighbours are not few "
-            "against the rows compared: use a k much smaller than the number of rows"]
+    if above:
+        warnings.append(f"cknna is above 1 ({max(above):.3f}): its unbiased estimator leaves [0, 1] when --k {k} neighbours are not few "
+                        "against the rows compared: use a k much smaller than the number of rows")
+    components = int(get_measure("svcca").options["components"])
+    if rows - 1 <= components and any(record.measure == "svcca" for record in report.records):
+        warnings.append(f"svcca keeps the top {components} directions of each model, and {rows} rows span only {rows - 1} once centred: "
+                        f"wherever both models keep them all, the two subspaces are the same and svcca is 1 whatever the models: "
+                        f"compare more than {components + 1} rows")
+    return warnings
 
 
 # ---------------------------------------------------------------------------------------------- outputs
