@@ -280,6 +280,16 @@ def test_a_damaged_edited_or_foreign_directory_is_refused_in_one_line_before_any
     assert not (tmp_path / "UNPICKLED").exists() and not (tmp_path / "cache").exists()
 
 
+def test_what_a_file_manager_leaves_in_a_copied_model_is_not_a_reason_to_refuse_it(world, tmp_path):
+    copy = shutil.copytree(world.model, tmp_path / "copied")
+    for junk in (".DS_Store", "._head.safetensors", "Thumbs.db", "desktop.ini"):
+        (copy / junk).write_bytes(b"\x00junk")
+    assert load_stitched(copy).classes == load_stitched(world.model).classes
+    (copy / "notes.pkl").write_bytes(b"\x80\x04junk")
+    with pytest.raises(UsageError, match="unexpected file notes.pkl"):
+        load_stitched(copy)
+
+
 def test_folders_that_are_not_stitched_models_are_refused(world, tmp_path):
     one_error_line(invoke("predict", tmp_path, world.images / "test"), 2, "is not a stitched model (no manifest.json)")
     one_error_line(invoke("predict", tmp_path / "missing", world.images / "test"), 2, "is not a folder")

@@ -122,7 +122,7 @@ def verify_directory(path: str | os.PathLike[str]) -> dict[str, Any]:
     foreign = sorted(set(files) - set(KNOWN_FILES))
     if foreign:
         raise UsageError(f"stitched model {where} lists {', '.join(foreign)}, which is not a file a stitched model holds: {_RESAVE}")
-    present = sorted(entry.name for entry in root.iterdir())
+    present = sorted(entry.name for entry in root.iterdir() if not _file_manager_metadata(entry.name))
     unexpected = [name for name in present if name != MANIFEST and name not in files]
     if unexpected:
         raise UsageError(
@@ -136,3 +136,9 @@ def verify_directory(path: str | os.PathLike[str]) -> dict[str, Any]:
         if file_sha256(file) != files[name]:
             raise UsageError(f"{file} does not match its checksum in {MANIFEST} (damaged, or edited by hand): copy it again, or {_RESAVE}")
     return manifest
+
+
+def _file_manager_metadata(name: str) -> bool:
+    """Tell whether a file is what a file manager leaves in a folder it shows or copies (macOS .DS_Store and ._x,
+    Windows Thumbs.db and desktop.ini; any hidden file): never read, so no reason to refuse the folder."""
+    return name.startswith(".") or name in ("Thumbs.db", "desktop.ini")
