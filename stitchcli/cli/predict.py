@@ -39,7 +39,7 @@ def predict_command(
                                                    "prints the accuracy.", show_default=False)] = None,
     split: Annotated[str, typer.Option("--split", "-s", help="The split of --dataset.")] = "test",
     limit: Annotated[Optional[int], typer.Option(help="With --dataset: the seeded class-stratified subset of N rows (as embed --limit).", show_default=False)] = None,
-    seed: opt.Seed = 0,
+    seed: Annotated[int, typer.Option("--seed", help="With --limit: the seed of the subset (as embed --seed).")] = 0,
     input_column: Annotated[Optional[str], typer.Option("--input-column", help="The column of a table file (or of --dataset) that holds the inputs.",
                                                         show_default=False)] = None,
     label_column: opt.LabelColumn = None,
