@@ -435,3 +435,31 @@ def test_help_fills_a_narrow_terminal_instead_of_keeping_the_docstring_s_line_br
     for paragraph in paragraphs:
         # every line but a paragraph's last is filled (a ragged line ends well short of the 78 columns)
         assert all(len(line) > 55 for line in paragraph[:-1]), (command, paragraph)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no file can be created")
+def test_an_output_file_where_none_can_be_created_is_refused_before_any_work(tmp_path):
+    """os.access says yes to root everywhere (/proc too): the check makes a file, as the write will, and removes it."""
+    from stitchcli.cli.output import check_output_path
+    from stitchcli.errors import UsageError
+
+    with pytest.raises(UsageError, match="--csv /proc/rows.csv: no file can be created in /proc"):
+        check_output_path("/proc/rows.csv", "--csv")
+    check_output_path(tmp_path / "rows.csv", "--csv")
+    check_output_path(tmp_path / "new" / "rows.csv", "--csv")  # folders on the way are made on writing
+    assert list(tmp_path.iterdir()) == []  # the probe leaves nothing behind
+
+
+def test_a_file_system_error_blames_the_cache_only_when_it_happened_in_the_cache(tmp_path, monkeypatch):
+    import errno
+
+    from stitchcli.cli import _describe_os_error
+    from stitchcli.cli import output
+
+    monkeypatch.setattr(output, "OPENED_CACHES", [(tmp_path / "cache").resolve()])
+    in_cache = _describe_os_error(PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "cache" / "anchors" / "a.json")))
+    elsewhere = _describe_os_error(PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "out" / "rows.csv")))
+    read_only = _describe_os_error(OSError(errno.EROFS, "Read-only file system", str(tmp_path / "out" / "rows.csv")))
+    assert in_cache is not None and "choose a --cache-dir (or $STITCHCLI_CACHE) you can write to" in in_cache[0]
+    assert elsewhere is not None and "choose a path for that output you can write to" in elsewhere[0] and "--cache-dir" not in elsewhere[0]
+    assert read_only is not None and "read-only file system" in read_only[0] and "--cache-dir" not in read_only[0]

@@ -170,15 +170,18 @@ def _describe_os_error(exc: OSError) -> tuple[str, int] | None:
     code = out_of_space_errno(exc)
     if code is not None:
         return out_of_space_message(code, exc.filename or "a file"), 1
+    from stitchcli.cli.output import path_to_choose
+
+    choose = path_to_choose(exc.filename)
     if isinstance(exc, PermissionError):
-        return f"permission denied on{where}: choose a --cache-dir (or $STITCHCLI_CACHE) you can write to", 2
+        return f"permission denied on{where or ' a file'}: choose {choose} you can write to", 2
     if isinstance(exc, (NotADirectoryError, FileExistsError)):
-        return f"{where.strip() or 'a path'} is a file where a folder is needed: choose another --cache-dir", 2
+        return f"{where.strip() or 'a path'} is a file where a folder is needed: choose another {choose.removeprefix('a ')}", 2
     if isinstance(exc, IsADirectoryError):
         target = f" {exc.filename2!r}" if exc.filename2 else where
         return f"{target.strip() or 'a path'} is a folder where a file is needed: give a file name instead", 2
     if exc.errno == errno.EROFS:
-        return f"read-only file system at{where}: choose a writable --cache-dir", 2
+        return f"read-only file system at{where}: choose {choose} on a writable file system", 2
     return None
 
 

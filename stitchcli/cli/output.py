@@ -235,6 +235,24 @@ def check_output_path(path: Any, option: str, *, folder: bool = False) -> None:
         writable, where = os.access(target, os.W_OK), target
     if ancestor.exists() and not writable:
         raise UsageError(f"{option} {path}: {where} is not writable here (permission denied): choose another {option}")
+    if ancestor.exists() and not is_written_through(target) and not _can_create_in(ancestor):
+        # os.access says yes to root everywhere, and to folders where no file can be made (/proc, /sys, a full
+        # or read-only file system): making one, as the write will, is the only sure test
+        raise UsageError(f"{option} {path}: no file can be created in {ancestor}: choose another {option}")
+
+
+def _can_create_in(folder: Any) -> bool:
+    """Tell whether a file can be created (and removed) in ``folder``, by doing it."""
+    import os
+    import tempfile
+
+    try:
+        handle, name = tempfile.mkstemp(prefix=".stitchcli-probe-", dir=folder)
+    except OSError:
+        return False
+    os.close(handle)
+    os.unlink(name)
+    return True
 
 
 def make_output_folder(path: Any, option: str) -> None:
@@ -259,6 +277,23 @@ def make_output_folder(path: Any, option: str) -> None:
         raise UsageError(f"{option} {path} is not writable here (permission denied): choose another {option}")
 
 
+OPENED_CACHES: list[Any] = []
+"""The cache folders this process's commands opened (:func:`progress_and_store`), so that a file-system error
+is blamed on --cache-dir only when it happened in one (:func:`path_to_choose`)."""
+
+
+def path_to_choose(filename: Any) -> str:
+    """Give what a user should change after an error writing ``filename``: the cache folder when the file lies
+    in a cache this process opened (or is not known), else the output path they gave."""
+    from pathlib import Path
+
+    if filename is not None:
+        path = Path(str(filename)).expanduser().resolve()
+        if not any(path.is_relative_to(root) for root in OPENED_CACHES):
+            return "a path for that output"
+    return "a --cache-dir (or $STITCHCLI_CACHE)"
+
+
 def progress_and_store(cache_dir: Any, quiet: bool) -> tuple[Progress, Any, Any]:
     """Give the (progress, EmbeddingStore, Reporter) a command works with, all reporting to stderr."""
     from stitchcli.progress import Reporter
@@ -269,6 +304,7 @@ def progress_and_store(cache_dir: Any, quiet: bool) -> tuple[Progress, Any, Any]
     # Before any work (a model can take minutes to load): a cache "folder" that is, or lies under, a file.
     # A read-only cache is not refused here: reading its entries needs no writes.
     check_output_path(store.root, "--cache-dir", folder=True)
+    OPENED_CACHES.append(store.root.expanduser().resolve())
     reporter = Reporter(warn=progress.warn, info=progress.info, start=progress.start, advance=progress.advance, stop=progress.stop,
                         status=progress.status)
     return progress, store, reporter
