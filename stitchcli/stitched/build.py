@@ -12,6 +12,7 @@ lower seed). The evaluation split's accuracy is only measured and written on the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -129,7 +130,9 @@ def stitched_from_sweep(
         from stitchcli.stitching.sweep import _settings_of_head
 
         given_head, manifest, settings = _settings_of_head(store, head_file, settings, dataset, [decoder.name], explicit, device)
-    data = prepare(store, [encoder, decoder], settings, dataset, reporter=reporter, manifest=manifest)
+    # the sweep read the same data a moment ago and said what it had to say about it (a class missing from a split)
+    quiet = dataclasses.replace(reporter, warn=lambda message: None)
+    data = prepare(store, [encoder, decoder], settings, dataset, reporter=quiet, manifest=manifest)
     source, target = data.models[encoder.name], data.models[decoder.name]
     if source.train.embeddings is None or source.evaluation is None or source.evaluation.embeddings is None or data.eval_labels is None:
         raise AssertionError("prepare loads both splits' arrays")
