@@ -79,6 +79,8 @@ class Option:
         empty_ok: a list may be empty (``none`` on the command line, ``[]`` in a recipe).
         shown_default: the default as the help shows it, when the field's default is None.
         panel: the group of options it is listed in by ``--help``.
+        joined: a text that names several values comma-separated (``--input-column title,body``): on the command
+            line it may be repeated like a list, its occurrences joined with commas.
     """
 
     flags: tuple[str, ...]
@@ -91,6 +93,7 @@ class Option:
     empty_ok: bool = False
     shown_default: str | None = None
     panel: str = "Settings"
+    joined: bool = False
 
 
 def setting(default: Any, *flags: str, help: str, factory: bool = False, **option: Any) -> Any:
@@ -181,7 +184,7 @@ class DatasetOptions:
     """How a dataset's rows are read, as for ``embed`` (part of every cache key)."""
 
     input_column: str | None = setting(None, "--input-column", help="Input column(s); comma-separated text columns are joined.",
-                                       recipe="dataset_options.input_column", panel="Data")
+                                       recipe="dataset_options.input_column", panel="Data", joined=True)
     label_column: str | None = setting(None, "--label-column", help="Label column.", recipe="dataset_options.label_column", panel="Data")
     dataset_revision: str | None = setting(None, "--dataset-revision", help="Hub revision of the dataset.",
                                            recipe="dataset_options.dataset_revision", panel="Data")
@@ -341,6 +344,11 @@ class Declared:
     def is_list(self) -> bool:
         """Whether the value is a tuple (comma-separated on the command line, a list in recipes)."""
         return typing.get_origin(self.type) is tuple
+
+    @property
+    def repeatable(self) -> bool:
+        """Whether the command-line option may be repeated, its occurrences read as one comma-separated list."""
+        return self.is_list or self.option.joined
 
     @property
     def item_type(self) -> type:

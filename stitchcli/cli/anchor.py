@@ -65,6 +65,7 @@ def anchor_command(
     """Choose anchor rows from the training split and save the manifest in the cache (and --out)."""
     from stitchcli.anchors import choose_anchors, save_anchor_manifest
     from stitchcli.cli.output import check_output_path, progress_and_store
+    from stitchcli.cli.settings_options import joined_list
     from stitchcli.errors import UsageError
     from stitchcli.models import ModelRef
     from stitchcli.settings import DatasetOptions
@@ -86,7 +87,7 @@ def anchor_command(
         model=ModelRef(model, model_options) if model is not None else None,
         limit=limit,
         embed_seed=embed_seed,
-        dataset_options=DatasetOptions(input_column, label_column, dataset_revision),
+        dataset_options=DatasetOptions(joined_list(input_column, "--input-column"), label_column, dataset_revision),
         name=name,
         reporter=reporter,
     )

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, List, Optional, Sequence
 import typer
 
 from stitchcli.cli import options as opt
+from stitchcli.cli.settings_options import REPEATABLE, joined_list, split_list
 from stitchcli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -21,8 +22,9 @@ def embed_command(
         typer.Option(
             "--model",
             "-m",
-            help="Model (repeatable): timm name (vit_base_patch16_224, timm:ARCH.TAG), openclip:ARCH/TAG, "
-            "a Hugging Face id (bert-base-cased, hf:org/name), a local folder with config.json, or a --name saved earlier.",
+            help="Model(s), comma-separated: timm name (vit_base_patch16_224, timm:ARCH.TAG), openclip:ARCH/TAG, "
+            "a Hugging Face id (bert-base-cased, hf:org/name), a local folder with config.json, or a --name saved earlier. "
+            f"{REPEATABLE} A path that exists is one model even with a comma in its name.",
             show_default=False,
         ),
     ],
@@ -39,7 +41,8 @@ def embed_command(
     ],
     split: Annotated[
         Optional[List[str]],
-        typer.Option("--split", "-s", help="Split to encode (repeatable), or NAME=PATH for a table file. (default: train, test)", show_default=False),
+        typer.Option("--split", "-s", help=f"Split(s) to encode, comma-separated, or NAME=PATH for a table file. {REPEATABLE} (default: train, test)",
+                     show_default=False),
     ] = None,
     input_column: opt.InputColumn = None,
     label_column: opt.LabelColumn = None,
@@ -53,7 +56,8 @@ def embed_command(
     dataset_revision: opt.DatasetRevision = None,
     from_array: Annotated[
         Optional[List[str]],
-        typer.Option("--from-array", help="Import embeddings computed elsewhere: FILE (.npy/.safetensors, one row per split row) or SPLIT=FILE.", show_default=False),
+        typer.Option("--from-array", help="Import embeddings computed elsewhere: FILE (.npy/.safetensors, one row per split row) or SPLIT=FILE, "
+                     f"comma-separated. {REPEATABLE}", show_default=False),
     ] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Save the full model spec under this short name for later commands.", show_default=False)] = None,
     num_workers: Annotated[Optional[int], typer.Option(help="Loader processes beside the model; 0: load in the main process between batches, images with as many threads as the model (default: 0 on the CPU, CPU count - 1 beside a GPU, at most 8).", show_default=False)] = None,
@@ -87,11 +91,11 @@ def embed_command(
         typer.Option("--merge", help="Only join the shards array jobs finished into the entry (no model work); say which are missing."),
     ] = False,
     layers: Annotated[
-        Optional[str],
+        Optional[List[str]],
         typer.Option(
             "--layers",
             help="Also cache the pooled representation of every layer ('all') or of the named ones (blocks.3,blocks.6), "
-            "one entry per layer, for `stitchcli similarity --layers` (timm and transformers models; see docs/SIMILARITY.md).",
+            f"one entry per layer, for `stitchcli similarity --layers` (timm and transformers models; see docs/SIMILARITY.md). {REPEATABLE}",
             show_default=False,
         ),
     ] = None,
@@ -112,19 +116,23 @@ def embed_command(
     from stitchcli.models import ModelRef
     from stitchcli.settings import DatasetOptions
 
+    # comma lists, repeatable: -s a -s b,c is -s a,b,c (a path that exists stays whole)
+    splits = split_list(split, "--split", whole=names_a_path)
+    arrays = split_list(from_array, "--from-array", whole=names_a_path)
     launched = torchrun_rank()
     follower = launched is not None and launched[1] != 0  # ranks other than 0 report nothing but warnings and errors
     progress, store, reporter = progress_and_store(cache_dir, quiet or follower)
     given = {"weights": weights, "pooling": pooling, "max_length": max_length, "precision": precision, "revision": revision}
     options = {key: value for key, value in given.items() if value is not None}
-    dataset_options = DatasetOptions(input_column, label_column, dataset_revision)
+    refs = [ModelRef(name_, options) for name_ in split_list(model, "--model", whole=names_a_path) or ()]
+    dataset_options = DatasetOptions(joined_list(input_column, "--input-column"), label_column, dataset_revision)
     if layers is not None:
         from stitchcli.embedding.layers import embed_layers
 
-        if from_array or name:
+        if arrays or name:
             raise UsageError("--layers runs the models: --from-array and --name do not apply")
         results = embed_layers(
-            [ModelRef(name_, options) for name_ in model], dataset, split, store=store, layers=layers,
+            refs, dataset, splits, store=store, layers=split_list(layers, "--layers"),
             options=EmbedOptions(batch_size=batch_size, device=device, num_workers=num_workers, shard_rows=shard_rows, force=force,
                                  limit=limit, seed=seed, compile=compile_model, num_shards=num_shards, merge=merge,
                                  trust_remote_code=trust_remote_code),
@@ -133,9 +141,9 @@ def embed_command(
         render_results(results, store, json_output=json_output)
         return
     results = embed(
-        [ModelRef(name_, options) for name_ in model],
+        refs,
         dataset,
-        split,
+        splits,
         store=store,
         options=EmbedOptions(
             batch_size=batch_size,
@@ -152,12 +160,18 @@ def embed_command(
             trust_remote_code=trust_remote_code,
         ),
         dataset_options=dataset_options,
-        from_array=from_array,
+        from_array=arrays,
         register_as=name,
         reporter=reporter,
     )
     if not follower:
         render_results(results, store, json_output=json_output)
+
+
+def names_a_path(value: str) -> bool:
+    """Whether a value of --model, --split or --from-array names a file or folder that exists (or is NAME=PATH whose
+    PATH exists), so that a comma in its name does not cut it into a list."""
+    return any(part and Path(part).expanduser().exists() for part in (value, value.partition("=")[2]))
 
 
 def render_results(results: Sequence["EmbedResult"], store: "EmbeddingStore", *, json_output: bool) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
 from stitchcli.cli import options as opt
-from stitchcli.cli.settings_options import GivenSettings, takes_settings
+from stitchcli.cli.settings_options import REPEATABLE, GivenSettings, split_list, takes_settings
 from stitchcli.settings import EVAL
 from stitchcli.errors import UsageError
 
@@ -17,7 +17,8 @@ from stitchcli.errors import UsageError
 def eval_command(
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset, as for embed (or give --recipe).", show_default=False)] = None,
     models: Annotated[
-        Optional[str], typer.Option("--models", "-m", help="Comma-separated models (at least two): embed --model names or saved --name names.", show_default=False)
+        Optional[List[str]],
+        typer.Option("--models", "-m", help=f"Comma-separated models (at least two): embed --model names or saved --name names. {REPEATABLE}", show_default=False),
     ] = None,
     recipe: Annotated[
         Optional[Path], typer.Option("--recipe", "-r", help="A TOML recipe (recipes/*.toml): datasets, models, projections, aggregations, anchors, seeds.", show_default=False)
@@ -44,7 +45,6 @@ def eval_command(
     """
     from stitchcli.cli.output import check_output_path, progress_and_store
     from stitchcli.cli.report import check_reconstruction_outputs, render_eval, write_csv, write_reconstruction_outputs
-    from stitchcli.cli.settings_options import split_list
     from stitchcli.models import ModelRef
     from stitchcli.settings import by_name
 

@@ -16,7 +16,7 @@ import functools
 import inspect
 import typing
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Mapping, Optional
+from typing import Annotated, Any, Callable, List, Mapping, Optional, Sequence
 
 import typer
 
@@ -24,24 +24,49 @@ from stitchcli.errors import UsageError
 from stitchcli.settings import Declared, StitchSettings, build_settings, by_name, settings_of, with_task_defaults
 
 
-def split_list(value: str | None, option: str) -> tuple[str, ...] | None:
-    """Give the comma-separated names of an option (None when not given); UsageError when empty."""
-    if value is None:
+REPEATABLE = "May be repeated."
+"""Said by the help of every comma-list option: ``--seeds 0 --seeds 1`` is ``--seeds 0,1``."""
+
+
+def split_list(values: str | Sequence[str] | None, option: str, *, whole: Callable[[str], bool] | None = None) -> tuple[str, ...] | None:
+    """Give the values of a comma-list option (None when not given); UsageError for an empty value.
+
+    ``values`` is what the command line gave: one text, or every occurrence of a repeated option
+    (``--seeds 0 --seeds 1,2``), each split at commas and joined in order, so that repeating the option is the
+    same as one comma-separated list. ``whole`` says which occurrences are one value as written (an existing
+    path with a comma in its name).
+    """
+    if values is None:
         return None
-    names = tuple(part.strip() for part in value.split(","))
-    if not any(names):
-        raise UsageError(f"{option} is empty: give comma-separated values")
-    if not all(names):
-        raise UsageError(f"{option} {value!r} has an empty value between commas")
-    return names
+    names: list[str] = []
+    for value in [values] if isinstance(values, str) else values:
+        if whole is not None and whole(value):
+            names.append(value)
+            continue
+        parts = [part.strip() for part in value.split(",")]
+        if not any(parts):
+            raise UsageError(f"{option} is empty: give comma-separated values")
+        if not all(parts):
+            raise UsageError(f"{option} {value!r} has an empty value between commas")
+        names.extend(parts)
+    return tuple(names)
 
 
-def parse_integers(value: str, option: str) -> tuple[int, ...]:
-    """Give the comma-separated integers of an option such as ``--seeds 0,1,2``."""
+def joined_list(values: str | Sequence[str] | None, option: str) -> str | None:
+    """Give the occurrences of a repeated comma-list option that is read as one text (``--input-column``) as
+    that text: ``--input-column title --input-column body`` is ``--input-column title,body``."""
+    names = split_list(values, option)
+    return None if names is None else ",".join(names)
+
+
+def parse_integers(values: str | Sequence[str], option: str) -> tuple[int, ...]:
+    """Give the comma-separated integers of an option such as ``--seeds 0,1,2`` (or ``--seeds 0 --seeds 1,2``)."""
+    names = split_list(values, option) or ()
     try:
-        return tuple(int(part) for part in split_list(value, option) or ())
+        return tuple(int(part) for part in names)
     except ValueError:
-        raise UsageError(f"{option} must be comma-separated integers like 0,1,2, not {value!r}") from None
+        given = values if isinstance(values, str) else ",".join(values)
+        raise UsageError(f"{option} must be comma-separated integers like 0,1,2, not {given!r}") from None
 
 
 @dataclass(frozen=True)
@@ -64,24 +89,30 @@ class GivenSettings:
 
 
 def cli_value(declared: Declared, value: Any) -> Any:
-    """Give the typed setting of a command-line value (comma lists split, ``all``/``none`` expanded)."""
-    if not declared.is_list or value is None:
+    """Give the typed setting of a command-line value: comma lists split (every occurrence of a repeated option, in
+    order), ``all``/``none`` expanded; a list not given is its default."""
+    if declared.option.joined:
+        return joined_list(value, declared.flag)
+    if not declared.is_list:
         return value
+    if value is None:
+        return declared.default
     if declared.item_type is int:
         return parse_integers(value, declared.flag)
     return declared.expand(split_list(value, declared.flag) or ())
 
 
 def _parameter(declared: Declared) -> inspect.Parameter:
-    """Give the typer parameter of one declared setting."""
+    """Give the typer parameter of one declared setting (a comma list may be repeated: ``List[str]``)."""
     option = declared.option
-    if declared.is_list:
-        cli_type: Any = str
-        default: Any = ",".join(map(str, declared.default))
+    help_text = option.help
+    if declared.repeatable:
+        cli_type: Any = Optional[List[str]]
+        default: Any = [",".join(map(str, declared.default))] if declared.is_list else None
+        help_text += f" {REPEATABLE}"
     else:
         cli_type = Optional[declared.item_type] if declared.optional else declared.item_type
         default = declared.default
-    help_text = option.help
     if option.shown_default is not None:
         help_text += f" (default: {option.shown_default})"
     info = typer.Option(*option.flags, help=help_text, show_default=default is not None and cli_type is not bool, rich_help_panel=option.panel)
@@ -89,7 +120,8 @@ def _parameter(declared: Declared) -> inspect.Parameter:
 
 
 def declared_option(name: str) -> Any:
-    """Give the ``Annotated`` typer option of one declared setting, for commands that take it alone (embed, anchor)."""
+    """Give the ``Annotated`` typer option of one declared setting, for commands that take it alone (embed, anchor);
+    the command reads a repeatable one's value with :func:`cli_value` (``--input-column``: :func:`joined_list`)."""
     return _parameter(by_name(name)).annotation
 
 

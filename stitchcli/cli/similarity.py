@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, List, Optional, Sequence
 
 import typer
 
 from stitchcli.cli import options as opt
+from stitchcli.cli.settings_options import REPEATABLE, joined_list, split_list
 from stitchcli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -23,27 +24,28 @@ SHARED_DEFAULTS = ("mrr", "cosine")
 
 def similarity_command(
     dataset: opt.Dataset,
-    models: Annotated[Optional[str], typer.Option("--models", "-m", help="Comma-separated models (at least two): embed --model names or saved --name names.", show_default=False)] = None,
+    models: Annotated[Optional[List[str]], typer.Option("--models", "-m", help="Comma-separated models (at least two): embed --model names or saved --name names. "
+                                                         f"{REPEATABLE}", show_default=False)] = None,
     models_file: Annotated[Optional[Path], typer.Option("--models-file", help="A file of model names, one per line (# starts a comment).", show_default=False)] = None,
     measures: Annotated[
-        Optional[str],
+        Optional[List[str]],
         typer.Option("--measures", help="Comma-separated measures (linear-cka, unbiased-cka, rbf-cka, mutual-knn, cknna, svcca, procrustes, "
-                     "rsa, jaccard; mrr and cosine need --projection), or all. (default: linear-cka, unbiased-cka, mutual-knn, cknna, svcca; "
+                     f"rsa, jaccard; mrr and cosine need --projection), or all. {REPEATABLE} (default: linear-cka, unbiased-cka, mutual-knn, cknna, svcca; "
                      "with --projection also mrr, cosine)", show_default=False),
     ] = None,
     projection: Annotated[
-        Optional[str],
+        Optional[List[str]],
         typer.Option("--projection", "-p", help="Also compare relative spaces: comma-separated projections (cosine, euclidean, l1, linf) or all, "
-                     "each model against its own embeddings of the same anchors.", show_default=False),
+                     f"each model against its own embeddings of the same anchors. {REPEATABLE}", show_default=False),
     ] = None,
     null: Annotated[int, typer.Option("--null", help="Permutations of the rows for each score's null mean, std and calibrated value (0: none).")] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the permutations and of the row draw of rbf-cka and rsa.")] = 0,
     k: Annotated[int, typer.Option("--k", help="Neighbours of the k-NN measures (mutual-knn, cknna, jaccard, mrr).")] = 10,
     layers: Annotated[
-        Optional[str],
+        Optional[List[str]],
         typer.Option("--layers", help="Compare every layer pair: 'all' or comma-separated layer names (embedded with `embed --layers` when missing); "
                      "prints the layer × layer matrix and the best pair of each model pair. The final representation ('final') "
-                     "is always compared.", show_default=False),
+                     f"is always compared. {REPEATABLE}", show_default=False),
     ] = None,
     split: opt.Split = "test",
     limit: opt.Limit = None,
@@ -110,7 +112,7 @@ def similarity_command(
         "split": split, "train_split": train_split, "limit": limit, "embed_seed": embed_seed, "anchors": anchors,
         "num_anchors": num_anchors, "anchor_strategy": anchor_strategy, "anchor_seed": anchor_seed, "anchor_model": anchor_model,
         "transform": transform, "device": device, "embed_batch_size": embed_batch_size, "trust_remote_code": trust_remote_code,
-        "input_column": input_column, "label_column": label_column, "dataset_revision": dataset_revision,
+        "input_column": joined_list(input_column, "--input-column"), "label_column": label_column, "dataset_revision": dataset_revision,
     })
     settings.check_values()  # a bad value is named as such (--transform whiten), with or without --projection
     if not projections:
@@ -153,10 +155,9 @@ def similarity_command(
 # ----------------------------------------------------------------------------------------------- inputs
 
 
-def model_names(models: str | None, models_file: Path | None) -> list[str]:
-    """Give the model names of --models or --models-file (one name per line, # comments); UsageError when fewer than two."""
-    from stitchcli.cli.settings_options import split_list
-
+def model_names(models: str | Sequence[str] | None, models_file: Path | None) -> list[str]:
+    """Give the model names of --models (comma-separated, repeatable) or --models-file (one name per line, # comments);
+    UsageError when fewer than two."""
     if models is not None and models_file is not None:
         raise UsageError("give the models with --models A,B or with --models-file FILE, not both")
     if models is None and models_file is None:
@@ -183,7 +184,7 @@ def model_names(models: str | None, models_file: Path | None) -> list[str]:
     return names
 
 
-def layer_choice(value: str | None) -> "tuple[str, ...] | str | None":
+def layer_choice(value: str | Sequence[str] | None) -> "tuple[str, ...] | str | None":
     """Give the --layers choice for :func:`compare_cached`: None (the final representations only), ``"all"``
     or layer names. ``final``, as the tables call the final representation, may be listed: it is always
     compared, so it is dropped from the names (and ``--layers final`` alone compares the final ones only)."""
@@ -192,16 +193,15 @@ def layer_choice(value: str | None) -> "tuple[str, ...] | str | None":
 
     if value is None:
         return None
-    names = parse_layer_selection(value)
+    names = parse_layer_selection(split_list(value, "--layers"))
     if names is None:
         return "all"
     names = tuple(name for name in names if name != FINAL_LAYER)
     return names or None
 
 
-def projection_names(value: str | None) -> tuple[str, ...]:
+def projection_names(value: str | Sequence[str] | None) -> tuple[str, ...]:
     """Give the relative projections of --projection (none when not given)."""
-    from stitchcli.cli.settings_options import split_list
     from stitchcli.relative import list_projections, unknown_name
 
     names = split_list(value, "--projection") or ()
@@ -211,13 +211,12 @@ def projection_names(value: str | None) -> tuple[str, ...]:
         if name not in list_projections():
             raise UsageError(f"--projection: {unknown_name('projection', name, list_projections())}")
     if len(set(names)) != len(names):
-        raise UsageError(f"--projection lists a projection twice: {value}")
+        raise UsageError(f"--projection lists a projection twice: {','.join(names)}")
     return tuple(names)
 
 
-def measure_names(value: str | None, projections: Sequence[str]) -> list[str]:
+def measure_names(value: str | Sequence[str] | None, projections: Sequence[str]) -> list[str]:
     """Give the registered names of --measures (``all``: every measure; default: :data:`DEFAULT_MEASURES`)."""
-    from stitchcli.cli.settings_options import split_list
     from stitchcli.similarity import get_measure, list_measures
 
     if value is None:
