@@ -102,10 +102,11 @@ def cli_value(declared: Declared, value: Any) -> Any:
     return declared.expand(split_list(value, declared.flag) or ())
 
 
-def _parameter(declared: Declared) -> inspect.Parameter:
-    """Give the typer parameter of one declared setting (a comma list may be repeated: ``List[str]``)."""
+def _parameter(declared: Declared, help_text: str | None = None) -> inspect.Parameter:
+    """Give the typer parameter of one declared setting (a comma list may be repeated: ``List[str]``); ``help_text``
+    replaces the declaration's help where a command uses the setting otherwise (similarity trains no head)."""
     option = declared.option
-    help_text = option.help
+    help_text = option.help if help_text is None else help_text
     if declared.repeatable:
         cli_type: Any = Optional[List[str]]
         default: Any = [",".join(map(str, declared.default))] if declared.is_list else None
@@ -119,10 +120,11 @@ def _parameter(declared: Declared) -> inspect.Parameter:
     return inspect.Parameter(declared.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[cli_type, info])
 
 
-def declared_option(name: str) -> Any:
-    """Give the ``Annotated`` typer option of one declared setting, for commands that take it alone (embed, anchor);
-    the command reads a repeatable one's value with :func:`cli_value` (``--input-column``: :func:`joined_list`)."""
-    return _parameter(by_name(name)).annotation
+def declared_option(name: str, help_text: str | None = None) -> Any:
+    """Give the ``Annotated`` typer option of one declared setting, for commands that take it alone (embed, anchor),
+    with ``help_text`` in place of the declaration's help when given; the command reads a repeatable one's value
+    with :func:`cli_value` (``--input-column``: :func:`joined_list`)."""
+    return _parameter(by_name(name), help_text).annotation
 
 
 _OUTPUT_OPTIONS = ("cache_dir", "json_output", "quiet")
