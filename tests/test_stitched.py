@@ -53,8 +53,8 @@ def write_noise_images(root: Path, *, per_class: dict[str, int], seed: int = 0) 
     return root
 
 
-def invoke(*args: str):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(app, [str(a) for a in args])
+def invoke(*args: str, stdin: str | None = None):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(app, [str(a) for a in args], input=stdin)
 
 
 def one_error_line(result, code: int, *needles: str) -> str:  # type: ignore[no-untyped-def]
@@ -173,6 +173,16 @@ def test_unlabelled_pngs_give_one_prediction_each_as_a_table_one_json_document_a
     for prediction in document["predictions"]:
         first, second = prediction["top_k"]
         assert first["class"] == prediction["class"] and first["probability"] >= second["probability"]
+
+
+def test_image_paths_on_standard_input_are_predicted_as_named_on_the_command_line(world, tmp_path):
+    pictures = sorted((world.images / "test").rglob("*.png"))[:3]
+    named = predict_json(world.model, *pictures, "--cache-dir", world.cache)
+    piped = invoke("predict", world.model, "-", "--cache-dir", world.cache, "--json", stdin="".join(f"{p}\n" for p in pictures) + "\n")
+    assert piped.exit_code == 0, piped.stderr
+    assert json.loads(piped.stdout)["predictions"] == named["predictions"]
+    one_error_line(invoke("predict", world.model, "-", "--cache-dir", world.cache, stdin="\n"), 2, "standard input (-) names no image")
+    one_error_line(invoke("predict", world.model, "-", "-", "--cache-dir", world.cache, stdin=""), 2, "given twice")
 
 
 def test_a_copied_model_predicts_with_another_cache_and_nothing_is_written_to_either_cache(world, tmp_path):
@@ -373,6 +383,11 @@ def test_a_text_model_predicts_one_class_per_line_of_a_text_file(tiny_bert, text
     document = predict_json(tmp_path / "model", articles, "--cache-dir", store.root)
     assert [p["input"] for p in document["predictions"]] == [f"{articles}:1", f"{articles}:3", f"{articles}:4"]
     assert {p["class"] for p in document["predictions"]} <= {"sport", "tech"}
+    piped = invoke("predict", tmp_path / "model", "-", "--cache-dir", store.root, "--json", stdin="\ufeff" + articles.read_text())
+    assert piped.exit_code == 0, piped.stderr
+    lines = json.loads(piped.stdout)["predictions"]  # a byte-order mark, as Windows tools write, is not part of the first text
+    assert [p["input"] for p in lines] == ["stdin:1", "stdin:3", "stdin:4"]
+    assert [p["class"] for p in lines] == [p["class"] for p in document["predictions"]]
     model = load_stitched(tmp_path / "model")
     texts = [line for line in articles.read_text().splitlines() if line]
     assert model.predict(texts, store=store) == [p["class"] for p in document["predictions"]]

@@ -33,7 +33,8 @@ def predict_command(
     inputs: Annotated[
         Optional[List[str]],
         typer.Argument(metavar="INPUTS...", help="Image files or folders (image models); text files, one input per line (text models); "
-                       "or one table file (CSV/TSV/JSON/JSONL/Parquet) with --input-column.", show_default=False),
+                       "or one table file (CSV/TSV/JSON/JSONL/Parquet) with --input-column. - is standard input: one text, "
+                       "or one image path, per line.", show_default=False),
     ] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Predict on a dataset split instead (any dataset embed takes); "
                                                    "prints the accuracy.", show_default=False)] = None,

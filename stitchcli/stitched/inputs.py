@@ -91,7 +91,8 @@ def inputs_from_paths(paths: Sequence[str | os.PathLike[str]], modality: str, *,
 
     Image models: image files and folders of them (searched recursively, sorted), or table files whose
     ``input_column`` holds images (paths or bytes). Text models: text files, one input per non-empty line, or
-    table files with ``input_column``.
+    table files with ``input_column``. ``-`` is standard input: one text per line for a text model, one image
+    file or folder per line for an image model (``find . -name '*.png' | stitchcli predict MODEL -``).
 
     Raises:
         UsageError: a path that does not exist, a folder for a text model, a table without ``--input-column``,
@@ -106,8 +107,15 @@ def inputs_from_paths(paths: Sequence[str | os.PathLike[str]], modality: str, *,
         return _table_inputs(tables[0], modality, input_column)
     if input_column is not None:
         raise UsageError(f"--input-column names a column of a table file ({', '.join(TABLE_SUFFIXES)}): none was given")
+    if [str(p) for p in paths].count(STDIN) > 1:
+        raise UsageError("- (standard input) is given twice: name it once")
+    if modality == "image" and STDIN in [str(p) for p in paths]:
+        listed = [line.strip() for line in _stdin_lines() if line.strip()]
+        paths = [q for p in paths for q in (listed if str(p) == STDIN else [p])]
+        if not paths:
+            raise UsageError("standard input (-) names no image file or folder: give one path per line")
     for path in paths:
-        if not Path(path).expanduser().exists():
+        if str(path) != STDIN and not Path(path).expanduser().exists():
             raise UsageError(f"input {printable(path)} does not exist: check the path")
     if modality == "image":
         found: list[tuple[str, str]] = []
@@ -124,12 +132,15 @@ def inputs_from_paths(paths: Sequence[str | os.PathLike[str]], modality: str, *,
     names = []
     for path in paths:
         file = Path(path).expanduser()
-        if file.is_dir():
+        if str(path) == STDIN:
+            lines, path = _stdin_lines(), "stdin"
+        elif file.is_dir():
             raise UsageError(f"{printable(path)} is a folder; a text model reads text files (one input per line) or a table with --input-column")
-        try:
-            lines = file.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise UsageError(f"{printable(path)} is not UTF-8 text ({exc.reason} at byte {exc.start}): give a UTF-8 text file") from None
+        else:
+            try:
+                lines = file.read_text(encoding="utf-8").splitlines()
+            except UnicodeDecodeError as exc:
+                raise UsageError(f"{printable(path)} is not UTF-8 text ({exc.reason} at byte {exc.start}): give a UTF-8 text file") from None
         for number, line in enumerate(lines, start=1):
             if line.strip():
                 texts.append(line)
@@ -138,6 +149,21 @@ def inputs_from_paths(paths: Sequence[str | os.PathLike[str]], modality: str, *,
         raise UsageError(f"{', '.join(printable(p) for p in paths)} hold no non-empty line: give one input per line")
     split, data = _rows(Values(texts, "text"), len(texts), "text", "predict", _digest(texts))
     return Inputs(split, data, names)
+
+
+STDIN = "-"
+"""The INPUTS name of standard input."""
+
+
+def _stdin_lines() -> list[str]:
+    """Give the lines of standard input (UTF-8, a byte-order mark dropped); UsageError for other bytes."""
+    import sys
+
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+    try:
+        return data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"standard input is not UTF-8 text ({exc.reason} at byte {exc.start}): give UTF-8 text") from None
 
 
 def _table_inputs(path: Path, modality: str, input_column: str | None) -> Inputs:
