@@ -85,7 +85,8 @@ def predict_command(
     if dataset is not None:
         predictions = predict_dataset(model, dataset, split, store=store, limit=limit, seed=seed,
                                       dataset_options=DatasetOptions(input_column, label_column, dataset_revision),
-                                      batch_size=batch_size, device=device, recompute=recompute, reporter=reporter)
+                                      batch_size=batch_size, device=device, recompute=recompute,
+                                      require_labels=bar is not None, reporter=reporter)
     else:
         predictions = predict_paths(model, inputs or [], store=store, input_column=input_column, batch_size=batch_size, device=device, reporter=reporter)
     if csv_file is not None:

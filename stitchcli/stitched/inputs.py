@@ -190,7 +190,9 @@ def inputs_from_values(values: Sequence[Any] | Any, modality: str) -> Inputs:
 
 
 def inputs_from_dataset(split: SplitData, data: DatasetSpec) -> Inputs:
-    """Give the rows of a dataset split, named ``split#row id`` and labelled with their class names."""
+    """Give the rows of a dataset split, named ``split#row id`` and labelled with their class names (None without labels)."""
     names = [f"{split.split}#{int(i)}" for i in split.ids]
+    if not split.labelled:
+        return Inputs(split, data, names)
     labels = [split.class_names[int(label)] if 0 <= int(label) < len(split.class_names) else str(int(label)) for label in split.labels]
     return Inputs(split, data, names, labels)

@@ -124,12 +124,14 @@ def predict_dataset(
     batch_size: int | None = None,
     device: str = "auto",
     recompute: bool = False,
+    require_labels: bool = False,
     reporter: Reporter | None = None,
 ) -> Predictions:
-    """Give the predictions on a dataset split (any dataset ``embed`` takes), labelled.
+    """Give the predictions on a dataset split (any dataset ``embed`` takes), labelled when the split has labels.
 
     The cache's embeddings of the split are used when it holds them for exactly this encoder (read only),
     unless ``recompute``; otherwise the rows go through the encoder. Nothing is written to the cache.
+    ``require_labels`` (``--min-accuracy``) refuses a split without labels before any row is encoded.
     """
     from stitchcli.assets import prepare_packaged
     from stitchcli.data import load_split
@@ -141,6 +143,11 @@ def predict_dataset(
     local = prepare_packaged(store, dataset, [], reporter)
     data = dataset_options.resolve(local)
     rows = load_split(data, split, limit=limit, seed=seed)
+    if require_labels and not rows.labelled:
+        raise UsageError(
+            f"--min-accuracy needs labelled rows, and {dataset}/{split} has no labels: "
+            "pass --label-column NAME naming its class column, or drop --min-accuracy"
+        )
     inputs = inputs_from_dataset(rows, data)
     latents = None if recompute else cached_latents(model, store, data, split, rows.ids, limit=limit, seed=seed)
     source = "cache"
