@@ -185,7 +185,8 @@ class DatasetOptions:
 
     input_column: str | None = setting(None, "--input-column", help="Input column(s); comma-separated text columns are joined.",
                                        recipe="dataset_options.input_column", panel="Data", joined=True)
-    label_column: str | None = setting(None, "--label-column", help="Label column.", recipe="dataset_options.label_column", panel="Data")
+    label_column: str | None = setting(None, "--label-column", help="Label column; 'none' reads the data without labels (enough for "
+                                       "embed and similarity; inferred when no column holds labels).", recipe="dataset_options.label_column", panel="Data")
     dataset_revision: str | None = setting(None, "--dataset-revision", help="Hub revision of the dataset.",
                                            recipe="dataset_options.dataset_revision", panel="Data")
 
@@ -225,7 +226,7 @@ class StitchSettings:
     split: str = setting("test", "--split", "-s", help="Evaluation split (never used for training or model selection).",
                          commands=SWEEPS, recipe="split", panel="Data")
     train_split: str = setting("train", "--train-split", help="Split heads are trained on and anchors drawn from.", recipe="train_split", panel="Data")
-    limit: int | None = setting(None, "--limit", help="Use the seeded class-stratified subset of N rows of each split (as `embed --limit N`).",
+    limit: int | None = setting(None, "--limit", help="Use the seeded class-stratified subset of N rows of each split (uniform without labels; as `embed --limit N`).",
                                 recipe="limit", requirement=Requirement("a positive number of rows", lambda v: v >= 1), panel="Data")
     embed_seed: int = setting(0, "--embed-seed", help="embed's --seed: picks the --limit subset and seeds --weights random.",
                               requirement=Requirement("0 or more", lambda v: v >= 0), panel="Data")

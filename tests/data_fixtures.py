@@ -214,3 +214,52 @@ def image_path_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def stratify_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_stratify_table(tmp_path_factory.mktemp("strat") / "rows.csv")
+
+
+# --- data without labels: what other programs write when there is nothing to classify ------------------
+
+UNLABELLED_FORMATS = ("csv", "parquet", "jsonl", "save_to_disk", "images")
+UNLABELLED_ROWS = {"train": 14, "test": 9}
+
+
+def unlabelled_texts(split: str, count: int) -> list[str]:
+    """Give ``count`` texts of different lengths (the tiny test BERT tells texts apart by length)."""
+    words = "the team won the match a late goal decided the final".split()
+    return [" ".join(words[: 1 + (i * 3 + len(split)) % len(words)]) + f" ({i})" for i in range(count)]
+
+
+def write_unlabelled(root: Path, fmt: str, rows: dict[str, int] = UNLABELLED_ROWS) -> Path:
+    """Write train and test splits with no label column, as pandas, ``datasets`` or PIL write them; give the folder.
+
+    Tables hold one column ``text`` (pandas ``to_csv``, ``to_parquet``, ``to_json(orient="records", lines=True)``);
+    ``save_to_disk`` a DatasetDict of one ``text`` column; ``images`` split folders of PNGs with no class folders.
+    """
+    import pandas as pd
+
+    root.mkdir(parents=True, exist_ok=True)
+    if fmt == "images":
+        import numpy as np
+        from PIL import Image
+
+        rng = np.random.default_rng(0)
+        for split, count in rows.items():
+            (root / split).mkdir(exist_ok=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(root / split / f"img{i:03d}.png")
+        return root
+    frames = {split: pd.DataFrame({"text": unlabelled_texts(split, count)}) for split, count in rows.items()}
+    if fmt == "save_to_disk":
+        import datasets
+
+        datasets.DatasetDict({split: datasets.Dataset.from_pandas(frame) for split, frame in frames.items()}).save_to_disk(str(root))
+        return root
+    for split, frame in frames.items():
+        if fmt == "csv":
+            frame.to_csv(root / f"{split}.csv", index=False)
+        elif fmt == "parquet":
+            frame.to_parquet(root / f"{split}.parquet")
+        elif fmt == "jsonl":
+            frame.to_json(root / f"{split}.jsonl", orient="records", lines=True)
+        else:
+            raise ValueError(fmt)
+    return root

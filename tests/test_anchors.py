@@ -348,8 +348,11 @@ def test_the_dataset_options_given_are_recorded_and_read_again(cache_dir, tmp_pa
     data = tmp_path / "columns"
     data.mkdir()
     _write_csv(data / "train.csv", TEXT_ROWS_TRAIN, header=("body", "topic"))
-    with pytest.raises(UsageError, match="column"):  # neither 'text' nor 'label': nothing to infer them from
-        choose_anchors(EmbeddingStore(cache_dir), str(data), num=3)
+    # 'body' is a text column's name, 'topic' no label column's: the rows are read without labels
+    unlabelled = choose_anchors(EmbeddingStore(cache_dir), str(data), num=3)
+    assert (unlabelled.labels, unlabelled.class_names, unlabelled.dataset_options) == ([-1, -1, -1], [], {})
+    with pytest.raises(UsageError, match="class-balanced draws anchors by class.*has no labels.*--label-column NAME"):
+        choose_anchors(EmbeddingStore(cache_dir), str(data), num=3, strategy="class-balanced")
     options = DatasetOptions(input_column="body", label_column="topic")
     manifest = choose_anchors(EmbeddingStore(cache_dir), str(data), num=3, dataset_options=options)
     assert manifest.dataset_options == {"input_column": "body", "label_column": "topic"}

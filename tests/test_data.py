@@ -25,6 +25,10 @@ from data_fixtures import (  # noqa: F401 - fixtures are used by name
     make_sparse_image_folder,
     parquet_image_dataset,
     stratify_table,
+    UNLABELLED_FORMATS,
+    UNLABELLED_ROWS,
+    unlabelled_texts,
+    write_unlabelled,
 )
 
 from stitchcli.data import dataset_fingerprint, list_aliases, load_split, resolve_dataset
@@ -225,7 +229,74 @@ def test_second_classlabel_column_by_name(disk_image_dataset: Path) -> None:
 def test_unlabelled_split_is_rejected(disk_image_dataset: Path) -> None:
     with pytest.raises(UsageError) as info:
         load_split(resolve_dataset(str(disk_image_dataset)), "unsupervised")
-    assert "no labels" in str(info.value) and "train" in str(info.value)
+    assert "no labels" in str(info.value) and "train" in str(info.value) and "--label-column none" in str(info.value)
+
+
+def test_an_unlabelled_split_is_read_without_labels_by_choice(disk_image_dataset: Path) -> None:
+    split = load_split(resolve_dataset(str(disk_image_dataset), label_column="none"), "unsupervised")
+    assert (split.labelled, split.labels.tolist(), split.class_names, split.modality) == (False, [-1, -1], [], "image")
+
+
+# --- data without labels ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", UNLABELLED_FORMATS)
+def test_data_with_no_label_column_is_read_without_labels(tmp_path: Path, fmt: str) -> None:
+    root = write_unlabelled(tmp_path / fmt, fmt)
+    for name, count in UNLABELLED_ROWS.items():
+        split = load_split(resolve_dataset(str(root)), name)
+        assert (split.labelled, split.label_column, split.class_names) == (False, None, [])
+        assert split.labels.tolist() == [-1] * count and split.ids.tolist() == list(range(count))
+        if fmt == "images":
+            assert (split.modality, split.input_columns) == ("image", ("image",))
+            assert split.get_inputs([1])[0].size == (24, 24)
+        else:
+            assert (split.modality, split.input_columns) == ("text", ("text",))
+            assert split.get_inputs([0, count - 1]) == [unlabelled_texts(name, count)[0], unlabelled_texts(name, count)[-1]]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "images"])
+def test_limit_without_labels_is_a_seeded_uniform_subset(tmp_path: Path, fmt: str) -> None:
+    from stitchcli.data import random_subset
+
+    spec = resolve_dataset(str(write_unlabelled(tmp_path / fmt, fmt, rows={"train": 40})))
+    first, again, other = (load_split(spec, "train", limit=10, seed=seed).ids for seed in (3, 3, 4))
+    assert first.tolist() == again.tolist() == random_subset(40, 10, 3).tolist()
+    assert first.tolist() != other.tolist()
+    assert len(set(first.tolist())) == 10 and first.tolist() == sorted(first.tolist()) and first.max() < 40
+    assert load_split(spec, "train", limit=99, seed=3).ids.tolist() == list(range(40))
+
+
+def test_label_column_none_reads_labelled_data_without_labels_under_its_own_cache_key(tmp_path: Path) -> None:
+    from stitchcli.embedding.specs import entry_key
+    from stitchcli.encoders.base import ModelSpec
+    from stitchcli.store import EntryKey
+
+    root = make_csv_dataset(tmp_path)
+    labelled, named, bare = (resolve_dataset(str(root), label_column=c) for c in (None, "label", "none"))
+    split = load_split(bare, "train", limit=3, seed=1)
+    assert (split.labelled, split.labels.tolist(), split.class_names) == (False, [-1] * 3, [])
+    assert load_split(labelled, "train").labelled
+    model = ModelSpec(name="m", backend="timm", source="m", weights="random")
+    keys = {spec.label_column: entry_key(model, spec, "train", limit=3, seed=1) for spec in (labelled, named, bare)}
+    assert len({key.digest for key in keys.values()}) == 3
+    # labelled readings keep the key the cache has always used (entries written before stay valid)
+    for column in (None, "label"):
+        assert keys[column] == EntryKey(model.key(), str(root.resolve()), dataset_fingerprint(labelled, "train"), "train",
+                                        limit=3, limit_seed=1, columns={"input": [], "label": column})
+    assert keys["none"].columns == {"input": [], "label": None, "labels": "none"}
+
+
+def test_an_image_folder_may_hold_a_labelled_and_an_unlabelled_split(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for path in ("train/cat/a.png", "train/dog/b.png", "test/c.png", "test/d.png", "test/e.png"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / path)
+    spec = resolve_dataset(str(tmp_path))
+    train, test = load_split(spec, "train"), load_split(spec, "test")
+    assert (train.labelled, train.labels.tolist(), train.class_names) == (True, [0, 1], ["cat", "dog"])
+    assert (test.labelled, test.labels.tolist(), len(test)) == (False, [-1, -1, -1], 3)
 
 
 def test_disk_text_dataset_with_string_labels(disk_text_dataset: Path) -> None:
@@ -379,13 +450,13 @@ def test_numeric_input_column_is_rejected(stratify_table: Path) -> None:
         load_split(resolve_dataset(str(stratify_table), input_column="label", label_column="label"), "train")
 
 
-def test_columns_that_cannot_be_inferred_ask_for_flags(tmp_path: Path) -> None:
+def test_an_input_column_that_cannot_be_inferred_asks_for_the_flag(tmp_path: Path) -> None:
     (tmp_path / "train.jsonl").write_text('{"a": "x", "b": "y", "label": 0}\n')
     with pytest.raises(UsageError, match="--input-column"):
         load_split(resolve_dataset(str(tmp_path)), "train")
-    (tmp_path / "train.jsonl").write_text('{"text": "x", "score": 0.5}\n')
-    with pytest.raises(UsageError, match="--label-column"):
-        load_split(resolve_dataset(str(tmp_path)), "train")
+    (tmp_path / "train.jsonl").write_text('{"text": "x", "score": 0.5}\n')  # no label column: read without labels
+    split = load_split(resolve_dataset(str(tmp_path)), "train")
+    assert (split.labelled, split.label_column, split.labels.tolist(), split.class_names) == (False, None, [-1], [])
 
 
 def test_empty_and_fractional_labels_are_rejected(tmp_path: Path) -> None:

@@ -245,6 +245,52 @@ def test_table_that_cannot_load_exits_2_with_one_line_naming_it(tmp_path: Path, 
     assert not (cache_dir / "embeddings").exists() or not any((cache_dir / "embeddings").rglob("*.safetensors"))
 
 
+@pytest.fixture(scope="module")
+def two_tiny_berts(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """Give two model folders holding the same tiny BERT (so every measure between them says identical)."""
+    import shutil
+
+    twin = tmp_path_factory.mktemp("twin") / "bert"
+    shutil.copytree(tiny_bert, twin)
+    return str(tiny_bert), str(twin)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl", "save_to_disk"])
+def test_text_with_no_label_column_embeds_and_compares_and_stitch_refuses(tmp_path: Path, cache_dir: Path, two_tiny_berts, fmt: str) -> None:
+    from data_fixtures import UNLABELLED_ROWS, write_unlabelled
+
+    folder = str(write_unlabelled(tmp_path / "data", fmt))
+    bert, twin = two_tiny_berts
+    result = CliRunner().invoke(app, ["embed", "-m", bert, "-d", folder, "--json"])
+    assert result.exit_code == 0, result.output
+    assert [entry["rows"] for entry in json.loads(result.stdout)["entries"]] == [UNLABELLED_ROWS["train"], UNLABELLED_ROWS["test"]]
+    result = CliRunner().invoke(app, ["similarity", "-m", f"{bert},{twin}", "-d", folder, "--measures", "linear-cka", "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["samples"] == UNLABELLED_ROWS["test"]
+    assert [round(row["value"], 6) for row in document["rows"]] == [1.0]  # the same model twice
+    result = CliRunner().invoke(app, ["stitch", bert, twin, "-d", folder])
+    assert result.exit_code == 2, result.output
+    assert _the_error_line(result.stderr).startswith("stitchcli: error: dataset ") and "has no labels" in result.stderr
+
+
+@pytest.mark.slow
+def test_label_column_none_reads_a_labelled_table_without_labels_and_fit_head_says_so(tmp_path: Path, cache_dir: Path, tiny_bert: Path) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    _frame().to_csv(folder / "train.csv", index=False)
+    result = CliRunner().invoke(app, ["embed", "-m", str(tiny_bert), "-d", str(folder), "--split", "train", "--label-column", "none", "--limit", "4"])
+    assert result.exit_code == 0, result.output
+    entries = sorted((cache_dir / "embeddings").rglob("*.safetensors"))
+    result = CliRunner().invoke(app, ["embed", "-m", str(tiny_bert), "-d", str(folder), "--split", "train", "--limit", "4"])
+    assert result.exit_code == 0, result.output
+    assert len(sorted((cache_dir / "embeddings").rglob("*.safetensors"))) == len(entries) + 1  # a labelled entry of its own
+    result = CliRunner().invoke(app, ["fit-head", "-m", str(tiny_bert), "-d", str(folder), "--label-column", "none"])
+    assert result.exit_code == 2, result.output
+    assert "has no labels (it is read with --label-column none)" in _the_error_line(result.stderr)
+
+
 @pytest.mark.parametrize("chunk", [1, 2, 3, 5, 1 << 20])
 def test_first_invalid_utf8_is_found_across_chunk_boundaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
     import stitchcli.data.tables as tables

@@ -136,3 +136,85 @@ def test_final_may_be_listed_among_the_layers_as_the_tables_name_it(embedded):
     alone = _run(embedded, "--layers", "final", "--measures", "linear-cka", "--json")
     assert alone.exit_code == 0, alone.output
     assert {(r["layer_a"], r["layer_b"]) for r in json.loads(alone.stdout)["rows"]} == {(None, None)}
+
+
+# --- data without labels: an image folder of split folders of PNGs, no class folders -------------------
+
+
+@pytest.fixture(scope="module")
+def unlabelled_images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Give (an image folder without class folders written by PIL, an empty cache)."""
+    from data_fixtures import write_unlabelled
+
+    root = tmp_path_factory.mktemp("unlabelled")
+    return write_unlabelled(root / "images", "images"), root / "cache"
+
+
+def _unlabelled(unlabelled_images: tuple[Path, Path], command: str, *args: str) -> "object":
+    images, cache = unlabelled_images
+    return CliRunner().invoke(app, [command, "-d", str(images), "--cache-dir", str(cache), *args])
+
+
+def _one_error_line(result, *needles: str) -> str:
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    errors = [line for line in result.stderr.splitlines() if line.startswith("stitchcli: error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def test_unlabelled_images_embed_and_compare_and_limit_keeps_the_same_rows_for_every_model(unlabelled_images):
+    from data_fixtures import UNLABELLED_ROWS
+
+    from stitchcli.data import random_subset
+    from stitchcli.embedding import load_embeddings
+    from stitchcli.models import ModelRef
+    from stitchcli.store import EmbeddingStore
+
+    images, cache = unlabelled_images
+    result = _unlabelled(unlabelled_images, "embed", "-m", "test_vit", "--weights", "random", "--split", "test", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["entries"][0]["rows"] == UNLABELLED_ROWS["test"]
+    assert "has no label column: reading it without labels" in result.stderr
+    result = _unlabelled(unlabelled_images, "similarity", "-m", "test_vit,test_vit2", "--weights", "random", "--k", "3",
+                         "--measures", "linear-cka,mutual-knn", "--limit", "6", "--embed-seed", "5", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["samples"] == 6 and {row["measure"] for row in document["rows"]} == {"linear-cka", "mutual-knn"}
+    store = EmbeddingStore(cache)
+    for model in ("test_vit", "test_vit2"):
+        entry = load_embeddings(store, ModelRef(model, {"weights": "random"}), str(images), "test", limit=6, seed=5)
+        assert entry.ids.tolist() == random_subset(UNLABELLED_ROWS["test"], 6, 5).tolist()
+        assert entry.labels.tolist() == [-1] * 6 and entry.metadata["class_names"] == [] and entry.metadata["label_column"] is None
+
+
+def test_unlabelled_images_compare_in_relative_spaces_on_anchors_drawn_without_labels(unlabelled_images):
+    result = _unlabelled(unlabelled_images, "similarity", "-m", "test_vit,test_vit2", "--weights", "random", "--k", "3",
+                         "--measures", "linear-cka", "--projection", "cosine", "--num-anchors", "5", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["projections"] == [None, "cosine"] and document["anchors"].endswith("train-uniform-5-s0")
+    assert {row["projection"] for row in document["rows"]} == {None, "cosine"}
+    _one_error_line(
+        _unlabelled(unlabelled_images, "similarity", "-m", "test_vit,test_vit2", "--weights", "random", "--k", "3",
+                    "--projection", "cosine", "--num-anchors", "5", "--anchor-strategy", "class-balanced"),
+        "class-balanced", "has no labels", "--label-column NAME",
+    )
+
+
+@pytest.mark.parametrize("command", [["stitch", "vit-a", "vit-b"], ["fit-head", "-m", "vit-a"], ["eval", "-m", "vit-a,vit-b"]])
+def test_commands_that_train_on_labels_refuse_unlabelled_images_before_any_work(unlabelled_images, command, tmp_path):
+    from stitchcli.embedding import resolve_model_spec
+    from stitchcli.models import ModelRef
+    from stitchcli.store import EmbeddingStore
+
+    images, _ = unlabelled_images
+    cache = tmp_path / "cache"
+    store = EmbeddingStore(cache)
+    for name, model in (("vit-a", "test_vit"), ("vit-b", "test_vit2")):  # what `embed --name` saves, without embedding
+        store.save_name(name, {**resolve_model_spec(store, ModelRef(model, {"weights": "random"})).to_dict(), "name": name})
+    result = CliRunner().invoke(app, [*command, "-d", str(images), "--cache-dir", str(cache)])
+    _one_error_line(result, "split 'train' has no labels", "--label-column NAME")
+    assert not list(cache.glob("embeddings/**/*.safetensors"))  # refused before embedding anything

@@ -367,6 +367,14 @@ def test_labels_that_are_none_of_the_models_classes_give_predictions_without_an_
     assert 0.0 <= json.loads(result.stdout)["accuracy"] <= 1.0
 
 
+def test_a_split_read_without_labels_gets_predictions_without_accuracy_and_min_accuracy_refuses_it(world):
+    args = ["-d", world.images, "--split", "test", "--label-column", "none", "--cache-dir", world.cache]
+    document = predict_json(world.model, *args)
+    assert "accuracy" not in document and document["rows"] == 18
+    assert all("label" not in row and row["class"] in world.card["classes"] for row in document["predictions"])
+    one_error_line(invoke("predict", world.model, *args, "--min-accuracy", "0.5"), 2, "has no labels", "--label-column NAME")
+
+
 # ----- text -----------------------------------------------------------------------------------------------
 
 

@@ -146,6 +146,11 @@ def choose_anchors(
         rows = load_split(data, split, limit=limit, seed=embed_seed)
         pool = AnchorPool(rows.ids, rows.labels, list(rows.class_names))
         fingerprint = rows.fingerprint
+    if chosen_strategy.needs_labels and (pool.labels < 0).any():
+        raise UsageError(
+            f"anchor strategy {strategy} draws anchors by class, and split {split!r} of {data.name} has no labels: "
+            f"use uniform, fps or kmeans, or pass --label-column NAME naming its class column"
+        )
     if num > len(pool):
         where = f"the --limit {limit} subset of split {split!r}" if limit is not None else f"split {split!r}"
         raise UsageError(f"{num} anchors asked for, but {where} of {data.name} holds {len(pool)} rows: ask for at most {len(pool)} anchors")

@@ -131,8 +131,9 @@ class AnchorManifest:
         return np.asarray(self.labels, dtype=np.int64)
 
     def class_counts(self) -> dict[str, int]:
-        """Give the number of anchors of every class of the split (0 for classes not covered)."""
-        counts = np.bincount(self.label_array, minlength=len(self.class_names))
+        """Give the number of anchors of every class of the split (0 for classes not covered; none without labels)."""
+        labels = self.label_array
+        counts = np.bincount(labels[labels >= 0], minlength=len(self.class_names))
         return {name: int(counts[i]) for i, name in enumerate(self.class_names)}
 
     def selection(self) -> dict[str, Any]:

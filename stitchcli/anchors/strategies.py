@@ -59,11 +59,12 @@ class Selection:
 
 @dataclass(frozen=True)
 class AnchorStrategy:
-    """One way of choosing anchors: ``select(pool, num, rng)`` and whether it reads embeddings."""
+    """One way of choosing anchors: ``select(pool, num, rng)``, whether it reads embeddings and whether it needs labels."""
 
     select: Callable[[AnchorPool, int, np.random.Generator], Selection]
     needs_embeddings: bool
     summary: str
+    needs_labels: bool = False
 
 
 def _uniform(pool: AnchorPool, num: int, rng: np.random.Generator) -> Selection:
@@ -219,7 +220,7 @@ def _kmeans(pool: AnchorPool, num: int, rng: np.random.Generator, iterations: in
 
 STRATEGIES: dict[str, AnchorStrategy] = {
     "uniform": AnchorStrategy(_uniform, False, "seeded uniform draw without replacement"),
-    "class-balanced": AnchorStrategy(_class_balanced, False, "equal counts per class (differ by at most one)"),
+    "class-balanced": AnchorStrategy(_class_balanced, False, "equal counts per class (differ by at most one)", needs_labels=True),
     "fps": AnchorStrategy(_fps, True, "farthest point sampling on a model's cached embeddings"),
     "kmeans": AnchorStrategy(_kmeans, True, "real rows nearest the centroids of a seeded k-means on a model's cached embeddings"),
 }

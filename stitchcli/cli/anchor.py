@@ -34,7 +34,7 @@ def anchor_command(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the anchor choice.")] = 0,
     limit: Annotated[
         Optional[int],
-        typer.Option(help="Draw from the seeded class-stratified subset of N rows that `embed --limit N` encodes.", show_default=False),
+        typer.Option(help="Draw from the seeded class-stratified (uniform without labels) subset of N rows that `embed --limit N` encodes.", show_default=False),
     ] = None,
     embed_seed: Annotated[
         int, typer.Option("--embed-seed", help="The --seed given to embed: it picks the --limit subset and seeds --weights random.")
@@ -115,7 +115,7 @@ def render_manifest(manifest: "AnchorManifest", path: Path, *, json_output: bool
                 manifest.split,
                 manifest.strategy if manifest.model is None else f"{manifest.strategy} ({manifest.model})",
                 manifest.num,
-                f"{covered}/{len(counts)}",
+                f"{covered}/{len(counts)}" if counts else "no labels",
                 f"{min(counts)}-{max(counts)}" if counts else "",
                 str(path),
             ]

@@ -47,7 +47,7 @@ def embed_command(
     input_column: opt.InputColumn = None,
     label_column: opt.LabelColumn = None,
     limit: Annotated[
-        Optional[int], typer.Option(help="Encode a seeded, class-stratified subset of N rows per split (same rows for every model).", show_default=False)
+        Optional[int], typer.Option(help="Encode a seeded, class-stratified subset of N rows per split (uniform without labels; same rows for every model).", show_default=False)
     ] = None,
     weights: opt.Weights = None,
     pooling: opt.Pooling = None,

@@ -11,24 +11,35 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from stitchcli.data import hub, local
 from stitchcli.data.aliases import ALIASES, canonical_alias, close_dataset_names, list_aliases
-from stitchcli.data.base import DatasetSpec, SplitData, printable, stratified_subset
-from stitchcli.data.columns import encode_labels, infer_columns
+from stitchcli.data.base import (
+    NO_LABELS,
+    UNLABELLED,
+    DatasetSpec,
+    SplitData,
+    printable,
+    random_subset,
+    stratified_subset,
+)
+from stitchcli.data.columns import ColumnInfo, encode_labels, infer_columns
 from stitchcli.data.packaged import PACKAGED_DATASETS, PACKAGED_PREFIX
 from stitchcli.data.sources import SplitSource, unknown_split
 from stitchcli.errors import UsageError
 
 __all__ = [
+    "NO_LABELS",
+    "UNLABELLED",
     "DatasetSpec",
     "SplitData",
     "dataset_fingerprint",
     "list_aliases",
     "load_split",
+    "random_subset",
     "resolve_dataset",
     "stratified_subset",
 ]
@@ -81,7 +92,8 @@ def resolve_dataset(
             local path; with ``split_paths``, a label for those files.
         input_column: the input column, or a comma list of text columns joined with a space;
             overrides an alias's columns.
-        label_column: the label column; overrides an alias's.
+        label_column: the label column, or ``none`` (:data:`NO_LABELS`) to read the data without labels;
+            overrides an alias's.
         split_paths: split name -> table file (``--split NAME=PATH``).
         revision: the hub revision (branch, tag or commit); hub datasets only.
 
@@ -135,19 +147,21 @@ def dataset_fingerprint(spec: DatasetSpec, split: str) -> str:
 def load_split(spec: DatasetSpec, split: str, *, limit: int | None = None, seed: int = 0) -> SplitData:
     """Give one split's row ids, labels and class names, and a picklable fetcher of its inputs.
 
-    Columns the spec leaves open are inferred (see :func:`stitchcli.data.columns.infer_columns`).
+    Columns the spec leaves open are inferred (see :func:`stitchcli.data.columns.infer_columns`). A split
+    with no label column to infer, or read with ``--label-column none``, has no labels: every label is
+    :data:`UNLABELLED`, there are no class names and ``label_column`` is None (``SplitData.labelled``).
     Rows keep the split's natural order (image folders: class by class in sorted class folder
-    order, files sorted by name); with ``limit``, a seeded class-stratified subset is kept and
-    ``ids`` are its original row indices, ascending.
+    order, files sorted by name); with ``limit``, a seeded class-stratified subset is kept (a seeded
+    uniform one without labels) and ``ids`` are its original row indices, ascending.
 
     Args:
         spec: from :func:`resolve_dataset`.
         split: the split name (``train``, ``test``…).
-        limit: keep at most this many rows (class proportions kept).
+        limit: keep at most this many rows (class proportions kept; a uniform draw without labels).
         seed: seed of the ``limit`` subset.
 
     Raises:
-        UsageError: unknown split or column, unlabelled rows, a bad limit.
+        UsageError: unknown split or column, some rows unlabelled (label -1), a bad limit.
         WorkError: a hub dataset could not be downloaded.
     """
     if limit is not None and limit <= 0:
@@ -156,12 +170,37 @@ def load_split(spec: DatasetSpec, split: str, *, limit: int | None = None, seed:
     if split not in source.splits:
         raise unknown_split(spec.name, split, source.splits)
     where = f"dataset '{printable(spec.name)}' split '{printable(split)}'"
-    if source.num_rows(split) == 0:
+    num_rows = source.num_rows(split)
+    if num_rows == 0:
         raise UsageError(f"{where} has no rows: give a split that holds data")
     columns = source.columns(split)
     inputs, label, modality = infer_columns(columns, spec.input_columns, spec.label_column, where=where)
-    label_info = next(c for c in columns if c.name == label)
+    if label is None:
+        labels, class_names = np.full(num_rows, UNLABELLED, dtype=np.int64), []
+        ids = random_subset(num_rows, limit, seed) if limit is not None else np.arange(num_rows, dtype=np.int64)
+    else:
+        labels, class_names = _labels(source, split, label, columns, where)
+        ids = stratified_subset(labels, limit, seed) if limit is not None else np.arange(len(labels), dtype=np.int64)
+    fetch = source.fetcher(split, inputs, modality)
+    return SplitData(
+        dataset_id=spec.dataset_id,
+        split=split,
+        modality=modality,
+        ids=ids,
+        labels=labels[ids],
+        class_names=class_names,
+        fingerprint=dataset_fingerprint(spec, split),
+        fetch=fetch,
+        num_rows_in_split=num_rows,
+        input_columns=inputs,
+        label_column=label,
+        row_keys=getattr(fetch, "row_keys", None),
+    )
 
+
+def _labels(source: SplitSource, split: str, label: str, columns: Sequence[ColumnInfo], where: str) -> tuple[np.ndarray, list[str]]:
+    """Give a labelled split's class ids and class names; UsageError when some rows have none (-1)."""
+    label_info = next(c for c in columns if c.name == label)
     values = source.column_values(split, label)
 
     def every_split_values() -> list[np.ndarray]:
@@ -173,23 +212,7 @@ def load_split(spec: DatasetSpec, split: str, *, limit: int | None = None, seed:
         others = [s for s in source.splits if s != split]
         raise UsageError(
             f"{where} has no labels for {unlabelled} of {len(labels)} rows (label -1); "
-            f"use a labelled split ({', '.join(others) or 'none'}) or pass another --label-column"
+            f"use a labelled split ({', '.join(others) or 'none'}), pass another --label-column, "
+            f"or --label-column {NO_LABELS} to read it without labels (embed, similarity)"
         )
-    ids = np.arange(len(labels), dtype=np.int64)
-    if limit is not None:
-        ids = stratified_subset(labels, limit, seed)
-    fetch = source.fetcher(split, inputs, modality)
-    return SplitData(
-        dataset_id=spec.dataset_id,
-        split=split,
-        modality=modality,
-        ids=ids,
-        labels=labels[ids],
-        class_names=class_names,
-        fingerprint=dataset_fingerprint(spec, split),
-        fetch=fetch,
-        num_rows_in_split=len(labels),
-        input_columns=inputs,
-        label_column=label,
-        row_keys=getattr(fetch, "row_keys", None),
-    )
+    return labels, class_names

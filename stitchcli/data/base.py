@@ -9,6 +9,11 @@ import numpy as np
 
 Modality = Literal["image", "text"]
 
+NO_LABELS = "none"
+"""The ``--label-column`` value that reads a dataset without labels (``embed`` and ``similarity`` need none)."""
+UNLABELLED = -1
+"""The label every row of a split read without labels holds (with no class names): never a class id."""
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -22,7 +27,8 @@ class DatasetSpec:
         config: the hub configuration name, if any.
         input_columns: the input column(s); several text columns are joined with a space
             (dbpedia_14: title + content). Empty when still to be inferred from the features.
-        label_column: the label column, or None when still to be inferred.
+        label_column: the label column, None when still to be inferred (a split with no column to infer is read
+            without labels), or :data:`NO_LABELS` to read every split without labels.
         revision: the hub revision the user asked for, if any.
         split_paths: for ``table`` data, split name -> absolute file path.
     """
@@ -53,7 +59,8 @@ class DatasetSpec:
 class SplitData:
     """The rows of one split (possibly a --limit subset), with labels and a way to fetch inputs.
 
-    ``ids`` are the row indices in the original split, ascending; ``labels[i]`` belongs to ``ids[i]``.
+    A split read without labels (no label column, or ``--label-column none``) has ``label_column`` None, no
+    class names, and every label :data:`UNLABELLED`. ``ids`` are the row indices in the original split, ascending; ``labels[i]`` belongs to ``ids[i]``.
     ``get_inputs(positions)`` returns the inputs at positions into ``ids`` (not row ids): PIL images
     in RGB for image data, strings for text data. It must be picklable (DataLoader workers call it).
     ``row_keys(row ids)``, when the source can name its rows cheaply (table files, image folders), gives
@@ -76,6 +83,11 @@ class SplitData:
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the rows have labels (False: read without a label column, every label :data:`UNLABELLED`)."""
+        return self.label_column is not None
 
     def get_inputs(self, positions: Sequence[int]) -> list[Any]:
         """Give the inputs at these positions (indices into ``ids``)."""
@@ -116,3 +128,14 @@ def stratified_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
         members = np.flatnonzero(labels == cls)
         chosen.append(rng.permutation(members)[:q])
     return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def random_subset(num_rows: int, limit: int, seed: int) -> np.ndarray:
+    """Give ascending row indices of a seeded uniform subset of ``limit`` of ``num_rows`` rows (all when fewer).
+
+    What ``--limit`` keeps of a split without labels (there are no classes to stratify by); the choice depends
+    only on the row count, the limit and the seed, hence is the same for every model.
+    """
+    if limit >= num_rows:
+        return np.arange(num_rows, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).permutation(num_rows)[:limit]).astype(np.int64)

@@ -7,7 +7,7 @@ from typing import Callable, Iterable, Literal, Sequence
 
 import numpy as np
 
-from stitchcli.data.base import Modality, printable
+from stitchcli.data.base import NO_LABELS, Modality, printable
 from stitchcli.errors import UsageError
 
 ColumnKind = Literal["image", "image_path", "class_label", "string", "integer", "float", "other"]
@@ -64,13 +64,17 @@ def infer_columns(
     label_column: str | None,
     *,
     where: str,
-) -> tuple[tuple[str, ...], str, Modality]:
+) -> tuple[tuple[str, ...], str | None, Modality]:
     """Give (input columns, label column, modality), checking given names and inferring missing ones.
+
+    The label column is None when the split is read without labels: ``label_column`` is
+    :data:`~stitchcli.data.base.NO_LABELS`, or it is None and no column looks like labels (by name, or a
+    ``ClassLabel`` feature).
 
     Args:
         columns: the split's columns.
         input_columns: the input columns the user named; empty to infer them.
-        label_column: the label column the user named, or None to infer it.
+        label_column: the label column the user named, ``none`` for no labels, or None to infer it.
         where: how messages name the split, e.g. ``dataset 'x' split 'train'``.
     """
     by_name = {c.name: c for c in columns}
@@ -102,7 +106,9 @@ def infer_columns(
 
 def _pick_label(
     columns: Sequence[ColumnInfo], by_name: dict[str, ColumnInfo], label_column: str | None, where: str
-) -> str:
+) -> str | None:
+    if label_column == NO_LABELS:
+        return None
     if label_column is not None:
         if label_column not in by_name:
             raise _missing_column(label_column, columns, where)
@@ -120,11 +126,7 @@ def _pick_label(
     class_labels = [c for c in columns if c.kind == "class_label"]
     if class_labels:
         return class_labels[0].name
-    available = ", ".join(printable(c.name) for c in columns) or "none"
-    raise UsageError(
-        f"cannot tell which column of {where} holds the labels (columns: {available}); "
-        "pass --label-column NAME"
-    )
+    return None  # no labels: embed and similarity read the split as it is; what trains on labels refuses it
 
 
 def _modality_of(chosen: Sequence[ColumnInfo], where: str) -> Modality:

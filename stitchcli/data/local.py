@@ -5,7 +5,8 @@ Accepted layouts, checked in this order for a folder:
 1. a ``save_to_disk`` folder (``dataset_dict.json``, or ``state.json`` for a single split) -> ``disk``;
 2. table files named by split (``train.csv``, ``test.jsonl``, ``validation.parquet``…) -> ``table``
    (table files win over subfolders, so a table that names images in subfolders is read as a table);
-3. split folders of class folders of images (``train/cat/001.png``) -> ``imagefolder``.
+3. split folders of class folders of images (``train/cat/001.png``), or of images without classes
+   (``train/001.png``: a split without labels) -> ``imagefolder``.
 
 A single table file is one split named ``train``.
 """
@@ -34,7 +35,7 @@ SINGLE_FILE_SPLIT = "train"
 LAYOUTS_HELP = (
     "a dataset folder must be a save_to_disk folder (dataset_dict.json or state.json), hold table files "
     f"named by split (train.csv, test.jsonl…; {'/'.join(s[1:] for s in TABLE_SUFFIXES)}), or hold "
-    "split folders of class folders of images (train/cat/001.png)"
+    "split folders of class folders of images (train/cat/001.png), or of images without labels (train/001.png)"
 )
 
 

@@ -282,14 +282,14 @@ def _holds_image(folder: Path) -> bool:
 
 
 def image_folder_splits(root: Path) -> list[str]:
-    """Give the split folders of ``root`` that hold class folders of images, sorted by name.
+    """Give the split folders of ``root`` that hold class folders of images, or images (unlabelled), sorted by name.
 
     Folders that cannot be read are not splits (detection must not fail on, say, /proc).
     """
     return [
         split.name
         for split in _visible_dirs(root, strict=False)
-        if any(_holds_image(class_dir) for class_dir in _visible_dirs(split, strict=False))
+        if _holds_image(split) or any(_holds_image(class_dir) for class_dir in _visible_dirs(split, strict=False))
     ]
 
 
@@ -316,10 +316,11 @@ class ImagePathFetcher:
 
 
 class ImageFolderSource:
-    """An image folder ``root/<split>/<class>/<image>``.
+    """An image folder ``root/<split>/<class>/<image>``, or ``root/<split>/<image>`` for a split without labels.
 
     Class ids follow the sorted class folder names of every split together (so a split lacking a
-    class keeps the same ids); rows go class by class, files sorted by name within a class.
+    class keeps the same ids); rows go class by class, files sorted by name within a class. A split folder
+    with no class folder of images has no label column: its rows are its own images, sorted by name.
     """
 
     def __init__(self, root: Path):
@@ -332,7 +333,10 @@ class ImageFolderSource:
         if split not in self._listing:
             paths: list[str] = []
             labels: list[int] = []
-            for class_id, name in enumerate(self.class_names):
+            if not self._has_classes(split):
+                folder = self.root / split
+                paths = [str(folder / f) for f in sorted(e.name for e in _entries(folder) if _is_image(e.name) and _is_kind(e, "file"))]
+            for class_id, name in enumerate(self.class_names if self._has_classes(split) else ()):
                 class_dir = self.root / split / name
                 if not class_dir.is_dir():
                     continue
@@ -342,7 +346,12 @@ class ImageFolderSource:
             self._listing[split] = (paths, np.asarray(labels, dtype=np.int64))
         return self._listing[split]
 
+    def _has_classes(self, split: str) -> bool:
+        return any(_holds_image(class_dir) for class_dir in _visible_dirs(self.root / split))
+
     def columns(self, split: str) -> list[ColumnInfo]:
+        if not self._has_classes(split):
+            return [ColumnInfo("image", "image_path")]
         return [ColumnInfo("image", "image_path"), ColumnInfo("label", "class_label", tuple(self.class_names))]
 
     def num_rows(self, split: str) -> int:

@@ -106,6 +106,9 @@ def embed(
             if data.kind == "hub":
                 prefer_offline_when_unreachable()
             loaded[split_name] = load_split(data, split_name, limit=options.limit, seed=options.seed)
+            if not loaded[split_name].labelled and data.label_column is None:
+                reporter.info(f"{data.name}/{split_name} has no label column: reading it without labels "
+                              "(enough for embed and similarity; pass --label-column NAME to read one)")
         return loaded[split_name]
 
     # Every name is resolved before any work starts, so a typo in the last model costs nothing.

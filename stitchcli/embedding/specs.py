@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stitchcli.assets import PACKAGED_MODELS
-from stitchcli.data.base import DatasetSpec
+from stitchcli.data.base import NO_LABELS, DatasetSpec
 from stitchcli.encoders.base import ModelSpec
 from stitchcli.errors import UsageError
 from stitchcli.fingerprint import path_identity
@@ -152,9 +152,19 @@ def _refuse_near_miss_of_saved_name(store: EmbeddingStore, name: str, spec: Mode
 def entry_key(
     spec: ModelSpec, data: DatasetSpec, split: str, *, limit: int | None, seed: int, layer: str | None = None
 ) -> EntryKey:
-    """Give the cache key of a model's embeddings of one split (of one layer's, with ``layer``)."""
+    """Give the cache key of a model's embeddings of one split (of one layer's, with ``layer``).
+
+    The columns are the ones the user named (None: inferred). Whether an inferred reading finds a label column
+    depends only on the data, which the fingerprint covers, so a split with no label column needs no mark of
+    its own: its key could never belong to a labelled reading of the same data. Data read
+    with ``--label-column none`` is told apart by ``"labels": "none"``, a field only such keys hold: a labelled
+    entry's key is the one it always had, whatever its label column is called.
+    """
     from stitchcli.data import dataset_fingerprint
 
+    columns: dict[str, Any] = {"input": list(data.input_columns), "label": data.label_column}
+    if data.label_column == NO_LABELS:
+        columns = {"input": list(data.input_columns), "label": None, "labels": NO_LABELS}
     return EntryKey(
         model=spec.key(),
         dataset_id=data.dataset_id,
@@ -162,7 +172,7 @@ def entry_key(
         split=split,
         limit=limit,
         limit_seed=seed if limit is not None else None,
-        columns={"input": list(data.input_columns), "label": data.label_column},
+        columns=columns,
         layer=layer,
     )
 

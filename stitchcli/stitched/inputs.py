@@ -216,13 +216,15 @@ def inputs_from_values(values: Sequence[Any] | Any, modality: str) -> Inputs:
 
 
 def inputs_from_dataset(split: SplitData, data: DatasetSpec) -> Inputs:
-    """Give the rows of a dataset split, labelled with their class names and named by their file (an image
-    folder's rows: the path below the dataset's folder) or else ``split#row id``."""
+    """Give the rows of a dataset split, labelled with their class names (None without labels) and named by their
+    file (an image folder's rows: the path below the dataset's folder) or else ``split#row id``."""
     paths = getattr(split.fetch, "paths", None)
     if paths is not None and data.kind == "imagefolder":
         names = [_below(Path(paths[int(i)]), Path(data.source)) for i in split.ids]
     else:
         names = [f"{split.split}#{int(i)}" for i in split.ids]
+    if not split.labelled:
+        return Inputs(split, data, names)
     labels = [split.class_names[int(label)] if 0 <= int(label) < len(split.class_names) else str(int(label)) for label in split.labels]
     return Inputs(split, data, names, labels)
 

@@ -127,7 +127,7 @@ def predict_dataset(
     reporter: Reporter | None = None,
     need_accuracy: bool = False,
 ) -> Predictions:
-    """Give the predictions on a dataset split (any dataset ``embed`` takes), labelled.
+    """Give the predictions on a dataset split (any dataset ``embed`` takes), labelled when the split has labels.
 
     The cache's embeddings of the split are used when it holds them for exactly this encoder (read only),
     unless ``recompute``; otherwise the rows go through the encoder. Nothing is written to the cache.
@@ -135,7 +135,8 @@ def predict_dataset(
     Labels are compared with the model's classes by name. When none of the split's labels is one of them
     (digits named ``zero`` … against ``0`` …), the accuracy would read 0 whatever the predictions: the rows
     are then predicted unlabelled, with a warning, or refused before any work when ``need_accuracy``
-    (``--min-accuracy``). Labels only partly among the classes are warned about (their rows count as errors).
+    (``--min-accuracy``), as is a split without labels. Labels only partly among the classes are warned about
+    (their rows count as errors).
     """
     from stitchcli.assets import prepare_packaged
     from stitchcli.data import load_split
@@ -147,6 +148,11 @@ def predict_dataset(
     local = prepare_packaged(store, dataset, [], reporter)
     data = dataset_options.resolve(local)
     rows = load_split(data, split, limit=limit, seed=seed)
+    if need_accuracy and not rows.labelled:
+        raise UsageError(
+            f"--min-accuracy needs labelled rows, and {dataset}/{split} has no labels: "
+            "pass --label-column NAME naming its class column, or drop --min-accuracy"
+        )
     inputs = inputs_from_dataset(rows, data)
     labels = _comparable_labels(model, inputs.labels, f"{dataset}/{split}", reporter, need_accuracy=need_accuracy)
     latents = None if recompute else cached_latents(model, store, data, split, rows.ids, limit=limit, seed=seed)
@@ -170,9 +176,11 @@ def predict_dataset(
     return predictions
 
 
-def _comparable_labels(model: StitchedModel, labels: list[str], where: str, reporter: Reporter, *, need_accuracy: bool) -> list[str] | None:
+def _comparable_labels(model: StitchedModel, labels: list[str] | None, where: str, reporter: Reporter, *, need_accuracy: bool) -> list[str] | None:
     """Give ``labels`` when some are among the model's classes (warning about those that are not), else
     None with a warning, or a UsageError when ``need_accuracy``."""
+    if labels is None:
+        return None
     classes = set(model.classes)
     present = list(dict.fromkeys(labels))
     foreign = [label for label in present if label not in classes]

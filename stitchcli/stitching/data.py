@@ -20,7 +20,7 @@ from stitchcli.anchors import (
     save_anchor_manifest,
     select_anchor_rows,
 )
-from stitchcli.data.base import DatasetSpec
+from stitchcli.data.base import DatasetSpec, printable
 from stitchcli.embedding import EmbedOptions
 from stitchcli.errors import NotCached, UsageError
 from stitchcli.models import ModelRef
@@ -208,6 +208,9 @@ def prepare(
         _check_manifest_before_work(manifest, settings, data)
     if settings.anchor_model is not None and STRATEGIES[settings.anchor_strategy].needs_embeddings and settings.anchor_model not in names:
         raise UsageError(f"--anchor-model {settings.anchor_model} is not one of the models: name one of {', '.join(names)}")
+    if heads:  # before any embedding: a head is trained on the training split's labels and scored on the evaluated split's
+        for split in [settings.train_split] + ([settings.split] if evaluation else []):
+            require_labels(store, refs[0], data, split, settings)
     train = {ref.name: ensure_embeddings(store, ref, data, settings.train_split, settings, reporter) for ref in refs}
     evals = {ref.name: ensure_embeddings(store, ref, data, settings.split, settings, reporter) for ref in refs} if evaluation else {}
     first = train[names[0]]
@@ -228,7 +231,7 @@ def prepare(
         if other and other != class_names:
             raise UsageError(f"{view.name} and {names[0]} disagree on the class names of {settings.dataset}: embed both with the same label column")
     eval_view = views[names[0]].evaluation
-    unseen = sorted(set(eval_view.labels.tolist()) - set(first.labels.tolist())) if eval_view is not None else []
+    unseen = sorted(set(eval_view.labels.tolist()) - set(first.labels.tolist())) if eval_view is not None and heads else []
     if unseen:  # a --limit subset can lack a rare class: warn rather than refuse
         shown = ", ".join(class_names[i] if i < len(class_names) else str(i) for i in unseen)
         reporter.warn(f"class(es) {shown} of split {settings.split!r} never occur in {settings.train_split!r}: no head learns them, so their rows count as errors")
@@ -240,6 +243,39 @@ def prepare(
         class_names=class_names,
         train_labels=np.asarray(first.labels, dtype=np.int64),
         eval_labels=np.asarray(eval_view.labels, dtype=np.int64) if eval_view is not None else None,
+    )
+
+
+def require_labels(store: EmbeddingStore, ref: ModelRef, data: DatasetSpec, split: str, settings: StitchSettings) -> None:
+    """Refuse (UsageError, one line) a split read without labels, before a class head is trained on it or scored on it.
+
+    Reads as little as it can: the option given (``--label-column NAME`` or ``none``), else the model's cache
+    entry when there is one, else the split's columns and labels (what embedding it reads first anyway).
+    """
+    from stitchcli.data import load_split
+    from stitchcli.data.base import NO_LABELS
+    from stitchcli.embedding import entry_key, resolve_model_spec
+
+    if data.label_column is not None and data.label_column != NO_LABELS:
+        return  # a named column: reading the split checks it holds labels
+    if data.label_column == NO_LABELS:
+        why = f"it is read with --label-column {NO_LABELS}"
+    else:
+        spec = resolve_model_spec(store, ref, seed=settings.embed_seed)
+        entry = store.lookup(spec.storage_name, entry_key(spec, data, split, limit=settings.limit, seed=settings.embed_seed))
+        if entry is not None and entry.metadata.get("label_column") is not None:
+            return
+        if entry is None:
+            if data.kind == "hub":
+                from stitchcli.hub import prefer_offline_when_unreachable
+
+                prefer_offline_when_unreachable()
+            if load_split(data, split, limit=settings.limit, seed=settings.embed_seed).labelled:
+                return
+        why = "no column of it holds labels"
+    raise UsageError(
+        f"dataset '{printable(settings.dataset)}' split '{printable(split)}' has no labels ({why}), and fit-head, stitch and eval train and score "
+        "class heads on labels: pass --label-column NAME naming its class column (embed and similarity need no labels)"
     )
 
 
