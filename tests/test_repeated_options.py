@@ -127,6 +127,9 @@ def test_similarity_models_measures_projections_and_layers_may_be_repeated(monke
     assert kwargs["projections"] == ("cosine", "l1") and kwargs["layers"] == ("blocks.1", "blocks.2")
     # two models given one at a time are two models (this was "give at least two (--models names 1)")
     assert call("-m", "lite0", "-m", "lite2")[0] == ["lite0", "lite2"]
+    # `all` among other projections expands as in stitch (it was refused as an unknown projection)
+    every = call("-m", "a,b", "-p", "all")[2]["projections"]
+    assert call("-m", "a,b", "-p", "cosine", "-p", "all")[2]["projections"] == every == ("cosine", "euclidean", "l1", "linf")
 
 
 @pytest.mark.parametrize(("args", "needle"), [

@@ -203,10 +203,10 @@ def layer_choice(value: str | Sequence[str] | None) -> "tuple[str, ...] | str | 
 def projection_names(value: str | Sequence[str] | None) -> tuple[str, ...]:
     """Give the relative projections of --projection (none when not given)."""
     from stitchcli.relative import list_projections, unknown_name
+    from stitchcli.settings import by_name
 
-    names = split_list(value, "--projection") or ()
-    if list(names) == ["all"]:
-        return tuple(list_projections())
+    # `all` as stitch and eval read it (the declared projections setting's), alone or among others
+    names = by_name("projection").expand(split_list(value, "--projection") or ())
     for name in names:
         if name not in list_projections():
             raise UsageError(f"--projection: {unknown_name('projection', name, list_projections())}")
