@@ -436,6 +436,20 @@ def test_unknown_split_lists_the_splits(fixture_name: str, request: pytest.Fixtu
         dataset_fingerprint(spec, "validation")
 
 
+def test_a_split_folder_without_images_says_so_rather_than_that_there_is_no_such_split(tmp_path: Path) -> None:
+    from conftest import make_image_folder
+
+    root = make_image_folder(tmp_path / "images", per_class={"train": 1})
+    for cls in ("cat", "dog"):
+        (root / "test" / cls).mkdir(parents=True)  # class folders made, images not copied yet
+    spec = resolve_dataset(str(root))
+    for read in (load_split, dataset_fingerprint):  # the cache key is made first on the command line
+        with pytest.raises(UsageError, match="split folder 'test' holds no image .*in class folders or on its own"):
+            read(spec, "test")
+    with pytest.raises(UsageError, match="has no split 'validation'; available splits: train"):
+        load_split(spec, "validation")
+
+
 def test_missing_column_lists_the_columns(csv_dataset: Path) -> None:
     with pytest.raises(UsageError) as info:
         load_split(resolve_dataset(str(csv_dataset), input_column="body"), "train")

@@ -168,7 +168,7 @@ def load_split(spec: DatasetSpec, split: str, *, limit: int | None = None, seed:
         raise UsageError(f"--limit must be a positive number of rows, not {limit}")
     source = _KINDS[spec.kind][0](spec)
     if split not in source.splits:
-        raise unknown_split(spec.name, split, source.splits)
+        raise unknown_split(spec.name, split, source.splits, folder=Path(spec.source) if spec.kind == "imagefolder" else None)
     where = f"dataset '{printable(spec.name)}' split '{printable(split)}'"
     num_rows = source.num_rows(split)
     if num_rows == 0:

@@ -156,7 +156,7 @@ def imagefolder_fingerprint(spec: DatasetSpec, split: str) -> str:
     root = Path(spec.source)
     splits = image_folder_splits(root)
     if split not in splits:
-        raise unknown_split(spec.name, split, splits)
+        raise unknown_split(spec.name, split, splits, folder=root)
     classes = sorted({d.name for s in splits for d in (root / s).iterdir() if d.is_dir()})
     digest = hashlib.sha256(tree_fingerprint(root / split, content=False).encode())
     digest.update("\0".join(classes).encode())

@@ -365,8 +365,12 @@ class ImageFolderSource:
         return ImagePathFetcher(self._list(split)[0])
 
 
-def unknown_split(dataset: str, split: str, available: Sequence[str]) -> UsageError:
-    """Give the error for a split the dataset lacks, naming the splits it has."""
+def unknown_split(dataset: str, split: str, available: Sequence[str], *, folder: Path | None = None) -> UsageError:
+    """Give the error for a split the dataset lacks, naming the splits it has; for an image ``folder`` whose
+    split folder is there but holds no image (empty class folders), that instead."""
+    if folder is not None and (folder / split).is_dir():
+        return UsageError(f"dataset '{printable(dataset)}' split folder '{printable(split)}' holds no image ({', '.join(IMAGE_EXTENSIONS)}), "
+                          "in class folders or on its own: put the split's images there, or choose another split")
     return UsageError(
         f"dataset '{printable(dataset)}' has no split '{printable(split)}'; available splits: {', '.join(map(printable, available)) or 'none'}"
     )
