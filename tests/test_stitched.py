@@ -396,6 +396,15 @@ def test_a_text_model_predicts_one_class_per_line_of_a_text_file(tiny_bert, text
     lines = json.loads(piped.stdout)["predictions"]  # a byte-order mark, as Windows tools write, is not part of the first text
     assert [p["input"] for p in lines] == ["stdin:1", "stdin:3", "stdin:4"]
     assert [p["class"] for p in lines] == [p["class"] for p in document["predictions"]]
+    # a table: its input column is found as embed finds it (a `text` column beside a label), or asked for
+    import pandas as pd
+
+    texts = [line for line in articles.read_text().splitlines() if line]
+    pd.DataFrame({"text": texts, "label": ["sport", "tech", "sport"]}).to_csv(tmp_path / "new.csv", index=False)
+    table = predict_json(tmp_path / "model", tmp_path / "new.csv", "--cache-dir", store.root)
+    assert [p["class"] for p in table["predictions"]] == [p["class"] for p in document["predictions"]]
+    pd.DataFrame({"score": [1, 2], "weight": [0.5, 0.25]}).to_csv(tmp_path / "numbers.csv", index=False)
+    one_error_line(invoke("predict", tmp_path / "model", tmp_path / "numbers.csv", "--cache-dir", store.root), 2, "--input-column")
     model = load_stitched(tmp_path / "model")
     texts = [line for line in articles.read_text().splitlines() if line]
     assert model.predict(texts, store=store) == [p["class"] for p in document["predictions"]]

@@ -33,7 +33,7 @@ def predict_command(
     inputs: Annotated[
         Optional[List[str]],
         typer.Argument(metavar="INPUTS...", help="Image files or folders (image models); text files, one input per line (text models); "
-                       "or one table file (CSV/TSV/JSON/JSONL/Parquet) with --input-column. - is standard input: one text, "
+                       "or one table file (CSV/TSV/JSON/JSONL/Parquet), its input column inferred as embed does or named by --input-column. - is standard input: one text, "
                        "or one image path, per line.", show_default=False),
     ] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Predict on a dataset split instead (any dataset embed takes); "

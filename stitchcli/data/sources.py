@@ -136,7 +136,7 @@ class HFSplitSource:
 # --- table files (CSV/TSV/JSON/JSONL/Parquet) ---------------------------------------------------------
 
 
-def _arrow_column_info(name: str, column: "pa.ChunkedArray") -> ColumnInfo:
+def arrow_column_info(name: str, column: "pa.ChunkedArray") -> ColumnInfo:
     import pyarrow as pa
 
     t = column.type
@@ -226,7 +226,7 @@ class TableSource:
 
     def columns(self, split: str) -> list[ColumnInfo]:
         table = self._table(split)
-        return [_arrow_column_info(name, table.column(name)) for name in table.column_names]
+        return [arrow_column_info(name, table.column(name)) for name in table.column_names]
 
     def num_rows(self, split: str) -> int:
         return self._table(split).num_rows

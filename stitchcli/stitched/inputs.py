@@ -91,12 +91,13 @@ def inputs_from_paths(paths: Sequence[str | os.PathLike[str]], modality: str, *,
 
     Image models: image files and folders of them (searched recursively, sorted), or table files whose
     ``input_column`` holds images (paths or bytes). Text models: text files, one input per non-empty line, or
-    table files with ``input_column``. ``-`` is standard input: one text per line for a text model, one image
+    table files with ``input_column``. A table's input column, when not given, is inferred as ``embed`` infers
+    it. ``-`` is standard input: one text per line for a text model, one image
     file or folder per line for an image model (``find . -name '*.png' | stitchcli predict MODEL -``).
 
     Raises:
-        UsageError: a path that does not exist, a folder for a text model, a table without ``--input-column``,
-            a column the table lacks, no input at all.
+        UsageError: a path that does not exist, a folder for a text model, a table whose input column cannot be
+            inferred (without ``--input-column``), a column the table lacks, no input at all.
     """
     if not paths:
         raise UsageError("no input given: name image files, folders, a text file (one input per line) or a table, or pass --dataset D --split S")
@@ -170,21 +171,37 @@ def _table_inputs(path: Path, modality: str, input_column: str | None) -> Inputs
     from stitchcli.data.sources import TableFetcher
     from stitchcli.data.tables import read_table
 
-    if input_column is None:
-        raise UsageError(f"{printable(path)} is a table: name the column that holds the inputs with --input-column")
     if not path.expanduser().is_file():
         raise UsageError(f"input {printable(path)} does not exist: check the path")
     table = read_table(path.expanduser())
-    if input_column not in table.column_names:
+    if input_column is None:
+        columns = _inferred_inputs(table, path, modality)
+    elif input_column not in table.column_names:
         raise UsageError(f"{printable(path)} has no column {input_column!r}: use one of {', '.join(table.column_names)}")
+    else:
+        columns = (input_column,)
     count = table.num_rows
     if count == 0:
         raise UsageError(f"{printable(path)} has no rows: give a table that holds inputs")
-    fetch = TableFetcher(str(path.expanduser().resolve()), (input_column,), modality, table)  # type: ignore[arg-type]
+    fetch = TableFetcher(str(path.expanduser().resolve()), columns, modality, table)  # type: ignore[arg-type]
     names = [f"{path}#{row}" for row in range(count)]
     split, data = _rows(fetch, count, modality, "predict", _digest([str(path.resolve()), str(path.stat().st_size), str(path.stat().st_mtime_ns)]),
-                        input_columns=(input_column,))
+                        input_columns=columns)
     return Inputs(split, data, names)
+
+
+def _inferred_inputs(table: Any, path: Path, modality: str) -> tuple[str, ...]:
+    """Give the input column(s) of a table as ``embed`` infers them (a ``text`` column, an image column…), or a
+    UsageError asking for --input-column when they cannot be told or hold the other modality."""
+    from stitchcli.data.columns import infer_columns
+    from stitchcli.data.sources import arrow_column_info
+
+    columns = [arrow_column_info(name, table.column(name)) for name in table.column_names]
+    inputs, _, found = infer_columns(columns, (), None, where=printable(path))  # a UsageError names --input-column
+    if found != modality:
+        raise UsageError(f"{printable(path)} holds {found} inputs in {', '.join(inputs)}, and the model reads {modality}: "
+                         "name the column that holds the inputs with --input-column")
+    return inputs
 
 
 def inputs_from_values(values: Sequence[Any] | Any, modality: str) -> Inputs:
