@@ -230,6 +230,7 @@ def test_unlabelled_split_is_rejected(disk_image_dataset: Path) -> None:
     with pytest.raises(UsageError) as info:
         load_split(resolve_dataset(str(disk_image_dataset)), "unsupervised")
     assert "no labels" in str(info.value) and "train" in str(info.value) and "--label-column none" in str(info.value)
+    assert "a negative label" in str(info.value)
 
 
 def test_an_unlabelled_split_is_read_without_labels_by_choice(disk_image_dataset: Path) -> None:

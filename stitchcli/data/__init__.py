@@ -211,7 +211,7 @@ def _labels(source: SplitSource, split: str, label: str, columns: Sequence[Colum
     if unlabelled:
         others = [s for s in source.splits if s != split]
         raise UsageError(
-            f"{where} has no labels for {unlabelled} of {len(labels)} rows (label -1); "
+            f"{where} has no labels for {unlabelled} of {len(labels)} rows (a negative label: -1 and below mark a row as unlabelled); "
             f"use a labelled split ({', '.join(others) or 'none'}), pass another --label-column, "
             f"or --label-column {NO_LABELS} to read it without labels (embed, similarity)"
         )
