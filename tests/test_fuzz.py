@@ -296,7 +296,10 @@ def _check_split_or_usage_error(name: str, splits: list[str], **options: Any) ->
         assert len(np.unique(split.ids)) == n and bool(np.all(np.diff(split.ids) > 0))
         assert 0 <= int(split.ids.min()) and int(split.ids.max()) < split.num_rows_in_split
         assert limit is None or n <= limit
-        assert bool(np.all(split.labels >= 0)) and int(split.labels.max()) < len(split.class_names)
+        if split.labelled:
+            assert bool(np.all(split.labels >= 0)) and int(split.labels.max()) < len(split.class_names)
+        else:  # no column holds labels: every row unlabelled, no class names (embed and similarity read it)
+            assert bool(np.all(split.labels == -1)) and split.class_names == [] and split.label_column is None
         assert len(inputs) == n
         event(f"loaded a {split.modality} split")
         if split.modality == "text":
