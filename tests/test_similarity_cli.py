@@ -218,3 +218,12 @@ def test_commands_that_train_on_labels_refuse_unlabelled_images_before_any_work(
     result = CliRunner().invoke(app, [*command, "-d", str(images), "--cache-dir", str(cache)])
     _one_error_line(result, "split 'train' has no labels", "--label-column NAME")
     assert not list(cache.glob("embeddings/**/*.safetensors"))  # refused before embedding anything
+
+
+def test_relative_spaces_take_the_data_options_too(embedded):
+    """--label-column (and --input-column) reach the anchors' draw: `--label-column none --projection cosine` was a
+    TypeError from choose_anchors, which takes the dataset options as one argument."""
+    result = _run(embedded, "--label-column", "none", "--projection", "cosine", "--num-anchors", "3", "--measures", "linear-cka", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert {row["projection"] for row in document["rows"]} == {None, "cosine"} and document["samples"] == 18

@@ -161,7 +161,7 @@ def ensure_anchors(
         return saved
     manifest = choose_anchors(
         store, data, split=settings.train_split, num=num, strategy=settings.anchor_strategy, seed=settings.anchor_seed,
-        model=chooser, limit=settings.limit, embed_seed=settings.embed_seed, name=name, reporter=reporter, **settings.data.given(),
+        model=chooser, limit=settings.limit, embed_seed=settings.embed_seed, name=name, reporter=reporter, dataset_options=settings.data,
     )
     path = save_anchor_manifest(store, manifest, force=True)
     reporter.info(f"saved anchors {manifest.name!r} ({manifest.num} rows of {settings.train_split}): {path}")
