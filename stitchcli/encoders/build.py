@@ -69,7 +69,7 @@ def build_encoder(spec: ModelSpec, modality: str, device: "torch.device", *, tru
     except Exception as exc:
         if looks_like_network_failure(exc):
             raise WorkError(
-                f"could not download {spec.source!r} from the Hugging Face hub (no network?){_typo_hint(spec.source)}; "
+                f"could not download {spec.source!r} from the Hugging Face hub (no network?){_typo_hint(spec)}; "
                 f"{OFFLINE_MODEL_ALTERNATIVES}"
             ) from exc
         missing = _missing_on_hub(exc)
@@ -80,12 +80,16 @@ def build_encoder(spec: ModelSpec, modality: str, device: "torch.device", *, tru
         raise
 
 
-def _typo_hint(source: str) -> str:
-    """Give what to say beside a failed download of ``source``, in case it is a typo: close known names, or
-    for a bare name (no organisation) that it is no timm architecture or packaged model either, since offline
-    a misspelt name and a real hub id fail alike."""
+def _typo_hint(spec: ModelSpec) -> str:
+    """Give what to say beside a failed download of a hub id, in case it is a typo: close known names, or for a
+    bare name (no organisation) that it is no timm architecture or packaged model either, since offline a
+    misspelt name and a real hub id fail alike. Nothing for timm and open_clip names, which exist (their
+    weights could not be fetched)."""
     from stitchcli.assets import PACKAGED_MODELS
 
+    if spec.backend != "transformers":
+        return ""
+    source = spec.source
     known = [*known_model_names(), *PACKAGED_MODELS]
     close = [n for n in difflib.get_close_matches(source, known, n=3, cutoff=0.85) if n != source]
     if close:
