@@ -456,10 +456,21 @@ def test_a_file_system_error_blames_the_cache_only_when_it_happened_in_the_cache
     from stitchcli.cli import _describe_os_error
     from stitchcli.cli import output
 
-    monkeypatch.setattr(output, "OPENED_CACHES", [(tmp_path / "cache").resolve()])
-    in_cache = _describe_os_error(PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "cache" / "anchors" / "a.json")))
-    elsewhere = _describe_os_error(PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "out" / "rows.csv")))
-    read_only = _describe_os_error(OSError(errno.EROFS, "Read-only file system", str(tmp_path / "out" / "rows.csv")))
-    assert in_cache is not None and "choose a --cache-dir (or $STITCHCLI_CACHE) you can write to" in in_cache[0]
-    assert elsewhere is not None and "choose a path for that output you can write to" in elsewhere[0] and "--cache-dir" not in elsewhere[0]
-    assert read_only is not None and "read-only file system" in read_only[0] and "--cache-dir" not in read_only[0]
+    monkeypatch.setattr(output, "OPENED_CACHES", [(tmp_path / "parent" / "cache").resolve()])
+
+    def said(error: type[OSError], code: int, path: Path) -> str:
+        described = _describe_os_error(error(code, "failed", str(path)))
+        assert described is not None and described[1] == 2
+        return described[0]
+
+    in_cache = said(PermissionError, errno.EACCES, tmp_path / "parent" / "cache" / "anchors" / "a.json")
+    on_the_way = said(PermissionError, errno.EACCES, tmp_path / "parent")  # the folder the cache was to be made in
+    elsewhere = said(PermissionError, errno.EACCES, tmp_path / "images" / "cat" / "1.png")  # an input, or an output
+    read_only = said(OSError, errno.EROFS, tmp_path / "out" / "rows.csv")
+    assert "choose a --cache-dir (or $STITCHCLI_CACHE) you can write to" in in_cache and "--cache-dir" in on_the_way
+    assert "check its permissions, or choose another path" in elsewhere and "--cache-dir" not in elsewhere
+    assert "read-only file system" in read_only and "--cache-dir" not in read_only
+    # a cache folder that cannot be made at all (/proc/x/cache): one line, not a FileNotFoundError traceback
+    cannot = said(FileNotFoundError, errno.ENOENT, tmp_path / "parent")
+    assert "cannot make" in cannot and "choose another --cache-dir" in cannot
+    assert _describe_os_error(FileNotFoundError(errno.ENOENT, "gone", str(tmp_path / "parent" / "cache" / "x.json"))) is None  # a bug

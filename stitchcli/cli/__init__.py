@@ -170,18 +170,21 @@ def _describe_os_error(exc: OSError) -> tuple[str, int] | None:
     code = out_of_space_errno(exc)
     if code is not None:
         return out_of_space_message(code, exc.filename or "a file"), 1
-    from stitchcli.cli.output import path_to_choose
+    from stitchcli.cli.output import in_opened_cache, on_the_way_to_a_cache
 
-    choose = path_to_choose(exc.filename)
+    cache = in_opened_cache(exc.filename)  # else an output or input path the user named
     if isinstance(exc, PermissionError):
-        return f"permission denied on{where or ' a file'}: choose {choose} you can write to", 2
+        fix = "choose a --cache-dir (or $STITCHCLI_CACHE) you can write to" if cache else "check its permissions, or choose another path"
+        return f"permission denied on{where or ' a file'}: {fix}", 2
     if isinstance(exc, (NotADirectoryError, FileExistsError)):
-        return f"{where.strip() or 'a path'} is a file where a folder is needed: choose another {choose.removeprefix('a ')}", 2
+        return f"{where.strip() or 'a path'} is a file where a folder is needed: choose another {'--cache-dir' if cache else 'path'}", 2
     if isinstance(exc, IsADirectoryError):
         target = f" {exc.filename2!r}" if exc.filename2 else where
         return f"{target.strip() or 'a path'} is a folder where a file is needed: give a file name instead", 2
+    if isinstance(exc, FileNotFoundError) and exc.filename and on_the_way_to_a_cache(exc.filename):  # /proc/x/cache
+        return f"cannot make{where} (no folder can be created there): choose another --cache-dir (or $STITCHCLI_CACHE)", 2
     if exc.errno == errno.EROFS:
-        return f"read-only file system at{where}: choose {choose} on a writable file system", 2
+        return f"read-only file system at{where}: choose {'a --cache-dir' if cache else 'a path'} on a writable file system", 2
     return None
 
 
@@ -193,6 +196,9 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from stitchcli.cli.output import OPENED_CACHES
+
+        OPENED_CACHES.clear()  # this command's caches only (CliRunner runs many commands in one process)
         _quiet_libraries()
         keep_freed_memory_for_reuse()  # every batch reuses the memory the last one freed (stitchcli.device)
         try:

@@ -278,20 +278,28 @@ def make_output_folder(path: Any, option: str) -> None:
 
 
 OPENED_CACHES: list[Any] = []
-"""The cache folders this process's commands opened (:func:`progress_and_store`), so that a file-system error
-is blamed on --cache-dir only when it happened in one (:func:`path_to_choose`)."""
+"""The cache folders the running command opened (:func:`progress_and_store`; emptied as each command starts), so
+that a file-system error is blamed on --cache-dir only when it happened in one (:func:`in_opened_cache`)."""
 
 
-def path_to_choose(filename: Any) -> str:
-    """Give what a user should change after an error writing ``filename``: the cache folder when the file lies
-    in a cache this process opened (or is not known), else the output path they gave."""
+def on_the_way_to_a_cache(filename: Any) -> bool:
+    """Tell whether ``filename`` is an opened cache's folder or one of the folders above it (where a failure to
+    make it is the cache folder's, not a file's within)."""
     from pathlib import Path
 
-    if filename is not None:
-        path = Path(str(filename)).expanduser().resolve()
-        if not any(path.is_relative_to(root) for root in OPENED_CACHES):
-            return "a path for that output"
-    return "a --cache-dir (or $STITCHCLI_CACHE)"
+    path = Path(str(filename)).expanduser().resolve()
+    return any(root.is_relative_to(path) for root in OPENED_CACHES)
+
+
+def in_opened_cache(filename: Any) -> bool:
+    """Tell whether a file-system error on ``filename`` is the cache's: the file lies in a cache the command
+    opened, or on the way to one (a folder the cache was to be made in); an unknown file counts as the cache's."""
+    from pathlib import Path
+
+    if filename is None:
+        return True
+    path = Path(str(filename)).expanduser().resolve()
+    return on_the_way_to_a_cache(path) or any(path.is_relative_to(root) for root in OPENED_CACHES)
 
 
 def progress_and_store(cache_dir: Any, quiet: bool) -> tuple[Progress, Any, Any]:
