@@ -193,6 +193,19 @@ def test_a_path_that_exists_is_one_value_even_with_a_comma_in_its_name(embed_cal
     assert embed_calls("-m", "a", "-s", "train=t,1.csv")["splits"] == ("train=t,1.csv",)
 
 
+def test_similarity_and_eval_keep_a_model_folder_with_a_comma_whole_as_embed_does(monkeypatch, tmp_path):
+    import stitchcli.similarity.cached as cached
+    import stitchcli.stitching as stitching
+
+    folder = tmp_path / "my,bert"
+    folder.mkdir()
+    seen = _capture(monkeypatch, (cached, "compare_cached"), (stitching, "evaluate"))
+    similarity = _invoke(seen, ["similarity", "-d", "x", "-m", str(folder), "-m", "lite0", "--cache-dir", str(tmp_path / "c")])
+    assert [ref.name for ref in similarity["args"][1]] == [str(folder), "lite0"]
+    evaluated = _invoke(seen, ["eval", "-d", "x", "-m", f"{folder}", "-m", "lite0", "--cache-dir", str(tmp_path / "c")])
+    assert [ref.name for ref in evaluated["args"][1]] == [str(folder), "lite0"]
+
+
 def test_embed_refuses_a_model_repeated_across_occurrences(tmp_path):
     for args in (["-m", "test_vit", "-m", "test_vit"], ["-m", "test_vit,test_vit"]):
         result = CliRunner().invoke(app, ["embed", *args, "-d", str(tmp_path / "missing"), "--cache-dir", str(tmp_path / "cache")])

@@ -403,6 +403,13 @@ def test_a_text_model_predicts_one_class_per_line_of_a_text_file(tiny_bert, text
     pd.DataFrame({"text": texts, "label": ["sport", "tech", "sport"]}).to_csv(tmp_path / "new.csv", index=False)
     table = predict_json(tmp_path / "model", tmp_path / "new.csv", "--cache-dir", store.root)
     assert [p["class"] for p in table["predictions"]] == [p["class"] for p in document["predictions"]]
+    two = pd.DataFrame({"title": texts, "body": ["goal", "chip", "keeper"], "label": ["sport", "tech", "sport"]})
+    two.to_csv(tmp_path / "two.csv", index=False)
+    joined = predict_json(tmp_path / "model", tmp_path / "two.csv", "--input-column", "title,body", "--cache-dir", store.root)
+    repeated = predict_json(tmp_path / "model", tmp_path / "two.csv", "--input-column", "title", "--input-column", "body", "--cache-dir", store.root)
+    assert joined["predictions"] == repeated["predictions"]  # a repeat is the comma list, not only its last column
+    last_only = predict_json(tmp_path / "model", tmp_path / "two.csv", "--input-column", "body", "--cache-dir", store.root)
+    assert [p["probability"] for p in last_only["predictions"]] != [p["probability"] for p in joined["predictions"]]
     pd.DataFrame({"score": [1, 2], "weight": [0.5, 0.25]}).to_csv(tmp_path / "numbers.csv", index=False)
     one_error_line(invoke("predict", tmp_path / "model", tmp_path / "numbers.csv", "--cache-dir", store.root), 2, "--input-column")
     model = load_stitched(tmp_path / "model")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, List, Optional, Sequence
 import typer
 
 from stitchcli.cli import options as opt
-from stitchcli.cli.settings_options import REPEATABLE, joined_list, split_list
+from stitchcli.cli.settings_options import REPEATABLE, joined_list, names_a_path, split_list
 from stitchcli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -166,12 +166,6 @@ def embed_command(
     )
     if not follower:
         render_results(results, store, json_output=json_output)
-
-
-def names_a_path(value: str) -> bool:
-    """Whether a value of --model, --split or --from-array names a file or folder that exists (or is NAME=PATH whose
-    PATH exists), so that a comma in its name does not cut it into a list."""
-    return any(part and Path(part).expanduser().exists() for part in (value, value.partition("=")[2]))
 
 
 def render_results(results: Sequence["EmbedResult"], store: "EmbeddingStore", *, json_output: bool) -> None:

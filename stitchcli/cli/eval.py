@@ -8,7 +8,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from stitchcli.cli import options as opt
-from stitchcli.cli.settings_options import REPEATABLE, GivenSettings, split_list, takes_settings
+from stitchcli.cli.settings_options import REPEATABLE, GivenSettings, names_a_path, split_list, takes_settings
 from stitchcli.settings import EVAL
 from stitchcli.errors import UsageError
 
@@ -72,7 +72,7 @@ def eval_command(
     else:
         if dataset is None or models is None:
             raise UsageError("eval needs --dataset D and --models A,B (at least two), or --recipe FILE")
-        refs = [ModelRef(name) for name in split_list(models, "--models") or ()]
+        refs = [ModelRef(name) for name in split_list(models, "--models", whole=names_a_path) or ()]
         runs = [(refs, given.settings(dataset))]
     keeps = [check_reconstruction_outputs(settings.task, plot, save_outputs, plot_is_heatmaps=True) for _, settings in runs]
     from stitchcli.stitching import evaluate  # torch: after the options are checked, so a bad one is refused at once

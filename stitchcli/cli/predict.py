@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Collection, List, Optional
 import typer
 
 from stitchcli.cli import options as opt
+from stitchcli.cli.settings_options import REPEATABLE, joined_list
 
 if TYPE_CHECKING:
     from stitchcli.cli.output import Progress
@@ -41,8 +42,9 @@ def predict_command(
     split: Annotated[str, typer.Option("--split", "-s", help="The split of --dataset.")] = "test",
     limit: Annotated[Optional[int], typer.Option(help="With --dataset: the seeded class-stratified subset of N rows (as embed --limit).", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="With --limit: the seed of the subset (as embed --seed).")] = 0,
-    input_column: Annotated[Optional[str], typer.Option("--input-column", help="The column of a table file (or of --dataset) that holds the inputs.",
-                                                        show_default=False)] = None,
+    input_column: Annotated[Optional[List[str]], typer.Option("--input-column", help="The column of a table file (or of --dataset) that holds "
+                                                              f"the inputs; comma-separated text columns are joined. {REPEATABLE}",
+                                                              show_default=False)] = None,
     label_column: opt.LabelColumn = None,
     dataset_revision: opt.DatasetRevision = None,
     top_k: Annotated[int, typer.Option("--top-k", help="Also give the K most probable classes of every input.", min=1)] = 1,
@@ -72,6 +74,7 @@ def predict_command(
     )
 
     bar = parse_min_accuracy(min_accuracy)
+    input_column = joined_list(input_column, "--input-column")  # --input-column a --input-column b is a,b
     check_output_path(csv_file, "--csv")
     if dataset is None and not inputs:
         raise UsageError("nothing to predict on: name INPUTS (files or folders) or pass --dataset D --split S")

@@ -52,6 +52,14 @@ def split_list(values: str | Sequence[str] | None, option: str, *, whole: Callab
     return tuple(names)
 
 
+def names_a_path(value: str) -> bool:
+    """Whether a value of a model list (--model, --models), --split or --from-array names a file or folder that
+    exists (or is NAME=PATH whose PATH exists), so that a comma in its name does not cut it into a list."""
+    from pathlib import Path
+
+    return any(part and Path(part).expanduser().exists() for part in (value, value.partition("=")[2]))
+
+
 def joined_list(values: str | Sequence[str] | None, option: str) -> str | None:
     """Give the occurrences of a repeated comma-list option that is read as one text (``--input-column``) as
     that text: ``--input-column title --input-column body`` is ``--input-column title,body``."""

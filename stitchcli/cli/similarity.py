@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, List, Optional, Sequence
 import typer
 
 from stitchcli.cli import options as opt
-from stitchcli.cli.settings_options import REPEATABLE, joined_list, split_list
+from stitchcli.cli.settings_options import REPEATABLE, joined_list, names_a_path, split_list
 from stitchcli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -174,7 +174,7 @@ def model_names(models: str | Sequence[str] | None, models_file: Path | None) ->
         names = [name for name in names if name]
         where = f"--models-file {models_file}"
     else:
-        names = list(split_list(models, "--models") or ())
+        names = list(split_list(models, "--models", whole=names_a_path) or ())
         where = "--models"
     if len(names) < 2:
         raise UsageError(f"similarity compares models: give at least two ({where} names {len(names)})")

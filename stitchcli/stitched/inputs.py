@@ -176,10 +176,13 @@ def _table_inputs(path: Path, modality: str, input_column: str | None) -> Inputs
     table = read_table(path.expanduser())
     if input_column is None:
         columns = _inferred_inputs(table, path, modality)
-    elif input_column not in table.column_names:
-        raise UsageError(f"{printable(path)} has no column {input_column!r}: use one of {', '.join(table.column_names)}")
-    else:
-        columns = (input_column,)
+    else:  # text columns given as a comma list are joined, as embed joins them
+        columns = tuple(name.strip() for name in input_column.split(","))
+        missing = [name for name in columns if name not in table.column_names]
+        if missing:
+            raise UsageError(f"{printable(path)} has no column {', '.join(map(repr, missing))}: use one of {', '.join(table.column_names)}")
+        if len(columns) > 1 and modality != "text":
+            raise UsageError(f"--input-column {input_column}: several columns are joined as text, and the model reads {modality}: name one column")
     count = table.num_rows
     if count == 0:
         raise UsageError(f"{printable(path)} has no rows: give a table that holds inputs")
