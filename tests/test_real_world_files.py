@@ -273,6 +273,7 @@ def test_text_with_no_label_column_embeds_and_compares_and_stitch_refuses(tmp_pa
     result = CliRunner().invoke(app, ["stitch", bert, twin, "-d", folder])
     assert result.exit_code == 2, result.output
     assert _the_error_line(result.stderr).startswith("stitchcli: error: dataset ") and "has no labels" in result.stderr
+    assert "no column of it is recognised as labels; its columns: text" in result.stderr  # what to choose from
 
 
 @pytest.mark.slow

@@ -41,6 +41,7 @@ __all__ = [
     "load_split",
     "random_subset",
     "resolve_dataset",
+    "split_columns",
     "stratified_subset",
 ]
 
@@ -142,6 +143,14 @@ def dataset_fingerprint(spec: DatasetSpec, split: str) -> str:
         UsageError: a local dataset has no such split.
     """
     return _KINDS[spec.kind][1](spec, split)
+
+
+def split_columns(spec: DatasetSpec, split: str) -> list[str]:
+    """Give the column names of a split, as a message listing what to choose from shows them."""
+    source = _KINDS[spec.kind][0](spec)
+    if split not in source.splits:
+        raise unknown_split(spec.name, split, source.splits)
+    return [printable(column.name) for column in source.columns(split)]
 
 
 def load_split(spec: DatasetSpec, split: str, *, limit: int | None = None, seed: int = 0) -> SplitData:

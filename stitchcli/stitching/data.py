@@ -6,6 +6,7 @@ The dataset is resolved once (:func:`resolve_sweep_dataset`) and the resolved sp
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
@@ -22,7 +23,7 @@ from stitchcli.anchors import (
 )
 from stitchcli.data.base import DatasetSpec, printable
 from stitchcli.embedding import EmbedOptions
-from stitchcli.errors import NotCached, UsageError
+from stitchcli.errors import NotCached, StitchError, UsageError
 from stitchcli.models import ModelRef
 from stitchcli.progress import Reporter
 from stitchcli.settings import StitchSettings
@@ -252,7 +253,7 @@ def require_labels(store: EmbeddingStore, ref: ModelRef, data: DatasetSpec, spli
     Reads as little as it can: the option given (``--label-column NAME`` or ``none``), else the model's cache
     entry when there is one, else the split's columns and labels (what embedding it reads first anyway).
     """
-    from stitchcli.data import load_split
+    from stitchcli.data import load_split, split_columns
     from stitchcli.data.base import NO_LABELS
     from stitchcli.embedding import entry_key, resolve_model_spec
 
@@ -272,7 +273,9 @@ def require_labels(store: EmbeddingStore, ref: ModelRef, data: DatasetSpec, spli
                 prefer_offline_when_unreachable()
             if load_split(data, split, limit=settings.limit, seed=settings.embed_seed).labelled:
                 return
-        why = "no column of it holds labels"
+        why = "no column of it is recognised as labels"
+        with contextlib.suppress(StitchError):  # the columns to choose from, where they can be read
+            why += f"; its columns: {', '.join(split_columns(data, split))}"
     raise UsageError(
         f"dataset '{printable(settings.dataset)}' split '{printable(split)}' has no labels ({why}), and fit-head, stitch and eval train and score "
         "class heads on labels: pass --label-column NAME naming its class column (embed and similarity need no labels)"
