@@ -319,17 +319,27 @@ def register_packaged_models(store: EmbeddingStore, names: Iterable[str] = PACKA
     for short in names:
         if short not in sources:
             continue
+        saved = store.load_name(short)
+        if saved is not None and saved.get("backend") != _PACKAGED_BACKENDS[short]:  # another model: nothing to build
+            _keep_theirs(short, saved, reporter)
+            continue
         name, options = sources[short]()
         packaged = replace(resolve_model_spec(store, ModelRef(name, options)), name=short).to_dict()
-        saved = store.load_name(short)
         if saved is not None and not _same_model(saved, packaged):
-            reporter.warn(f"{short!r} is a name saved in this cache for {saved.get('backend')}: {saved.get('source')}; it keeps "
-                          f"that meaning, and the packaged {short} is not used here (save yours under another name to have both)")
+            _keep_theirs(short, saved, reporter)
             continue
         if saved != packaged:  # first use, or the packaged files moved (another cache folder, a reinstall)
             store.save_name(short, packaged)
         loaded[short] = str(options.get("weights") or name)
     return loaded
+
+
+_PACKAGED_BACKENDS = {"minilm": "transformers", "mpnet": "transformers", "lite0": "timm", "lite2": "timm"}
+
+
+def _keep_theirs(short: str, saved: Mapping[str, object], reporter: Reporter) -> None:
+    reporter.warn(f"{short!r} is a name saved in this cache for {saved.get('backend')}: {saved.get('source')}; it keeps "
+                  f"that meaning, and the packaged {short} is not used here (save yours under another name to have both)")
 
 
 def _same_model(saved: Mapping[str, object], packaged: Mapping[str, object]) -> bool:
@@ -344,15 +354,13 @@ def _same_model(saved: Mapping[str, object], packaged: Mapping[str, object]) -> 
 
 
 def prepare_packaged(store: EmbeddingStore, dataset: str, models: Sequence[str], reporter: Reporter | None = None) -> str:
-    """Give the dataset's local name after writing a ``packaged:`` dataset and registering the demo models named in ``models``.
-
-    The packaged models are also registered on first use with any dataset (:func:`resolve_model_spec`); a name
-    the user saved for another model keeps its meaning (:func:`register_packaged_models`).
+    """Give the dataset's local name after writing a ``packaged:`` dataset, and register the packaged models named
+    in ``models`` (with any dataset: their first use prepares them, with progress through ``reporter``). A name the
+    user saved for another model keeps its meaning (:func:`register_packaged_models`); a library call that names
+    a packaged model without coming here registers it silently (:func:`resolve_model_spec`).
     """
     from stitchcli.data.packaged import PACKAGED_PREFIX, packaged_dataset
 
-    if not dataset.startswith(PACKAGED_PREFIX):
-        return dataset
-    path = packaged_dataset(dataset, store.root / "assets")
+    path = packaged_dataset(dataset, store.root / "assets") if dataset.startswith(PACKAGED_PREFIX) else dataset
     register_packaged_models(store, [name for name in models if name in PACKAGED_MODELS], reporter)
     return path

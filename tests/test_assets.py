@@ -199,3 +199,20 @@ def test_embed_name_refuses_a_packaged_name(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["embed", "-m", "timm:test_vit", "--weights", "random", "--name", "lite0",
                                       "-d", str(images), "--split", "test", "--cache-dir", str(tmp_path / "cache")])
     assert result.exit_code == 2 and "the name 'lite0' already means a model" in result.output
+
+
+def test_a_saved_name_of_another_kind_of_model_is_kept_without_building_the_packaged_one(tmp_path: Path) -> None:
+    """`mpnet` saved by the user for a timm model: kept, warned about, and the packaged MPNet (a download from the
+    package registry, offline here) is not fetched to compare with it."""
+    from stitchcli.assets import prepare_packaged
+    from stitchcli.embedding import resolve_model_spec
+    from stitchcli.models import ModelRef
+    from stitchcli.progress import Reporter
+    from stitchcli.store import EmbeddingStore
+
+    store = EmbeddingStore(tmp_path / "cache")
+    store.save_name("mpnet", resolve_model_spec(store, ModelRef("test_vit", {"weights": "random"})).to_dict())
+    warnings: list[str] = []
+    assert prepare_packaged(store, str(tmp_path / "data"), ["mpnet"], Reporter(warn=warnings.append)) == str(tmp_path / "data")
+    assert store.load_name("mpnet")["source"].startswith("test_vit") and not (store.root / "assets").exists()
+    assert len(warnings) == 1 and "'mpnet' is a name saved in this cache for timm" in warnings[0]
