@@ -497,3 +497,15 @@ def test_real_embeddings_against_a_rotated_copy_score_identical_and_a_shuffled_o
         assert abs(permutation_null(long, shuffled, name, permutations_count=10).calibrated) < 0.1, name
         # The truncated articles stay far more alike than chance.
         assert permutation_null(long, short, name, permutations_count=10).calibrated > 0.1, name
+
+
+def test_svcca_leaves_out_directions_without_variance() -> None:
+    """A rank-3 representation in 16 columns (a relative space on few anchors is one): SVCCA keeps its 3 directions
+    instead of refusing for want of 10 (the command line has no way to lower the components)."""
+    rng = np.random.default_rng(3)
+    low = rng.normal(size=(200, 3)) @ rng.normal(size=(3, 16))  # rank 3 once centred
+    other = rng.normal(size=(200, 12)) + low[:, :12]
+    kept = np.linalg.svd(centred(low), full_matrices=False)[0][:, :3]  # the 3 directions with variance
+    top = np.linalg.svd(centred(other), full_matrices=False)[0][:, :10]
+    assert measure(low, other, "svcca") == pytest.approx(float(np.cos(subspace_angles(kept, top)).mean()), abs=1e-6)
+    assert measure(low, low @ np.linalg.qr(rng.normal(size=(16, 16)))[0], "svcca") == pytest.approx(1.0, abs=1e-6)

@@ -318,12 +318,11 @@ def _nuclear_norm(matrix: torch.Tensor, singular: bool = False) -> float:
 def svcca_basis(rep: Representation, components: int, chunk_size: int = _CHUNK) -> torch.Tensor:
     """Give the top ``components`` left singular vectors of the centred ``rep``, (N, r) float64 orthonormal.
 
-    r = min(components, d, N - 1). They come from the eigenvectors V of Xcᵀ Xc as Xc V / σ, so nothing
-    N×N and nothing N×d beyond a row block is held; with fewer rows than columns, directly from the
-    eigenvectors of the N×N row Gram matrix Xc Xcᵀ (O(N²·d + N³) instead of O(N·d² + d³)).
-
-    Raises:
-        UsageError: fewer than r non-zero singular values (lower ``components``).
+    r = min(components, d, N - 1, rank): directions without variance (singular values below 1e-6 of the
+    largest) are left out, as their singular vectors are arbitrary. They come from the eigenvectors V of
+    Xcᵀ Xc as Xc V / σ, so nothing N×N and nothing N×d beyond a row block is held; with fewer rows than
+    columns, directly from the eigenvectors of the N×N row Gram matrix Xc Xcᵀ (O(N²·d + N³) instead of
+    O(N·d² + d³)).
     """
 
     def build() -> torch.Tensor:
@@ -341,13 +340,10 @@ def svcca_basis(rep: Representation, components: int, chunk_size: int = _CHUNK) 
                 xc = _centred_rows(rep, rows, chunk_size)
                 gram += xc.T @ xc
         eigenvalues, eigenvectors = torch.linalg.eigh(gram)
+        # directions without variance (a rank-deficient input: a relative space on few anchors) have arbitrary
+        # singular vectors; they are left out, so r is at most the rank
+        r = min(r, int((eigenvalues > 1e-12 * float(eigenvalues[-1])).sum()))
         top, vectors = eigenvalues.flip(0)[:r], eigenvectors.flip(1)[:, :r]
-        if not float(top[-1]) > 1e-12 * float(top[0]):
-            rank = int((eigenvalues > 1e-12 * float(top[0])).sum())
-            raise UsageError(
-                f"{rep.name} has only {rank} directions of variance, fewer than the {r} SVCCA components: "
-                f"pass components={rank} or fewer"
-            )
         if _wide(rep):
             return vectors.contiguous()  # the eigenvectors of Xc Xcᵀ are the left singular vectors themselves
         scale = vectors / top.sqrt()
