@@ -451,6 +451,17 @@ def test_a_split_folder_without_images_says_so_rather_than_that_there_is_no_such
         load_split(spec, "validation")
 
 
+def test_class_folders_without_a_split_level_get_a_hint_where_a_split_is_asked_for(tmp_path: Path) -> None:
+    """images/cat/1.png reads as two splits without labels (cat, dog): asking for train says what may be meant."""
+    from PIL import Image
+
+    for cls in ("cat", "dog"):
+        (tmp_path / "images" / cls).mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / "images" / cls / "1.png")
+    with pytest.raises(UsageError, match=r"no split 'train'; available splits: cat, dog \(if cat, dog are classes, put them in split folders: train/cat/…\)"):
+        load_split(resolve_dataset(str(tmp_path / "images")), "train")
+
+
 def test_missing_column_lists_the_columns(csv_dataset: Path) -> None:
     with pytest.raises(UsageError) as info:
         load_split(resolve_dataset(str(csv_dataset), input_column="body"), "train")

@@ -371,6 +371,11 @@ def unknown_split(dataset: str, split: str, available: Sequence[str], *, folder:
     if folder is not None and not split.startswith(".") and split != "__MACOSX" and (folder / split).is_dir():
         return UsageError(f"dataset '{printable(dataset)}' split folder '{printable(split)}' holds no image ({', '.join(IMAGE_EXTENSIONS)}), "
                           "in class folders or on its own: put the split's images there, or choose another split")
+    hint = ""
+    if folder is not None and available and all((folder / name).is_dir() and _holds_image(folder / name) for name in available):
+        # train/001.png is a split without labels, and so is cat/001.png: class folders with no split level above
+        hint = (f" (if {', '.join(map(printable, available))} are classes, put them in split folders: "
+                f"{printable(split)}/{printable(available[0])}/…)")
     return UsageError(
-        f"dataset '{printable(dataset)}' has no split '{printable(split)}'; available splits: {', '.join(map(printable, available)) or 'none'}"
+        f"dataset '{printable(dataset)}' has no split '{printable(split)}'; available splits: {', '.join(map(printable, available)) or 'none'}{hint}"
     )
