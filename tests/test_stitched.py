@@ -222,6 +222,22 @@ def test_a_head_trained_with_fit_head_is_saved_with_the_stitched_model(world, tm
     assert card["row"]["seed"] == 1 and model.parts.head.config["identity_digest"] == json.loads((tmp_path / "head.json").read_text())["identity_digest"]
     document = predict_json(tmp_path / "model", "-d", world.images, "--split", "test", "--cache-dir", world.cache)
     assert document["same_as_saved_row"] is True and document["accuracy"] == pytest.approx(card["accuracy"]["stitched"], abs=1e-6)
+    # without --save-row, the rows that use the head given are the candidates: never a map with a head of its own
+    unnamed = invoke("stitch", "vit", "cnx", "-d", world.images, "--head", tmp_path / "head.safetensors", "--save", tmp_path / "unnamed",
+                     "--cache-dir", world.cache, "--quiet")
+    assert unnamed.exit_code == 0, unnamed.stderr
+    saved = load_stitched(tmp_path / "unnamed")
+    assert saved.card["row"]["method"] == "relative"
+    assert saved.parts.head.config["identity_digest"] == json.loads((tmp_path / "head.json").read_text())["identity_digest"]
+
+
+def test_a_shared_space_row_is_not_a_candidate_to_save_and_cannot_be_asked_for(world, tmp_path):
+    args = ["stitch", "vit", "cnx", "-d", world.images, *FAST, "--bridge", "shared", "--cache-dir", world.cache, "--quiet"]
+    one_error_line(invoke(*args, "--save", tmp_path / "asked", "--save-row", "shared"), 2, "--save-row shared", "choose another row")
+    assert not (tmp_path / "asked").exists()  # refused before the sweep
+    saved = invoke(*args, "--save", tmp_path / "model", "--min-accuracy", "0")
+    assert saved.exit_code == 0, saved.stderr
+    assert load_stitched(tmp_path / "model").card["row"]["method"] != "shared"
 
 
 def test_an_unknown_save_row_names_the_rows_there_are(world, tmp_path):

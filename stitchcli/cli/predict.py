@@ -165,6 +165,9 @@ def check_stitch_outputs(save: Path | None, save_row: str | None, min_accuracy: 
 
     if save_row is not None and save is None and min_accuracy is None:
         raise UsageError("--save-row chooses the row --save writes (or --min-accuracy checks): add --save DIR")
+    if save_row is not None and save_row.strip() == "shared":
+        raise UsageError("--save-row shared: a shared space maps every model of a sweep, not one pair, so it is not saved as a "
+                         "stitched model: choose another row (a bridge, affine, relative…)")
     if save is not None:
         check_output_path(save, "--save", folder=True)
         check_target(save)

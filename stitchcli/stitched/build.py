@@ -24,7 +24,7 @@ import numpy as np
 from stitchcli.errors import UsageError
 from stitchcli.models import ModelRef
 from stitchcli.progress import Reporter
-from stitchcli.settings import StitchSettings
+from stitchcli.settings import SHARED, StitchSettings
 from stitchcli.stitched.maps import map_parts
 from stitchcli.stitched.model import StitchedParts, save_stitched
 from stitchcli.stitching.report import StitchReport, StitchRow, setting_label
@@ -121,6 +121,11 @@ def stitched_from_sweep(
     reporter = reporter or Reporter()
     device = resolve_device(settings.device)
     rows = matching_rows(report, encoder.name, decoder.name, row)
+    if row is None:
+        # a shared space's map spans every model of the sweep, not one pair: not a row a stitched model holds
+        rows = [r for r in rows if r.method != SHARED]
+        if head_file is not None:  # the head given is the one to save (and to hold to --min-accuracy), not another
+            rows = [r for r in rows if r.method == "relative"]
     if not rows:
         raise UsageError(f"stitch gave no defined {encoder.name}→{decoder.name} row to save")
     dataset = resolve_sweep_dataset(store, settings, [encoder.name, decoder.name], reporter)
