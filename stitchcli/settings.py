@@ -374,6 +374,8 @@ class Declared:
             return tuple(dict.fromkeys(expanded))
         if list(names) == ["none"] and self.option.empty_ok:
             return ()
+        if "none" in names and self.option.empty_ok:
+            raise UsageError(f"{self.flag} none means no {self.kind}: give it alone, not with {', '.join(n for n in names if n != 'none')}")
         return tuple(names)
 
     @property

@@ -76,6 +76,8 @@ def test_a_bad_repeat_is_refused_as_the_same_comma_list_is(args, same_as):
     assert len(result.output.strip().splitlines()) == 1, result.output
     if same_as is not None:
         assert result.output == run(same_as).output
+    if "none" in args:  # `none` stands alone: said so, not called an unknown baseline
+        assert "--baselines none means no baseline: give it alone, not with affine" in result.output
 
 
 def test_all_among_repeats_expands_as_in_one_list(monkeypatch, tmp_path):
