@@ -474,3 +474,13 @@ def test_a_file_system_error_blames_the_cache_only_when_it_happened_in_the_cache
     cannot = said(FileNotFoundError, errno.ENOENT, tmp_path / "parent")
     assert "cannot make" in cannot and "choose another --cache-dir" in cannot
     assert _describe_os_error(FileNotFoundError(errno.ENOENT, "gone", str(tmp_path / "parent" / "cache" / "x.json"))) is None  # a bug
+
+
+def test_square_brackets_in_help_are_shown_not_read_as_markup():
+    """rich reads [mlp-sum] as a style tag and drops it: --save-row's help showed ('cosine+euclidean ')."""
+    from typer.testing import CliRunner
+
+    from stitchcli.cli import app
+
+    result = CliRunner().invoke(app, ["stitch", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "('cosine+euclidean [mlp-sum]')" in result.output

@@ -150,9 +150,9 @@ SaveDir = Annotated[
 ]
 SaveRow = Annotated[
     Optional[str],
-    typer.Option("--save-row", help="The row to save (and to hold to --min-accuracy): relative, absolute, translation, affine, or a "
-                 "relative row as the table names it ('cosine+euclidean [mlp-sum]'). Default: the best row on validation data "
-                 "(the heads' held-out training rows), never the evaluation split.", show_default=False, metavar="ROW"),
+    typer.Option("--save-row", help="The row to save (and to hold to --min-accuracy): relative, absolute, translation, affine, a "
+                 "bridge's name, auto, or a relative row as the table names it ('cosine+euclidean \\[mlp-sum]'). Default: the best row "
+                 "on validation data (the heads' held-out training rows), never the evaluation split.", show_default=False, metavar="ROW"),
 ]
 
 
