@@ -174,8 +174,13 @@ def test_eval_matrix_similarity_csv_and_plots(clusters, tmp_path):
     summary = {(s["method"], tuple(s["projections"])): s for s in document["summary"]}
     assert summary[("relative", ("cosine",))]["stitched_pairs"] == 6
     with open(csv_path) as f:
-        assert len(list(csv.DictReader(f))) == len(document["rows"])
+        table_rows = list(csv.DictReader(f))
+    assert len(table_rows) == len(document["rows"])
+    chosen = [(row["encoder"], row["decoder"], row["chosen"]) for row in document["rows"] if row.get("chosen")]
+    assert chosen and chosen == [(row["encoder"], row["decoder"], row["chosen"]) for row in table_rows if row["chosen"]]  # auto's choice
     assert (csv_path.parent / "rows.similarity.csv").is_file()
+    printed = run_cli("eval", "--dataset", str(data), "--models", "A,B,C", *FAST, "--seeds", "0", "--projection", "cosine,l1")
+    assert printed.returncode == 0 and "auto: the bridge chosen, encoder rows, decoder columns" in printed.stdout
     pngs = sorted(p.name for p in plots.glob("*.png"))
     assert any(name.startswith("stitching-") for name in pngs) and any(name.startswith("similarity-") for name in pngs)
     assert all((plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in pngs)

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from stitchcli.stitching import StitchReport, StitchRow
 
 ROW_FIELDS = ("dataset", "encoder", "decoder", "method", "projections", "aggregation", "stitched",
-              "accuracy", "accuracy_std", "macro_f1", "macro_f1_std", "seeds", "note")
+              "accuracy", "accuracy_std", "macro_f1", "macro_f1_std", "seeds", "note", "chosen")
+"""The CSV columns of a row; ``chosen`` is the bridge an ``auto`` row chose (empty on the other rows)."""
 RECONSTRUCTION_ROW_FIELDS = ("task", "mse", "mse_std", "psnr", "psnr_std", "ssim", "ssim_std", "pixel_accuracy", "pixel_accuracy_std")
 """The CSV columns added when a report is of ``--task reconstruction`` (after ROW_FIELDS)."""
 SIMILARITY_FIELDS = ("dataset", "model_a", "model_b", "projection", "cka", "jaccard", "mrr", "cosine", "rows", "note")
@@ -85,7 +86,7 @@ def render_stitch(report: StitchReport, *, json_output: bool) -> None:
             spread(row),
             spread(ref, "macro_f1") if ref else "-",
             spread(row, "macro_f1"),
-            row.note or (f"auto chose {row.chosen}" if row.chosen else ""),
+            _note(row),
         ])
     seeds = ",".join(str(s) for s in stitched[0].seeds)
     print_table(
@@ -96,6 +97,11 @@ def render_stitch(report: StitchReport, *, json_output: bool) -> None:
         justify={name: "right" for name in (f"{decoder}→{decoder} acc", f"{encoder}→{decoder} acc", f"{decoder}→{decoder} F1", f"{encoder}→{decoder} F1")},
         trailing="note",
     )
+
+
+def _note(row: StitchRow) -> str:
+    """Give a row's note column: its note, or the bridge an ``auto`` row chose."""
+    return row.note or (f"auto chose {row.chosen}" if row.chosen else "")
 
 
 def _render_stitch_reconstruction(report: StitchReport, reference: dict, stitched: list[StitchRow], encoder: str, decoder: str) -> None:
@@ -109,7 +115,7 @@ def _render_stitch_reconstruction(report: StitchReport, reference: dict, stitche
         line = [setting_label(row.projections, row.aggregation, row.method)]
         for metric, _ in _RECONSTRUCTION_COLUMNS:
             line += [spread(ref, metric) if ref else "-", spread(row, metric)]
-        table_rows.append(line + [row.note or ""])
+        table_rows.append(line + [_note(row)])
     seeds = ",".join(str(s) for s in stitched[0].seeds)
     print_table(
         f"{encoder} → {decoder} on {report.dataset} ({report.split}; {_anchor_text(report)}; seeds {seeds}; reconstruction: "
@@ -189,7 +195,20 @@ def render_eval(reports: Sequence[StitchReport], *, json_output: bool, recipe: s
                 [[encoder, *(percent(value) for value in values)] for encoder, values in zip(names, matrix)],
                 justify={name: "right" for name in names},
             )
+            _render_choices(report, setting, names)
         _render_similarity(report)
+
+
+def _render_choices(report: StitchReport, setting: tuple, names: Sequence[str]) -> None:
+    """Print which bridge ``auto`` chose for each model pair (nothing for the other settings)."""
+    chosen = {(row.encoder, row.decoder): row.chosen for row in report.rows if row.setting == setting and row.chosen}
+    if not chosen:
+        return
+    print_table(
+        f"{setting_label(setting[1], setting[2], setting[0])}: the bridge chosen, encoder rows, decoder columns",
+        ["encoder \\ decoder", *names],
+        [[encoder, *(chosen.get((encoder, decoder), "-") for decoder in names)] for encoder in names],
+    )
 
 
 def _render_eval_reconstruction(report: StitchReport, names: Sequence[str]) -> None:
