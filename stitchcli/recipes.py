@@ -383,6 +383,9 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     if "models" not in document and any(own is None for _, own in datasets):
         raise check.error(f"models is missing: list at least {_MIN_MODELS} models, models = [\"A\", \"B\"]")
     models = _models(check, folder, document["models"]) if "models" in document else []
+    if models and all(own is not None for _, own in datasets):  # it would be read by no dataset, silently
+        raise check.error("models is used by no dataset: every entry of datasets lists its own models; "
+                          "drop the top-level models, or drop models from a dataset entry that should use it")
     dataset_models = {name: own if own is not None else models for name, own in datasets}
     settings = build_settings(datasets[0][0], values)
     _check_anchor_keys(check, document, settings, [m for own in dataset_models.values() for m in own], len(datasets))

@@ -65,6 +65,7 @@ def test_datasets_may_list_their_own_models(tmp_path: Path) -> None:
         ('datasets = [{ name = "mnist", models = ["a"] }]\n', "datasets[0].models must be a list of at least 2 models"),
         ('datasets = [{ models = ["a", "b"] }]\n', "datasets[0] has no name"),
         ('datasets = ["packaged:nope"]\nmodels = ["a", "b"]\n', "unknown packaged dataset 'packaged:nope'"),
+        ('datasets = [{ name = "mnist", models = ["a", "b"] }]\nmodels = ["c", "d"]\n', "models is used by no dataset"),
     ],
 )
 def test_per_dataset_models_errors(tmp_path: Path, text: str, message: str) -> None:
