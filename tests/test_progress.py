@@ -80,3 +80,10 @@ def test_the_done_line_counts_only_what_this_run_did_and_a_new_bar_logs_at_once(
 @pytest.mark.parametrize("width", [80, 100, 120, 160, 200])
 def test_a_seven_digit_count_shows_whole_at_any_width(width: int) -> None:
     assert "12/4799040 cells" in _last_frame(width, 4_799_040, 12)
+
+
+def test_a_status_outside_any_counted_stage_is_said_without_an_empty_count() -> None:
+    """fit-head trains one head with no bar started: its status line was ': 0/0 rows; training …'."""
+    progress, out = _plain()
+    progress.status("training lite2's cosine head, seed 0: epoch 1/40")
+    assert out.getvalue().splitlines() == ["training lite2's cosine head, seed 0: epoch 1/40"]

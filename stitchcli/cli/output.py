@@ -185,8 +185,10 @@ class Progress:
         if self.quiet or time.perf_counter() < self._next_log:
             return
         self._next_log = time.perf_counter() + 30.0
-        if say:
+        if say and self._total:
             self.info(f"{self._label}: {self._done}/{self._total} {self._unit}{self._status and '; ' + self._status}")
+        elif say and self._status:  # work outside any counted stage (one head trained): what it does, no count
+            self.info(self._status)
 
     def stop(self) -> None:
         """End the bar; without one, say in a last line that the work is done (when all of it is)."""
