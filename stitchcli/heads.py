@@ -537,7 +537,7 @@ def check_head(
     if num_classes is not None and head.num_classes != num_classes:
         raise UsageError(f"head {where} predicts {head.num_classes} classes but the dataset has {num_classes}: train one on this dataset")
     if model is not None and config.get("model") != model:
-        raise UsageError(f"head {where} was trained on {config.get('model')!r}'s latents, not {model!r}'s: pass {config.get('model')} as the decoder")
+        raise UsageError(f"head {where} was trained on the latents of {config.get('model')!r}, not of {model!r}: pass {config.get('model')} as the decoder")
     if head.kind != "relative":
         return
     head_anchors = config.get("anchors") or {}

@@ -177,7 +177,7 @@ CASES = [
     Case("stitch: --head file that is not a head", ("stitch", "arra", "arrb", "-d", "{img}", "--head", "{garbage_head}"), 2,
          ("cannot read head", "garbage.safetensors")),
     Case("stitch: head of another model as DECODER's", ("stitch", "arrb", "arra", "-d", "{img}", "--head", "{arrb_head}"), 2,
-         ("was trained on 'arrb'", "pass arrb as the decoder")),
+         ("was trained on the latents of 'arrb'", "pass arrb as the decoder")),
     Case("stitch: head of another dataset (other anchors and classes)", ("stitch", "arra", "arrb", "-d", "{img}", "--head", "{arrd_head}"), 2,
          ("was trained on dataset", "train one on this dataset")),
     Case("stitch: empty --seeds", ("stitch", "arra", "arrb", "-d", "{img}", "--seeds", ""), 2,

@@ -389,7 +389,7 @@ def test_check_head_passes_a_matching_request_and_ignores_what_is_not_requested(
         ({"dataset_id": "local:other"}, "trained on dataset 'local:toy', not the requested 'local:other'"),
         ({"dataset_fingerprint": "beef"}, "data of 'toy' changed"),
         ({"num_classes": 4}, "predicts 3 classes but the dataset has 4"),
-        ({"model": "enc-a"}, "trained on 'enc-b''s latents, not 'enc-a''s"),
+        ({"model": "enc-a"}, "trained on the latents of 'enc-b', not of 'enc-a'"),
         ({"anchor_ids": [3, 1, 4, 5, 9, 7], "anchors_name": "mine"}, "trained with anchors 'toy-6', not the requested 'mine'"),
         ({"projections": ("l1", "cosine")}, "reads projections cosine,l1, not the requested l1,cosine"),
         ({"aggregation": "mlp-sum"}, "aggregates with 'self-attention', not the requested 'mlp-sum'"),

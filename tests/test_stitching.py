@@ -231,7 +231,7 @@ def test_fit_head_saves_a_head_that_stitch_reads_and_refuses_mismatches(clusters
 
     # a head trained on another model's latents than the DECODER named
     refused = run_cli("stitch", "B", "A", "--dataset", str(data), "--head", str(head))
-    assert refused.returncode == 2 and "was trained on 'B''s latents" in refused.stderr
+    assert refused.returncode == 2 and "was trained on the latents of 'B'" in refused.stderr
 
 
 @pytest.mark.slow

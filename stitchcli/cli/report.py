@@ -319,7 +319,8 @@ def check_reconstruction_outputs(task: str, plot: Path | None, save_outputs: Pat
     if task != "reconstruction":
         wrong = [flag for flag, value in (("--plot", None if plot_is_heatmaps else plot), ("--save-outputs", save_outputs)) if value is not None]
         if wrong:
-            raise UsageError(f"{' and '.join(wrong)} write reconstructions: add --task reconstruction (on an image dataset), or drop {' and '.join(wrong)}")
+            verb = "writes" if len(wrong) == 1 else "write"
+            raise UsageError(f"{' and '.join(wrong)} {verb} reconstructions: add --task reconstruction (on an image dataset), or drop {' and '.join(wrong)}")
         keep = None  # a --plot left here is eval's heatmaps
     else:
         if plot is not None:
