@@ -268,6 +268,11 @@ def test_anchors_missing_from_the_encoders_cache_are_refused(tmp_path, cache_dir
     assert result.returncode == 2, result.stderr
     assert "anchors 'whole' were drawn from the whole split" in result.stderr and "lacks some of them" in result.stderr
     assert "Traceback" not in result.stderr and "embedding them now" not in result.stderr  # refused before any work
+    # a draw asked for that the saved anchors did not come from is refused, not silently ignored
+    for option, value, said in (("--anchor-strategy", "fps", "drawn with --anchor-strategy uniform, not the --anchor-strategy fps"),
+                                ("--anchor-seed", "3", "drawn with --anchor-seed 0, not the --anchor-seed 3")):
+        asked = run_cli("fit-head", "--model", str(tiny_bert), "--dataset", str(texts), "--anchors", "whole", option, value, *FAST)
+        assert asked.returncode == 2 and said in asked.stderr, asked.stderr
 
     # an encoder whose cached entry (the 10-row subset) lacks the anchors, named without --limit
     subset = run_cli("embed", "--model", str(tiny_bert), "--dataset", str(texts), "--limit", "10", "--name", "tiny10", "-q")

@@ -26,7 +26,7 @@ from stitchcli.embedding import EmbedOptions
 from stitchcli.errors import NotCached, StitchError, UsageError
 from stitchcli.models import ModelRef
 from stitchcli.progress import Reporter
-from stitchcli.settings import StitchSettings
+from stitchcli.settings import StitchSettings, by_name
 from stitchcli.store import CachedEmbeddings, EmbeddingStore
 
 
@@ -293,6 +293,12 @@ def _check_manifest_before_work(manifest: AnchorManifest, settings: StitchSettin
         )
     if settings.num_anchors is not None and settings.num_anchors != manifest.num:
         raise UsageError(f"anchors {manifest.name!r} hold {manifest.num} anchors, not the --num-anchors {settings.num_anchors} requested: drop one of the two")
+    # a draw asked for (not the defaults) that the saved anchors did not come from: said, not silently ignored
+    for name, asked, saved in (("anchor_strategy", settings.anchor_strategy, manifest.strategy), ("anchor_seed", settings.anchor_seed, manifest.seed)):
+        declared = by_name(name)
+        if asked != declared.default and asked != saved:
+            raise UsageError(f"anchors {manifest.name!r} were drawn with {declared.flag} {saved}, not the {declared.flag} {asked} "
+                             "requested: drop one of the two")
     if settings.limit is not None and manifest.limit != settings.limit:
         drawn = f"the --limit {manifest.limit} subset" if manifest.limit is not None else "the whole split"
         raise UsageError(
