@@ -445,6 +445,8 @@ def load_head(path: str | Path, *, device: torch.device | str = "cpu") -> Fitted
         path = next((candidate for candidate in candidates if candidate.is_file()), path)
     if not path.is_file():
         raise UsageError(f"head file {str(path)!r} does not exist: train one with `stitchcli fit-head --out FILE`")
+    if path.suffix == ".json" and path.with_suffix(".safetensors").is_file():  # the readable sidecar of the head
+        raise UsageError(f"{str(path)!r} is the description written beside a head: pass the head itself, {str(path.with_suffix('.safetensors'))!r}")
     retrain = "train it again with `stitchcli fit-head`, or copy it again from where it came"
     try:
         header = read_header(path)  # never unpickled: a file that is not safetensors + JSON stops here

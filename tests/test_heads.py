@@ -325,6 +325,11 @@ def assert_one_line_usage_error(path: Path, match: str) -> None:
     assert "\n" not in str(caught.value)
 
 
+def test_the_json_beside_a_head_is_named_as_such_with_the_file_to_pass(tmp_path):
+    save_head(tmp_path / "decoder-head", make_head())
+    assert_one_line_usage_error(tmp_path / "decoder-head.json", r"the description written beside a head: pass the head itself, .*decoder-head.safetensors")
+
+
 def test_load_refuses_a_missing_file(tmp_path):
     assert_one_line_usage_error(tmp_path / "nothing.safetensors", "does not exist")
 
