@@ -484,3 +484,14 @@ def test_square_brackets_in_help_are_shown_not_read_as_markup():
 
     result = CliRunner().invoke(app, ["stitch", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and "('cosine+euclidean [mlp-sum]')" in result.output
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_the_version_is_printed_and_nothing_else_runs(flag):
+    from typer.testing import CliRunner
+
+    import stitchcli
+    from stitchcli.cli import app
+
+    result = CliRunner().invoke(app, [flag])
+    assert result.exit_code == 0 and result.output.strip() == f"stitchcli {stitchcli.__version__}"
