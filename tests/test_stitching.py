@@ -273,6 +273,10 @@ def test_anchors_missing_from_the_encoders_cache_are_refused(tmp_path, cache_dir
                                 ("--anchor-seed", "3", "drawn with --anchor-seed 0, not the --anchor-seed 3")):
         asked = run_cli("fit-head", "--model", str(tiny_bert), "--dataset", str(texts), "--anchors", "whole", option, value, *FAST)
         assert asked.returncode == 2 and said in asked.stderr, asked.stderr
+    # anchors of a --limit subset used without --limit: valid, the whole split is embedded, and a warning says so
+    assert run_cli("anchor", "--dataset", str(texts), "--num", "4", "--limit", "10", "--name", "sub").returncode == 0
+    whole = run_cli("fit-head", "--model", str(tiny_bert), "--dataset", str(texts), "--anchors", "sub", *FAST)
+    assert whole.returncode == 0 and "drawn from the --limit 10 subset" in whole.stderr and "pass --limit 10" in whole.stderr
 
     # an encoder whose cached entry (the 10-row subset) lacks the anchors, named without --limit
     subset = run_cli("embed", "--model", str(tiny_bert), "--dataset", str(texts), "--limit", "10", "--name", "tiny10", "-q")

@@ -207,6 +207,9 @@ def prepare(
         manifest = load_anchor_manifest(store, settings.anchors)
     if manifest is not None:
         _check_manifest_before_work(manifest, settings, data)
+        if manifest.limit is not None and settings.limit is None:  # valid (the subset's rows are in the split), maybe not meant
+            reporter.warn(f"anchors {manifest.name!r} were drawn from the --limit {manifest.limit} subset, and without --limit "
+                          f"the whole split is embedded: pass --limit {manifest.limit} to work on that subset")
     if settings.anchor_model is not None and STRATEGIES[settings.anchor_strategy].needs_embeddings and settings.anchor_model not in names:
         raise UsageError(f"--anchor-model {settings.anchor_model} is not one of the models: name one of {', '.join(names)}")
     if heads:  # before any embedding: a head is trained on the training split's labels and scored on the evaluated split's
