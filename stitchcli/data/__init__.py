@@ -41,7 +41,7 @@ __all__ = [
     "load_split",
     "random_subset",
     "resolve_dataset",
-    "split_columns",
+    "split_label_column",
     "stratified_subset",
 ]
 
@@ -145,12 +145,25 @@ def dataset_fingerprint(spec: DatasetSpec, split: str) -> str:
     return _KINDS[spec.kind][1](spec, split)
 
 
-def split_columns(spec: DatasetSpec, split: str) -> list[str]:
-    """Give the column names of a split, as a message listing what to choose from shows them."""
+def _source(spec: DatasetSpec, split: str) -> SplitSource:
+    """Give the source of a dataset's rows, after refusing a split it lacks (UsageError naming those it has)."""
     source = _KINDS[spec.kind][0](spec)
     if split not in source.splits:
-        raise unknown_split(spec.name, split, source.splits)
-    return [printable(column.name) for column in source.columns(split)]
+        raise unknown_split(spec.name, split, source.splits, folder=Path(spec.source) if spec.kind == "imagefolder" else None)
+    return source
+
+
+def _where(spec: DatasetSpec, split: str) -> str:
+    return f"dataset '{printable(spec.name)}' split '{printable(split)}'"
+
+
+def split_label_column(spec: DatasetSpec, split: str) -> tuple[str | None, list[str]]:
+    """Give (the column :func:`load_split` reads a split's labels from, None when it reads the split without
+    labels; the names of the split's columns, as a message listing what to choose from shows them), reading no row."""
+    source = _source(spec, split)
+    columns = source.columns(split)
+    _, label, _ = infer_columns(columns, spec.input_columns, spec.label_column, where=_where(spec, split))
+    return label, [printable(column.name) for column in columns]
 
 
 def load_split(spec: DatasetSpec, split: str, *, limit: int | None = None, seed: int = 0) -> SplitData:
@@ -175,10 +188,8 @@ def load_split(spec: DatasetSpec, split: str, *, limit: int | None = None, seed:
     """
     if limit is not None and limit <= 0:
         raise UsageError(f"--limit must be a positive number of rows, not {limit}")
-    source = _KINDS[spec.kind][0](spec)
-    if split not in source.splits:
-        raise unknown_split(spec.name, split, source.splits, folder=Path(spec.source) if spec.kind == "imagefolder" else None)
-    where = f"dataset '{printable(spec.name)}' split '{printable(split)}'"
+    source = _source(spec, split)
+    where = _where(spec, split)
     num_rows = source.num_rows(split)
     if num_rows == 0:
         raise UsageError(f"{where} has no rows: give a split that holds data")

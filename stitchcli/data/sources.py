@@ -281,6 +281,11 @@ def _holds_image(folder: Path) -> bool:
     return any(_is_image(e.name) and _is_kind(e, "file") for e in _entries(folder, strict=False))
 
 
+def _image_files(folder: Path) -> list[str]:
+    """Give the paths of the image files directly in ``folder``, sorted by name."""
+    return [str(folder / name) for name in sorted(e.name for e in _entries(folder) if _is_image(e.name) and _is_kind(e, "file"))]
+
+
 def image_folder_splits(root: Path) -> list[str]:
     """Give the split folders of ``root`` that hold class folders of images, or images (unlabelled), sorted by name.
 
@@ -333,16 +338,16 @@ class ImageFolderSource:
         if split not in self._listing:
             paths: list[str] = []
             labels: list[int] = []
-            if not self._has_classes(split):
-                folder = self.root / split
-                paths = [str(folder / f) for f in sorted(e.name for e in _entries(folder) if _is_image(e.name) and _is_kind(e, "file"))]
-            for class_id, name in enumerate(self.class_names if self._has_classes(split) else ()):
-                class_dir = self.root / split / name
-                if not class_dir.is_dir():
-                    continue
-                files = sorted(e.name for e in _entries(class_dir) if _is_image(e.name) and _is_kind(e, "file"))
-                paths.extend(str(class_dir / f) for f in files)
-                labels.extend([class_id] * len(files))
+            if self._has_classes(split):
+                for class_id, name in enumerate(self.class_names):
+                    class_dir = self.root / split / name
+                    if not class_dir.is_dir():
+                        continue
+                    files = _image_files(class_dir)
+                    paths.extend(files)
+                    labels.extend([class_id] * len(files))
+            else:  # the split folder's own images, without labels
+                paths = _image_files(self.root / split)
             self._listing[split] = (paths, np.asarray(labels, dtype=np.int64))
         return self._listing[split]
 

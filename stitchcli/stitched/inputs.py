@@ -108,9 +108,10 @@ def inputs_from_paths(paths: Sequence[str | os.PathLike[str]], modality: str, *,
         return _table_inputs(tables[0], modality, input_column)
     if input_column is not None:
         raise UsageError(f"--input-column names a column of a table file ({', '.join(TABLE_SUFFIXES)}): none was given")
-    if [str(p) for p in paths].count(STDIN) > 1:
+    stdin = [str(p) for p in paths].count(STDIN)
+    if stdin > 1:
         raise UsageError("- (standard input) is given twice: name it once")
-    if modality == "image" and STDIN in [str(p) for p in paths]:
+    if modality == "image" and stdin:
         listed = [line.strip() for line in _stdin_lines() if line.strip()]
         paths = [q for p in paths for q in (listed if str(p) == STDIN else [p])]
         if not paths:

@@ -183,7 +183,7 @@ def _comparable_labels(model: StitchedModel, labels: list[str] | None, where: st
         return None
     classes = set(model.classes)
     present = list(dict.fromkeys(labels))
-    foreign = [label for label in present if label not in classes]
+    foreign = [label for label in present if label not in classes]  # in the order met, for the message
     if not foreign:
         return labels
 
@@ -198,7 +198,7 @@ def _comparable_labels(model: StitchedModel, labels: list[str] | None, where: st
                              "naming such a column), or drop --min-accuracy to see the predictions")
         reporter.warn(f"{said}: the rows are predicted without an accuracy")
         return None
-    rows = sum(label in set(foreign) for label in labels)
+    rows = sum(label not in classes for label in labels)
     reporter.warn(f"label(s) {shown(foreign)} of {where} are not among the model's classes: their {rows} row(s) count as errors")
     return labels
 

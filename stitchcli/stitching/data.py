@@ -254,9 +254,9 @@ def require_labels(store: EmbeddingStore, ref: ModelRef, data: DatasetSpec, spli
     """Refuse (UsageError, one line) a split read without labels, before a class head is trained on it or scored on it.
 
     Reads as little as it can: the option given (``--label-column NAME`` or ``none``), else the model's cache
-    entry when there is one, else the split's columns and labels (what embedding it reads first anyway).
+    entry when there is one, else the split's columns (no row).
     """
-    from stitchcli.data import load_split, split_columns
+    from stitchcli.data import split_label_column
     from stitchcli.data.base import NO_LABELS
     from stitchcli.embedding import entry_key, resolve_model_spec
 
@@ -269,16 +269,19 @@ def require_labels(store: EmbeddingStore, ref: ModelRef, data: DatasetSpec, spli
         entry = store.lookup(spec.storage_name, entry_key(spec, data, split, limit=settings.limit, seed=settings.embed_seed))
         if entry is not None and entry.metadata.get("label_column") is not None:
             return
+        columns: list[str] = []
         if entry is None:
             if data.kind == "hub":
                 from stitchcli.hub import prefer_offline_when_unreachable
 
                 prefer_offline_when_unreachable()
-            if load_split(data, split, limit=settings.limit, seed=settings.embed_seed).labelled:
+            label, columns = split_label_column(data, split)
+            if label is not None:
                 return
-        why = "no column of it is recognised as labels"
-        with contextlib.suppress(StitchError):  # the columns to choose from, where they can be read
-            why += f"; its columns: {', '.join(split_columns(data, split))}"
+        else:  # read without labels when it was embedded: the columns to choose from, where they can be read
+            with contextlib.suppress(StitchError):
+                columns = split_label_column(data, split)[1]
+        why = "no column of it is recognised as labels" + (f"; its columns: {', '.join(columns)}" if columns else "")
     raise UsageError(
         f"dataset '{printable(settings.dataset)}' split '{printable(split)}' has no labels ({why}), and fit-head, stitch and eval train and score "
         "class heads on labels: pass --label-column NAME naming its class column (embed and similarity need no labels)"
