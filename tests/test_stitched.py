@@ -240,9 +240,17 @@ def test_a_shared_space_row_is_not_a_candidate_to_save_and_cannot_be_asked_for(w
     assert load_stitched(tmp_path / "model").card["row"]["method"] != "shared"
 
 
-def test_an_unknown_save_row_names_the_rows_there_are(world, tmp_path):
-    bogus = invoke("stitch", "vit", "cnx", "-d", world.images, *FAST, "--save", tmp_path / "x", "--save-row", "cosin", "--cache-dir", world.cache)
-    one_error_line(bogus, 2, "--save-row 'cosin'", "affine", "cosine+euclidean[mlp-sum]")
+def test_an_unknown_save_row_names_the_rows_there_are_before_any_work(world, tmp_path):
+    # the l1 projection and a third seed: heads no earlier test trained, so a sweep run before the refusal would say so
+    args = ["stitch", "vit", "cnx", "-d", world.images, *FAST, "--seeds", "7", "-p", "cosine,l1", "--save", tmp_path / "x", "--cache-dir", world.cache]
+    bogus = invoke(*args, "--save-row", "cosin")
+    line = one_error_line(bogus, 2, "--save-row 'cosin'", "affine", "auto", "cosine+l1[mlp-sum]")
+    assert "cosine+euclidean" not in line  # the rows of these settings, not of the defaults
+    assert not any(word in bogus.stderr for word in ("projecting", "trained", "training")), bogus.stderr
+    # a relative row named by its projections alone, and a bridge the settings sweep, pass the early check
+    for row in ("cosine + l1", "auto"):
+        assert invoke(*args, "--save-row", row, "--bridge", "auto", "--quiet").exit_code == 0
+    one_error_line(invoke(*args, "--save-row", "refine", "--bridge", "none"), 2, "--save-row 'refine'")
 
 
 # ----- directories that are refused ------------------------------------------------------------------------

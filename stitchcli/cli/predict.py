@@ -156,10 +156,13 @@ SaveRow = Annotated[
 ]
 
 
-def check_stitch_outputs(save: Path | None, save_row: str | None, min_accuracy: str | None) -> float | None:
-    """Give the --min-accuracy bar after refusing, before any work, a --save folder that cannot be used."""
+def check_stitch_outputs(save: Path | None, save_row: str | None, min_accuracy: str | None, settings: StitchSettings,
+                         head: Path | None) -> float | None:
+    """Give the --min-accuracy bar after refusing, before any work, a --save folder that cannot be used or a --save-row
+    that names none of the sweep's rows (with --head: once the head is read, as its settings decide the rows)."""
     from stitchcli.cli.output import check_output_path
     from stitchcli.errors import UsageError
+    from stitchcli.stitched.build import check_row_name
     from stitchcli.stitched.files import check_target
     from stitchcli.stitched.predicting import parse_min_accuracy
 
@@ -168,6 +171,8 @@ def check_stitch_outputs(save: Path | None, save_row: str | None, min_accuracy: 
     if save_row is not None and save_row.strip() == "shared":
         raise UsageError("--save-row shared: a shared space maps every model of a sweep, not one pair, so it is not saved as a "
                          "stitched model: choose another row (a bridge, affine, relative…)")
+    if head is None:
+        check_row_name(settings, save_row)
     if save is not None:
         check_output_path(save, "--save", folder=True)
         check_target(save)

@@ -56,7 +56,7 @@ def stitch_command(
 
     settings = given.settings(dataset)
     keep = check_reconstruction_outputs(settings.task, plot, save_outputs)
-    bar = check_stitch_outputs(save, save_row, min_accuracy)
+    bar = check_stitch_outputs(save, save_row, min_accuracy, settings, head)
     if settings.task != "classification" and (save is not None or min_accuracy is not None):
         raise UsageError(f"--save and --min-accuracy apply to classification: drop them with --task {settings.task}")
     progress, store, reporter = progress_and_store(cache_dir, quiet)

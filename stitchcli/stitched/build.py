@@ -17,7 +17,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Sequence
+from typing import Any, Collection, NoReturn, Sequence
 
 import numpy as np
 
@@ -82,13 +82,37 @@ def matching_rows(report: StitchReport, encoder: str, decoder: str, wanted: str 
     rows = [r for r in report.rows if r.encoder == encoder and r.decoder == decoder and r.stitched and r.accuracy is not None]
     if wanted is None:
         return rows
-    key = wanted.replace(" ", "")
-    chosen = [r for r in rows if r.method == key or (r.method == "relative" and key in (
-        setting_label(r.projections, r.aggregation).replace(" ", ""), "+".join(r.projections)))]
+    chosen = [r for r in rows if _names_row(wanted, r.method, r.projections, r.aggregation)]
     if not chosen:
-        labels = list(dict.fromkeys(["relative", *(setting_label(r.projections, r.aggregation, r.method).replace(" ", "") for r in rows)]))
-        raise UsageError(f"--save-row {wanted!r} names no row of this stitch: use one of {', '.join(labels)}")
+        _no_such_row(wanted, [(r.method, r.projections, r.aggregation) for r in rows])
     return chosen
+
+
+def check_row_name(settings: StitchSettings, wanted: str | None) -> None:
+    """Refuse, before any work, a ``--save-row`` that names none of the rows ``settings`` will give.
+
+    The rows of a sweep follow from its settings alone: a relative row per projection set and aggregation, a row
+    per baseline and per bridge (the affine bridge is the affine baseline's row). With ``--head`` the head's
+    settings replace these: check after reading it (:func:`matching_rows`).
+    """
+    if wanted is None:
+        return
+    planned = [("relative", subset, aggregation) for subset in settings.projection_sets() for aggregation in settings.aggregations]
+    planned += [(method, (), None) for method in dict.fromkeys([*settings.baselines, *settings.bridges])]
+    if not any(_names_row(wanted, *row) for row in planned):
+        _no_such_row(wanted, planned)
+
+
+def _names_row(wanted: str, method: str, projections: Sequence[str], aggregation: str | None) -> bool:
+    """Tell whether ``wanted`` (a method, or a relative row's setting; spaces ignored) names this row."""
+    key = wanted.replace(" ", "")
+    return method == key or (method == "relative" and key in (setting_label(projections, aggregation).replace(" ", ""), "+".join(projections)))
+
+
+def _no_such_row(wanted: str, rows: Sequence[tuple[str, Sequence[str], str | None]]) -> NoReturn:
+    labels = list(dict.fromkeys(["relative", *(setting_label(projections, aggregation, method).replace(" ", "")
+                                               for method, projections, aggregation in rows)]))
+    raise UsageError(f"--save-row {wanted!r} names no row of this stitch: use one of {', '.join(labels)}")
 
 
 def stitched_from_sweep(
