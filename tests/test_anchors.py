@@ -168,6 +168,16 @@ def test_class_balanced_counts_differ_by_at_most_one(cache_dir, image_folder):
     assert len(seen) > 1, "the leftover should go to classes in a seeded order"
 
 
+def test_class_balanced_with_fewer_anchors_than_classes_says_which_have_none(cache_dir, image_folder):
+    warnings: list[str] = []
+    manifest = choose_anchors(EmbeddingStore(cache_dir), str(image_folder), num=2, strategy="class-balanced", reporter=Reporter(warn=warnings.append))
+    counts = manifest.class_counts()
+    assert sorted(counts.values()) == [0, 1, 1]
+    (missing,) = [name for name, count in counts.items() if count == 0]
+    assert len(warnings) == 1 and "2 anchor(s) for 3 classes" in warnings[0] and f"({missing};" in warnings[0], warnings
+    assert "--num-anchors 3" in warnings[0] and manifest.notes == warnings
+
+
 def test_class_balanced_with_a_class_too_small_takes_all_of_it_and_warns(cache_dir, tmp_path):
     data = make_image_folder(tmp_path / "uneven", per_class={"train": 6}, classes=("cat", "dog"))
     # one more class with a single image

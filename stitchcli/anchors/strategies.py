@@ -102,7 +102,13 @@ def _class_balanced(pool: AnchorPool, num: int, rng: np.random.Generator) -> Sel
     quota = balanced_quotas(sizes, num, order)
     chosen = [rng.choice(np.flatnonzero(pool.labels == cls), size=int(q), replace=False) for cls, q in zip(classes, quota)]
     notes = []
-    if quota.max() - quota.min() > 1:
+    if num < len(classes):
+        left_out = [_class_name(pool, c) for c, q in zip(classes, quota) if q == 0]
+        notes.append(
+            f"class-balanced: {num} anchor(s) for {len(classes)} classes, so {len(left_out)} class(es) have none "
+            f"({_few(left_out)}; chosen by the seed): pass --num-anchors {len(classes)} or more for one of each"
+        )
+    elif quota.max() - quota.min() > 1:
         fair = num // len(classes)
         small = [f"{_class_name(pool, c)} ({s} row{'s' if s != 1 else ''})" for c, s, q in zip(classes, sizes, quota) if q == s and s < fair]
         notes.append(
@@ -111,6 +117,11 @@ def _class_balanced(pool: AnchorPool, num: int, rng: np.random.Generator) -> Sel
             f"(counts range from {int(quota.min())} to {int(quota.max())})"
         )
     return Selection(np.concatenate(chosen), {"per_class": {_class_name(pool, c): int(q) for c, q in zip(classes, quota)}}, notes)
+
+
+def _few(names: list[str], shown: int = 5) -> str:
+    """Give the first ``shown`` names, then how many more."""
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _class_name(pool: AnchorPool, label: int) -> str:
