@@ -28,7 +28,7 @@ def demo_command(
     the similarity table is printed. A second run reads everything from the cache.
     """
     from stitchcli.cli.output import progress_and_store
-    from stitchcli.cli.report import render_eval
+    from stitchcli.cli.report import render_eval, work_line
     from stitchcli.demo import demo_recipe_path
     from stitchcli.errors import UsageError
     from stitchcli.recipes import load_recipe, recipe_sweeps
@@ -43,10 +43,7 @@ def demo_command(
     for models, settings in sweeps:
         progress.info(f"demo: {' <-> '.join(m.name for m in models)} on {settings.dataset}")
         reports.append(evaluate(store, models, settings, reporter=reporter))
-    progress.info(
-        f"{sum(r.heads_trained for r in reports)} head(s) trained, {sum(r.heads_cached for r in reports)} read from the cache, "
-        f"in {sum(r.seconds for r in reports):.1f} s"
-    )
+    progress.info(work_line(reports))
     render_eval(reports, json_output=json_output, recipe=str(recipe.path))
     if not json_output and not quiet:
         progress.info("next: `stitchcli stitch lite0 lite2 -d packaged:mnist5k --limit 300` (cached now), or `stitchcli eval --recipe recipes/offline-demo.toml --plot plots/`")

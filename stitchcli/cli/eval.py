@@ -44,7 +44,7 @@ def eval_command(
     the absolute latents' CKA). Missing embeddings, anchors and heads are built and cached.
     """
     from stitchcli.cli.output import check_output_path, progress_and_store
-    from stitchcli.cli.report import check_reconstruction_outputs, render_eval, write_csv, write_reconstruction_outputs
+    from stitchcli.cli.report import check_reconstruction_outputs, render_eval, work_line, write_csv, write_reconstruction_outputs
     from stitchcli.models import ModelRef
     from stitchcli.settings import by_name
 
@@ -81,9 +81,7 @@ def eval_command(
     for (refs, settings), keep in zip(runs, keeps):
         progress.info(f"eval: {len(refs)} models on {settings.dataset}")
         reports.append(evaluate(store, refs, settings, reporter=reporter, keep=keep))
-    trained = sum(r.heads_trained for r in reports)
-    cached = sum(r.heads_cached for r in reports)
-    progress.info(f"{trained} head(s) trained, {cached} read from the cache, in {sum(r.seconds for r in reports):.1f} s")
+    progress.info(work_line(reports))
     if csv_file is not None:
         for path in write_csv(csv_file, reports):
             progress.info(f"wrote {path}")

@@ -64,6 +64,12 @@ def _anchor_text(report: StitchReport) -> str:
     return f"{anchors['num']} anchors {anchors['name']!r}"
 
 
+def work_line(reports: Sequence[StitchReport]) -> str:
+    """Give the line that ends a sweep's progress: its time (the whole sweep, not the heads alone) and what it trained."""
+    trained, cached = sum(r.heads_trained for r in reports), sum(r.heads_cached for r in reports)
+    return f"done in {sum(r.seconds for r in reports):.1f} s: {trained} head(s) trained, {cached} read from the cache"
+
+
 def render_stitch(report: StitchReport, *, json_output: bool) -> None:
     """Print ``stitch``'s result: one JSON document, or a table with one line per projection set and baseline."""
     if json_output:

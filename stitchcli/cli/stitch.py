@@ -51,7 +51,7 @@ def stitch_command(
     from stitchcli.cli.output import progress_and_store
     from stitchcli.cli.report import check_reconstruction_outputs, write_reconstruction_outputs
     from stitchcli.cli.predict import check_stitch_outputs, save_and_check
-    from stitchcli.cli.report import render_stitch
+    from stitchcli.cli.report import render_stitch, work_line
     from stitchcli.models import ModelRef
 
     settings = given.settings(dataset)
@@ -63,7 +63,7 @@ def stitch_command(
     from stitchcli.stitching import stitch  # torch: after the options are checked, so a bad one is refused at once
 
     report = stitch(store, ModelRef(encoder), ModelRef(decoder), settings, head_file=head, explicit=given.explicit, reporter=reporter, keep=keep)
-    progress.info(f"{report.heads_trained} head(s) trained, {report.heads_cached} read from the cache, in {report.seconds:.1f} s")
+    progress.info(work_line([report]))
     write_reconstruction_outputs([report], plot, save_outputs, progress)
     render_stitch(report, json_output=json_output)
     save_and_check(store, ModelRef(encoder), ModelRef(decoder), settings, report, save=save, save_row=save_row, bar=bar, head_file=head,
