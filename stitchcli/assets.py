@@ -22,7 +22,9 @@ from stitchcli.store import atomic_file, write_text_atomically
 if TYPE_CHECKING:
     import torch
 
+    from stitchcli.data import DatasetSpec
     from stitchcli.progress import Reporter
+    from stitchcli.settings import DatasetOptions
     from stitchcli.store import EmbeddingStore
 
 # lukemelas top-level module -> timm module
@@ -370,3 +372,16 @@ def prepare_packaged(store: EmbeddingStore, dataset: str, models: Sequence[str],
     path = packaged_dataset(dataset, store.root / "assets") if dataset.startswith(PACKAGED_PREFIX) else dataset
     register_packaged_models(store, [name for name in models if name in PACKAGED_MODELS], reporter)
     return path
+
+
+def resolve_given_dataset(store: EmbeddingStore, dataset: str, options: DatasetOptions, models: Sequence[str] = (),
+                          reporter: Reporter | None = None, *, split_paths: Mapping[str, str] | None = None) -> DatasetSpec:
+    """Give the spec of ``dataset`` as a command was given it, read with ``options``: a ``packaged:`` dataset is written
+    first and the packaged models among ``models`` registered (:func:`prepare_packaged`).
+
+    A packaged dataset keeps its ``packaged:NAME`` as the spec's name, which messages and reports show; the folder
+    it was written to is the source, which the cache keys and anchor names use (as for any local data).
+    """
+    local = prepare_packaged(store, dataset, models, reporter)
+    spec = options.resolve(local, split_paths=split_paths)
+    return spec if local == dataset else replace(spec, name=dataset)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,28 @@ def test_minilm_puts_paraphrases_closer_than_unrelated_sentences(cache_dir, tmp_
     for i in range(len(PARAPHRASES)):
         others = np.delete(sims[i], i)
         assert sims[i, i] > others.max() + 0.1, (i, sims[i])
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_a_packaged_dataset_is_named_as_given_and_read_by_that_name(real_mnist):
+    """The packaged digits are written to a folder of the cache, which keys their entries; messages, the embed table
+    and JSON show `packaged:mnist5k` as the user typed it (they showed the folder), and the library reads the entries
+    by that name too."""
+    from conftest import run_cli
+
+    store, mnist = real_mnist
+    by_path = load_embeddings(store, "lite0", mnist, "test", limit=REAL_MNIST_ROWS)
+    by_name = load_embeddings(store, "lite0", "packaged:mnist5k", "test", limit=REAL_MNIST_ROWS)
+    assert by_name.path == by_path.path
+    result = run_cli("embed", "--model", "lite0", "-d", "packaged:mnist5k", "--split", "test", "--limit", str(REAL_MNIST_ROWS),
+                     "--json", env={"STITCHCLI_CACHE": str(store.root)})
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)["entries"]
+    assert (row["dataset"], row["cache_hit"]) == ("packaged:mnist5k", True)
+    table = run_cli("embed", "--model", "lite0", "-d", "packaged:mnist5k", "--split", "test", "--limit", str(REAL_MNIST_ROWS),
+                    env={"STITCHCLI_CACHE": str(store.root), "COLUMNS": "300"})
+    assert "packaged:mnist5k" in table.stdout and str(mnist) not in table.stdout + table.stderr, table.stdout
 
 
 def test_efficientnet_lite0_features_beat_random_weights_on_real_mnist(real_mnist):

@@ -126,10 +126,9 @@ def choose_anchors(
     if isinstance(dataset, DatasetSpec):
         data = dataset
     else:
-        from stitchcli.assets import prepare_packaged
+        from stitchcli.assets import resolve_given_dataset
 
-        local = prepare_packaged(store, dataset, [model_name] if model_name else [], reporter)
-        data = dataset_options.resolve(local)
+        data = resolve_given_dataset(store, dataset, dataset_options, [model_name] if model_name else [], reporter)
     # A name that resolves again from any folder: local data by its absolute path.
     dataset_name = data.name if data.kind == "hub" else data.source
     entry: CachedEmbeddings | None = None

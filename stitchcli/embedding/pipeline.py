@@ -159,10 +159,9 @@ def resolve_embed_dataset(
         if split_paths:
             raise UsageError("--split NAME=PATH names table files: give the dataset by name with them")
         return dataset
-    from stitchcli.assets import prepare_packaged
+    from stitchcli.assets import resolve_given_dataset
 
-    local = prepare_packaged(store, dataset, models, reporter)
-    return dataset_options.resolve(local, split_paths=split_paths)
+    return resolve_given_dataset(store, dataset, dataset_options, models, reporter, split_paths=split_paths)
 
 
 def _embed_all(
@@ -374,7 +373,12 @@ def load_embeddings(
         UsageError: some array jobs of the entry have not finished (the message names them).
     """
     ref = ModelRef.of(model)
-    data = dataset if isinstance(dataset, DatasetSpec) else dataset_options.resolve(dataset)
+    if isinstance(dataset, DatasetSpec):
+        data = dataset
+    else:
+        from stitchcli.assets import resolve_given_dataset
+
+        data = resolve_given_dataset(store, dataset, dataset_options)
     spec = resolve_model_spec(store, ref, seed=seed)
     key = entry_key(spec, data, split, limit=limit, seed=seed, layer=layer)
     entry = store.lookup(spec.storage_name, key)

@@ -138,15 +138,14 @@ def predict_dataset(
     (``--min-accuracy``), as is a split without labels. Labels only partly among the classes are warned about
     (their rows count as errors).
     """
-    from stitchcli.assets import prepare_packaged
+    from stitchcli.assets import resolve_given_dataset
     from stitchcli.data import load_split
     from stitchcli.stitched.build import predictions_digest
     from stitchcli.stitched.encoding import cached_latents, embed_inputs
     from stitchcli.stitched.inputs import inputs_from_dataset
 
     reporter = reporter or Reporter()
-    local = prepare_packaged(store, dataset, [], reporter)
-    data = dataset_options.resolve(local)
+    data = resolve_given_dataset(store, dataset, dataset_options, reporter=reporter)
     rows = load_split(data, split, limit=limit, seed=seed)
     if need_accuracy and not rows.labelled:
         raise UsageError(

@@ -88,9 +88,9 @@ class SweepData:
 def resolve_sweep_dataset(store: EmbeddingStore, settings: StitchSettings, models: Sequence[str], reporter: Reporter) -> DatasetSpec:
     """Give the settings' dataset resolved once: a ``packaged:`` dataset is written first (and the packaged models
     among ``models`` registered), then the name and the dataset options are resolved (no rows are read)."""
-    from stitchcli.assets import prepare_packaged
+    from stitchcli.assets import resolve_given_dataset
 
-    return settings.data.resolve(prepare_packaged(store, settings.dataset, models, reporter))
+    return resolve_given_dataset(store, settings.dataset, settings.data, models, reporter)
 
 
 def ensure_embeddings(
