@@ -84,6 +84,12 @@ TABLES = [
           lambda p: _frame().to_csv(p, index=False, lineterminator="\r\n", encoding="utf-8-sig")),
     Table("pandas to_csv with its index column", "train.csv", lambda p: _frame().to_csv(p)),
     Table("pandas to_csv, tab-separated", "train.tsv", lambda p: _frame().to_csv(p, sep="\t", index=False)),
+    Table("pandas to_csv sep=';', CRLF, byte-order mark (Excel's CSV where the decimal mark is a comma)", "train.csv",
+          lambda p: _frame().to_csv(p, sep=";", index=False, lineterminator="\r\n", encoding="utf-8-sig")),
+    Table("csv module, delimiter=';'", "train.csv", lambda p: _csv_module(p, delimiter=";")),
+    Table("csv module, excel-tab dialect, named .csv", "train.csv", lambda p: _csv_module(p, dialect="excel-tab")),
+    Table("pandas to_csv sep='|'", "train.csv", lambda p: _frame().to_csv(p, sep="|", index=False)),
+    Table("pandas to_csv comma-separated, named .tsv", "train.tsv", lambda p: _frame().to_csv(p, index=False)),
     Table("pandas to_json (default orient='columns')", "train.json", lambda p: _frame().to_json(p)),
     Table("pandas to_json orient='records'", "train.json", lambda p: _frame().to_json(p, orient="records")),
     Table("pandas to_json orient='index'", "train.json", lambda p: _frame().to_json(p, orient="index")),
@@ -135,6 +141,35 @@ def _long_articles(rows: int) -> tuple[list[str], list[str]]:
         paragraphs = [" ".join(rng.choice(words, 60)) for _ in range(7)]
         texts.append(f"Headline {i}\n\n" + "\n\n".join(paragraphs))
     return texts, [CLASSES[i % 3] for i in range(rows)]
+
+
+def test_a_one_column_csv_whose_texts_hold_semicolons_stays_one_column(tmp_path: Path) -> None:
+    """The delimiter is read from the header row alone: a single column named ``text`` is never split."""
+    with open(tmp_path / "train.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text"])
+        writer.writerows([["a; b; c"], ["x|y"], ["tab\there"]])
+    split = load_split(resolve_dataset(str(tmp_path)), "train")
+    assert split.input_columns == ("text",) and split.label_column is None
+    assert split.get_inputs(range(3)) == ["a; b; c", "x|y", "tab\there"]
+
+
+def test_a_csv_read_with_another_delimiter_than_its_suffix_has_a_fingerprint_of_its_own(tmp_path: Path) -> None:
+    """Entries embedded before the ';' was found hold one text column of whole rows: they must not be cache hits,
+    while every file read as before keeps the fingerprint (and so the cache entries) it had."""
+    import hashlib
+
+    from stitchcli.data import dataset_fingerprint
+    from stitchcli.fingerprint import file_sha256
+
+    def before(path: Path) -> str:  # the fingerprint as it was computed before delimiters were detected
+        return hashlib.sha256(f"train={file_sha256(path)};".encode()).hexdigest()
+
+    for sep, kept in ((",", True), (";", False)):
+        folder = tmp_path / ("comma" if kept else "semicolon")
+        folder.mkdir()
+        _frame().to_csv(folder / "train.csv", sep=sep, index=False)
+        assert (dataset_fingerprint(resolve_dataset(str(folder)), "train") == before(folder / "train.csv")) is kept
 
 
 @pytest.mark.parametrize("writer", ["csv module", "pandas"])

@@ -26,7 +26,7 @@ from stitchcli.data.sources import (
     image_folder_splits,
     unknown_split,
 )
-from stitchcli.data.tables import TABLE_SUFFIXES
+from stitchcli.data.tables import TABLE_SUFFIXES, csv_delimiter, default_delimiter
 from stitchcli.errors import UsageError
 from stitchcli.fingerprint import file_sha256, tree_fingerprint
 
@@ -144,6 +144,9 @@ def table_fingerprint(spec: DatasetSpec, split: str) -> str:
     digest = hashlib.sha256()
     for name in sorted(paths):
         digest.update(f"{name}={file_sha256(paths[name])};".encode())
+        delimiter = csv_delimiter(paths[name])
+        if delimiter != default_delimiter(paths[name]):  # read otherwise than its suffix says (a ';' CSV): its
+            digest.update(f"delimiter={delimiter!r};".encode())  # entries made before that was found read it wrongly
     return digest.hexdigest()
 
 
