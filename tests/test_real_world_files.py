@@ -497,6 +497,86 @@ def test_image_folder_ignores_the_files_operating_systems_leave(tmp_path: Path) 
         load_split(spec, "__MACOSX")
 
 
+def _png_at(path: Path, colour: tuple[int, int, int]) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4), colour).save(path)
+
+
+def test_images_in_subfolders_of_class_folders_are_rows_of_that_class(tmp_path: Path) -> None:
+    """train/cat/indoor/1.png is a cat, as torchvision's ImageFolder reads it (it was left out, with no word);
+    symbolic links to folders are followed, each real folder once."""
+    root = tmp_path / "photos"
+    _png_at(root / "train" / "cat" / "0.png", (1, 0, 0))
+    _png_at(root / "train" / "cat" / "indoor" / "1.png", (2, 0, 0))
+    _png_at(root / "train" / "cat" / "indoor" / "night" / "2.JPG".replace(".JPG", ".png"), (3, 0, 0))
+    _png_at(root / "train" / "cat" / ".cache" / "x.png", (9, 9, 9))  # hidden: skipped
+    _png_at(root / "train" / "dog" / "shelter" / "0.png", (4, 0, 0))  # a class whose images all lie one level down
+    _png_at(tmp_path / "elsewhere" / "5.png", (5, 0, 0))
+    (root / "train" / "dog" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (root / "train" / "dog" / "shelter" / "loop").symlink_to(root / "train" / "dog", target_is_directory=True)
+    _png_at(root / "test" / "dog" / "0.png", (6, 0, 0))
+    split = load_split(resolve_dataset(str(root)), "train")
+    assert split.class_names == ["cat", "dog"] and split.labels.tolist() == [0, 0, 0, 1, 1]
+    assert [np.asarray(i)[0, 0, 0] for i in split.get_inputs(range(len(split)))] == [1, 2, 3, 5, 4]
+
+
+def test_a_split_folder_holding_images_beside_its_class_folders_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    _png_at(root / "train" / "cat" / "0.png", (1, 0, 0))
+    _png_at(root / "train" / "stray.png", (2, 0, 0))
+    with pytest.raises(Exception, match=r"holds 1 image\(s\) beside its class folders \(first: stray.png\): move them"):
+        load_split(resolve_dataset(str(root)), "train")
+
+
+def test_an_image_that_is_a_link_to_nothing_is_refused_naming_it(tmp_path: Path) -> None:
+    from stitchcli.data import dataset_fingerprint
+
+    root = tmp_path / "photos"
+    _png_at(root / "train" / "cat" / "0.png", (1, 0, 0))
+    (root / "train" / "cat" / "1.png").symlink_to(tmp_path / "moved-away.png")
+    (root / "train" / "cat" / "notes.txt").symlink_to(tmp_path / "gone.txt")  # not an image: not a row, no error
+    spec = resolve_dataset(str(root))
+    assert dataset_fingerprint(spec, "train")  # it was a FileNotFoundError (a traceback) here
+    with pytest.raises(Exception, match=r"1.png is a symbolic link to .*moved-away.png, which does not exist: fix the link or remove it"):
+        load_split(spec, "train")
+
+
+@pytest.mark.slow
+def test_an_image_that_is_a_link_to_nothing_is_one_line_and_exit_2(tmp_path: Path, cache_dir: Path) -> None:
+    root = tmp_path / "photos"
+    _png_at(root / "test" / "cat" / "0.png", (1, 0, 0))
+    (root / "test" / "cat" / "1.png").symlink_to(tmp_path / "moved-away.png")
+    (root / "test" / "cat" / "notes.txt").symlink_to(tmp_path / "gone.txt")  # not an image: not a row, no error
+    result = CliRunner().invoke(app, ["embed", "-m", "test_vit", "--weights", "random", "-d", str(root), "-s", "test", "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert _the_error_line(result.stderr) == (f"stitchcli: error: image file {root / 'test' / 'cat' / '1.png'} is a symbolic link to "
+                                              f"{tmp_path / 'moved-away.png'}, which does not exist: fix the link or remove it")
+
+
+def test_an_image_folder_keeps_its_fingerprint_unless_its_rows_changed(tmp_path: Path) -> None:
+    """Reading images below class folders adds rows to such folders only: their entries (made without those rows)
+    must not be cache hits, while every flat folder keeps the fingerprint, and so the cache entries, it had."""
+    import hashlib
+
+    from stitchcli.data import dataset_fingerprint
+    from stitchcli.fingerprint import tree_fingerprint
+
+    def before(root: Path) -> str:  # the fingerprint as it was computed before subfolders were read
+        digest = hashlib.sha256(tree_fingerprint(root / "train", content=False).encode())
+        digest.update("\0".join(["cat", "dog"]).encode())
+        return digest.hexdigest()
+
+    for nested in (False, True):
+        root = tmp_path / f"nested-{nested}"
+        _png_at(root / "train" / "cat" / "0.png", (1, 0, 0))
+        _png_at(root / "train" / "dog" / ("sub/0.png" if nested else "0.png"), (2, 0, 0))
+        (root / "train" / "dog" / "notes").mkdir()
+        (root / "train" / "dog" / "notes" / "readme.txt").write_text("not an image")
+        assert (dataset_fingerprint(resolve_dataset(str(root)), "train") == before(root)) is not nested
+
+
 def test_every_source_gives_the_same_pixels(tmp_path: Path) -> None:
     """An image folder, a ``datasets.save_to_disk`` folder and a ``datasets`` Parquet file of the same PIL-written
     files give the models the same pixels (EXIF turned, transparency on white, 16-bit scaled in all three)."""

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from stitchcli.data.base import DatasetSpec
+from stitchcli.data.columns import IMAGE_EXTENSIONS
 from stitchcli.data.sources import (
     HFSplitSource,
     ImageFolderSource,
@@ -161,6 +162,10 @@ def imagefolder_fingerprint(spec: DatasetSpec, split: str) -> str:
     if split not in splits:
         raise unknown_split(spec.name, split, splits, folder=root)
     classes = sorted({d.name for s in splits for d in (root / s).iterdir() if d.is_dir()})
-    digest = hashlib.sha256(tree_fingerprint(root / split, content=False).encode())
+    names: list[str] = []
+    digest = hashlib.sha256(tree_fingerprint(root / split, content=False, names=names).encode())
     digest.update("\0".join(classes).encode())
+    if any(name.count("/") > 1 and name.lower().endswith(IMAGE_EXTENSIONS) for name in names):
+        # images in subfolders of class folders: rows since they are read (entries made before lack them)
+        digest.update(b"\0images below class folders")
     return digest.hexdigest()
