@@ -172,6 +172,33 @@ def test_a_csv_read_with_another_delimiter_than_its_suffix_has_a_fingerprint_of_
         assert (dataset_fingerprint(resolve_dataset(str(folder)), "train") == before(folder / "train.csv")) is kept
 
 
+def test_datasets_to_parquet_keeps_the_class_names_of_its_class_label_feature(tmp_path: Path) -> None:
+    """datasets records a ClassLabel's names in the Parquet schema; they were read as 0, 1, 2 (what predict printed)."""
+    import hashlib
+
+    import datasets
+
+    from stitchcli.data import dataset_fingerprint
+    from stitchcli.fingerprint import file_sha256
+
+    names = ["zebra", "ant", "tech"]  # not sorted: the ids are the feature's
+    features = datasets.Features({"text": datasets.Value("string"), "topic": datasets.ClassLabel(names=names)})
+    ids = [2, 0, 1, 1, 2, 0]
+    (tmp_path / "hf").mkdir()
+    datasets.Dataset.from_dict({"text": ARTICLES, "topic": ids}, features=features).to_parquet(str(tmp_path / "hf" / "train.parquet"))
+    spec = resolve_dataset(str(tmp_path / "hf"))
+    split = load_split(spec, "train")
+    assert (split.input_columns, split.label_column) == (("text",), "topic")  # a ClassLabel is labels whatever its name
+    assert split.labels.tolist() == ids and split.class_names == names
+    assert split.get_inputs(range(len(split))) == ARTICLES
+    # entries made when the names were 0, 1, 2 are not cache hits; a Parquet file without the feature keeps its key
+    (tmp_path / "plain").mkdir()
+    _frame().to_parquet(tmp_path / "plain" / "train.parquet")
+    for folder, kept in (("plain", True), ("hf", False)):
+        before = hashlib.sha256(f"train={file_sha256(tmp_path / folder / 'train.parquet')};".encode()).hexdigest()
+        assert (dataset_fingerprint(resolve_dataset(str(tmp_path / folder)), "train") == before) is kept
+
+
 @pytest.mark.parametrize("writer", ["csv module", "pandas"])
 def test_large_csv_with_quoted_newlines_loads_whole(tmp_path: Path, writer: str) -> None:
     """Issue 18: a quoted field cut by pyarrow's 1 MB block boundary broke files over 1 MB only."""

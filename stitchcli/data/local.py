@@ -27,7 +27,7 @@ from stitchcli.data.sources import (
     image_folder_splits,
     unknown_split,
 )
-from stitchcli.data.tables import TABLE_SUFFIXES, csv_delimiter, default_delimiter
+from stitchcli.data.tables import TABLE_SUFFIXES, csv_delimiter, default_delimiter, file_class_label_names
 from stitchcli.errors import UsageError
 from stitchcli.fingerprint import file_sha256, tree_fingerprint
 
@@ -148,6 +148,8 @@ def table_fingerprint(spec: DatasetSpec, split: str) -> str:
         delimiter = csv_delimiter(paths[name])
         if delimiter != default_delimiter(paths[name]):  # read otherwise than its suffix says (a ';' CSV): its
             digest.update(f"delimiter={delimiter!r};".encode())  # entries made before that was found read it wrongly
+        if file_class_label_names(paths[name]):  # class names read from its ClassLabel features (they were 0, 1…)
+            digest.update(b"class names from its features;")
     return digest.hexdigest()
 
 

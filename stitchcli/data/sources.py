@@ -16,7 +16,7 @@ import numpy as np
 from stitchcli.data.base import Modality, first_line, printable
 from stitchcli.data.columns import IMAGE_EXTENSIONS, ColumnInfo
 from stitchcli.data.images import image_errors, to_rgb_image
-from stitchcli.data.tables import read_table
+from stitchcli.data.tables import class_label_names, read_table
 from stitchcli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -136,10 +136,13 @@ class HFSplitSource:
 # --- table files (CSV/TSV/JSON/JSONL/Parquet) ---------------------------------------------------------
 
 
-def arrow_column_info(name: str, column: "pa.ChunkedArray") -> ColumnInfo:
+def arrow_column_info(name: str, column: "pa.ChunkedArray", class_names: tuple[str, ...] | None = None) -> ColumnInfo:
+    """Give what a table column holds; ``class_names``: the names its ``ClassLabel`` feature gives its integers."""
     import pyarrow as pa
 
     t = column.type
+    if class_names is not None and pa.types.is_integer(t):
+        return ColumnInfo(name, "class_label", class_names)
     if pa.types.is_dictionary(t):
         t = t.value_type
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
@@ -226,7 +229,8 @@ class TableSource:
 
     def columns(self, split: str) -> list[ColumnInfo]:
         table = self._table(split)
-        return [arrow_column_info(name, table.column(name)) for name in table.column_names]
+        class_names = class_label_names(table.schema)
+        return [arrow_column_info(name, table.column(name), class_names.get(name)) for name in table.column_names]
 
     def num_rows(self, split: str) -> int:
         return self._table(split).num_rows

@@ -95,6 +95,32 @@ def _read_csv(path: Path, delimiter: str, columns: Sequence[str] | None) -> "pa.
     return table
 
 
+def class_label_names(schema: "pa.Schema") -> dict[str, tuple[str, ...]]:
+    """Give column -> class names of the ``ClassLabel`` columns that ``datasets`` records in a table's schema (its
+    ``huggingface`` metadata: ``Dataset.to_parquet`` writes it); {} when there are none or they cannot be read."""
+    if not schema.metadata or b"huggingface" not in schema.metadata:
+        return {}
+    import datasets
+
+    try:
+        features = datasets.Features.from_arrow_schema(schema)
+    except Exception:  # noqa: BLE001 - metadata written by another datasets version, or edited: read the plain columns
+        return {}
+    return {name: tuple(f.names) for name, f in features.items() if isinstance(f, datasets.ClassLabel)}
+
+
+def file_class_label_names(path: str | os.PathLike[str]) -> dict[str, tuple[str, ...]]:
+    """Give :func:`class_label_names` of a Parquet file, reading its schema only ({} for other files)."""
+    if Path(path).suffix.lower() != ".parquet":
+        return {}
+    import pyarrow.parquet as pq
+
+    try:
+        return class_label_names(pq.read_schema(path))
+    except Exception:  # noqa: BLE001 - an unreadable file is reported when its rows are read
+        return {}
+
+
 # Delimiters a spreadsheet may save a "CSV" with: Excel in locales whose decimal mark is a comma writes ';'.
 _DELIMITERS = (",", ";", "\t", "|")
 
