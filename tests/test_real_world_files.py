@@ -751,3 +751,23 @@ def test_bbc_news_written_by_the_csv_module_equals_the_packaged_dataset(tmp_path
     np.testing.assert_array_equal(got.ids, want.ids)
     np.testing.assert_array_equal(got.labels, want.labels)
     np.testing.assert_allclose(got.embeddings, want.embeddings, rtol=0, atol=1e-6)
+
+
+# --- embeddings computed elsewhere (--from-array) --------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32", "float64"])
+def test_embeddings_torch_saved_as_safetensors_are_imported_in_any_float_type(tmp_path: Path, dtype: str) -> None:
+    """safetensors.torch.save_file writes bfloat16, which numpy has no type for: it was 'TypeError: data type
+    'bfloat16' not understood'. A file with the metadata torch's tools add, and a second tensor beside it."""
+    import torch
+    from safetensors.torch import save_file
+
+    from stitchcli.embedding.arrays import read_array
+
+    values = torch.randn(6, 5, generator=torch.Generator().manual_seed(0)).to(getattr(torch, dtype))
+    path = tmp_path / "emb.safetensors"
+    save_file({"embeddings": values, "labels": torch.arange(6)}, str(path), metadata={"format": "pt", "model": "mine"})
+    array = read_array(path)
+    assert array.shape == (6, 5) and array.dtype.kind == "f"
+    np.testing.assert_array_equal(array.astype(np.float32), values.float().numpy())
