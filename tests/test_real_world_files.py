@@ -771,3 +771,18 @@ def test_embeddings_torch_saved_as_safetensors_are_imported_in_any_float_type(tm
     array = read_array(path)
     assert array.shape == (6, 5) and array.dtype.kind == "f"
     np.testing.assert_array_equal(array.astype(np.float32), values.float().numpy())
+
+
+# --- predict's inputs ------------------------------------------------------------------------------------
+
+
+def test_a_text_file_with_a_byte_order_mark_predicts_on_its_text_alone(tmp_path: Path) -> None:
+    """Notepad's 'UTF-8 with BOM' (Python: encoding='utf-8-sig'), CRLF line ends: the first input began with U+FEFF,
+    which the tokenizer read as part of the text (standard input already dropped it)."""
+    from stitchcli.stitched.inputs import inputs_from_paths
+
+    path = tmp_path / "articles.txt"
+    path.write_text("\r\n".join(ARTICLES[3:6:2]) + "\r\n", encoding="utf-8-sig")
+    inputs = inputs_from_paths([path], "text")
+    assert inputs.split.get_inputs(range(len(inputs.split))) == [ARTICLES[3], ARTICLES[5]]
+    assert inputs.names == [f"{path}:1", f"{path}:2"]

@@ -140,7 +140,7 @@ def inputs_from_paths(paths: Sequence[str | os.PathLike[str]], modality: str, *,
             raise UsageError(f"{printable(path)} is a folder; a text model reads text files (one input per line) or a table with --input-column")
         else:
             try:
-                lines = file.read_text(encoding="utf-8").splitlines()
+                lines = file.read_text(encoding="utf-8-sig").splitlines()  # Notepad's "UTF-8 with BOM": no U+FEFF in the text
             except UnicodeDecodeError as exc:
                 raise UsageError(f"{printable(path)} is not UTF-8 text ({exc.reason} at byte {exc.start}): give a UTF-8 text file") from None
         for number, line in enumerate(lines, start=1):
