@@ -786,3 +786,18 @@ def test_a_text_file_with_a_byte_order_mark_predicts_on_its_text_alone(tmp_path:
     inputs = inputs_from_paths([path], "text")
     assert inputs.split.get_inputs(range(len(inputs.split))) == [ARTICLES[3], ARTICLES[5]]
     assert inputs.names == [f"{path}:1", f"{path}:2"]
+
+
+def test_predict_reads_an_image_folder_as_embed_does_skipping_what_notebooks_and_zips_leave(tmp_path: Path) -> None:
+    """Jupyter's .ipynb_checkpoints copies were predicted on as inputs of their own (only hidden file names were skipped)."""
+    from stitchcli.stitched.inputs import inputs_from_paths
+
+    root = tmp_path / "new-images"
+    _png_at(root / "a.png", (1, 0, 0))
+    _png_at(root / "batch2" / "b.JPG".replace(".JPG", ".png"), (2, 0, 0))
+    _png_at(root / ".ipynb_checkpoints" / "a-checkpoint.png", (9, 9, 9))
+    _png_at(root / "__MACOSX" / "batch2" / "b.png", (9, 9, 9))
+    (root / "batch2" / ".DS_Store").write_bytes(bytes(8))
+    inputs = inputs_from_paths([root], "image")
+    assert inputs.names == [str(root / "a.png"), str(root / "batch2" / "b.png")]
+    assert [np.asarray(i)[0, 0, 0] for i in inputs.split.get_inputs(range(2))] == [1, 2]

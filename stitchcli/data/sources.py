@@ -317,7 +317,7 @@ def _walk_images(folder: Path, *, below: bool, strict: bool = True) -> Iterator[
     return walk(folder, "")
 
 
-def _image_files(folder: Path, *, below: bool = False) -> list[str]:
+def image_files(folder: Path, *, below: bool = False) -> list[str]:
     """Give the paths of the image files directly in ``folder`` or (``below``) also in its visible subfolders, sorted
     by their path relative to it, folder by folder (a flat folder's files by name)."""
     return [str(folder / relative) for relative in sorted(_walk_images(folder, below=below), key=lambda r: r.split("/"))]
@@ -379,7 +379,7 @@ class ImageFolderSource:
             paths: list[str] = []
             labels: list[int] = []
             if self._has_classes(split):
-                loose = _image_files(self.root / split)
+                loose = image_files(self.root / split)
                 if loose:  # they belong to no class: leaving them out would drop rows unseen
                     raise UsageError(
                         f"split folder {printable(self.root / split)} holds {len(loose)} image(s) beside its class folders "
@@ -389,11 +389,11 @@ class ImageFolderSource:
                     class_dir = self.root / split / name
                     if not class_dir.is_dir():
                         continue
-                    files = _image_files(class_dir, below=True)
+                    files = image_files(class_dir, below=True)
                     paths.extend(files)
                     labels.extend([class_id] * len(files))
             else:  # the split folder's own images, without labels
-                paths = _image_files(self.root / split)
+                paths = image_files(self.root / split)
             self._listing[split] = (paths, np.asarray(labels, dtype=np.int64))
         return self._listing[split]
 
