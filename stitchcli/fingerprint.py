@@ -48,11 +48,12 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest
 
 
-def tree_fingerprint(root: str | os.PathLike[str], *, content: bool = True) -> str:
+def tree_fingerprint(root: str | os.PathLike[str], *, content: bool = True, names: list[str] | None = None) -> str:
     """Give a hex digest of every file under ``root`` (relative names and contents, or sizes).
 
     With ``content=False`` only names and sizes are hashed: for large image folders, where reading
-    every byte on each command would cost more than the cache saves.
+    every byte on each command would cost more than the cache saves. A symbolic link to nothing is
+    hashed as its target's name. ``names``, when given, receives every hashed file's relative name.
     """
     base = Path(root)
     h = hashlib.sha256()
@@ -65,7 +66,11 @@ def tree_fingerprint(root: str | os.PathLike[str], *, content: bool = True) -> s
             rel = fp.relative_to(base).as_posix()
             h.update(rel.encode())
             h.update(b"\0")
-            if content:
+            if names is not None:
+                names.append(rel)
+            if fp.is_symlink() and not fp.exists():
+                h.update(b"link to " + os.fsencode(os.readlink(fp)))
+            elif content:
                 h.update(file_sha256(fp).encode())
             else:
                 h.update(str(fp.stat().st_size).encode())

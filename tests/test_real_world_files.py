@@ -84,6 +84,12 @@ TABLES = [
           lambda p: _frame().to_csv(p, index=False, lineterminator="\r\n", encoding="utf-8-sig")),
     Table("pandas to_csv with its index column", "train.csv", lambda p: _frame().to_csv(p)),
     Table("pandas to_csv, tab-separated", "train.tsv", lambda p: _frame().to_csv(p, sep="\t", index=False)),
+    Table("pandas to_csv sep=';', CRLF, byte-order mark (Excel's CSV where the decimal mark is a comma)", "train.csv",
+          lambda p: _frame().to_csv(p, sep=";", index=False, lineterminator="\r\n", encoding="utf-8-sig")),
+    Table("csv module, delimiter=';'", "train.csv", lambda p: _csv_module(p, delimiter=";")),
+    Table("csv module, excel-tab dialect, named .csv", "train.csv", lambda p: _csv_module(p, dialect="excel-tab")),
+    Table("pandas to_csv sep='|'", "train.csv", lambda p: _frame().to_csv(p, sep="|", index=False)),
+    Table("pandas to_csv comma-separated, named .tsv", "train.tsv", lambda p: _frame().to_csv(p, index=False)),
     Table("pandas to_json (default orient='columns')", "train.json", lambda p: _frame().to_json(p)),
     Table("pandas to_json orient='records'", "train.json", lambda p: _frame().to_json(p, orient="records")),
     Table("pandas to_json orient='index'", "train.json", lambda p: _frame().to_json(p, orient="index")),
@@ -135,6 +141,62 @@ def _long_articles(rows: int) -> tuple[list[str], list[str]]:
         paragraphs = [" ".join(rng.choice(words, 60)) for _ in range(7)]
         texts.append(f"Headline {i}\n\n" + "\n\n".join(paragraphs))
     return texts, [CLASSES[i % 3] for i in range(rows)]
+
+
+def test_a_one_column_csv_whose_texts_hold_semicolons_stays_one_column(tmp_path: Path) -> None:
+    """The delimiter is read from the header row alone: a single column named ``text`` is never split."""
+    with open(tmp_path / "train.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text"])
+        writer.writerows([["a; b; c"], ["x|y"], ["tab\there"]])
+    split = load_split(resolve_dataset(str(tmp_path)), "train")
+    assert split.input_columns == ("text",) and split.label_column is None
+    assert split.get_inputs(range(3)) == ["a; b; c", "x|y", "tab\there"]
+
+
+def test_a_csv_read_with_another_delimiter_than_its_suffix_has_a_fingerprint_of_its_own(tmp_path: Path) -> None:
+    """Entries embedded before the ';' was found hold one text column of whole rows: they must not be cache hits,
+    while every file read as before keeps the fingerprint (and so the cache entries) it had."""
+    import hashlib
+
+    from stitchcli.data import dataset_fingerprint
+    from stitchcli.fingerprint import file_sha256
+
+    def before(path: Path) -> str:  # the fingerprint as it was computed before delimiters were detected
+        return hashlib.sha256(f"train={file_sha256(path)};".encode()).hexdigest()
+
+    for sep, kept in ((",", True), (";", False)):
+        folder = tmp_path / ("comma" if kept else "semicolon")
+        folder.mkdir()
+        _frame().to_csv(folder / "train.csv", sep=sep, index=False)
+        assert (dataset_fingerprint(resolve_dataset(str(folder)), "train") == before(folder / "train.csv")) is kept
+
+
+def test_datasets_to_parquet_keeps_the_class_names_of_its_class_label_feature(tmp_path: Path) -> None:
+    """datasets records a ClassLabel's names in the Parquet schema; they were read as 0, 1, 2 (what predict printed)."""
+    import hashlib
+
+    import datasets
+
+    from stitchcli.data import dataset_fingerprint
+    from stitchcli.fingerprint import file_sha256
+
+    names = ["zebra", "ant", "tech"]  # not sorted: the ids are the feature's
+    features = datasets.Features({"text": datasets.Value("string"), "topic": datasets.ClassLabel(names=names)})
+    ids = [2, 0, 1, 1, 2, 0]
+    (tmp_path / "hf").mkdir()
+    datasets.Dataset.from_dict({"text": ARTICLES, "topic": ids}, features=features).to_parquet(str(tmp_path / "hf" / "train.parquet"))
+    spec = resolve_dataset(str(tmp_path / "hf"))
+    split = load_split(spec, "train")
+    assert (split.input_columns, split.label_column) == (("text",), "topic")  # a ClassLabel is labels whatever its name
+    assert split.labels.tolist() == ids and split.class_names == names
+    assert split.get_inputs(range(len(split))) == ARTICLES
+    # entries made when the names were 0, 1, 2 are not cache hits; a Parquet file without the feature keeps its key
+    (tmp_path / "plain").mkdir()
+    _frame().to_parquet(tmp_path / "plain" / "train.parquet")
+    for folder, kept in (("plain", True), ("hf", False)):
+        before = hashlib.sha256(f"train={file_sha256(tmp_path / folder / 'train.parquet')};".encode()).hexdigest()
+        assert (dataset_fingerprint(resolve_dataset(str(tmp_path / folder)), "train") == before) is kept
 
 
 @pytest.mark.parametrize("writer", ["csv module", "pandas"])
@@ -462,6 +524,86 @@ def test_image_folder_ignores_the_files_operating_systems_leave(tmp_path: Path) 
         load_split(spec, "__MACOSX")
 
 
+def _png_at(path: Path, colour: tuple[int, int, int]) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4), colour).save(path)
+
+
+def test_images_in_subfolders_of_class_folders_are_rows_of_that_class(tmp_path: Path) -> None:
+    """train/cat/indoor/1.png is a cat, as torchvision's ImageFolder reads it (it was left out, with no word);
+    symbolic links to folders are followed, each real folder once."""
+    root = tmp_path / "photos"
+    _png_at(root / "train" / "cat" / "0.png", (1, 0, 0))
+    _png_at(root / "train" / "cat" / "indoor" / "1.png", (2, 0, 0))
+    _png_at(root / "train" / "cat" / "indoor" / "night" / "2.JPG".replace(".JPG", ".png"), (3, 0, 0))
+    _png_at(root / "train" / "cat" / ".cache" / "x.png", (9, 9, 9))  # hidden: skipped
+    _png_at(root / "train" / "dog" / "shelter" / "0.png", (4, 0, 0))  # a class whose images all lie one level down
+    _png_at(tmp_path / "elsewhere" / "5.png", (5, 0, 0))
+    (root / "train" / "dog" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (root / "train" / "dog" / "shelter" / "loop").symlink_to(root / "train" / "dog", target_is_directory=True)
+    _png_at(root / "test" / "dog" / "0.png", (6, 0, 0))
+    split = load_split(resolve_dataset(str(root)), "train")
+    assert split.class_names == ["cat", "dog"] and split.labels.tolist() == [0, 0, 0, 1, 1]
+    assert [np.asarray(i)[0, 0, 0] for i in split.get_inputs(range(len(split)))] == [1, 2, 3, 5, 4]
+
+
+def test_a_split_folder_holding_images_beside_its_class_folders_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    _png_at(root / "train" / "cat" / "0.png", (1, 0, 0))
+    _png_at(root / "train" / "stray.png", (2, 0, 0))
+    with pytest.raises(Exception, match=r"holds 1 image\(s\) beside its class folders \(first: stray.png\): move them"):
+        load_split(resolve_dataset(str(root)), "train")
+
+
+def test_an_image_that_is_a_link_to_nothing_is_refused_naming_it(tmp_path: Path) -> None:
+    from stitchcli.data import dataset_fingerprint
+
+    root = tmp_path / "photos"
+    _png_at(root / "train" / "cat" / "0.png", (1, 0, 0))
+    (root / "train" / "cat" / "1.png").symlink_to(tmp_path / "moved-away.png")
+    (root / "train" / "cat" / "notes.txt").symlink_to(tmp_path / "gone.txt")  # not an image: not a row, no error
+    spec = resolve_dataset(str(root))
+    assert dataset_fingerprint(spec, "train")  # it was a FileNotFoundError (a traceback) here
+    with pytest.raises(Exception, match=r"1.png is a symbolic link to .*moved-away.png, which does not exist: fix the link or remove it"):
+        load_split(spec, "train")
+
+
+@pytest.mark.slow
+def test_an_image_that_is_a_link_to_nothing_is_one_line_and_exit_2(tmp_path: Path, cache_dir: Path) -> None:
+    root = tmp_path / "photos"
+    _png_at(root / "test" / "cat" / "0.png", (1, 0, 0))
+    (root / "test" / "cat" / "1.png").symlink_to(tmp_path / "moved-away.png")
+    (root / "test" / "cat" / "notes.txt").symlink_to(tmp_path / "gone.txt")  # not an image: not a row, no error
+    result = CliRunner().invoke(app, ["embed", "-m", "test_vit", "--weights", "random", "-d", str(root), "-s", "test", "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert _the_error_line(result.stderr) == (f"stitchcli: error: image file {root / 'test' / 'cat' / '1.png'} is a symbolic link to "
+                                              f"{tmp_path / 'moved-away.png'}, which does not exist: fix the link or remove it")
+
+
+def test_an_image_folder_keeps_its_fingerprint_unless_its_rows_changed(tmp_path: Path) -> None:
+    """Reading images below class folders adds rows to such folders only: their entries (made without those rows)
+    must not be cache hits, while every flat folder keeps the fingerprint, and so the cache entries, it had."""
+    import hashlib
+
+    from stitchcli.data import dataset_fingerprint
+    from stitchcli.fingerprint import tree_fingerprint
+
+    def before(root: Path) -> str:  # the fingerprint as it was computed before subfolders were read
+        digest = hashlib.sha256(tree_fingerprint(root / "train", content=False).encode())
+        digest.update("\0".join(["cat", "dog"]).encode())
+        return digest.hexdigest()
+
+    for nested in (False, True):
+        root = tmp_path / f"nested-{nested}"
+        _png_at(root / "train" / "cat" / "0.png", (1, 0, 0))
+        _png_at(root / "train" / "dog" / ("sub/0.png" if nested else "0.png"), (2, 0, 0))
+        (root / "train" / "dog" / "notes").mkdir()
+        (root / "train" / "dog" / "notes" / "readme.txt").write_text("not an image")
+        assert (dataset_fingerprint(resolve_dataset(str(root)), "train") == before(root)) is not nested
+
+
 def test_every_source_gives_the_same_pixels(tmp_path: Path) -> None:
     """An image folder, a ``datasets.save_to_disk`` folder and a ``datasets`` Parquet file of the same PIL-written
     files give the models the same pixels (EXIF turned, transparency on white, 16-bit scaled in all three)."""
@@ -609,3 +751,53 @@ def test_bbc_news_written_by_the_csv_module_equals_the_packaged_dataset(tmp_path
     np.testing.assert_array_equal(got.ids, want.ids)
     np.testing.assert_array_equal(got.labels, want.labels)
     np.testing.assert_allclose(got.embeddings, want.embeddings, rtol=0, atol=1e-6)
+
+
+# --- embeddings computed elsewhere (--from-array) --------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32", "float64"])
+def test_embeddings_torch_saved_as_safetensors_are_imported_in_any_float_type(tmp_path: Path, dtype: str) -> None:
+    """safetensors.torch.save_file writes bfloat16, which numpy has no type for: it was 'TypeError: data type
+    'bfloat16' not understood'. A file with the metadata torch's tools add, and a second tensor beside it."""
+    import torch
+    from safetensors.torch import save_file
+
+    from stitchcli.embedding.arrays import read_array
+
+    values = torch.randn(6, 5, generator=torch.Generator().manual_seed(0)).to(getattr(torch, dtype))
+    path = tmp_path / "emb.safetensors"
+    save_file({"embeddings": values, "labels": torch.arange(6)}, str(path), metadata={"format": "pt", "model": "mine"})
+    array = read_array(path)
+    assert array.shape == (6, 5) and array.dtype.kind == "f"
+    np.testing.assert_array_equal(array.astype(np.float32), values.float().numpy())
+
+
+# --- predict's inputs ------------------------------------------------------------------------------------
+
+
+def test_a_text_file_with_a_byte_order_mark_predicts_on_its_text_alone(tmp_path: Path) -> None:
+    """Notepad's 'UTF-8 with BOM' (Python: encoding='utf-8-sig'), CRLF line ends: the first input began with U+FEFF,
+    which the tokenizer read as part of the text (standard input already dropped it)."""
+    from stitchcli.stitched.inputs import inputs_from_paths
+
+    path = tmp_path / "articles.txt"
+    path.write_text("\r\n".join(ARTICLES[3:6:2]) + "\r\n", encoding="utf-8-sig")
+    inputs = inputs_from_paths([path], "text")
+    assert inputs.split.get_inputs(range(len(inputs.split))) == [ARTICLES[3], ARTICLES[5]]
+    assert inputs.names == [f"{path}:1", f"{path}:2"]
+
+
+def test_predict_reads_an_image_folder_as_embed_does_skipping_what_notebooks_and_zips_leave(tmp_path: Path) -> None:
+    """Jupyter's .ipynb_checkpoints copies were predicted on as inputs of their own (only hidden file names were skipped)."""
+    from stitchcli.stitched.inputs import inputs_from_paths
+
+    root = tmp_path / "new-images"
+    _png_at(root / "a.png", (1, 0, 0))
+    _png_at(root / "batch2" / "b.JPG".replace(".JPG", ".png"), (2, 0, 0))
+    _png_at(root / ".ipynb_checkpoints" / "a-checkpoint.png", (9, 9, 9))
+    _png_at(root / "__MACOSX" / "batch2" / "b.png", (9, 9, 9))
+    (root / "batch2" / ".DS_Store").write_bytes(bytes(8))
+    inputs = inputs_from_paths([root], "image")
+    assert inputs.names == [str(root / "a.png"), str(root / "batch2" / "b.png")]
+    assert [np.asarray(i)[0, 0, 0] for i in inputs.split.get_inputs(range(2))] == [1, 2]

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from stitchcli.data.base import DatasetSpec
+from stitchcli.data.columns import IMAGE_EXTENSIONS
 from stitchcli.data.sources import (
     HFSplitSource,
     ImageFolderSource,
@@ -26,7 +27,7 @@ from stitchcli.data.sources import (
     image_folder_splits,
     unknown_split,
 )
-from stitchcli.data.tables import TABLE_SUFFIXES
+from stitchcli.data.tables import TABLE_SUFFIXES, csv_delimiter, default_delimiter, file_class_label_names
 from stitchcli.errors import UsageError
 from stitchcli.fingerprint import file_sha256, tree_fingerprint
 
@@ -144,6 +145,11 @@ def table_fingerprint(spec: DatasetSpec, split: str) -> str:
     digest = hashlib.sha256()
     for name in sorted(paths):
         digest.update(f"{name}={file_sha256(paths[name])};".encode())
+        delimiter = csv_delimiter(paths[name])
+        if delimiter != default_delimiter(paths[name]):  # read otherwise than its suffix says (a ';' CSV): its
+            digest.update(f"delimiter={delimiter!r};".encode())  # entries made before that was found read it wrongly
+        if file_class_label_names(paths[name]):  # class names read from its ClassLabel features (they were 0, 1…)
+            digest.update(b"class names from its features;")
     return digest.hexdigest()
 
 
@@ -158,6 +164,10 @@ def imagefolder_fingerprint(spec: DatasetSpec, split: str) -> str:
     if split not in splits:
         raise unknown_split(spec.name, split, splits, folder=root)
     classes = sorted({d.name for s in splits for d in (root / s).iterdir() if d.is_dir()})
-    digest = hashlib.sha256(tree_fingerprint(root / split, content=False).encode())
+    names: list[str] = []
+    digest = hashlib.sha256(tree_fingerprint(root / split, content=False, names=names).encode())
     digest.update("\0".join(classes).encode())
+    if any(name.count("/") > 1 and name.lower().endswith(IMAGE_EXTENSIONS) for name in names):
+        # images in subfolders of class folders: rows since they are read (entries made before lack them)
+        digest.update(b"\0images below class folders")
     return digest.hexdigest()

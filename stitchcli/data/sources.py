@@ -9,14 +9,14 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
 from stitchcli.data.base import Modality, first_line, printable
 from stitchcli.data.columns import IMAGE_EXTENSIONS, ColumnInfo
 from stitchcli.data.images import image_errors, to_rgb_image
-from stitchcli.data.tables import read_table
+from stitchcli.data.tables import class_label_names, read_table
 from stitchcli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -136,10 +136,13 @@ class HFSplitSource:
 # --- table files (CSV/TSV/JSON/JSONL/Parquet) ---------------------------------------------------------
 
 
-def arrow_column_info(name: str, column: "pa.ChunkedArray") -> ColumnInfo:
+def arrow_column_info(name: str, column: "pa.ChunkedArray", class_names: tuple[str, ...] | None = None) -> ColumnInfo:
+    """Give what a table column holds; ``class_names``: the names its ``ClassLabel`` feature gives its integers."""
     import pyarrow as pa
 
     t = column.type
+    if class_names is not None and pa.types.is_integer(t):
+        return ColumnInfo(name, "class_label", class_names)
     if pa.types.is_dictionary(t):
         t = t.value_type
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
@@ -226,7 +229,8 @@ class TableSource:
 
     def columns(self, split: str) -> list[ColumnInfo]:
         table = self._table(split)
-        return [arrow_column_info(name, table.column(name)) for name in table.column_names]
+        class_names = class_label_names(table.schema)
+        return [arrow_column_info(name, table.column(name), class_names.get(name)) for name in table.column_names]
 
     def num_rows(self, split: str) -> int:
         return self._table(split).num_rows
@@ -276,14 +280,47 @@ def _is_image(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _holds_image(folder: Path) -> bool:
-    # stops at the first image: detection must stay cheap on large folders
-    return any(_is_image(e.name) and _is_kind(e, "file") for e in _entries(folder, strict=False))
+def _holds_image(folder: Path, *, below: bool = False) -> bool:
+    """Tell whether ``folder`` holds an image file, directly or (``below``) in any visible subfolder.
+
+    Stops at the first image: detection must stay cheap on large folders."""
+    return any(True for _ in _walk_images(folder, below=below, strict=False))
 
 
-def _image_files(folder: Path) -> list[str]:
-    """Give the paths of the image files directly in ``folder``, sorted by name."""
-    return [str(folder / name) for name in sorted(e.name for e in _entries(folder) if _is_image(e.name) and _is_kind(e, "file"))]
+def _walk_images(folder: Path, *, below: bool, strict: bool = True) -> Iterator[str]:
+    """Yield the image files directly in ``folder`` or (``below``) also in its visible subfolders (symbolic links
+    followed, each real folder once), as paths relative to it. ``strict``: an unreadable folder, or an image name
+    that is a link to nothing, is a UsageError (not skipped: it is a row the user meant)."""
+    seen: set[str] = set()
+
+    def walk(current: Path, relative: str) -> Iterator[str]:
+        real = os.path.realpath(current)
+        if real in seen:  # a link back up the tree
+            return
+        seen.add(real)
+        entries = _entries(current, strict=strict)
+        for entry in entries:
+            if not _is_image(entry.name):
+                continue
+            if _is_kind(entry, "file"):
+                yield relative + entry.name
+            elif strict and entry.is_symlink() and not os.path.exists(entry.path):
+                raise UsageError(
+                    f"image file {printable(entry.path)} is a symbolic link to {printable(os.readlink(entry.path))}, "
+                    "which does not exist: fix the link or remove it"
+                )
+        if below:
+            for entry in entries:
+                if not entry.name.startswith(".") and entry.name != "__MACOSX" and _is_kind(entry, "dir"):
+                    yield from walk(Path(entry.path), relative + entry.name + "/")
+
+    return walk(folder, "")
+
+
+def image_files(folder: Path, *, below: bool = False) -> list[str]:
+    """Give the paths of the image files directly in ``folder`` or (``below``) also in its visible subfolders, sorted
+    by their path relative to it, folder by folder (a flat folder's files by name)."""
+    return [str(folder / relative) for relative in sorted(_walk_images(folder, below=below), key=lambda r: r.split("/"))]
 
 
 def image_folder_splits(root: Path) -> list[str]:
@@ -294,7 +331,7 @@ def image_folder_splits(root: Path) -> list[str]:
     return [
         split.name
         for split in _visible_dirs(root, strict=False)
-        if _holds_image(split) or any(_holds_image(class_dir) for class_dir in _visible_dirs(split, strict=False))
+        if _holds_image(split) or any(_holds_image(class_dir, below=True) for class_dir in _visible_dirs(split, strict=False))
     ]
 
 
@@ -323,6 +360,9 @@ class ImagePathFetcher:
 class ImageFolderSource:
     """An image folder ``root/<split>/<class>/<image>``, or ``root/<split>/<image>`` for a split without labels.
 
+    A class folder's images may lie in subfolders of it too (``train/cat/indoor/001.png`` is a cat), as
+    torchvision's ``ImageFolder`` reads them; hidden folders and ``__MACOSX`` are skipped.
+
     Class ids follow the sorted class folder names of every split together (so a split lacking a
     class keeps the same ids); rows go class by class, files sorted by name within a class. A split folder
     with no class folder of images has no label column: its rows are its own images, sorted by name.
@@ -339,20 +379,26 @@ class ImageFolderSource:
             paths: list[str] = []
             labels: list[int] = []
             if self._has_classes(split):
+                loose = image_files(self.root / split)
+                if loose:  # they belong to no class: leaving them out would drop rows unseen
+                    raise UsageError(
+                        f"split folder {printable(self.root / split)} holds {len(loose)} image(s) beside its class folders "
+                        f"(first: {printable(Path(loose[0]).name)}): move them into a class folder, or remove them"
+                    )
                 for class_id, name in enumerate(self.class_names):
                     class_dir = self.root / split / name
                     if not class_dir.is_dir():
                         continue
-                    files = _image_files(class_dir)
+                    files = image_files(class_dir, below=True)
                     paths.extend(files)
                     labels.extend([class_id] * len(files))
             else:  # the split folder's own images, without labels
-                paths = _image_files(self.root / split)
+                paths = image_files(self.root / split)
             self._listing[split] = (paths, np.asarray(labels, dtype=np.int64))
         return self._listing[split]
 
     def _has_classes(self, split: str) -> bool:
-        return any(_holds_image(class_dir) for class_dir in _visible_dirs(self.root / split))
+        return any(_holds_image(class_dir, below=True) for class_dir in _visible_dirs(self.root / split))
 
     def columns(self, split: str) -> list[ColumnInfo]:
         if not self._has_classes(split):

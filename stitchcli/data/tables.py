@@ -10,6 +10,9 @@ infers the same column types as before for files that loaded already (so their l
 and hands back the Arrow table the sources need. The one difference: pandas also reads the cells
 ``None`` and ``<NA>`` as missing; here they stay text.
 
+The delimiter is the suffix's (``,`` or a tab) unless it leaves the header row one column while ``;``, a tab
+or ``|`` splits it (Excel saves "CSV" with ``;`` where the decimal mark is a comma).
+
 Text must be UTF-8 (a byte-order mark is allowed). A file that is not is refused with one line naming
 the first bad byte; the check costs nothing on files that parse, since it runs only when the parser
 failed or a CSV column came back as bytes (what pyarrow gives for invalid UTF-8).
@@ -54,7 +57,7 @@ def read_table(path: str | os.PathLike[str], columns: Sequence[str] | None = Non
 
             table = pq.read_table(p, columns=list(columns) if columns is not None else None)
         elif suffix in (".csv", ".tsv"):
-            table = _read_csv(p, "\t" if suffix == ".tsv" else ",", columns)
+            table = _read_csv(p, csv_delimiter(p) or ",", columns)
         elif suffix in (".json", ".jsonl"):
             table = _read_json(p)
             if columns is not None:
@@ -90,6 +93,68 @@ def _read_csv(path: Path, delimiter: str, columns: Sequence[str] | None) -> "pa.
     if any(pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) for f in table.schema):
         _refuse_if_not_utf8(path)  # a CSV cell holds text: bytes mean invalid UTF-8 somewhere in it
     return table
+
+
+def class_label_names(schema: "pa.Schema") -> dict[str, tuple[str, ...]]:
+    """Give column -> class names of the ``ClassLabel`` columns that ``datasets`` records in a table's schema (its
+    ``huggingface`` metadata: ``Dataset.to_parquet`` writes it); {} when there are none or they cannot be read."""
+    if not schema.metadata or b"huggingface" not in schema.metadata:
+        return {}
+    import datasets
+
+    try:
+        features = datasets.Features.from_arrow_schema(schema)
+    except Exception:  # noqa: BLE001 - metadata written by another datasets version, or edited: read the plain columns
+        return {}
+    return {name: tuple(f.names) for name, f in features.items() if isinstance(f, datasets.ClassLabel)}
+
+
+def file_class_label_names(path: str | os.PathLike[str]) -> dict[str, tuple[str, ...]]:
+    """Give :func:`class_label_names` of a Parquet file, reading its schema only ({} for other files)."""
+    if Path(path).suffix.lower() != ".parquet":
+        return {}
+    import pyarrow.parquet as pq
+
+    try:
+        return class_label_names(pq.read_schema(path))
+    except Exception:  # noqa: BLE001 - an unreadable file is reported when its rows are read
+        return {}
+
+
+# Delimiters a spreadsheet may save a "CSV" with: Excel in locales whose decimal mark is a comma writes ';'.
+_DELIMITERS = (",", ";", "\t", "|")
+
+
+def default_delimiter(path: str | os.PathLike[str]) -> str | None:
+    """Give the delimiter a CSV or TSV file's suffix stands for (None for other files)."""
+    return {".csv": ",", ".tsv": "\t"}.get(Path(path).suffix.lower())
+
+
+def csv_delimiter(path: str | os.PathLike[str]) -> str | None:
+    """Give the delimiter a CSV or TSV file is read with (None for other files); see :func:`_delimiter`."""
+    preferred = default_delimiter(path)
+    return _delimiter(Path(path), preferred) if preferred is not None else None
+
+
+def _delimiter(path: Path, preferred: str) -> str:
+    """Give the delimiter of a CSV or TSV file: ``preferred`` (the suffix's) unless it leaves the header row one
+    column while another delimiter splits it into several (a semicolon CSV from Excel, a comma TSV).
+
+    Read wrongly, such a file is one text column holding every cell of a row, labels included, which no
+    later check would notice. The header is parsed with the csv module, so quoted names may hold delimiters.
+    """
+    import csv
+
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+            header = f.readline(1 << 16)
+    except OSError:
+        return preferred  # the parser reports the file
+    widths = {d: len(next(csv.reader([header], delimiter=d), [])) for d in (preferred, *_DELIMITERS)}
+    if widths[preferred] > 1:
+        return preferred
+    best = max(_DELIMITERS, key=lambda d: widths[d])
+    return best if widths[best] > 1 else preferred
 
 
 # --- JSON ------------------------------------------------------------------------------------------

@@ -25,17 +25,7 @@ def read_array(path: Path) -> np.ndarray:
         if path.suffix == ".npy":
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         elif path.suffix == ".safetensors":
-            from safetensors.numpy import load_file
-
-            tensors = load_file(str(path))
-            if "embeddings" in tensors:
-                arr = tensors["embeddings"]
-            elif len(tensors) == 1:
-                arr = next(iter(tensors.values()))
-            else:
-                raise UsageError(
-                    f"{path} holds tensors {sorted(tensors)}: name the one to import 'embeddings'"
-                )
+            arr = _read_safetensors(path)
         else:
             raise UsageError(f"cannot import {str(path)!r}: --from-array reads .npy or .safetensors files")
     except UsageError:
@@ -45,6 +35,22 @@ def read_array(path: Path) -> np.ndarray:
     if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise UsageError(f"array file {str(path)!r} holds shape {arr.shape} {arr.dtype}: expected a 2-D real-valued array (rows x dim)")
     return arr
+
+
+def _read_safetensors(path: Path) -> np.ndarray:
+    """Give the tensor named ``embeddings`` (or the only one) of a safetensors file, through torch: torch writes
+    bfloat16 (and float8) tensors, which numpy has no type for, so those become float32."""
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        names = list(f.keys())
+        if "embeddings" not in names and len(names) != 1:
+            raise UsageError(f"{path} holds tensors {sorted(names)}: name the one to import 'embeddings'")
+        tensor = f.get_tensor("embeddings" if "embeddings" in names else names[0])
+    if tensor.is_floating_point() and tensor.dtype not in (torch.float16, torch.float32, torch.float64):
+        tensor = tensor.float()
+    return tensor.numpy()
 
 
 def import_array(

@@ -80,10 +80,14 @@ def _digest(parts: Sequence[str]) -> str:
 
 
 def image_files_under(path: Path) -> list[Path]:
-    """Give the image files in a folder and its subfolders (sorted), or the file itself."""
+    """Give the image files in a folder and its subfolders (sorted), or the file itself; as an image folder dataset
+    lists them: hidden files and folders (``.ipynb_checkpoints``) and ``__MACOSX`` skipped, links to folders followed
+    once, an image name that is a link to nothing refused."""
+    from stitchcli.data.sources import image_files
+
     if path.is_file():
         return [path]
-    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    return [Path(file) for file in image_files(path, below=True)]
 
 
 def inputs_from_paths(paths: Sequence[str | os.PathLike[str]], modality: str, *, input_column: str | None = None) -> Inputs:
@@ -140,7 +144,7 @@ def inputs_from_paths(paths: Sequence[str | os.PathLike[str]], modality: str, *,
             raise UsageError(f"{printable(path)} is a folder; a text model reads text files (one input per line) or a table with --input-column")
         else:
             try:
-                lines = file.read_text(encoding="utf-8").splitlines()
+                lines = file.read_text(encoding="utf-8-sig").splitlines()  # Notepad's "UTF-8 with BOM": no U+FEFF in the text
             except UnicodeDecodeError as exc:
                 raise UsageError(f"{printable(path)} is not UTF-8 text ({exc.reason} at byte {exc.start}): give a UTF-8 text file") from None
         for number, line in enumerate(lines, start=1):
