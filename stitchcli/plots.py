@@ -151,19 +151,22 @@ def write_plots(folder: str | Path, reports: Sequence[StitchReport]) -> list[Pat
     return written
 
 
-def cell_text(value: float | None, calibrated: float | None, *, null: bool, value_format: str = "{:.3f}") -> str | None:
-    """Give the annotation of one similarity cell: the value, and with a null a second line with the
-    calibrated value in brackets, like the tables' "value (calibrated)" ("0.712\\n(0.951)"); None for a cell
-    without a measurement, :data:`UNDEFINED` for a measurement whose value is undefined (NaN). A missing
-    calibrated value reads "–", an undefined one "n/a", as in the tables."""
-    def number(v: float | None) -> str:
-        return "–" if v is None else UNDEFINED if math.isnan(v) else value_format.format(v)
+def number_text(value: float | None, value_format: str = "{:.3f}") -> str:
+    """Give a measured value as tables and heatmaps print it: "–" when there is none, :data:`UNDEFINED` when it
+    is undefined (NaN)."""
+    return "–" if value is None else UNDEFINED if math.isnan(value) else value_format.format(value)
 
+
+def cell_text(value: float | None, calibrated: float | None, *, null: bool, value_format: str = "{:.3f}", sep: str = "\n") -> str | None:
+    """Give the text of one similarity cell: the value, and with a null the calibrated value in brackets after
+    ``sep`` (a second line in heatmaps, "0.712\\n(0.951)"; the tables' "value (calibrated)" with ``sep=" "``);
+    None for a cell without a measurement, :data:`UNDEFINED` for a measurement whose value is undefined (NaN)."""
     if value is None:
         return None
     if math.isnan(value):
         return UNDEFINED
-    return number(value) if not null else f"{number(value)}\n({number(calibrated)})"
+    number = number_text(value, value_format)
+    return number if not null else f"{number}{sep}({number_text(calibrated, value_format)})"
 
 
 def permutations_of(matrices: Sequence[LayerMatrix]) -> int:

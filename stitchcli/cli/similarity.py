@@ -311,14 +311,16 @@ def csv_text(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _number(value: float | None) -> str:
-    """Give a value as the tables print it: "–" when there is none, "n/a" when it is undefined (NaN)."""
-    import math
+    from stitchcli.plots import number_text
 
-    return "–" if value is None else "n/a" if math.isnan(value) else f"{value:.3f}"
+    return number_text(value)
 
 
 def _cell(value: float | None, calibrated: float | None, null: int) -> str:
-    return _number(value) if not null else f"{_number(value)} ({_number(calibrated)})"
+    """Give a table cell as the heatmaps annotate it, on one line: "value (calibrated)" with a null."""
+    from stitchcli.plots import cell_text
+
+    return cell_text(value, calibrated, null=bool(null), sep=" ") or "–"
 
 
 def render_similarity(
