@@ -29,6 +29,15 @@ def test_off_a_terminal_it_says_how_much_is_left_what_runs_and_when_it_is_done()
     assert lines[-1].startswith("similarity: 10 cells done in ") and lines[-1].endswith(" s")
 
 
+def test_one_unit_is_counted_in_the_singular() -> None:
+    progress, out = _plain()
+    progress.start("similarity", 1, 0, unit="cells")
+    progress.advance(1)
+    progress.stop()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "similarity: 1 cell to go" and lines[-1].startswith("similarity: 1 cell done in "), lines
+
+
 def test_work_cut_short_gets_no_done_line_and_quiet_gets_none_at_all() -> None:
     progress, out = _plain()
     progress.start("embedding", 10, 0)

@@ -159,7 +159,7 @@ class Progress:
             self._bar.start()
             self._task = self._bar.add_task(label, total=total, completed=done)
         else:
-            self.info(f"{label}: {total - done} {unit} to go")
+            self.info(f"{label}: {_count(total - done, unit)} to go")
 
     def advance(self, rows: int) -> None:
         """Count ``rows`` more units as done."""
@@ -199,8 +199,13 @@ class Progress:
             self._bar = None
         elif not self.quiet and self._total and self._done >= self._total > self._resumed:
             # what this run did: rows resumed from an earlier run are not counted as done in this time
-            self.info(f"{self._label}: {self._total - self._resumed} {self._unit} done in {time.perf_counter() - self._started:.1f} s")
+            self.info(f"{self._label}: {_count(self._total - self._resumed, self._unit)} done in {time.perf_counter() - self._started:.1f} s")
         self._total = self._done = self._resumed = 0
+
+
+def _count(number: int, unit: str) -> str:
+    """Give "1 row", "2 rows": the units are plurals ("rows", "cells", "heads")."""
+    return f"{number} {unit[:-1] if number == 1 and unit.endswith('s') else unit}"
 
 
 def check_output_path(path: Any, option: str, *, folder: bool = False) -> None:
