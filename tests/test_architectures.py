@@ -223,3 +223,21 @@ def test_vision_tokens_without_a_class_token_are_averaged_not_read_at_the_first_
         states = getattr(output, "reshaped_hidden_states", None) or output.hidden_states
         expected = torch.cat([s.mean(dim=(2, 3)) if s.dim() == 4 else s.mean(dim=1) for s in states], dim=1)
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_timm_layers_have_unique_names_and_distilled_deit_pools_both_tokens() -> None:
+    import timm
+
+    crossvit = layer_encoder(build_encoder(resolve_model("crossvit_tiny_240", weights="random"), "image", CPU))
+    names = [name for name, _ in crossvit.layers]
+    assert len(names) == 6 and len(set(names)) == 6  # two branches of three blocks: one cache entry each
+
+    encoder = build_encoder(resolve_model("deit_tiny_distilled_patch16_224", weights="random"), "image", CPU)
+    layers = layer_encoder(encoder, ["blocks.11"])
+    batch = layers.collate(_images(2))
+    model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, num_classes=0)
+    model.load_state_dict(encoder._model.state_dict())
+    with torch.no_grad():
+        tokens = model.eval().forward_intermediates(layers.model_input(batch), indices=[11], intermediates_only=True,
+                                                     output_fmt="NLC", return_prefix_tokens=True)[0][1]
+    torch.testing.assert_close(layers.encode(batch), tokens[:, :2].mean(dim=1), atol=1e-4, rtol=1e-4)

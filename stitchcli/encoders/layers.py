@@ -11,7 +11,9 @@ How each backend's layers are read and pooled (docs/SIMILARITY.md §3):
   ``blocks.0`` …); other models the intermediates their ``feature_info`` lists (a ViT: every block,
   ``blocks.0`` …; a ResNet: the stem and each stage). A convolutional feature map is averaged over its
   positions (global average pooling, as the models' own heads pool); a ViT's tokens are pooled as the model
-  pools its last block: its class token for ``global_pool='token'``, else the mean of the patch tokens.
+  pools its last block: its class token for ``global_pool='token'`` (a distilled DeiT: the mean of its class and
+  distillation tokens, as its head), else the mean of the patch tokens. Layer names that repeat (CrossViT's two
+  branches) are replaced by ``feature.0`` … so that each layer keeps its own cache entry.
   Intermediates are taken before the final norm (the residual stream as it is).
 - **transformers**: ``output_hidden_states``: the embedding layer's output (``embeddings``) and each
   layer's (``layer.0`` …), pooled as the model's final representation is: CLS token, attention-masked mean
@@ -182,10 +184,15 @@ def timm_layers(encoder: TorchEncoder, batch: Any) -> Layers:
     for output in outputs:
         if isinstance(output, (tuple, list)):  # (patch tokens, prefix tokens)
             patches, prefix = output
-            pooled.append(prefix[:, 0] if getattr(model, "global_pool", None) == "token" else patches.mean(dim=1))
+            if getattr(model, "global_pool", None) != "token":
+                pooled.append(patches.mean(dim=1))
+            elif getattr(model, "dist_token", None) is not None:  # DeiT distilled: its head averages both tokens
+                pooled.append(prefix[:, :2].mean(dim=1))
+            else:
+                pooled.append(prefix[:, 0])
         else:
             pooled.append(_pool_map(output))
-    if len(names) != len(pooled):
+    if len(names) != len(pooled) or len(set(names)) != len(names):  # CrossViT's two branches name the same blocks
         names = [f"feature.{i}" for i in range(len(pooled))]
     return list(zip(names, pooled))
 
