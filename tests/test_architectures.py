@@ -241,3 +241,19 @@ def test_timm_layers_have_unique_names_and_distilled_deit_pools_both_tokens() ->
         tokens = model.eval().forward_intermediates(layers.model_input(batch), indices=[11], intermediates_only=True,
                                                      output_fmt="NLC", return_prefix_tokens=True)[0][1]
     torch.testing.assert_close(layers.encode(batch), tokens[:, :2].mean(dim=1), atol=1e-4, rtol=1e-4)
+
+
+def test_the_embeddings_layer_of_a_cls_pooled_model_varies_with_the_input(tmp_path: Path) -> None:
+    from transformers import BertConfig, BertModel, ViTConfig, ViTImageProcessor, ViTModel
+
+    text, image = tmp_path / "bert", tmp_path / "vit"
+    text.mkdir()
+    size = _bert_tokenizer(text)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(text)
+    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8)).save_pretrained(image)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(image)
+    for folder, modality, inputs in ((text, "text", TEXTS), (image, "image", _images())):
+        encoder = layer_encoder(build_encoder(resolve_model(str(folder)), modality, CPU), ["embeddings"])
+        rows = encoder.encode(encoder.collate(inputs))
+        assert rows.std(dim=0).max() > 1e-3, modality  # the class token there would be one constant row

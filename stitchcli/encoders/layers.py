@@ -20,7 +20,9 @@ How each backend's layers are read and pooled (docs/SIMILARITY.md §3):
   or last token for text (the spec's pooling), CLS token for a vision transformer (the pooler applies to the
   last layer only), the mean of its tokens for one with no class token (one token per patch: SigLIP), spatial
   mean for a convolutional model's maps and for a hierarchical vision transformer's (Swin: its
-  ``reshaped_hidden_states``). A dual encoder (CLIP) gives the hidden states of the tower that encodes the data.
+  ``reshaped_hidden_states``). The embeddings are pooled by the mean of their tokens: before any layer a class
+  token is the same for every input. A dual encoder (CLIP) gives the hidden states of the tower that encodes the
+  data.
 - **open_clip**: refused. Its towers have no intermediate-output API shared by its architectures (CLIP
   ViTs, ConvNeXts, timm towers, text transformers with their own pooling), so layer outputs could only come
   from hooks written per architecture.
@@ -211,9 +213,13 @@ def transformers_layers(encoder: TorchEncoder, batch: Any) -> Layers:
     names = ["embeddings", *(f"layer.{i}" for i in range(len(hidden) - 1))]
     model = encoder._model.model if isinstance(encoder._model, DualEncoderTower) else encoder._model
     pooled = []
-    for state in hidden:
+    for depth, state in enumerate(hidden):
+        # The embeddings (depth 0) have mixed no tokens: a class token there is the same for every input (a constant
+        # row no measure can compare), and any one token holds only itself, so they are pooled by their mean.
         if encoder.modality == "text" and state.dim() == 3:
-            pooled.append(pool_tokens(state, batch["attention_mask"], encoder.spec.pooling or "cls"))
+            pooled.append(pool_tokens(state, batch["attention_mask"], "mean" if depth == 0 else encoder.spec.pooling or "cls"))
+        elif depth == 0 and state.dim() == 3:
+            pooled.append(state.mean(dim=1))
         else:
             pooled.append(pool_vision_tokens(state, batch.get("pixel_values"), vision_patch_size(model.config)))
     return list(zip(names, pooled))
