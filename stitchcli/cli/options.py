@@ -40,7 +40,7 @@ Weights = Annotated[
     typer.Option(help="Local weights file for a timm architecture (safetensors or state dict), or 'random' for a seeded random init.", show_default=False),
 ]
 Pooling = Annotated[
-    Optional[str], typer.Option(help="Text pooling: cls or mean (default: the model's sentence-transformers config, else cls).", show_default=False)
+    Optional[str], typer.Option(help="Text pooling: cls, mean or last (default: the model's sentence-transformers config, else what its config calls for: last for a causal model, mean for T5, else cls).", show_default=False)
 ]
 MaxLength = Annotated[Optional[int], typer.Option(help="Text truncation in tokens (default: the tokenizer's, at most 512).", show_default=False)]
 Revision = Annotated[Optional[str], typer.Option(help="Hub revision of the model.", show_default=False)]

@@ -11,12 +11,18 @@ How each backend's layers are read and pooled (docs/SIMILARITY.md §3):
   ``blocks.0`` …); other models the intermediates their ``feature_info`` lists (a ViT: every block,
   ``blocks.0`` …; a ResNet: the stem and each stage). A convolutional feature map is averaged over its
   positions (global average pooling, as the models' own heads pool); a ViT's tokens are pooled as the model
-  pools its last block: its class token for ``global_pool='token'``, else the mean of the patch tokens.
+  pools its last block: its class token for ``global_pool='token'`` (a distilled DeiT: the mean of its class and
+  distillation tokens, as its head), else the mean of the patch tokens. Layer names that repeat (CrossViT's two
+  branches) are replaced by ``feature.0`` … so that each layer keeps its own cache entry.
   Intermediates are taken before the final norm (the residual stream as it is).
 - **transformers**: ``output_hidden_states``: the embedding layer's output (``embeddings``) and each
-  layer's (``layer.0`` …), pooled as the model's final representation is: CLS token or attention-masked
-  mean for text (the spec's pooling), CLS token for a vision transformer (the pooler applies to the last
-  layer only), spatial mean for a convolutional model's maps.
+  layer's (``layer.0`` …), pooled as the model's final representation is: CLS token, attention-masked mean
+  or last token for text (the spec's pooling), CLS token for a vision transformer (the pooler applies to the
+  last layer only), the mean of its tokens for one with no class token (one token per patch: SigLIP), spatial
+  mean for a convolutional model's maps and for a hierarchical vision transformer's (Swin: its
+  ``reshaped_hidden_states``). The embeddings are pooled by the mean of their tokens: before any layer a class
+  token is the same for every input. A dual encoder (CLIP) gives the hidden states of the tower that encodes the
+  data.
 - **open_clip**: refused. Its towers have no intermediate-output API shared by its architectures (CLIP
   ViTs, ConvNeXts, timm towers, text transformers with their own pooling), so layer outputs could only come
   from hooks written per architecture.
@@ -139,8 +145,8 @@ def _blank_input(modality: str) -> Any:
 _POOLING = {
     "timm": "forward_intermediates before the final norm; feature maps: mean over positions; ViT tokens: the class token "
             "(global_pool='token') or the mean of the patch tokens",
-    "transformers": "hidden_states (embeddings, then each layer); text: the model's pooling (CLS or masked mean); "
-                    "vision: the CLS token, or the spatial mean of a feature map",
+    "transformers": "hidden_states (embeddings, then each layer); text: the model's pooling (CLS, masked mean or last token); "
+                    "vision: the CLS token, or the spatial mean of a feature map (Swin: of its reshaped hidden states)",
 }
 
 
@@ -180,10 +186,15 @@ def timm_layers(encoder: TorchEncoder, batch: Any) -> Layers:
     for output in outputs:
         if isinstance(output, (tuple, list)):  # (patch tokens, prefix tokens)
             patches, prefix = output
-            pooled.append(prefix[:, 0] if getattr(model, "global_pool", None) == "token" else patches.mean(dim=1))
+            if getattr(model, "global_pool", None) != "token":
+                pooled.append(patches.mean(dim=1))
+            elif getattr(model, "dist_token", None) is not None:  # DeiT distilled: its head averages both tokens
+                pooled.append(prefix[:, :2].mean(dim=1))
+            else:
+                pooled.append(prefix[:, 0])
         else:
             pooled.append(_pool_map(output))
-    if len(names) != len(pooled):
+    if len(names) != len(pooled) or len(set(names)) != len(names):  # CrossViT's two branches name the same blocks
         names = [f"feature.{i}" for i in range(len(pooled))]
     return list(zip(names, pooled))
 
@@ -191,18 +202,24 @@ def timm_layers(encoder: TorchEncoder, batch: Any) -> Layers:
 @register_layer_extractor("transformers")
 def transformers_layers(encoder: TorchEncoder, batch: Any) -> Layers:
     """Give the pooled hidden states of a transformers model (see the module docstring)."""
-    from stitchcli.encoders.transformers_backend import masked_mean
+    from stitchcli.encoders.transformers_backend import DualEncoderTower, pool_tokens, pool_vision_tokens, vision_patch_size
 
-    hidden = encoder._model(**batch, output_hidden_states=True).hidden_states
+    output = encoder._model(**batch, output_hidden_states=True)
+    hidden = output.hidden_states
     if hidden is None:
         raise UsageError(f"--layers: {encoder.spec.source!r} gives no hidden states, so its layers cannot be read")
+    # Hierarchical vision transformers (Swin) have no class token: their token states as the feature maps they are.
+    hidden = getattr(output, "reshaped_hidden_states", None) or hidden
     names = ["embeddings", *(f"layer.{i}" for i in range(len(hidden) - 1))]
+    model = encoder._model.model if isinstance(encoder._model, DualEncoderTower) else encoder._model
     pooled = []
-    for state in hidden:
-        if state.dim() == 4:
-            pooled.append(state.mean(dim=(2, 3)))
-        elif encoder.modality == "text" and encoder.spec.pooling == "mean":
-            pooled.append(masked_mean(state, batch["attention_mask"]))
+    for depth, state in enumerate(hidden):
+        # The embeddings (depth 0) have mixed no tokens: a class token there is the same for every input (a constant
+        # row no measure can compare), and any one token holds only itself, so they are pooled by their mean.
+        if encoder.modality == "text" and state.dim() == 3:
+            pooled.append(pool_tokens(state, batch["attention_mask"], "mean" if depth == 0 else encoder.spec.pooling or "cls"))
+        elif depth == 0 and state.dim() == 3:
+            pooled.append(state.mean(dim=1))
         else:
-            pooled.append(state[:, 0])
+            pooled.append(pool_vision_tokens(state, batch.get("pixel_values"), vision_patch_size(model.config)))
     return list(zip(names, pooled))

@@ -18,7 +18,7 @@ from stitchcli.encoders.base import ModelSpec
 from stitchcli.errors import UsageError
 from stitchcli.fingerprint import file_sha256, tree_fingerprint
 
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean", "last")
 RANDOM_WEIGHTS = "random"
 
 # The text models of the paper, with the pooling each was trained for (sentence-transformers
@@ -88,7 +88,7 @@ def resolve_model(
         name: ``timm:ARCH[.TAG]``, ``openclip:ARCH/TAG``, ``hf:ID``, a bare timm name, a bare hub
             id, or a local folder holding config.json.
         weights: None (pretrained), ``"random"`` (seeded random init) or a local weights file.
-        pooling: text pooling, ``cls`` or ``mean``; None picks the model's default.
+        pooling: text pooling, ``cls``, ``mean`` or ``last``; None picks the model's default.
         max_length: text truncation in tokens; None uses the tokenizer's limit (at most 512).
         precision: ``fp32``, ``bf16`` or ``fp16``.
         seed: seed of the random initialisation.
@@ -305,20 +305,68 @@ def _is_vision_only_folder(folder: Path) -> bool:
     return (folder / "preprocessor_config.json").is_file() and not has_tokenizer
 
 
+# sentence-transformers pooling modes (its ``pooling_mode``; before v6 one ``pooling_mode_*`` flag each) that
+# stitchcli computes, and the --pooling each is; the others (max, weightedmean, ...) are refused, not replaced.
+_SENTENCE_TRANSFORMERS_POOLING = {"cls": "cls", "mean": "mean", "lasttoken": "last"}
+_LEGACY_POOLING_FLAGS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+
 def _folder_default_pooling(folder: Path) -> str:
-    """Give the pooling a sentence-transformers folder was trained with, else ``cls``."""
+    """Give the pooling a sentence-transformers folder was trained with, else the one its config calls for.
+
+    Without a sentence-transformers Pooling module: ``mean`` for an encoder-decoder or its encoder saved alone
+    (T5's encoder puts no token first that stands for the text), ``last`` for a causal language model (its first token sees no
+    other) and for a dual encoder such as CLIP (its causal text tower pools its end-of-text token; its final text
+    embedding is the model's own, the pooling applies to ``--layers``), else the paper's ``cls``.
+
+    Raises:
+        UsageError: the folder pools in a way stitchcli does not compute (max, weighted mean, several modes).
+    """
+    modes = _sentence_transformers_pooling(folder)
+    if modes is not None:
+        if len(modes) == 1 and modes[0] in _SENTENCE_TRANSFORMERS_POOLING:
+            return _SENTENCE_TRANSFORMERS_POOLING[modes[0]]
+        raise UsageError(
+            f"model folder '{folder}' pools its tokens with sentence-transformers' {' + '.join(modes) or 'no mode'}, "
+            "which stitchcli does not compute: give --pooling cls, mean or last"
+        )
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return "cls"
+    if not isinstance(config, dict):
+        return "cls"
+    architectures = [str(a) for a in config.get("architectures") or () if isinstance(a, str)]
+    if config.get("is_encoder_decoder") or any(a.endswith("EncoderModel") for a in architectures):  # T5EncoderModel
+        return "mean"
+    if config.get("is_decoder") or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        return "last"
+    if isinstance(config.get("text_config"), dict) and isinstance(config.get("vision_config"), dict):
+        return "last"  # a dual encoder (CLIP): its text tower is causal, and pools its last (end-of-text) token
+    return "cls"
+
+
+def _sentence_transformers_pooling(folder: Path) -> list[str] | None:
+    """Give the pooling modes of a sentence-transformers folder's Pooling module, None if it has none."""
     try:
         modules = json.loads((folder / "modules.json").read_text())
         for module in modules:
             if str(module.get("type", "")).endswith("Pooling"):
                 config = json.loads((folder / module.get("path", "") / "config.json").read_text())
-                if config.get("pooling_mode_mean_tokens"):
-                    return "mean"
-                if config.get("pooling_mode_cls_token"):
-                    return "cls"
+                mode = config.get("pooling_mode")
+                if mode is not None:  # sentence-transformers 6 and later: a mode or a list of modes
+                    return [str(m) for m in mode] if isinstance(mode, (list, tuple)) else [str(mode)]
+                return [name for flag, name in _LEGACY_POOLING_FLAGS.items() if config.get(flag)]
     except (OSError, ValueError, TypeError, AttributeError):
-        pass  # not a sentence-transformers folder (or an unreadable one): the paper's default
-    return "cls"
+        pass  # not a sentence-transformers folder (or an unreadable one)
+    return None
 
 
 def _hub_default_pooling(repo_id: str) -> str:
