@@ -53,6 +53,17 @@ def test_every_part_of_the_key_changes_the_digest(change):
     assert _key().digest == _key().digest
 
 
+def test_a_layer_entry_is_keyed_by_how_layers_are_pooled(monkeypatch):
+    from stitchcli.store import keys
+
+    final, layer = _key(), _key(layer="layer.3")
+    assert "layer_pooling" not in final.to_dict()  # final representations keep the keys they always had
+    assert layer.to_dict()["layer_pooling"] == keys.LAYER_POOLING_VERSION and layer.digest != final.digest
+    before = layer.digest
+    monkeypatch.setattr(keys, "LAYER_POOLING_VERSION", keys.LAYER_POOLING_VERSION + 1)
+    assert _key(layer="layer.3").digest != before and _key().digest == final.digest  # pooled anew: other entries
+
+
 def test_write_then_lookup_roundtrip(tmp_path):
     store = EmbeddingStore(tmp_path)
     key = _key()

@@ -144,7 +144,7 @@ def _blank_input(modality: str) -> Any:
 
 _POOLING = {
     "timm": "forward_intermediates before the final norm; feature maps: mean over positions; ViT tokens: the class token "
-            "(global_pool='token') or the mean of the patch tokens",
+            "(global_pool='token'; a distilled DeiT: the mean of its class and distillation tokens) or the mean of the patch tokens",
     "transformers": "hidden_states (embeddings, then each layer); text: the model's pooling (CLS, masked mean or last token); "
                     "vision: the CLS token, or the spatial mean of a feature map (Swin: of its reshaped hidden states)",
 }

@@ -9,6 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SCHEMA_VERSION = 1
+LAYER_POOLING_VERSION = 2
+"""How intermediate layers are pooled (stitchcli/encoders/layers.py), in the key of every layer entry: raised when
+that changes, so that entries pooled the old way are not read as the new. 2: a transformers model's embeddings
+layer by the mean of its tokens (its class token is the same for every input), a distilled DeiT's class and
+distillation tokens together, Swin's reshaped maps and SigLIP's patch tokens by their mean, CrossViT's layers
+named apart."""
 
 
 def canonical_json(data: Any) -> str:
@@ -30,8 +36,8 @@ class EntryKey:
     """What identifies one cache entry: the model's key, the dataset's identity, the split and subset, and the layer.
 
     ``layer`` names one intermediate layer's pooled representation (``embed --layers``); None is the model's
-    final representation. It enters the key (hence the digest) only when set, so entries of final
-    representations keep the keys they always had.
+    final representation. It enters the key (hence the digest) only when set, with :data:`LAYER_POOLING_VERSION`,
+    so entries of final representations keep the keys they always had.
     """
 
     model: dict[str, Any]
@@ -45,7 +51,7 @@ class EntryKey:
 
     def to_dict(self) -> dict[str, Any]:
         """Give the key as a JSON-ready dict, with the schema version (and the layer when there is one)."""
-        layer = {} if self.layer is None else {"layer": self.layer}
+        layer = {} if self.layer is None else {"layer": self.layer, "layer_pooling": LAYER_POOLING_VERSION}
         return {
             "schema_version": SCHEMA_VERSION,
             "model": self.model,
