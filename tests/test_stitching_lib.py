@@ -344,3 +344,16 @@ def test_translation_with_fewer_anchors_than_dimensions_keeps_to_the_anchors_spa
     centred = anchors - anchors.mean(0)
     residual = (mapped - anchors.mean(0)) - ((mapped - anchors.mean(0)) @ np.linalg.pinv(centred)) @ centred
     assert np.abs(residual).max() < 1e-3  # the result stays in the anchors' span: nothing made up outside it
+
+
+def test_macro_f1_of_a_row_counts_only_classes_the_test_labels_or_predictions_hold():
+    from stitchcli.stitching.report import score_predictions
+
+    # labels 1..3 (a CSV of 1.0, 2.0, 3.0 or star ratings): class 0 exists only as an id no row holds
+    labels = np.array([1, 1, 2, 2, 3, 3])
+    perfect = score_predictions([labels.copy()], labels, [0])
+    assert perfect["accuracy"] == 1.0 and perfect["macro_f1"] == 1.0
+    # one test row of a two-class dataset, predicted right
+    assert score_predictions([np.array([0])], np.array([0]), [0])["macro_f1"] == 1.0
+    # a class the test split lacks but a head predicts still counts, with F1 0
+    assert score_predictions([np.array([0, 1, 2])], np.array([0, 1, 1]), [0])["macro_f1"] == pytest.approx((1 + 2 / 3 + 0) / 3, abs=1e-6)
