@@ -357,3 +357,26 @@ def test_macro_f1_of_a_row_counts_only_classes_the_test_labels_or_predictions_ho
     assert score_predictions([np.array([0])], np.array([0]), [0])["macro_f1"] == 1.0
     # a class the test split lacks but a head predicts still counts, with F1 0
     assert score_predictions([np.array([0, 1, 2])], np.array([0, 1, 1]), [0])["macro_f1"] == pytest.approx((1 + 2 / 3 + 0) / 3, abs=1e-6)
+
+
+def test_eval_similarity_table_survives_a_model_that_gives_every_row_the_same_latent():
+    # identical images, or a collapsed encoder: eval stopped after training every head with
+    # "x has no variance (every row is the same), so CKA is undefined", and printed no table at all
+    from types import SimpleNamespace
+
+    import torch
+
+    from stitchcli.stitching.similarity import ACROSS_SPACES_NOTE, similarity_rows
+
+    rng = np.random.default_rng(0)
+    latents = {"flat": np.ones((8, 4), np.float32), "varied": rng.normal(size=(8, 6)).astype(np.float32)}
+    data = SimpleNamespace(models={name: SimpleNamespace(evaluation=SimpleNamespace(embeddings=v)) for name, v in latents.items()})
+    spaces = {"flat": torch.zeros(8, 1, 5), "varied": torch.from_numpy(rng.normal(size=(8, 1, 5)))}
+    rows = similarity_rows(data, ["flat", "varied"], spaces, ["cosine"], StitchSettings(dataset="x", k=3))
+    assert [(r.projection, r.cka) for r in rows] == [("cosine", None), ("absolute", None)]
+    assert all(r.jaccard is not None and np.isfinite(r.jaccard) for r in rows)
+    assert rows[0].note == "cka not defined: flat gives every row the same representation (no variance)"
+    assert rows[1].note.endswith(ACROSS_SPACES_NOTE) and rows[1].note.startswith("cka not defined: flat gives")
+    data.models["copy"], spaces["copy"] = data.models["varied"], spaces["varied"] * 2
+    varied = similarity_rows(data, ["varied", "copy"], spaces, ["cosine"], StitchSettings(dataset="x", k=3))
+    assert varied[0].cka == pytest.approx(1.0) and varied[0].note is None and varied[1].note == ACROSS_SPACES_NOTE
