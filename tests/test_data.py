@@ -519,6 +519,22 @@ def test_labels_of_another_kind_in_another_split_are_refused_naming_both(tmp_pat
             load_split(resolve_dataset(str(tmp_path)), split)
 
 
+@pytest.mark.parametrize("name", ["train.jsonl", "train.json"])
+def test_json_columns_that_mix_text_with_numbers_are_read_as_text(tmp_path: Path, name: str) -> None:
+    # pyarrow refused the file: "Could not convert 'hello' with type str: tried to convert to int64"
+    import json
+
+    records = [{"text": 123, "label": 1}, {"text": "hello", "label": "x"}, {"text": 12.5, "label": "1"}, {"text": True, "label": "x"}, {"text": None, "label": 1}]
+    path = tmp_path / name
+    path.write_text("\n".join(map(json.dumps, records)) if name.endswith("l") else json.dumps(records))
+    split = load_split(resolve_dataset(str(tmp_path)), "train")
+    assert split.get_inputs(range(5)) == ["123", "hello", "12.5", "true", ""]
+    assert split.class_names == ["1", "x"] and split.labels.tolist() == [0, 1, 0, 1, 0]
+    path.write_text(json.dumps([{"text": "a", "label": "x"}, {"text": {"nested": 1}, "label": "x"}]))
+    with pytest.raises(UsageError, match=r"column 'text' mixes object, text values; give every cell of a column one kind"):
+        load_split(resolve_dataset(str(tmp_path)), "train")
+
+
 def test_unreadable_table_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "train.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(UsageError, match="cannot read table file"):
