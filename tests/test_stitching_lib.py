@@ -380,3 +380,26 @@ def test_eval_similarity_table_survives_a_model_that_gives_every_row_the_same_la
     data.models["copy"], spaces["copy"] = data.models["varied"], spaces["varied"] * 2
     varied = similarity_rows(data, ["varied", "copy"], spaces, ["cosine"], StitchSettings(dataset="x", k=3))
     assert varied[0].cka == pytest.approx(1.0) and varied[0].note is None and varied[1].note == ACROSS_SPACES_NOTE
+
+
+def test_class_names_that_differ_only_in_case_or_spaces_are_kept_apart_with_a_warning(tmp_path):
+    from stitchcli.data import resolve_dataset
+    from stitchcli.progress import Reporter
+    from stitchcli.stitching.data import prepare
+
+    root = tmp_path / "pets"
+    root.mkdir()
+    names = ["cat", "Cat ", "dog", "cat", "dog", "Dog"] * 4
+    for split in ("train", "test"):
+        _write_csv(root / f"{split}.csv", [(f"{split} row {i}", name) for i, name in enumerate(names)])
+    store = EmbeddingStore(tmp_path / "cache")
+    rng = np.random.default_rng(0)
+    model = import_model(store, root, "A", {split: rng.normal(size=(len(names), 4)) for split in ("train", "test")})
+    warnings: list[str] = []
+    settings = StitchSettings(dataset=str(root), seeds=(0,), num_anchors=8)
+    data = prepare(store, [model], settings, resolve_dataset(str(root)), reporter=Reporter(warn=warnings.append))
+    assert data.class_names == ["Cat ", "Dog", "cat", "dog"]  # as written: no label is changed behind the user's back
+    assert warnings == [
+        "class names that differ only in case or surrounding spaces are different classes: 'Cat ', 'cat'; 'Dog', 'dog'; "
+        "write each class one way in the label column if they are one"
+    ]
