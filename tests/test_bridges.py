@@ -247,6 +247,22 @@ def test_mutual_neighbours_pair_a_shuffled_copy_completely():
     assert len(left) == 500 and torch.equal(order[left], right)
 
 
+def test_mutual_neighbours_of_no_rows_are_no_pairs():
+    left, right = mutual_neighbours(torch.zeros(0, D), _rows(5).float(), csls_k=10)
+    assert left.shape == right.shape == (0,)
+    left, right = mutual_neighbours(_rows(5).float(), torch.zeros(0, D), csls_k=10)
+    assert left.shape == right.shape == (0,)
+
+
+def test_auto_among_row_bridges_survives_an_encoder_that_gives_every_row_the_same_latent():
+    # a collapsed encoder (a random text model, a constant image set): every training row equals every anchor,
+    # so each fold's unlabeled rows, the anchors held out removed by value, are none at all
+    source = _rows(1).repeat(11, 1)
+    target = _rows(11, seed=2)
+    selection = select_bridge(["affine", "refine", "refine-coral"], source, target, source_rows=source, target_rows=target, score="retrieval")
+    assert selection.fitted is not None and torch.isfinite(selection.fitted(source, dtype=torch.float64)).all()
+
+
 def test_unordered_subset_ignores_the_order_of_the_rows():
     rows = _rows(300)
     first = unordered_subset(rows, 100, seed=3)

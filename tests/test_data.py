@@ -494,10 +494,44 @@ def test_empty_and_fractional_labels_are_rejected(tmp_path: Path) -> None:
         load_split(resolve_dataset(str(tmp_path)), "train")
 
 
-def test_every_split_needs_the_label_column(tmp_path: Path) -> None:
+def test_a_split_without_the_label_column_is_read_without_labels_and_the_others_keep_theirs(tmp_path: Path) -> None:
+    # a competition's layout: train.csv has the answers, test.csv only the inputs (the training split was
+    # refused with pyarrow's "Column 'label' in include_columns does not exist in CSV file")
     make_csv_dataset(tmp_path)
     (tmp_path / "test.csv").write_text("text\nonly text\n")
-    with pytest.raises(UsageError, match=r"test\.csv.*label"):
+    train = load_split(resolve_dataset(str(tmp_path)), "train")
+    assert train.labelled and train.class_names == sorted({label for _, label in TEXT_ROWS_TRAIN})
+    test = load_split(resolve_dataset(str(tmp_path)), "test")
+    assert (test.labelled, test.labels.tolist()) == (False, [-1])
+    with pytest.raises(UsageError, match=r"split 'test' has no column 'label' \(columns: text\)"):
+        load_split(resolve_dataset(str(tmp_path), label_column="label"), "test")
+
+
+@pytest.mark.parametrize(("train", "test", "kinds"), [("a", "0", ("class names", "numbers")), ("0", "a", ("numbers", "class names"))])
+def test_labels_of_another_kind_in_another_split_are_refused_naming_both(tmp_path: Path, train: str, test: str, kinds) -> None:
+    # string labels in train and integers in test: train took "0" as one more class name, test said it mixed
+    # numbers and other values (it holds numbers only)
+    (tmp_path / "train.csv").write_text(f"text,label\na,{train}\nb,{train}\n")
+    (tmp_path / "test.csv").write_text(f"text,label\nc,{test}\n")
+    for split, other in (("train", "test"), ("test", "train")):
+        mine, theirs = kinds if split == "train" else kinds[::-1]
+        with pytest.raises(UsageError, match=f"holds {mine} in split '{split}' but {theirs} in split '{other}'"):
+            load_split(resolve_dataset(str(tmp_path)), split)
+
+
+@pytest.mark.parametrize("name", ["train.jsonl", "train.json"])
+def test_json_columns_that_mix_text_with_numbers_are_read_as_text(tmp_path: Path, name: str) -> None:
+    # pyarrow refused the file: "Could not convert 'hello' with type str: tried to convert to int64"
+    import json
+
+    records = [{"text": 123, "label": 1}, {"text": "hello", "label": "x"}, {"text": 12.5, "label": "1"}, {"text": True, "label": "x"}, {"text": None, "label": 1}]
+    path = tmp_path / name
+    path.write_text("\n".join(map(json.dumps, records)) if name.endswith("l") else json.dumps(records))
+    split = load_split(resolve_dataset(str(tmp_path)), "train")
+    assert split.get_inputs(range(5)) == ["123", "hello", "12.5", "true", ""]
+    assert split.class_names == ["1", "x"] and split.labels.tolist() == [0, 1, 0, 1, 0]
+    path.write_text(json.dumps([{"text": "a", "label": "x"}, {"text": {"nested": 1}, "label": "x"}]))
+    with pytest.raises(UsageError, match=r"column 'text' mixes object, text values; give every cell of a column one kind"):
         load_split(resolve_dataset(str(tmp_path)), "train")
 
 

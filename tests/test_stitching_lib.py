@@ -344,3 +344,62 @@ def test_translation_with_fewer_anchors_than_dimensions_keeps_to_the_anchors_spa
     centred = anchors - anchors.mean(0)
     residual = (mapped - anchors.mean(0)) - ((mapped - anchors.mean(0)) @ np.linalg.pinv(centred)) @ centred
     assert np.abs(residual).max() < 1e-3  # the result stays in the anchors' span: nothing made up outside it
+
+
+def test_macro_f1_of_a_row_counts_only_classes_the_test_labels_or_predictions_hold():
+    from stitchcli.stitching.report import score_predictions
+
+    # labels 1..3 (a CSV of 1.0, 2.0, 3.0 or star ratings): class 0 exists only as an id no row holds
+    labels = np.array([1, 1, 2, 2, 3, 3])
+    perfect = score_predictions([labels.copy()], labels, [0])
+    assert perfect["accuracy"] == 1.0 and perfect["macro_f1"] == 1.0
+    # one test row of a two-class dataset, predicted right
+    assert score_predictions([np.array([0])], np.array([0]), [0])["macro_f1"] == 1.0
+    # a class the test split lacks but a head predicts still counts, with F1 0
+    assert score_predictions([np.array([0, 1, 2])], np.array([0, 1, 1]), [0])["macro_f1"] == pytest.approx((1 + 2 / 3 + 0) / 3, abs=1e-6)
+
+
+def test_eval_similarity_table_survives_a_model_that_gives_every_row_the_same_latent():
+    # identical images, or a collapsed encoder: eval stopped after training every head with
+    # "x has no variance (every row is the same), so CKA is undefined", and printed no table at all
+    from types import SimpleNamespace
+
+    import torch
+
+    from stitchcli.stitching.similarity import ACROSS_SPACES_NOTE, similarity_rows
+
+    rng = np.random.default_rng(0)
+    latents = {"flat": np.ones((8, 4), np.float32), "varied": rng.normal(size=(8, 6)).astype(np.float32)}
+    data = SimpleNamespace(models={name: SimpleNamespace(evaluation=SimpleNamespace(embeddings=v)) for name, v in latents.items()})
+    spaces = {"flat": torch.zeros(8, 1, 5), "varied": torch.from_numpy(rng.normal(size=(8, 1, 5)))}
+    rows = similarity_rows(data, ["flat", "varied"], spaces, ["cosine"], StitchSettings(dataset="x", k=3))
+    assert [(r.projection, r.cka) for r in rows] == [("cosine", None), ("absolute", None)]
+    assert all(r.jaccard is not None and np.isfinite(r.jaccard) for r in rows)
+    assert rows[0].note == "cka not defined: flat gives every row the same representation (no variance)"
+    assert rows[1].note.endswith(ACROSS_SPACES_NOTE) and rows[1].note.startswith("cka not defined: flat gives")
+    data.models["copy"], spaces["copy"] = data.models["varied"], spaces["varied"] * 2
+    varied = similarity_rows(data, ["varied", "copy"], spaces, ["cosine"], StitchSettings(dataset="x", k=3))
+    assert varied[0].cka == pytest.approx(1.0) and varied[0].note is None and varied[1].note == ACROSS_SPACES_NOTE
+
+
+def test_class_names_that_differ_only_in_case_or_spaces_are_kept_apart_with_a_warning(tmp_path):
+    from stitchcli.data import resolve_dataset
+    from stitchcli.progress import Reporter
+    from stitchcli.stitching.data import prepare
+
+    root = tmp_path / "pets"
+    root.mkdir()
+    names = ["cat", "Cat ", "dog", "cat", "dog", "Dog"] * 4
+    for split in ("train", "test"):
+        _write_csv(root / f"{split}.csv", [(f"{split} row {i}", name) for i, name in enumerate(names)])
+    store = EmbeddingStore(tmp_path / "cache")
+    rng = np.random.default_rng(0)
+    model = import_model(store, root, "A", {split: rng.normal(size=(len(names), 4)) for split in ("train", "test")})
+    warnings: list[str] = []
+    settings = StitchSettings(dataset=str(root), seeds=(0,), num_anchors=8)
+    data = prepare(store, [model], settings, resolve_dataset(str(root)), reporter=Reporter(warn=warnings.append))
+    assert data.class_names == ["Cat ", "Dog", "cat", "dog"]  # as written: no label is changed behind the user's back
+    assert warnings == [
+        "class names that differ only in case or surrounding spaces are different classes: 'Cat ', 'cat'; 'Dog', 'dog'; "
+        "write each class one way in the label column if they are one"
+    ]

@@ -57,8 +57,12 @@ def mutual_neighbours(mapped: torch.Tensor, target: torch.Tensor, *, csls_k: int
 
     Similarity is the cosine, corrected by CSLS when ``csls_k`` > 0: 2·cos(y, t) - r(y) - r(t), r the mean
     cosine to the ``csls_k`` nearest rows of the other set. Computed in float32, in row blocks of bounded
-    size; the pairs come sorted by target position.
+    size; the pairs come sorted by target position. No pairs when either side has no rows (every training row
+    is an anchor held out by ``auto``'s folds, or equal to one).
     """
+    if len(mapped) == 0 or len(target) == 0:
+        none = torch.zeros(0, dtype=torch.long)
+        return none, none.clone()
     y = torch.nn.functional.normalize(mapped.float(), dim=1)
     t = torch.nn.functional.normalize(target.float(), dim=1)
     neighbours = min(csls_k, len(y), len(t))

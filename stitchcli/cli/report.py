@@ -277,11 +277,16 @@ def _render_pair(report: StitchReport, names: Sequence[str]) -> None:
 def _render_similarity(report: StitchReport) -> None:
     if not report.similarity:
         return
+    from stitchcli.stitching.similarity import ACROSS_SPACES_NOTE
+
     k = report.settings.get("k")
+    # the absolute rows' standing note is said once in the docs; any other (a measure not defined) gets a column
+    notes = ["; ".join(part for part in (r.note or "").split("; ") if part and part != ACROSS_SPACES_NOTE) for r in report.similarity]
     print_table(
         f"{report.dataset}: similarity of the {report.split} representations",
-        ["model a", "model b", "space", "CKA", f"Jaccard@{k}", f"MRR@{k}", "cosine"],
-        [[r.model_a, r.model_b, r.projection, _number(r.cka), _number(r.jaccard), _number(r.mrr), _number(r.cosine)] for r in report.similarity or []],
+        ["model a", "model b", "space", "CKA", f"Jaccard@{k}", f"MRR@{k}", "cosine"] + (["note"] if any(notes) else []),
+        [[r.model_a, r.model_b, r.projection, _number(r.cka), _number(r.jaccard), _number(r.mrr), _number(r.cosine)] + ([note] if any(notes) else [])
+         for r, note in zip(report.similarity, notes)],
         justify={name: "right" for name in ("CKA", f"Jaccard@{k}", f"MRR@{k}", "cosine")},
     )
 

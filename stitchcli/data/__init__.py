@@ -199,7 +199,7 @@ def load_split(spec: DatasetSpec, split: str, *, limit: int | None = None, seed:
         labels, class_names = np.full(num_rows, UNLABELLED, dtype=np.int64), []
         ids = random_subset(num_rows, limit, seed) if limit is not None else np.arange(num_rows, dtype=np.int64)
     else:
-        labels, class_names = _labels(source, split, label, columns, where)
+        labels, class_names = _labels(source, split, label, columns, where, spec.name)
         ids = stratified_subset(labels, limit, seed) if limit is not None else np.arange(len(labels), dtype=np.int64)
     fetch = source.fetcher(split, inputs, modality)
     return SplitData(
@@ -218,13 +218,33 @@ def load_split(spec: DatasetSpec, split: str, *, limit: int | None = None, seed:
     )
 
 
-def _labels(source: SplitSource, split: str, label: str, columns: Sequence[ColumnInfo], where: str) -> tuple[np.ndarray, list[str]]:
+_LABEL_FAMILY = {"string": "class names", "class_label": "class ids with names", "integer": "numbers", "float": "numbers"}
+"""Label kinds whose values name classes alike: integer and float labels are both numbers (1 and 1.0 are one class)."""
+
+
+def _labels(
+    source: SplitSource, split: str, label: str, columns: Sequence[ColumnInfo], where: str, spec_name: str
+) -> tuple[np.ndarray, list[str]]:
     """Give a labelled split's class ids and class names; UsageError when some rows have none (-1)."""
     label_info = next(c for c in columns if c.name == label)
     values = source.column_values(split, label)
 
     def every_split_values() -> list[np.ndarray]:
-        return [values] + [source.column_values(s, label) for s in source.splits if s != split]
+        every = [values]
+        for other in source.splits:
+            if other == split:
+                continue
+            info = next((c for c in source.columns(other) if c.name == label), None)
+            if info is None or info.kind not in _LABEL_FAMILY:  # no labels there (a test file with no answers, or an
+                continue  # empty column): it names no class, and reading that split says what it lacks
+            if _LABEL_FAMILY[info.kind] != _LABEL_FAMILY.get(label_info.kind):
+                raise UsageError(
+                    f"label column '{printable(label)}' holds {_LABEL_FAMILY.get(label_info.kind, label_info.kind)} in split "
+                    f"'{printable(split)}' but {_LABEL_FAMILY[info.kind]} in split '{printable(other)}' "
+                    f"of dataset '{printable(spec_name)}', so their classes cannot be matched; write the same kind of label in every split"
+                )
+            every.append(source.column_values(other, label))
+        return every
 
     labels, class_names = encode_labels(label_info, values, every_split_values, where=where)
     unlabelled = int((labels < 0).sum())

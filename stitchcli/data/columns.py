@@ -189,6 +189,15 @@ def encode_labels(
     return ids, [str(i) for i in range(largest + 1)]
 
 
+def alike_class_names(names: Sequence[str]) -> list[list[str]]:
+    """Give the groups of class names that differ only in case or surrounding spaces (``cat``, ``Cat ``): most
+    likely one class typed several ways, which labels keep apart as they are written."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(str(name).strip().casefold(), []).append(str(name))
+    return [group for group in groups.values() if len(group) > 1]
+
+
 def _empty_labels(column: str, where: str) -> UsageError:
     return UsageError(
         f"label column '{printable(column)}' of {where} has empty values; fill them in or pass another --label-column"

@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from stitchcli.data.base import first_line
+from stitchcli.data.base import first_line, printable
 from stitchcli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -168,13 +168,11 @@ def _read_json(path: Path) -> "pa.Table":
     ``lines=True`` write, blank lines skipped), an object of column lists, and each of pandas' other
     layouts of a table: ``"columns"`` (its default), ``"index"``, ``"split"`` and ``"table"``.
     """
-    import pyarrow as pa
-
     text = _utf8_text(path)
     try:
         document: Any = json.loads(text)
     except json.JSONDecodeError:
-        return pa.Table.from_pylist(_json_lines(text))  # .json files are often JSON lines
+        return _records_table(_json_lines(text))  # .json files are often JSON lines
     if isinstance(document, dict):
         return _table_of_object(document)
     if not isinstance(document, list) or not all(isinstance(r, dict) for r in document):
@@ -182,27 +180,55 @@ def _read_json(path: Path) -> "pa.Table":
             "expected records: a JSON array of objects, one object per line, or an object of columns "
             "(pandas: to_json(orient='records'))"
         )
-    return pa.Table.from_pylist(document)
+    return _records_table(document)
 
 
 def _table_of_object(document: dict[str, Any]) -> "pa.Table":
-    import pyarrow as pa
-
     values = list(document.values())
     if set(document) in ({"columns", "data"}, {"columns", "index", "data"}) and all(isinstance(r, list) for r in document["data"]):
         columns = document["columns"]  # pandas orient="split"
-        return pa.table({str(c): [row[i] for row in document["data"]] for i, c in enumerate(columns)})
+        return _columns_table({str(c): [row[i] for row in document["data"]] for i, c in enumerate(columns)})
     if set(document) == {"schema", "data"} and isinstance(document["schema"], dict) and isinstance(document["data"], list):
         index = set(document["schema"].get("primaryKey") or ())  # pandas orient="table": the index is no column
-        return pa.Table.from_pylist([{k: v for k, v in r.items() if k not in index} for r in document["data"]])
+        return _records_table([{k: v for k, v in r.items() if k not in index} for r in document["data"]])
     if values and all(isinstance(v, list) for v in values):
-        return pa.table(document)  # {"column": [values...]}
+        return _columns_table(document)  # {"column": [values...]}
     if values and all(isinstance(v, dict) for v in values):
         inner = {k for v in values for k in v}
         if all(k.isdigit() for k in document) and not all(k.isdigit() for k in inner):
-            return pa.Table.from_pylist(values)  # pandas orient="index": {"row": {"column": value}}
+            return _records_table(values)  # pandas orient="index": {"row": {"column": value}}
         return _columns_of_row_objects(document)
-    return pa.Table.from_pylist([document])  # one record
+    return _records_table([document])  # one record
+
+
+def _records_table(records: list[dict[str, Any]]) -> "pa.Table":
+    """Give the table of JSON records (columns: the first record's keys, as pyarrow's ``from_pylist``)."""
+    import pyarrow as pa
+
+    try:
+        return pa.Table.from_pylist(records)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # a column mixes kinds of value: see _columns_table
+        return _columns_table({name: [record.get(name) for record in records] for name in (records[0] if records else {})})
+
+
+def _columns_table(columns: dict[str, list[Any]]) -> "pa.Table":
+    """Give the table of JSON columns, as pandas reads them: a column whose cells mix text with numbers or
+    booleans (``"hello"`` and ``123``; ``1`` and ``"x"``) is text, each number or boolean as JSON writes it."""
+    import pyarrow as pa
+
+    arrays = {}
+    for name, values in columns.items():
+        try:
+            arrays[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            if not all(v is None or isinstance(v, (str, int, float, bool)) for v in values):
+                kinds = sorted({_JSON_KINDS.get(type(v).__name__, type(v).__name__) for v in values if v is not None})
+                raise ValueError(f"column '{printable(name)}' mixes {', '.join(kinds)} values; give every cell of a column one kind") from None
+            arrays[name] = pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values], pa.string())
+    return pa.table(arrays)
+
+
+_JSON_KINDS = {"str": "text", "int": "number", "float": "number", "bool": "true/false", "dict": "object", "list": "array"}
 
 
 def _json_lines(text: str) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from stitchcli.anchors import (
     select_anchor_rows,
 )
 from stitchcli.data.base import DatasetSpec, printable
+from stitchcli.data.columns import alike_class_names
 from stitchcli.embedding import EmbedOptions
 from stitchcli.errors import NotCached, StitchError, UsageError
 from stitchcli.models import ModelRef
@@ -234,6 +235,10 @@ def prepare(
         other = list(view.train.metadata.get("class_names") or [])
         if other and other != class_names:
             raise UsageError(f"{view.name} and {names[0]} disagree on the class names of {settings.dataset}: embed both with the same label column")
+    if heads and (alike := alike_class_names(class_names)):
+        shown = "; ".join(", ".join(repr(name) for name in group) for group in alike[:3]) + (f" and {len(alike) - 3} more" if len(alike) > 3 else "")
+        reporter.warn(f"class names that differ only in case or surrounding spaces are different classes: {shown}; "
+                      "write each class one way in the label column if they are one")
     eval_view = views[names[0]].evaluation
     unseen = sorted(set(eval_view.labels.tolist()) - set(first.labels.tolist())) if eval_view is not None and heads else []
     if unseen:  # a --limit subset can lack a rare class: warn rather than refuse

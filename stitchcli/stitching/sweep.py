@@ -109,7 +109,7 @@ def run_sweep(
         if pixels is not None:
             return pixels.score(key, data.models[key[0]], head_list, features)
         predictions = [head.predict(features) for head in head_list]
-        return score_predictions(predictions, _eval_labels(data), data.num_classes, settings.seeds)
+        return score_predictions(predictions, _eval_labels(data), settings.seeds)
 
     rows: list[StitchRow] = []
     for subset in settings.projection_sets():
