@@ -193,7 +193,7 @@ CASES = [
     Case("stitch: unknown evaluation split", ("stitch", "arra", "arrb", "-d", "{img}", "--split", "val"), 2,
          ("has no split 'val'", "available splits: test, train")),
     Case("stitch: a test class the training split lacks (warns)", ("stitch", "arrc", "arrd", "-d", "{unseen}", *FAST_HEAD), 0,
-         ("warning: class(es) frog of split 'test' never occur in 'train'",)),
+         ("warning: class(es) 'frog' of split 'test' never occur in 'train'",)),
     # ---- eval -------------------------------------------------------------------------------------------
     Case("eval: one model", ("eval", "-d", "{img}", "--models", "arra"), 2,
          ("give at least two with --models A,B",)),

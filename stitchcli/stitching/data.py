@@ -242,7 +242,7 @@ def prepare(
     eval_view = views[names[0]].evaluation
     unseen = sorted(set(eval_view.labels.tolist()) - set(first.labels.tolist())) if eval_view is not None and heads else []
     if unseen:  # a --limit subset can lack a rare class: warn rather than refuse
-        shown = ", ".join(class_names[i] if i < len(class_names) else str(i) for i in unseen)
+        shown = ", ".join(repr(class_names[i]) if i < len(class_names) else str(i) for i in unseen)  # quoted: 'dog ' shows its space
         reporter.warn(f"class(es) {shown} of split {settings.split!r} never occur in {settings.train_split!r}: no head learns them, so their rows count as errors")
     return SweepData(
         dataset=data,
