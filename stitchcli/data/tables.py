@@ -31,6 +31,7 @@ from stitchcli.errors import UsageError
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    import pyarrow.csv as pcsv
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 
@@ -77,13 +78,41 @@ def read_table(path: str | os.PathLike[str], columns: Sequence[str] | None = Non
     return table
 
 
+def table_column_names(path: str | os.PathLike[str]) -> list[str] | None:
+    """Give the column names of a Parquet, CSV or TSV file from its schema or first block, reading no other row;
+    None for JSON (its columns are known once it is parsed) or a file that cannot be read (reading it says why)."""
+    import pyarrow as pa
+
+    p = Path(path)
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(p).names)
+        if suffix in (".csv", ".tsv"):
+            import pyarrow.csv as pcsv
+
+            with pcsv.open_csv(p, parse_options=_csv_parse_options(csv_delimiter(p) or ",")) as reader:
+                return list(reader.schema.names)
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+    return None
+
+
+def _csv_parse_options(delimiter: str) -> "pcsv.ParseOptions":
+    import pyarrow.csv as pcsv
+
+    return pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
+
+
 def _read_csv(path: Path, delimiter: str, columns: Sequence[str] | None) -> "pa.Table":
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
     table = pcsv.read_csv(
         path,
-        parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+        parse_options=_csv_parse_options(delimiter),
         # empty cells are missing values: an empty label is reported, an empty text embedded as ""
         convert_options=pcsv.ConvertOptions(
             strings_can_be_null=True,
