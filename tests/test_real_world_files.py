@@ -604,6 +604,35 @@ def test_an_image_folder_keeps_its_fingerprint_unless_its_rows_changed(tmp_path:
         assert (dataset_fingerprint(resolve_dataset(str(root)), "train") == before(root)) is not nested
 
 
+def test_images_reached_through_a_link_below_a_class_folder_are_in_the_fingerprint(tmp_path: Path) -> None:
+    """Rows read through a link to a folder (followed since subfolders are read) key the entry: the walk that hashes
+    names and sizes does not follow links, so the entries made before without those rows were read back, and an
+    image added there went unnoticed. A __MACOSX folder (never read) leaves a flat folder its fingerprint."""
+    import hashlib
+
+    from stitchcli.data import dataset_fingerprint
+    from stitchcli.fingerprint import tree_fingerprint
+
+    def flat_fingerprint(root: Path) -> str:  # as computed before subfolders were read
+        digest = hashlib.sha256(tree_fingerprint(root / "train", content=False).encode())
+        digest.update("\0".join(["cat", "dog"]).encode())
+        return digest.hexdigest()
+
+    root = tmp_path / "photos"
+    _png_at(root / "train" / "cat" / "0.png", (1, 0, 0))
+    _png_at(root / "train" / "dog" / "0.png", (2, 0, 0))
+    _png_at(root / "train" / "dog" / "__MACOSX" / "1.png", (0, 0, 0))
+    spec = resolve_dataset(str(root))
+    flat = dataset_fingerprint(spec, "train")
+    assert flat == flat_fingerprint(root) and len(load_split(spec, "train")) == 2
+    _png_at(tmp_path / "elsewhere" / "5.png", (5, 0, 0))
+    (root / "train" / "dog" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    linked = dataset_fingerprint(spec, "train")
+    assert len(load_split(spec, "train")) == 3 and linked != flat
+    _png_at(tmp_path / "elsewhere" / "6.png", (6, 0, 0))
+    assert dataset_fingerprint(spec, "train") != linked
+
+
 def test_every_source_gives_the_same_pixels(tmp_path: Path) -> None:
     """An image folder, a ``datasets.save_to_disk`` folder and a ``datasets`` Parquet file of the same PIL-written
     files give the models the same pixels (EXIF turned, transparency on white, 16-bit scaled in all three)."""

@@ -344,10 +344,31 @@ def _walk_images(folder: Path, *, below: bool, strict: bool = True) -> Iterator[
                 )
         if below:
             for entry in entries:
-                if not entry.name.startswith(".") and entry.name != "__MACOSX" and _is_kind(entry, "dir"):
+                if _is_read_subfolder(entry.name) and _is_kind(entry, "dir"):
                     yield from walk(Path(entry.path), relative + entry.name + "/")
 
     return walk(folder, "")
+
+
+def _is_read_subfolder(name: str) -> bool:
+    return not name.startswith(".") and name != "__MACOSX"
+
+
+def images_below_class_folders(split_folder: Path, names: Sequence[str], links: Sequence[str]) -> list[str]:
+    """Give the images below the class folders of ``split_folder`` (not directly in one) that its rows hold, as
+    "path<NUL>size", from what :func:`~stitchcli.fingerprint.tree_fingerprint` of it found: its file ``names``,
+    and its ``links`` to folders, which it does not follow but the rows do (walked here)."""
+    found = []
+    for name in names:
+        *folders, file = name.split("/")
+        if len(folders) > 1 and _is_image(file) and all(_is_read_subfolder(f) for f in folders[1:]):
+            found.append(name)
+    for link in links:
+        if "/" in link and all(_is_read_subfolder(f) for f in link.split("/")[1:]):  # a link below a class folder
+            for relative in _walk_images(split_folder / link, below=True, strict=False):
+                path = split_folder / link / relative
+                found.append(f"{link}/{relative}\0{path.stat().st_size if path.exists() else -1}")
+    return found
 
 
 def image_files(folder: Path, *, below: bool = False) -> list[str]:
