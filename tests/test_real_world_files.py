@@ -154,6 +154,15 @@ def test_a_one_column_csv_whose_texts_hold_semicolons_stays_one_column(tmp_path:
     assert split.get_inputs(range(3)) == ["a; b; c", "x|y", "tab\there"]
 
 
+@pytest.mark.parametrize("header", ["text|source", "text; notes", "name\tvalue"])
+def test_a_one_column_csv_whose_header_holds_another_delimiter_stays_one_column(tmp_path: Path, header: str) -> None:
+    """The header alone split it ("Expected 2 columns, got 1" on its rows, which read before): the first row decides too."""
+    with open(tmp_path / "train.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([[header], ["one text"], ["another"]])
+    split = load_split(resolve_dataset(str(tmp_path)), "train")
+    assert split.input_columns == (header,) and split.get_inputs(range(2)) == ["one text", "another"]
+
+
 def test_a_csv_read_with_another_delimiter_than_its_suffix_has_a_fingerprint_of_its_own(tmp_path: Path) -> None:
     """Entries embedded before the ';' was found hold one text column of whole rows: they must not be cache hits,
     while every file read as before keeps the fingerprint (and so the cache entries) it had."""
