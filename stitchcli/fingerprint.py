@@ -48,17 +48,22 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest
 
 
-def tree_fingerprint(root: str | os.PathLike[str], *, content: bool = True, names: list[str] | None = None) -> str:
+def tree_fingerprint(
+    root: str | os.PathLike[str], *, content: bool = True, names: list[str] | None = None, links: list[str] | None = None
+) -> str:
     """Give a hex digest of every file under ``root`` (relative names and contents, or sizes).
 
     With ``content=False`` only names and sizes are hashed: for large image folders, where reading
     every byte on each command would cost more than the cache saves. A symbolic link to nothing is
-    hashed as its target's name. ``names``, when given, receives every hashed file's relative name.
+    hashed as its target's name. ``names``, when given, receives every hashed file's relative name; ``links`` the
+    relative names of the symbolic links to folders, which are not followed (their files are not hashed).
     """
     base = Path(root)
     h = hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(base):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if links is not None:
+            links.extend(Path(dirpath, d).relative_to(base).as_posix() for d in dirnames if os.path.islink(os.path.join(dirpath, d)))
         for fname in sorted(filenames):
             if fname.startswith("."):
                 continue

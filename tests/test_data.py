@@ -713,3 +713,21 @@ def test_packaged_bbc_news(packaged_dir: Path) -> None:
     texts = train.get_inputs(range(len(train)))
     assert all(isinstance(t, str) and len(t) > 100 for t in texts)
     assert any("£" in t for t in texts) and not any("\ufffd" in t for t in texts)  # latin-1 decoded
+
+
+def test_reading_a_split_reads_only_the_label_column_of_the_other_splits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # checking the other splits' kind of label read each of them whole (a Parquet split's every image), and kept it
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from stitchcli.data import sources
+
+    pq.write_table(pa.table({"text": ["a", "b"], "label": ["x", "y"]}), tmp_path / "train.parquet")
+    pq.write_table(pa.table({"text": ["c"], "label": ["z"], "image": [b"\0" * 1000]}), tmp_path / "test.parquet")
+    (tmp_path / "validation.csv").write_text("text,label\nd,w\n")
+    reads: list[tuple[str, object]] = []
+    real = sources.read_table
+    monkeypatch.setattr(sources, "read_table", lambda path, columns=None: reads.append((Path(path).stem, columns)) or real(path, columns))
+    train = load_split(resolve_dataset(str(tmp_path)), "train")
+    assert train.class_names == ["w", "x", "y", "z"] and train.labels.tolist() == [1, 2]
+    assert sorted(reads) == [("test", ["label"]), ("train", None), ("validation", ["label"])]

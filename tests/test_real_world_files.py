@@ -154,6 +154,15 @@ def test_a_one_column_csv_whose_texts_hold_semicolons_stays_one_column(tmp_path:
     assert split.get_inputs(range(3)) == ["a; b; c", "x|y", "tab\there"]
 
 
+@pytest.mark.parametrize("header", ["text|source", "text; notes", "name\tvalue"])
+def test_a_one_column_csv_whose_header_holds_another_delimiter_stays_one_column(tmp_path: Path, header: str) -> None:
+    """The header alone split it ("Expected 2 columns, got 1" on its rows, which read before): the first row decides too."""
+    with open(tmp_path / "train.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([[header], ["one text"], ["another"]])
+    split = load_split(resolve_dataset(str(tmp_path)), "train")
+    assert split.input_columns == (header,) and split.get_inputs(range(2)) == ["one text", "another"]
+
+
 def test_a_csv_read_with_another_delimiter_than_its_suffix_has_a_fingerprint_of_its_own(tmp_path: Path) -> None:
     """Entries embedded before the ';' was found hold one text column of whole rows: they must not be cache hits,
     while every file read as before keeps the fingerprint (and so the cache entries) it had."""
@@ -602,6 +611,35 @@ def test_an_image_folder_keeps_its_fingerprint_unless_its_rows_changed(tmp_path:
         (root / "train" / "dog" / "notes").mkdir()
         (root / "train" / "dog" / "notes" / "readme.txt").write_text("not an image")
         assert (dataset_fingerprint(resolve_dataset(str(root)), "train") == before(root)) is not nested
+
+
+def test_images_reached_through_a_link_below_a_class_folder_are_in_the_fingerprint(tmp_path: Path) -> None:
+    """Rows read through a link to a folder (followed since subfolders are read) key the entry: the walk that hashes
+    names and sizes does not follow links, so the entries made before without those rows were read back, and an
+    image added there went unnoticed. A __MACOSX folder (never read) leaves a flat folder its fingerprint."""
+    import hashlib
+
+    from stitchcli.data import dataset_fingerprint
+    from stitchcli.fingerprint import tree_fingerprint
+
+    def flat_fingerprint(root: Path) -> str:  # as computed before subfolders were read
+        digest = hashlib.sha256(tree_fingerprint(root / "train", content=False).encode())
+        digest.update("\0".join(["cat", "dog"]).encode())
+        return digest.hexdigest()
+
+    root = tmp_path / "photos"
+    _png_at(root / "train" / "cat" / "0.png", (1, 0, 0))
+    _png_at(root / "train" / "dog" / "0.png", (2, 0, 0))
+    _png_at(root / "train" / "dog" / "__MACOSX" / "1.png", (0, 0, 0))
+    spec = resolve_dataset(str(root))
+    flat = dataset_fingerprint(spec, "train")
+    assert flat == flat_fingerprint(root) and len(load_split(spec, "train")) == 2
+    _png_at(tmp_path / "elsewhere" / "5.png", (5, 0, 0))
+    (root / "train" / "dog" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    linked = dataset_fingerprint(spec, "train")
+    assert len(load_split(spec, "train")) == 3 and linked != flat
+    _png_at(tmp_path / "elsewhere" / "6.png", (6, 0, 0))
+    assert dataset_fingerprint(spec, "train") != linked
 
 
 def test_every_source_gives_the_same_pixels(tmp_path: Path) -> None:

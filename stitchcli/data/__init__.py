@@ -234,7 +234,7 @@ def _labels(
         for other in source.splits:
             if other == split:
                 continue
-            info = next((c for c in source.columns(other) if c.name == label), None)
+            info = source.column_info(other, label)
             if info is None or info.kind not in _LABEL_FAMILY:  # no labels there (a test file with no answers, or an
                 continue  # empty column): it names no class, and reading that split says what it lacks
             if _LABEL_FAMILY[info.kind] != _LABEL_FAMILY.get(label_info.kind):

@@ -19,12 +19,12 @@ import os
 from pathlib import Path
 
 from stitchcli.data.base import DatasetSpec
-from stitchcli.data.columns import IMAGE_EXTENSIONS
 from stitchcli.data.sources import (
     HFSplitSource,
     ImageFolderSource,
     TableSource,
     image_folder_splits,
+    images_below_class_folders,
     unknown_split,
 )
 from stitchcli.data.tables import TABLE_SUFFIXES, csv_delimiter, default_delimiter, file_class_label_names
@@ -165,9 +165,12 @@ def imagefolder_fingerprint(spec: DatasetSpec, split: str) -> str:
         raise unknown_split(spec.name, split, splits, folder=root)
     classes = sorted({d.name for s in splits for d in (root / s).iterdir() if d.is_dir()})
     names: list[str] = []
-    digest = hashlib.sha256(tree_fingerprint(root / split, content=False, names=names).encode())
+    links: list[str] = []
+    digest = hashlib.sha256(tree_fingerprint(root / split, content=False, names=names, links=links).encode())
     digest.update("\0".join(classes).encode())
-    if any(name.count("/") > 1 and name.lower().endswith(IMAGE_EXTENSIONS) for name in names):
-        # images in subfolders of class folders: rows since they are read (entries made before lack them)
+    below = images_below_class_folders(root / split, names, links)
+    if below:  # rows since subfolders of class folders are read (entries made before lack them); those reached
+        # through links to folders are hashed here, as the tree's walk does not follow links
         digest.update(b"\0images below class folders")
+        digest.update("\n".join(below).encode())
     return digest.hexdigest()

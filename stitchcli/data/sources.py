@@ -16,7 +16,7 @@ import numpy as np
 from stitchcli.data.base import Modality, first_line, printable
 from stitchcli.data.columns import IMAGE_EXTENSIONS, ColumnInfo
 from stitchcli.data.images import image_errors, to_rgb_image
-from stitchcli.data.tables import class_label_names, read_table
+from stitchcli.data.tables import class_label_names, file_class_label_names, read_table, table_column_names
 from stitchcli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -41,6 +41,11 @@ class SplitSource(Protocol):
 
     def column_values(self, split: str, name: str) -> np.ndarray:
         """Give one column's values in row order (object array for strings)."""
+        ...
+
+    def column_info(self, split: str, name: str) -> ColumnInfo | None:
+        """Give what one column of a split holds, None when the split has no such column; reading no more of
+        the split than that column where the format allows (the other splits' labels, read with a split's)."""
         ...
 
     def fetcher(self, split: str, input_columns: tuple[str, ...], modality: Modality) -> Fetch:
@@ -120,6 +125,9 @@ class HFSplitSource:
         features = self._datasets[split].features
         return [_hf_column_info(name, feature) for name, feature in features.items()]
 
+    def column_info(self, split: str, name: str) -> ColumnInfo | None:
+        return _named(self.columns(split), name)
+
     def num_rows(self, split: str) -> int:
         return len(self._datasets[split])
 
@@ -131,6 +139,10 @@ class HFSplitSource:
 
     def fetcher(self, split: str, input_columns: tuple[str, ...], modality: Modality) -> Fetch:
         return HFDatasetFetcher(self._datasets[split], input_columns, modality)
+
+
+def _named(columns: Sequence[ColumnInfo], name: str) -> ColumnInfo | None:
+    return next((c for c in columns if c.name == name), None)
 
 
 # --- table files (CSV/TSV/JSON/JSONL/Parquet) ---------------------------------------------------------
@@ -221,6 +233,7 @@ class TableSource:
         self._paths = split_paths
         self.splits = list(split_paths)
         self._tables: dict[str, pa.Table] = {}
+        self._columns: dict[tuple[str, str], pa.ChunkedArray | None] = {}  # one column of a split not read whole
 
     def _table(self, split: str) -> "pa.Table":
         if split not in self._tables:
@@ -238,10 +251,30 @@ class TableSource:
     def column_values(self, split: str, name: str) -> np.ndarray:
         if split in self._tables:
             column = self._tables[split].column(name)
-        else:
-            # another split, read for its labels only (Parquet reads just that column)
-            column = read_table(self._paths[split], [name]).column(0)
+        else:  # another split, read for its labels only
+            column = self._column(split, name)
+            if column is None:
+                column = read_table(self._paths[split], [name]).column(0)  # which says the column is missing
         return column.to_numpy(zero_copy_only=False)
+
+    def column_info(self, split: str, name: str) -> ColumnInfo | None:
+        if split in self._tables:
+            return _named(self.columns(split), name)
+        column = self._column(split, name)
+        return None if column is None else arrow_column_info(name, column, file_class_label_names(self._paths[split]).get(name))
+
+    def _column(self, split: str, name: str) -> "pa.ChunkedArray | None":
+        """Give one column of a split that is not read whole, None if it has none: Parquet, CSV and TSV read that
+        column alone (a Parquet split's images are not read for its labels); JSON is parsed whole, once."""
+        if (split, name) not in self._columns:
+            path = self._paths[split]
+            names = table_column_names(path)
+            if names is None:
+                table = read_table(path)
+                self._columns[split, name] = table.column(name) if name in table.column_names else None
+            else:
+                self._columns[split, name] = read_table(path, [name]).column(0) if name in names else None
+        return self._columns[split, name]
 
     def fetcher(self, split: str, input_columns: tuple[str, ...], modality: Modality) -> Fetch:
         return TableFetcher(self._paths[split], input_columns, modality, table=self._tables.get(split))
@@ -311,10 +344,31 @@ def _walk_images(folder: Path, *, below: bool, strict: bool = True) -> Iterator[
                 )
         if below:
             for entry in entries:
-                if not entry.name.startswith(".") and entry.name != "__MACOSX" and _is_kind(entry, "dir"):
+                if _is_read_subfolder(entry.name) and _is_kind(entry, "dir"):
                     yield from walk(Path(entry.path), relative + entry.name + "/")
 
     return walk(folder, "")
+
+
+def _is_read_subfolder(name: str) -> bool:
+    return not name.startswith(".") and name != "__MACOSX"
+
+
+def images_below_class_folders(split_folder: Path, names: Sequence[str], links: Sequence[str]) -> list[str]:
+    """Give the images below the class folders of ``split_folder`` (not directly in one) that its rows hold, as
+    "path<NUL>size", from what :func:`~stitchcli.fingerprint.tree_fingerprint` of it found: its file ``names``,
+    and its ``links`` to folders, which it does not follow but the rows do (walked here)."""
+    found = []
+    for name in names:
+        *folders, file = name.split("/")
+        if len(folders) > 1 and _is_image(file) and all(_is_read_subfolder(f) for f in folders[1:]):
+            found.append(name)
+    for link in links:
+        if "/" in link and all(_is_read_subfolder(f) for f in link.split("/")[1:]):  # a link below a class folder
+            for relative in _walk_images(split_folder / link, below=True, strict=False):
+                path = split_folder / link / relative
+                found.append(f"{link}/{relative}\0{path.stat().st_size if path.exists() else -1}")
+    return found
 
 
 def image_files(folder: Path, *, below: bool = False) -> list[str]:
@@ -404,6 +458,9 @@ class ImageFolderSource:
         if not self._has_classes(split):
             return [ColumnInfo("image", "image_path")]
         return [ColumnInfo("image", "image_path"), ColumnInfo("label", "class_label", tuple(self.class_names))]
+
+    def column_info(self, split: str, name: str) -> ColumnInfo | None:
+        return _named(self.columns(split), name)
 
     def num_rows(self, split: str) -> int:
         return len(self._list(split)[0])

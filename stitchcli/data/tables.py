@@ -11,7 +11,7 @@ and hands back the Arrow table the sources need. The one difference: pandas also
 ``None`` and ``<NA>`` as missing; here they stay text.
 
 The delimiter is the suffix's (``,`` or a tab) unless it leaves the header row one column while ``;``, a tab
-or ``|`` splits it (Excel saves "CSV" with ``;`` where the decimal mark is a comma).
+or ``|`` splits it, and the first row under it as wide (Excel saves "CSV" with ``;`` where the decimal mark is a comma).
 
 Text must be UTF-8 (a byte-order mark is allowed). A file that is not is refused with one line naming
 the first bad byte; the check costs nothing on files that parse, since it runs only when the parser
@@ -31,6 +31,7 @@ from stitchcli.errors import UsageError
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    import pyarrow.csv as pcsv
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 
@@ -77,13 +78,41 @@ def read_table(path: str | os.PathLike[str], columns: Sequence[str] | None = Non
     return table
 
 
+def table_column_names(path: str | os.PathLike[str]) -> list[str] | None:
+    """Give the column names of a Parquet, CSV or TSV file from its schema or first block, reading no other row;
+    None for JSON (its columns are known once it is parsed) or a file that cannot be read (reading it says why)."""
+    import pyarrow as pa
+
+    p = Path(path)
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(p).names)
+        if suffix in (".csv", ".tsv"):
+            import pyarrow.csv as pcsv
+
+            with pcsv.open_csv(p, parse_options=_csv_parse_options(csv_delimiter(p) or ",")) as reader:
+                return list(reader.schema.names)
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+    return None
+
+
+def _csv_parse_options(delimiter: str) -> "pcsv.ParseOptions":
+    import pyarrow.csv as pcsv
+
+    return pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
+
+
 def _read_csv(path: Path, delimiter: str, columns: Sequence[str] | None) -> "pa.Table":
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
     table = pcsv.read_csv(
         path,
-        parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+        parse_options=_csv_parse_options(delimiter),
         # empty cells are missing values: an empty label is reported, an empty text embedded as ""
         convert_options=pcsv.ConvertOptions(
             strings_can_be_null=True,
@@ -138,23 +167,32 @@ def csv_delimiter(path: str | os.PathLike[str]) -> str | None:
 
 def _delimiter(path: Path, preferred: str) -> str:
     """Give the delimiter of a CSV or TSV file: ``preferred`` (the suffix's) unless it leaves the header row one
-    column while another delimiter splits it into several (a semicolon CSV from Excel, a comma TSV).
+    column while another delimiter splits it into several, and the first row under it into as many (a semicolon
+    CSV from Excel, a comma TSV; not a one-column file whose header name holds a ';' or '|').
 
     Read wrongly, such a file is one text column holding every cell of a row, labels included, which no
-    later check would notice. The header is parsed with the csv module, so quoted names may hold delimiters.
+    later check would notice. The rows are parsed with the csv module, so quoted names may hold delimiters.
     """
     import csv
+    import io
+    import itertools
 
     try:
         with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
-            header = f.readline(1 << 16)
+            head = f.read(1 << 20)
     except OSError:
         return preferred  # the parser reports the file
-    widths = {d: len(next(csv.reader([header], delimiter=d), [])) for d in (preferred, *_DELIMITERS)}
-    if widths[preferred] > 1:
+
+    def widths(delimiter: str) -> list[int]:  # of the header and the first row under it
+        rows = (row for row in csv.reader(io.StringIO(head), delimiter=delimiter) if row)
+        return [len(row) for row in itertools.islice(rows, 2)] or [0]
+
+    if widths(preferred)[0] > 1:
         return preferred
-    best = max(_DELIMITERS, key=lambda d: widths[d])
-    return best if widths[best] > 1 else preferred
+    found = {d: widths(d) for d in _DELIMITERS}
+    best = max(_DELIMITERS, key=lambda d: found[d][0])
+    header, *first = found[best]
+    return best if header > 1 and all(width == header for width in first) else preferred
 
 
 # --- JSON ------------------------------------------------------------------------------------------
