@@ -455,3 +455,46 @@ def test_the_weights_tensors_digest_ignores_the_file_layout_and_sees_every_tenso
     one, two, three = (weights_tensors_digest(tmp_path / f"{name}.safetensors") for name in ("one", "two", "three"))
     assert one == two and one != three and one is not None
     assert weights_tensors_digest(tmp_path / "missing.safetensors") is None
+
+
+# ----- values handed over in Python -----------------------------------------------------------------------
+
+
+def test_collections_of_texts_are_one_input_per_item_whatever_their_type():
+    """A pandas Series, a NumPy array or a generator of texts was str()-ed into ONE text: one prediction for all."""
+    import pandas as pd
+
+    from stitchcli.stitched.inputs import inputs_from_values
+
+    texts = ["the striker scored", "a faster chip", "fans cheered"]
+    for values in (texts, tuple(texts), pd.Series(texts), np.array(texts), (t for t in texts)):
+        inputs = inputs_from_values(values, "text")
+        assert inputs.split.fetch(range(3)) == texts, type(values)
+    assert inputs_from_values("one text", "text").split.fetch([0]) == ["one text"]
+    assert len(inputs_from_values([], "text").names) == 0
+    for bad, needle in (([texts[0], None], "input #1 is missing"), (pd.Series([texts[0], np.nan]), "input #1 is missing"),
+                        ([b"bytes"], "decode it first"), (pd.DataFrame({"text": texts}), "give one column")):
+        with pytest.raises(UsageError, match=needle):
+            inputs_from_values(bad, "text")
+
+
+def test_a_stack_of_image_arrays_bytes_and_no_input_are_predicted_as_a_list_of_images(world, monkeypatch):
+    """An (N, H, W, C) stack was refused as one image, encoded bytes were read as N ints, and no input reached the
+    encoder and failed with '0-d latents'."""
+    from PIL import Image
+
+    model = load_stitched(world.model)
+    store = EmbeddingStore(world.cache)
+    files = sorted(str(p) for p in (world.images / "test").rglob("*.png"))[:4]
+    arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    expected = model.predict(files, store=store)
+    assert model.predict(np.stack(arrays), store=store) == expected
+    assert model.predict(Path(files[0]).read_bytes(), store=store) == expected[:1]
+    assert model.predict(arrays[0], store=store) == expected[:1]
+    with pytest.raises(UsageError, match="input #1 is a int, not an image"):
+        model.predict([arrays[0], 7], store=store)
+    import stitchcli.encoders
+
+    monkeypatch.setattr(stitchcli.encoders, "build_encoder", lambda *a, **k: pytest.fail("an encoder was built for no input"))
+    assert model.predict([], store=store) == []
+    assert model.predict_proba(np.zeros((0, 16, 16, 3), np.uint8), store=store).shape == (0, len(CLASSES))
