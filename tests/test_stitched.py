@@ -498,3 +498,18 @@ def test_a_stack_of_image_arrays_bytes_and_no_input_are_predicted_as_a_list_of_i
     monkeypatch.setattr(stitchcli.encoders, "build_encoder", lambda *a, **k: pytest.fail("an encoder was built for no input"))
     assert model.predict([], store=store) == []
     assert model.predict_proba(np.zeros((0, 16, 16, 3), np.uint8), store=store).shape == (0, len(CLASSES))
+
+
+def test_top_k_above_the_number_of_classes_keeps_every_csv_cell_under_its_header(world, tmp_path):
+    """--top-k 5 on a 3-class model wrote columns up to class_5 while a row held three classes: the label landed
+    under class_4 and the label column read empty."""
+    import pandas as pd
+
+    result = invoke("predict", world.model, "-d", world.images, "--split", "test", "--top-k", "5", "--csv", tmp_path / "out.csv",
+                    "--cache-dir", world.cache, "--quiet")
+    assert result.exit_code == 0, result.stderr
+    table = pd.read_csv(tmp_path / "out.csv")
+    assert list(table.columns) == ["input", "class", "probability", "class_2", "probability_2", "class_3", "probability_3", "label"]
+    truth = {row.input: row.input.split("/")[1] for row in table.itertuples()}  # test/<class>/file.png
+    assert list(table["label"]) == [truth[name] for name in table["input"]]
+    assert (table[["probability", "probability_2", "probability_3"]].sum(axis=1) - 1).abs().max() < 1e-5
