@@ -513,3 +513,15 @@ def test_top_k_above_the_number_of_classes_keeps_every_csv_cell_under_its_header
     truth = {row.input: row.input.split("/")[1] for row in table.itertuples()}  # test/<class>/file.png
     assert list(table["label"]) == [truth[name] for name in table["input"]]
     assert (table[["probability", "probability_2", "probability_3"]].sum(axis=1) - 1).abs().max() < 1e-5
+
+
+def test_a_dataset_of_the_other_modality_is_one_error_line_before_its_labels_are_compared(world, text_table, monkeypatch):
+    """An image model on a text dataset warned that the labels (sport, tech) are none of its classes, then failed on
+    the modality: two lines for one mistake, the first of them beside the point."""
+    import stitchcli.encoders
+
+    monkeypatch.setattr(stitchcli.encoders, "build_encoder", lambda *a, **k: pytest.fail("an encoder was built for the wrong modality"))
+    for extra in ([], ["--min-accuracy", "0.5"]):
+        result = invoke("predict", world.model, "-d", text_table, "--split", "test", "--cache-dir", world.cache, "--quiet", *extra)
+        one_error_line(result, 2, "text", "reads image")
+        assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, result.stderr

@@ -147,6 +147,9 @@ def predict_dataset(
     reporter = reporter or Reporter()
     data = resolve_given_dataset(store, dataset, dataset_options, reporter=reporter)
     rows = load_split(data, split, limit=limit, seed=seed)
+    if rows.modality != model.modality:  # before the labels are compared with classes of the other modality's task
+        raise UsageError(f"{dataset}/{split} holds {rows.modality} inputs, and the stitched model's encoder "
+                         f"{model.card['encoder']['name']} reads {model.modality}: give a dataset of {model.modality} inputs")
     if need_accuracy and not rows.labelled:
         raise UsageError(
             f"--min-accuracy needs labelled rows, and {dataset}/{split} has no labels: "
