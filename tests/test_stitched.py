@@ -525,3 +525,36 @@ def test_a_dataset_of_the_other_modality_is_one_error_line_before_its_labels_are
         result = invoke("predict", world.model, "-d", text_table, "--split", "test", "--cache-dir", world.cache, "--quiet", *extra)
         one_error_line(result, 2, "text", "reads image")
         assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, result.stderr
+
+
+@pytest.mark.slow  # a stitch of its own (about 12 s on two busy cores)
+def test_the_dataset_it_was_stitched_on_is_read_with_the_columns_it_was_stitched_with(world, tmp_path):
+    """`stitch --input-column shuffled --label-column topic --save`, then `predict -d` on the same data without
+    those options read the other columns (inferred: image, label): other inputs, other labels, another accuracy."""
+    import pandas as pd
+
+    files = {split: sorted((world.images / split).rglob("*.png")) for split in ("train", "test")}
+    rng = np.random.default_rng(3)
+    data = tmp_path / "table"
+    data.mkdir()
+    for split, paths in files.items():
+        topic = [CLASSES[i] for i in rng.integers(0, 3, len(paths))]  # another labelling of the same images
+        pd.DataFrame({"image": [str(p) for p in paths], "shuffled": [str(p) for p in rng.permutation(paths)],
+                      "label": [p.parent.name for p in paths], "topic": topic}).to_csv(data / f"{split}.csv", index=False)
+    columns = ["--input-column", "shuffled", "--label-column", "topic"]
+    saved = invoke("stitch", "vit", "cnx", "-d", data, *FAST, *columns, "--save", tmp_path / "model", "--cache-dir", world.cache, "--quiet")
+    assert saved.exit_code == 0, saved.stderr
+    card = json.loads((tmp_path / "model" / "card.json").read_text())
+    result = invoke("predict", tmp_path / "model", "-d", data, "--split", "test", "--cache-dir", world.cache, "--json", "--recompute")
+    assert result.exit_code == 0, result.stderr
+    assert "read as the model was stitched on it: --input-column shuffled, --label-column topic" in result.stderr
+    document = json.loads(result.stdout)
+    assert document["same_as_saved_row"] is True and document["accuracy"] == pytest.approx(card["accuracy"]["stitched"], abs=1e-6)
+    assert [p["label"] for p in document["predictions"]] == list(pd.read_csv(data / "test.csv")["topic"])
+    given = predict_json(tmp_path / "model", "-d", data, "--split", "test", "--cache-dir", world.cache, *columns[:2])
+    assert [p["class"] for p in given["predictions"]] == [p["class"] for p in document["predictions"]]
+    # a table of new inputs that holds the column the model read: that column, not the one inference picks
+    table = predict_json(tmp_path / "model", data / "test.csv", "--cache-dir", world.cache)
+    assert [p["class"] for p in table["predictions"]] == [p["class"] for p in document["predictions"]]
+    other = predict_json(tmp_path / "model", data / "test.csv", "--input-column", "image", "--cache-dir", world.cache)
+    assert len(other["predictions"]) == len(document["predictions"])

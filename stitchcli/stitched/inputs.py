@@ -90,13 +90,15 @@ def image_files_under(path: Path) -> list[Path]:
     return [Path(file) for file in image_files(path, below=True)]
 
 
-def inputs_from_paths(paths: Sequence[str | os.PathLike[str]], modality: str, *, input_column: str | None = None) -> Inputs:
+def inputs_from_paths(paths: Sequence[str | os.PathLike[str]], modality: str, *, input_column: str | None = None,
+                      stitched_column: str | None = None) -> Inputs:
     """Give the rows the command line's INPUTS name.
 
     Image models: image files and folders of them (searched recursively, sorted), or table files whose
     ``input_column`` holds images (paths or bytes). Text models: text files, one input per non-empty line, or
-    table files with ``input_column``. A table's input column, when not given, is inferred as ``embed`` infers
-    it. ``-`` is standard input: one text per line for a text model, one image
+    table files with ``input_column``. A table's input column, when not given, is ``stitched_column`` (the
+    column(s) the model was stitched on, ``--input-column`` as the card gives it) when the table has it, else
+    inferred as ``embed`` infers it. ``-`` is standard input: one text per line for a text model, one image
     file or folder per line for an image model (``find . -name '*.png' | stitchcli predict MODEL -``).
 
     Raises:
@@ -109,7 +111,7 @@ def inputs_from_paths(paths: Sequence[str | os.PathLike[str]], modality: str, *,
     if tables:
         if len(paths) > 1:
             raise UsageError("a table file is predicted on alone: give one table file, or image or text files without it")
-        return _table_inputs(tables[0], modality, input_column)
+        return _table_inputs(tables[0], modality, input_column, stitched_column)
     if input_column is not None:
         raise UsageError(f"--input-column names a column of a table file ({', '.join(TABLE_SUFFIXES)}): none was given")
     stdin = [str(p) for p in paths].count(STDIN)
@@ -172,13 +174,15 @@ def _stdin_lines() -> list[str]:
         raise UsageError(f"standard input is not UTF-8 text ({exc.reason} at byte {exc.start}): give UTF-8 text") from None
 
 
-def _table_inputs(path: Path, modality: str, input_column: str | None) -> Inputs:
+def _table_inputs(path: Path, modality: str, input_column: str | None, stitched_column: str | None = None) -> Inputs:
     from stitchcli.data.sources import TableFetcher
     from stitchcli.data.tables import read_table
 
     if not path.expanduser().is_file():
         raise UsageError(f"input {printable(path)} does not exist: check the path")
     table = read_table(path.expanduser())
+    if input_column is None and stitched_column is not None and all(name.strip() in table.column_names for name in stitched_column.split(",")):
+        input_column = stitched_column  # the column the model read, not whichever column inference would pick
     if input_column is None:
         columns = _inferred_inputs(table, path, modality)
     else:  # text columns given as a comma list are joined, as embed joins them
