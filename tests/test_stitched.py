@@ -558,3 +558,17 @@ def test_the_dataset_it_was_stitched_on_is_read_with_the_columns_it_was_stitched
     assert [p["class"] for p in table["predictions"]] == [p["class"] for p in document["predictions"]]
     other = predict_json(tmp_path / "model", data / "test.csv", "--input-column", "image", "--cache-dir", world.cache)
     assert len(other["predictions"]) == len(document["predictions"])
+
+
+def test_a_model_stitched_in_fp16_on_a_cpu_machine_says_it_needs_a_gpu_not_an_option_predict_lacks(world, tmp_path):
+    """The line was check_precision's '--precision fp16 needs a GPU; on the CPU use bf16 or fp32' (exit 2): predict
+    has no --precision, and the precision is the stitched encoder's, so no input of the user's was wrong."""
+    from stitchcli.stitched import save_stitched
+
+    model = load_stitched(world.model)
+    card = {key: value for key, value in model.card.items() if key not in ("format", "format_version", "pipeline")}
+    card["encoder"] = {**card["encoder"], "spec": {**card["encoder"]["spec"], "precision": "fp16"}}
+    save_stitched(tmp_path / "fp16", model.parts, card)
+    line = one_error_line(invoke("predict", tmp_path / "fp16", world.images / "test", "--device", "cpu", "--cache-dir", world.cache), 1,
+                          "stitched in fp16", "GPU", "--device cuda")
+    assert "--precision fp16 needs" not in line

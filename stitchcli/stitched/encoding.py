@@ -104,6 +104,9 @@ def build_stitched_encoder(spec: ModelSpec, modality: str, device: str, reporter
     from stitchcli.hub import prefer_offline_when_unreachable
 
     torch_device = resolve_device(device)
+    if spec.precision == "fp16" and torch_device.type == "cpu":  # check_precision's advice names --precision, which predict has not
+        raise WorkError(f"encoder {spec.name} was stitched in fp16, which runs on a GPU only, and this run is on the CPU: "
+                        "predict on a machine with a GPU (--device cuda), or stitch and save again with --precision bf16 or fp32")
     check_precision(spec.precision, torch_device)
     if spec.backend in ("transformers", "openclip") and not Path(spec.source).exists():
         prefer_offline_when_unreachable()
