@@ -344,6 +344,22 @@ def test_a_model_whose_encoder_weights_are_not_on_this_machine_says_so_in_one_li
     one_error_line(invoke("predict", tmp_path / "far", world.images / "test", "--cache-dir", world.cache), 1, "gone.safetensors", "not on this machine")
 
 
+def test_a_model_whose_encoder_weights_changed_at_their_path_says_they_differ_from_the_stitched_ones(world, tmp_path):
+    """Other weights saved over the encoder's file (or model folder) gave the encoder check's 'changed since the model
+    was resolved; resolve or register it again' with exit 2: advice that cannot help a model trained on the old ones."""
+    from stitchcli.stitched import save_stitched
+
+    (tmp_path / "weights.safetensors").write_bytes(b"other weights")
+    model = load_stitched(world.model)
+    card = {key: value for key, value in model.card.items() if key not in ("format", "format_version", "pipeline")}
+    card["encoder"] = {**card["encoder"], "spec": {**card["encoder"]["spec"], "weights": str(tmp_path / "weights.safetensors"),
+                                                  "weights_fingerprint": "ab" * 32}}
+    save_stitched(tmp_path / "changed", model.parts, card)
+    line = one_error_line(invoke("predict", tmp_path / "changed", world.images / "test", "--cache-dir", world.cache), 1,
+                          "weights.safetensors differs from the one it was stitched with", "abababababab", "put back")
+    assert "register" not in line
+
+
 # ----- --min-accuracy ------------------------------------------------------------------------------------
 
 
