@@ -557,22 +557,23 @@ def test_the_dataset_it_was_stitched_on_is_read_with_the_columns_it_was_stitched
         topic = [CLASSES[i] for i in rng.integers(0, 3, len(paths))]  # another labelling of the same images
         pd.DataFrame({"image": [str(p) for p in paths], "shuffled": [str(p) for p in rng.permutation(paths)],
                       "label": [p.parent.name for p in paths], "topic": topic}).to_csv(data / f"{split}.csv", index=False)
+    cache = shutil.copytree(world.cache, tmp_path / "cache")  # its own embeddings: the world's cache stays as other tests find it
     columns = ["--input-column", "shuffled", "--label-column", "topic"]
-    saved = invoke("stitch", "vit", "cnx", "-d", data, *FAST, *columns, "--save", tmp_path / "model", "--cache-dir", world.cache, "--quiet")
+    saved = invoke("stitch", "vit", "cnx", "-d", data, *FAST, *columns, "--save", tmp_path / "model", "--cache-dir", cache, "--quiet")
     assert saved.exit_code == 0, saved.stderr
     card = json.loads((tmp_path / "model" / "card.json").read_text())
-    result = invoke("predict", tmp_path / "model", "-d", data, "--split", "test", "--cache-dir", world.cache, "--json", "--recompute")
+    result = invoke("predict", tmp_path / "model", "-d", data, "--split", "test", "--cache-dir", cache, "--json", "--recompute")
     assert result.exit_code == 0, result.stderr
     assert "read as the model was stitched on it: --input-column shuffled, --label-column topic" in result.stderr
     document = json.loads(result.stdout)
     assert document["same_as_saved_row"] is True and document["accuracy"] == pytest.approx(card["accuracy"]["stitched"], abs=1e-6)
     assert [p["label"] for p in document["predictions"]] == list(pd.read_csv(data / "test.csv")["topic"])
-    given = predict_json(tmp_path / "model", "-d", data, "--split", "test", "--cache-dir", world.cache, *columns[:2])
+    given = predict_json(tmp_path / "model", "-d", data, "--split", "test", "--cache-dir", cache, *columns[:2])
     assert [p["class"] for p in given["predictions"]] == [p["class"] for p in document["predictions"]]
     # a table of new inputs that holds the column the model read: that column, not the one inference picks
-    table = predict_json(tmp_path / "model", data / "test.csv", "--cache-dir", world.cache)
+    table = predict_json(tmp_path / "model", data / "test.csv", "--cache-dir", cache)
     assert [p["class"] for p in table["predictions"]] == [p["class"] for p in document["predictions"]]
-    other = predict_json(tmp_path / "model", data / "test.csv", "--input-column", "image", "--cache-dir", world.cache)
+    other = predict_json(tmp_path / "model", data / "test.csv", "--input-column", "image", "--cache-dir", cache)
     assert len(other["predictions"]) == len(document["predictions"])
 
 
