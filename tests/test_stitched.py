@@ -344,6 +344,22 @@ def test_a_model_whose_encoder_weights_are_not_on_this_machine_says_so_in_one_li
     one_error_line(invoke("predict", tmp_path / "far", world.images / "test", "--cache-dir", world.cache), 1, "gone.safetensors", "not on this machine")
 
 
+def test_a_model_whose_encoder_weights_changed_at_their_path_says_they_differ_from_the_stitched_ones(world, tmp_path):
+    """Other weights saved over the encoder's file (or model folder) gave the encoder check's 'changed since the model
+    was resolved; resolve or register it again' with exit 2: advice that cannot help a model trained on the old ones."""
+    from stitchcli.stitched import save_stitched
+
+    (tmp_path / "weights.safetensors").write_bytes(b"other weights")
+    model = load_stitched(world.model)
+    card = {key: value for key, value in model.card.items() if key not in ("format", "format_version", "pipeline")}
+    card["encoder"] = {**card["encoder"], "spec": {**card["encoder"]["spec"], "weights": str(tmp_path / "weights.safetensors"),
+                                                  "weights_fingerprint": "ab" * 32}}
+    save_stitched(tmp_path / "changed", model.parts, card)
+    line = one_error_line(invoke("predict", tmp_path / "changed", world.images / "test", "--cache-dir", world.cache), 1,
+                          "weights.safetensors differs from the one it was stitched with", "abababababab", "put back")
+    assert "register" not in line
+
+
 # ----- --min-accuracy ------------------------------------------------------------------------------------
 
 
@@ -455,3 +471,121 @@ def test_the_weights_tensors_digest_ignores_the_file_layout_and_sees_every_tenso
     one, two, three = (weights_tensors_digest(tmp_path / f"{name}.safetensors") for name in ("one", "two", "three"))
     assert one == two and one != three and one is not None
     assert weights_tensors_digest(tmp_path / "missing.safetensors") is None
+
+
+# ----- values handed over in Python -----------------------------------------------------------------------
+
+
+def test_collections_of_texts_are_one_input_per_item_whatever_their_type():
+    """A pandas Series, a NumPy array or a generator of texts was str()-ed into ONE text: one prediction for all."""
+    import pandas as pd
+
+    from stitchcli.stitched.inputs import inputs_from_values
+
+    texts = ["the striker scored", "a faster chip", "fans cheered"]
+    for values in (texts, tuple(texts), pd.Series(texts), np.array(texts), (t for t in texts)):
+        inputs = inputs_from_values(values, "text")
+        assert inputs.split.fetch(range(3)) == texts, type(values)
+    assert inputs_from_values("one text", "text").split.fetch([0]) == ["one text"]
+    assert len(inputs_from_values([], "text").names) == 0
+    for bad, needle in (([texts[0], None], "input #1 is missing"), (pd.Series([texts[0], np.nan]), "input #1 is missing"),
+                        ([b"bytes"], "decode it first"), (pd.DataFrame({"text": texts}), "give one column")):
+        with pytest.raises(UsageError, match=needle):
+            inputs_from_values(bad, "text")
+
+
+def test_a_stack_of_image_arrays_bytes_and_no_input_are_predicted_as_a_list_of_images(world, monkeypatch):
+    """An (N, H, W, C) stack was refused as one image, encoded bytes were read as N ints, and no input reached the
+    encoder and failed with '0-d latents'."""
+    from PIL import Image
+
+    model = load_stitched(world.model)
+    store = EmbeddingStore(world.cache)
+    files = sorted(str(p) for p in (world.images / "test").rglob("*.png"))[:4]
+    arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    expected = model.predict(files, store=store)
+    assert model.predict(np.stack(arrays), store=store) == expected
+    assert model.predict(Path(files[0]).read_bytes(), store=store) == expected[:1]
+    assert model.predict(arrays[0], store=store) == expected[:1]
+    with pytest.raises(UsageError, match="input #1 is a int, not an image"):
+        model.predict([arrays[0], 7], store=store)
+    import stitchcli.encoders
+
+    monkeypatch.setattr(stitchcli.encoders, "build_encoder", lambda *a, **k: pytest.fail("an encoder was built for no input"))
+    assert model.predict([], store=store) == []
+    assert model.predict_proba(np.zeros((0, 16, 16, 3), np.uint8), store=store).shape == (0, len(CLASSES))
+
+
+def test_top_k_above_the_number_of_classes_keeps_every_csv_cell_under_its_header(world, tmp_path):
+    """--top-k 5 on a 3-class model wrote columns up to class_5 while a row held three classes: the label landed
+    under class_4 and the label column read empty."""
+    import pandas as pd
+
+    result = invoke("predict", world.model, "-d", world.images, "--split", "test", "--top-k", "5", "--csv", tmp_path / "out.csv",
+                    "--cache-dir", world.cache, "--quiet")
+    assert result.exit_code == 0, result.stderr
+    table = pd.read_csv(tmp_path / "out.csv")
+    assert list(table.columns) == ["input", "class", "probability", "class_2", "probability_2", "class_3", "probability_3", "label"]
+    truth = {row.input: row.input.split("/")[1] for row in table.itertuples()}  # test/<class>/file.png
+    assert list(table["label"]) == [truth[name] for name in table["input"]]
+    assert (table[["probability", "probability_2", "probability_3"]].sum(axis=1) - 1).abs().max() < 1e-5
+
+
+def test_a_dataset_of_the_other_modality_is_one_error_line_before_its_labels_are_compared(world, text_table, monkeypatch):
+    """An image model on a text dataset warned that the labels (sport, tech) are none of its classes, then failed on
+    the modality: two lines for one mistake, the first of them beside the point."""
+    import stitchcli.encoders
+
+    monkeypatch.setattr(stitchcli.encoders, "build_encoder", lambda *a, **k: pytest.fail("an encoder was built for the wrong modality"))
+    for extra in ([], ["--min-accuracy", "0.5"]):
+        result = invoke("predict", world.model, "-d", text_table, "--split", "test", "--cache-dir", world.cache, "--quiet", *extra)
+        one_error_line(result, 2, "text", "reads image")
+        assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, result.stderr
+
+
+@pytest.mark.slow  # a stitch of its own (about 12 s on two busy cores)
+def test_the_dataset_it_was_stitched_on_is_read_with_the_columns_it_was_stitched_with(world, tmp_path):
+    """`stitch --input-column shuffled --label-column topic --save`, then `predict -d` on the same data without
+    those options read the other columns (inferred: image, label): other inputs, other labels, another accuracy."""
+    import pandas as pd
+
+    files = {split: sorted((world.images / split).rglob("*.png")) for split in ("train", "test")}
+    rng = np.random.default_rng(3)
+    data = tmp_path / "table"
+    data.mkdir()
+    for split, paths in files.items():
+        topic = [CLASSES[i] for i in rng.integers(0, 3, len(paths))]  # another labelling of the same images
+        pd.DataFrame({"image": [str(p) for p in paths], "shuffled": [str(p) for p in rng.permutation(paths)],
+                      "label": [p.parent.name for p in paths], "topic": topic}).to_csv(data / f"{split}.csv", index=False)
+    cache = shutil.copytree(world.cache, tmp_path / "cache")  # its own embeddings: the world's cache stays as other tests find it
+    columns = ["--input-column", "shuffled", "--label-column", "topic"]
+    saved = invoke("stitch", "vit", "cnx", "-d", data, *FAST, *columns, "--save", tmp_path / "model", "--cache-dir", cache, "--quiet")
+    assert saved.exit_code == 0, saved.stderr
+    card = json.loads((tmp_path / "model" / "card.json").read_text())
+    result = invoke("predict", tmp_path / "model", "-d", data, "--split", "test", "--cache-dir", cache, "--json", "--recompute")
+    assert result.exit_code == 0, result.stderr
+    assert "read as the model was stitched on it: --input-column shuffled, --label-column topic" in result.stderr
+    document = json.loads(result.stdout)
+    assert document["same_as_saved_row"] is True and document["accuracy"] == pytest.approx(card["accuracy"]["stitched"], abs=1e-6)
+    assert [p["label"] for p in document["predictions"]] == list(pd.read_csv(data / "test.csv")["topic"])
+    given = predict_json(tmp_path / "model", "-d", data, "--split", "test", "--cache-dir", cache, *columns[:2])
+    assert [p["class"] for p in given["predictions"]] == [p["class"] for p in document["predictions"]]
+    # a table of new inputs that holds the column the model read: that column, not the one inference picks
+    table = predict_json(tmp_path / "model", data / "test.csv", "--cache-dir", cache)
+    assert [p["class"] for p in table["predictions"]] == [p["class"] for p in document["predictions"]]
+    other = predict_json(tmp_path / "model", data / "test.csv", "--input-column", "image", "--cache-dir", cache)
+    assert len(other["predictions"]) == len(document["predictions"])
+
+
+def test_a_model_stitched_in_fp16_on_a_cpu_machine_says_it_needs_a_gpu_not_an_option_predict_lacks(world, tmp_path):
+    """The line was check_precision's '--precision fp16 needs a GPU; on the CPU use bf16 or fp32' (exit 2): predict
+    has no --precision, and the precision is the stitched encoder's, so no input of the user's was wrong."""
+    from stitchcli.stitched import save_stitched
+
+    model = load_stitched(world.model)
+    card = {key: value for key, value in model.card.items() if key not in ("format", "format_version", "pipeline")}
+    card["encoder"] = {**card["encoder"], "spec": {**card["encoder"]["spec"], "precision": "fp16"}}
+    save_stitched(tmp_path / "fp16", model.parts, card)
+    line = one_error_line(invoke("predict", tmp_path / "fp16", world.images / "test", "--device", "cpu", "--cache-dir", world.cache), 1,
+                          "stitched in fp16", "GPU", "--device cuda")
+    assert "--precision fp16 needs" not in line

@@ -102,7 +102,9 @@ def predict_command(
 
 
 def predictions_csv(predictions: Predictions, top_k: int) -> str:
-    """Give the CSV text: input, class, probability (and label; and class_2, probability_2... with --top-k)."""
+    """Give the CSV text: input, class, probability (and label; and class_2, probability_2... with --top-k, up to the
+    number of classes: a row has no more to give, and a header wider than the rows would put the label under class_K)."""
+    top_k = min(top_k, len(predictions.model.classes))
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     header = ["input", "class", "probability"] + [f"{name}_{rank}" for rank in range(2, top_k + 1) for name in ("class", "probability")]

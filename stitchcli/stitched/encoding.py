@@ -49,9 +49,18 @@ def encoder_spec_here(model: StitchedModel, store: EmbeddingStore, reporter: Rep
 
     spec = model.encoder_spec
     local = _local_file(spec)
-    if local is None or local.exists():
+    if local is None:
         return spec
     name = str(model.card["encoder"]["name"])
+    if local.exists():
+        if spec.weights_fingerprint is None or _fingerprint(local) == spec.weights_fingerprint:
+            return spec
+        if name not in PACKAGED_MODELS:  # a packaged model's file converted again is checked tensor by tensor below
+            raise WorkError(
+                f"cannot load encoder {spec.name!r}: {local} differs from the one it was stitched with (SHA-256 "
+                f"{_fingerprint(local)[:12]}… here, {spec.weights_fingerprint[:12]}… on the card), and the stitched model fits those weights "
+                "only: put back the files it was stitched with, or stitch and save the model again with these"
+            )
     fingerprint = (spec.weights_fingerprint or "")[:12]
     if name in PACKAGED_MODELS:
         register_packaged_models(store, [name], reporter)
@@ -72,6 +81,13 @@ def encoder_spec_here(model: StitchedModel, store: EmbeddingStore, reporter: Rep
         f"cannot load encoder {spec.name!r}: {local} is not on this machine: copy it there (SHA-256 {fingerprint}…) "
         "at the same path, or stitch and save the model again here"
     )
+
+
+def _fingerprint(path: Path) -> str:
+    """Give the SHA-256 of a weights file, or the content fingerprint of a model folder, as the spec records it."""
+    from stitchcli.fingerprint import file_sha256, tree_fingerprint
+
+    return file_sha256(path) if path.is_file() else tree_fingerprint(path)
 
 
 def weights_tensors_digest(path: str | Path) -> str | None:
@@ -104,6 +120,9 @@ def build_stitched_encoder(spec: ModelSpec, modality: str, device: str, reporter
     from stitchcli.hub import prefer_offline_when_unreachable
 
     torch_device = resolve_device(device)
+    if spec.precision == "fp16" and torch_device.type == "cpu":  # check_precision's advice names --precision, which predict has not
+        raise WorkError(f"encoder {spec.name} was stitched in fp16, which runs on a GPU only, and this run is on the CPU: "
+                        "predict on a machine with a GPU (--device cuda), or stitch and save again with --precision bf16 or fp32")
     check_precision(spec.precision, torch_device)
     if spec.backend in ("transformers", "openclip") and not Path(spec.source).exists():
         prefer_offline_when_unreachable()

@@ -90,13 +90,15 @@ def image_files_under(path: Path) -> list[Path]:
     return [Path(file) for file in image_files(path, below=True)]
 
 
-def inputs_from_paths(paths: Sequence[str | os.PathLike[str]], modality: str, *, input_column: str | None = None) -> Inputs:
+def inputs_from_paths(paths: Sequence[str | os.PathLike[str]], modality: str, *, input_column: str | None = None,
+                      stitched_column: str | None = None) -> Inputs:
     """Give the rows the command line's INPUTS name.
 
     Image models: image files and folders of them (searched recursively, sorted), or table files whose
     ``input_column`` holds images (paths or bytes). Text models: text files, one input per non-empty line, or
-    table files with ``input_column``. A table's input column, when not given, is inferred as ``embed`` infers
-    it. ``-`` is standard input: one text per line for a text model, one image
+    table files with ``input_column``. A table's input column, when not given, is ``stitched_column`` (the
+    column(s) the model was stitched on, ``--input-column`` as the card gives it) when the table has it, else
+    inferred as ``embed`` infers it. ``-`` is standard input: one text per line for a text model, one image
     file or folder per line for an image model (``find . -name '*.png' | stitchcli predict MODEL -``).
 
     Raises:
@@ -109,7 +111,7 @@ def inputs_from_paths(paths: Sequence[str | os.PathLike[str]], modality: str, *,
     if tables:
         if len(paths) > 1:
             raise UsageError("a table file is predicted on alone: give one table file, or image or text files without it")
-        return _table_inputs(tables[0], modality, input_column)
+        return _table_inputs(tables[0], modality, input_column, stitched_column)
     if input_column is not None:
         raise UsageError(f"--input-column names a column of a table file ({', '.join(TABLE_SUFFIXES)}): none was given")
     stdin = [str(p) for p in paths].count(STDIN)
@@ -172,13 +174,15 @@ def _stdin_lines() -> list[str]:
         raise UsageError(f"standard input is not UTF-8 text ({exc.reason} at byte {exc.start}): give UTF-8 text") from None
 
 
-def _table_inputs(path: Path, modality: str, input_column: str | None) -> Inputs:
+def _table_inputs(path: Path, modality: str, input_column: str | None, stitched_column: str | None = None) -> Inputs:
     from stitchcli.data.sources import TableFetcher
     from stitchcli.data.tables import read_table
 
     if not path.expanduser().is_file():
         raise UsageError(f"input {printable(path)} does not exist: check the path")
     table = read_table(path.expanduser())
+    if input_column is None and stitched_column is not None and all(name.strip() in table.column_names for name in stitched_column.split(",")):
+        input_column = stitched_column  # the column the model read, not whichever column inference would pick
     if input_column is None:
         columns = _inferred_inputs(table, path, modality)
     else:  # text columns given as a comma list are joined, as embed joins them
@@ -214,30 +218,93 @@ def _inferred_inputs(table: Any, path: Path, modality: str) -> tuple[str, ...]:
 
 def inputs_from_values(values: Sequence[Any] | Any, modality: str) -> Inputs:
     """Give the rows of values handed over in Python: for an image model paths (files or folders), PIL images,
-    arrays or encoded bytes; for a text model strings (the texts themselves)."""
-    if isinstance(values, (str, os.PathLike)) or not isinstance(values, Sequence):
-        values = [values]
+    arrays or encoded bytes; for a text model strings (the texts themselves).
+
+    One value (a string, a path, bytes, a PIL image, one image array) is one input; any other collection (a list,
+    a tuple, a pandas Series, a NumPy array of texts or an (N, H, W[, C]) stack of images, a generator) is one
+    input per item. No value gives no rows.
+
+    Raises:
+        UsageError: a table (give one column), a text that is missing (None, NaN) or not text, an image value of a
+            kind no image is read from, a path that does not exist, a folder without images.
+    """
+    items = _value_list(values, modality)
     if modality == "text":
-        texts = [str(value) for value in values]
+        texts = [_text_value(value, position) for position, value in enumerate(items)]
         split, data = _rows(Values(texts, "text"), len(texts), "text", "predict", _digest(texts))
         return Inputs(split, data, [text[:60] for text in texts])
     expanded: list[Any] = []
     names: list[str] = []
-    for position, value in enumerate(values):
+    for position, value in enumerate(items):
         if isinstance(value, (str, os.PathLike)):
             path = Path(value).expanduser()
             if not path.exists():
                 raise UsageError(f"input {printable(value)} does not exist: check the path")
-            for file in image_files_under(path):
+            found = image_files_under(path)
+            if not found:
+                raise UsageError(f"no image file ({', '.join(IMAGE_EXTENSIONS)}) in {printable(value)}: give images")
+            for file in found:
                 expanded.append(str(file))
                 names.append(str(file))
         else:
+            _check_image_value(value, position)
             expanded.append(value)
             names.append(f"#{position}")
-    if not expanded:
-        raise UsageError("no image given")
     split, data = _rows(Values(expanded, "image"), len(expanded), "image", "predict", _digest(names))
     return Inputs(split, data, names)
+
+
+_ONE_VALUE = (str, bytes, bytearray, memoryview, os.PathLike, dict)
+"""Values that are one input each, though some of them are sequences (a string of characters, bytes of ints)."""
+
+
+def _value_list(values: Any, modality: str) -> list[Any]:
+    """Give the inputs ``values`` holds, one per item (see :func:`inputs_from_values`)."""
+    if isinstance(values, _ONE_VALUE) or _is_pil_image(values):
+        return [values]
+    if hasattr(values, "columns") and hasattr(values, "iloc"):  # a DataFrame iterates over its column names
+        raise UsageError("a table was given: give one column of it (df['text']), or a list of inputs")
+    if isinstance(values, np.ndarray):
+        if modality == "image" and values.ndim in (2, 3):  # one image (H, W) or (H, W, C); a stack is (N, H, W[, C])
+            return [values]
+        if modality == "text" and values.ndim != 1:
+            raise UsageError(f"an array of shape {values.shape} was given: give texts as a list or a 1-d array, one text per item")
+        return list(values)
+    try:
+        return list(values)
+    except TypeError:  # not a collection: one value (and refused below when it is no input)
+        return [values]
+
+
+def _is_pil_image(value: Any) -> bool:
+    import sys
+
+    image = sys.modules.get("PIL.Image")  # a PIL image exists only once PIL was imported
+    return image is not None and isinstance(value, image.Image)
+
+
+def _text_value(value: Any, position: int) -> str:
+    """Give the text of one input, refusing what is no text: a missing value (None, NaN) or bytes."""
+    if isinstance(value, str):
+        return value
+    if value is None or (isinstance(value, (float, np.floating)) and np.isnan(value)):
+        raise UsageError(f"input #{position} is missing ({value}): give a text for every input, or leave the row out")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raise UsageError(f"input #{position} is bytes: the model reads text, so decode it first (value.decode('utf-8'))")
+    if isinstance(value, (int, float, np.integer, np.floating, np.str_)):
+        return str(value)
+    raise UsageError(f"input #{position} is a {type(value).__name__}, not a text: give strings")
+
+
+def _check_image_value(value: Any, position: int) -> None:
+    """Refuse, before the encoder loads, a value no image is read from (a number, None, an array of another shape)."""
+    if _is_pil_image(value) or isinstance(value, (bytes, bytearray, memoryview, dict)):
+        return
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf" and value.ndim in (2, 3) and value.size:
+        return
+    what = f"an array of shape {value.shape}" if isinstance(value, np.ndarray) else f"a {type(value).__name__}"
+    raise UsageError(f"input #{position} is {what}, not an image: give image paths, folders, PIL images, "
+                     "(H, W) or (H, W, C) arrays, or encoded image bytes")
 
 
 def inputs_from_dataset(split: SplitData, data: DatasetSpec) -> Inputs:

@@ -202,7 +202,8 @@ class StitchedModel:
         device: str = "auto",
         reporter: Reporter | None = None,
     ) -> np.ndarray:
-        """Give the encoder's (N, D) latents of ``inputs``: images (paths, folders, PIL images, arrays) or texts (strings).
+        """Give the encoder's (N, D) latents of ``inputs``: images (paths, folders, PIL images, arrays, encoded bytes) or
+        texts (strings); one value or a collection of them (a list, a pandas Series, a NumPy array; no value: no rows).
 
         The encoder is built and batched as ``embed`` does; nothing is written to the cache (``store`` is where
         packaged model weights are found or written, default the usual cache folder).
@@ -210,7 +211,10 @@ class StitchedModel:
         from stitchcli.stitched.encoding import embed_inputs
         from stitchcli.stitched.inputs import inputs_from_values
 
-        return embed_inputs(self, inputs_from_values(inputs, self.modality), store=store, batch_size=batch_size, device=device, reporter=reporter)
+        rows = inputs_from_values(inputs, self.modality)
+        if not rows.names:  # no input, no encoder to load: (0, D) latents give (0, C) probabilities and no classes
+            return np.zeros((0, int(self.card["encoder"].get("dim") or 0)), np.float32)
+        return embed_inputs(self, rows, store=store, batch_size=batch_size, device=device, reporter=reporter)
 
     def predict_proba(self, inputs: Sequence[Any] | Any, **options: Any) -> np.ndarray:
         """Give the (N, C) class probabilities of ``inputs`` (see :meth:`embed` for inputs and options)."""

@@ -107,7 +107,8 @@ def predict_paths(
     from stitchcli.stitched.encoding import embed_inputs
     from stitchcli.stitched.inputs import inputs_from_paths
 
-    inputs = inputs_from_paths(paths, model.modality, input_column=input_column)
+    stitched_column = ((model.card.get("data") or {}).get("dataset_options") or {}).get("input_column")
+    inputs = inputs_from_paths(paths, model.modality, input_column=input_column, stitched_column=stitched_column)
     latents = embed_inputs(model, inputs, store=store, batch_size=batch_size, device=device, reporter=reporter)
     return Predictions(model, inputs.names, model.parts.logits(latents))
 
@@ -132,6 +133,9 @@ def predict_dataset(
     The cache's embeddings of the split are used when it holds them for exactly this encoder (read only),
     unless ``recompute``; otherwise the rows go through the encoder. Nothing is written to the cache.
 
+    The dataset the model was stitched on is read with the options it was stitched with (``--input-column``,
+    ``--label-column``, ``--dataset-revision`` on its card) that ``dataset_options`` does not set.
+
     Labels are compared with the model's classes by name. When none of the split's labels is one of them
     (digits named ``zero`` … against ``0`` …), the accuracy would read 0 whatever the predictions: the rows
     are then predicted unlabelled, with a warning, or refused before any work when ``need_accuracy``
@@ -146,7 +150,19 @@ def predict_dataset(
 
     reporter = reporter or Reporter()
     data = resolve_given_dataset(store, dataset, dataset_options, reporter=reporter)
+    saved = model.card.get("data") or {}
+    stitched_options = {name: value for name, value in (saved.get("dataset_options") or {}).items() if value is not None}
+    if data.dataset_id == saved.get("dataset_id") and set(stitched_options) - set(dataset_options.given()):
+        # the dataset it was stitched on: read as it was read then (its --input-column, --label-column), unless told otherwise
+        taken = {name: value for name, value in stitched_options.items() if name not in dataset_options.given()}
+        dataset_options = DatasetOptions.from_given({**stitched_options, **dataset_options.given()})
+        data = resolve_given_dataset(store, dataset, dataset_options, reporter=reporter)
+        reporter.info(f"{dataset} is read as the model was stitched on it: "
+                      + ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in taken.items()))
     rows = load_split(data, split, limit=limit, seed=seed)
+    if rows.modality != model.modality:  # before the labels are compared with classes of the other modality's task
+        raise UsageError(f"{dataset}/{split} holds {rows.modality} inputs, and the stitched model's encoder "
+                         f"{model.card['encoder']['name']} reads {model.modality}: give a dataset of {model.modality} inputs")
     if need_accuracy and not rows.labelled:
         raise UsageError(
             f"--min-accuracy needs labelled rows, and {dataset}/{split} has no labels: "
@@ -162,7 +178,6 @@ def predict_dataset(
     else:
         reporter.info(f"{model.card['encoder']['name']}'s embeddings of {dataset}/{split} read from the cache (--recompute encodes them again)")
     predictions = Predictions(model, inputs.names, model.parts.logits(latents), labels, source, ids=rows.ids)
-    saved = model.card.get("data") or {}
     # the same rows as the card's evaluation: the same content (a packaged dataset lies in each cache), split and subset
     same_data = saved.get("split_fingerprint") == rows.fingerprint if saved.get("split_fingerprint") else saved.get("dataset_id") == data.dataset_id
     measured_here = (
