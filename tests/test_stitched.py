@@ -185,6 +185,12 @@ def test_image_paths_on_standard_input_are_predicted_as_named_on_the_command_lin
     one_error_line(invoke("predict", world.model, "-", "-", "--cache-dir", world.cache, stdin=""), 2, "given twice")
 
 
+def test_an_image_that_cannot_be_decoded_is_one_line_that_promises_no_kept_shards(world, tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"<html>not an image</html>")
+    line = one_error_line(invoke("predict", world.model, tmp_path / "bad.png", "--cache-dir", world.cache), 2, "cannot decode", "bad.png")
+    assert line.endswith("run the same command again") and "shards" not in line  # predict keeps nothing to reuse
+
+
 def test_a_copied_model_predicts_with_another_cache_and_nothing_is_written_to_either_cache(world, tmp_path):
     before = sorted(p.name for p in (world.cache / "embeddings").rglob("*"))
     copy = tmp_path / "elsewhere" / "model"

@@ -33,7 +33,9 @@ _ORIENTATION = 0x0112  # the EXIF tag; 1 means upright
 _WHITE = (255, 255, 255, 255)
 # Images are decoded only while embedding, which keeps the shards it finished: say so, since a bad
 # file is often found hours into a run.
-_FIX = "fix or remove it, then run the same command again (finished shards are kept and reused)"
+SHARDS_KEPT = " (finished shards are kept and reused)"
+"""The end of an undecodable image's message, which is true of embed's shards only (predict keeps nothing)."""
+_FIX = "fix or remove it, then run the same command again" + SHARDS_KEPT
 
 
 def to_rgb_image(value: Any, base_dir: str | None = None) -> "Image.Image":

@@ -140,16 +140,16 @@ def embed_inputs(
     reporter: Reporter | None = None,
 ) -> np.ndarray:
     """Give the encoder's (N, D) float32 latents of ``inputs``, computed by the embedding loop in a scratch store."""
+    from stitchcli.data.images import SHARDS_KEPT
     from stitchcli.embedding.encode import encode_split
     from stitchcli.embedding.options import EmbedOptions
+    from stitchcli.errors import UsageError
     from stitchcli.store import EmbeddingStore, EntryKey
 
     reporter = reporter or Reporter()
     store = store or EmbeddingStore()
     spec = encoder_spec_here(model, store, reporter)
     if inputs.split.modality != model.modality:
-        from stitchcli.errors import UsageError
-
         raise UsageError(f"the stitched model's encoder {spec.name} reads {model.modality}, and the inputs are {inputs.split.modality}: give {model.modality} inputs")
     encoder = build_stitched_encoder(spec, model.modality, device, reporter)
     options = EmbedOptions(batch_size=batch_size, device=device)
@@ -157,7 +157,12 @@ def embed_inputs(
         scratch = EmbeddingStore(scratch_dir)
         key = EntryKey(model=spec.key(), dataset_id=inputs.data.dataset_id, dataset_fingerprint=inputs.split.fingerprint,
                        split=inputs.split.split, columns={"input": list(inputs.split.input_columns)})
-        entry, _, _, _ = encode_split(scratch, spec, key, inputs.split, inputs.data, encoder, options, reporter)
+        try:
+            entry, _, _, _ = encode_split(scratch, spec, key, inputs.split, inputs.data, encoder, options, reporter)
+        except UsageError as exc:  # an image that cannot be decoded: the scratch store's shards go with this run
+            if str(exc).endswith(SHARDS_KEPT):
+                raise UsageError(str(exc)[: -len(SHARDS_KEPT)]) from None
+            raise
         if entry is None:
             raise AssertionError("one process always assembles its entry")
         latents = scratch.read(entry).embeddings
