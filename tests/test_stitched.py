@@ -595,3 +595,17 @@ def test_a_model_stitched_in_fp16_on_a_cpu_machine_says_it_needs_a_gpu_not_an_op
     line = one_error_line(invoke("predict", tmp_path / "fp16", world.images / "test", "--device", "cpu", "--cache-dir", world.cache), 1,
                           "stitched in fp16", "GPU", "--device cuda")
     assert "--precision fp16 needs" not in line
+
+
+def test_text_inputs_with_no_line_name_standard_input_and_files_as_given(tmp_path, monkeypatch):
+    import io
+
+    from stitchcli.stitched.inputs import inputs_from_paths
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n  \n"))
+    with pytest.raises(UsageError, match=r"^standard input \(-\) holds no non-empty line"):
+        inputs_from_paths(["-"], "text")
+    (tmp_path / "a.txt").write_text("\n")
+    (tmp_path / "b.txt").write_text(" \n")
+    with pytest.raises(UsageError, match=r"a\.txt, .*b\.txt hold no non-empty line"):
+        inputs_from_paths([tmp_path / "a.txt", tmp_path / "b.txt"], "text")

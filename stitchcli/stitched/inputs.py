@@ -154,7 +154,8 @@ def inputs_from_paths(paths: Sequence[str | os.PathLike[str]], modality: str, *,
                 texts.append(line)
                 names.append(f"{path}:{number}")
     if not texts:
-        raise UsageError(f"{', '.join(printable(p) for p in paths)} hold no non-empty line: give one input per line")
+        given = ["standard input (-)" if str(p) == STDIN else printable(p) for p in paths]
+        raise UsageError(f"{', '.join(given)} {'holds' if len(given) == 1 else 'hold'} no non-empty line: give one input per line")
     split, data = _rows(Values(texts, "text"), len(texts), "text", "predict", _digest(texts))
     return Inputs(split, data, names)
 
