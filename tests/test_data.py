@@ -731,3 +731,13 @@ def test_reading_a_split_reads_only_the_label_column_of_the_other_splits(tmp_pat
     train = load_split(resolve_dataset(str(tmp_path)), "train")
     assert train.class_names == ["w", "x", "y", "z"] and train.labels.tolist() == [1, 2]
     assert sorted(reads) == [("test", ["label"]), ("train", None), ("validation", ["label"])]
+
+
+def test_negative_labels_are_refused_with_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_text("text,label\na,-1\nb,2\n")
+    (tmp_path / "test.csv").write_text("text,label\na,1\nb,2\n")
+    with pytest.raises(UsageError) as info:
+        load_split(resolve_dataset(str(tmp_path)), "train")
+    message = str(info.value)
+    assert "no labels for 1 of 2 rows" in message and "use another split (test) if its rows all have labels" in message
+    assert "--label-column none" in message

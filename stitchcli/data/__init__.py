@@ -252,7 +252,8 @@ def _labels(
         others = [s for s in source.splits if s != split]
         raise UsageError(
             f"{where} has no labels for {unlabelled} of {len(labels)} rows (a negative label: -1 and below mark a row as unlabelled); "
-            f"use a labelled split ({', '.join(others) or 'none'}), pass another --label-column, "
+            f"label those rows, {'use another split (' + ', '.join(others) + ') if its rows all have labels, ' if others else ''}"
+            "pass another --label-column, "
             f"or --label-column {NO_LABELS} to read it without labels (embed, similarity)"
         )
     return labels, class_names
