@@ -500,6 +500,22 @@ def test_collections_of_texts_are_one_input_per_item_whatever_their_type():
             inputs_from_values(bad, "text")
 
 
+def test_an_n_h_w_stack_of_grey_images_is_one_input_per_image():
+    """An (N, H, W) stack of grey digits was taken as ONE (H, W, C) image with C = W channels, and refused with
+    'cannot read an image from an array of shape' only once the encoder had loaded."""
+    from stitchcli.stitched.inputs import inputs_from_values
+
+    digits = np.zeros((3, 28, 28), np.uint8)
+    inputs = inputs_from_values(digits, "image")
+    assert len(inputs.names) == 3 and [image.size for image in inputs.split.fetch(range(3))] == [(28, 28)] * 3
+    for one in (np.zeros((28, 28), np.uint8), np.zeros((28, 28, 1), np.uint8), np.zeros((28, 28, 3), np.uint8),
+                np.zeros((28, 28, 4), np.uint8)):
+        assert len(inputs_from_values(one, "image").names) == 1, one.shape
+    assert len(inputs_from_values(np.zeros((2, 28, 28, 3), np.uint8), "image").names) == 2
+    with pytest.raises(UsageError, match=r"input #0 is an array of shape \(28, 28, 28\), not an image"):
+        inputs_from_values([np.zeros((28, 28, 28), np.uint8)], "image")
+
+
 def test_a_stack_of_image_arrays_bytes_and_no_input_are_predicted_as_a_list_of_images(world, monkeypatch):
     """An (N, H, W, C) stack was refused as one image, encoded bytes were read as N ints, and no input reached the
     encoder and failed with '0-d latents'."""

@@ -106,7 +106,8 @@ def _class_balanced(pool: AnchorPool, num: int, rng: np.random.Generator) -> Sel
         left_out = [_class_name(pool, c) for c, q in zip(classes, quota) if q == 0]
         notes.append(
             f"class-balanced: {num} anchor(s) for {len(classes)} classes, so {len(left_out)} class(es) have none "
-            f"({_few(left_out)}; chosen by the seed): pass --num-anchors {len(classes)} or more for one of each"
+            f"({_few(left_out)}; chosen by the seed): ask for {len(classes)} or more for one of each "
+            f"(--num-anchors {len(classes)}; `stitchcli anchor`: --num {len(classes)})"
         )
     elif quota.max() - quota.min() > 1:
         fair = num // len(classes)

@@ -221,9 +221,9 @@ def inputs_from_values(values: Sequence[Any] | Any, modality: str) -> Inputs:
     """Give the rows of values handed over in Python: for an image model paths (files or folders), PIL images,
     arrays or encoded bytes; for a text model strings (the texts themselves).
 
-    One value (a string, a path, bytes, a PIL image, one image array) is one input; any other collection (a list,
-    a tuple, a pandas Series, a NumPy array of texts or an (N, H, W[, C]) stack of images, a generator) is one
-    input per item. No value gives no rows.
+    One value (a string, a path, bytes, a PIL image, one (H, W) or (H, W, C) image array, C being 1 to 4) is one
+    input; any other collection (a list, a tuple, a pandas Series, a NumPy array of texts, an (N, H, W, C) stack of
+    images or an (N, H, W) stack of grey ones, a generator) is one input per item. No value gives no rows.
 
     Raises:
         UsageError: a table (give one column), a text that is missing (None, NaN) or not text, an image value of a
@@ -266,7 +266,7 @@ def _value_list(values: Any, modality: str) -> list[Any]:
     if hasattr(values, "columns") and hasattr(values, "iloc"):  # a DataFrame iterates over its column names
         raise UsageError("a table was given: give one column of it (df['text']), or a list of inputs")
     if isinstance(values, np.ndarray):
-        if modality == "image" and values.ndim in (2, 3):  # one image (H, W) or (H, W, C); a stack is (N, H, W[, C])
+        if modality == "image" and _is_one_image_array(values):  # (H, W) or (H, W, C); a stack is (N, H, W[, C])
             return [values]
         if modality == "text" and values.ndim != 1:
             raise UsageError(f"an array of shape {values.shape} was given: give texts as a list or a 1-d array, one text per item")
@@ -275,6 +275,15 @@ def _value_list(values: Any, modality: str) -> list[Any]:
         return list(values)
     except TypeError:  # not a collection: one value (and refused below when it is no input)
         return [values]
+
+
+def _is_one_image_array(array: np.ndarray) -> bool:
+    """Tell whether an array is one image: (H, W), or (H, W, C) with 1 to 4 channels (grey, grey + alpha, RGB, RGBA).
+
+    Any other 3-d array is an (N, H, W) stack of grey images (MNIST's layout): taken as one (H, W, C) image it had
+    N rows of C = W channels, which no image has, and was refused only once the encoder had loaded.
+    """
+    return array.ndim == 2 or (array.ndim == 3 and 1 <= array.shape[2] <= 4)
 
 
 def _is_pil_image(value: Any) -> bool:
@@ -301,7 +310,7 @@ def _check_image_value(value: Any, position: int) -> None:
     """Refuse, before the encoder loads, a value no image is read from (a number, None, an array of another shape)."""
     if _is_pil_image(value) or isinstance(value, (bytes, bytearray, memoryview, dict)):
         return
-    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf" and value.ndim in (2, 3) and value.size:
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf" and _is_one_image_array(value) and value.size:
         return
     what = f"an array of shape {value.shape}" if isinstance(value, np.ndarray) else f"a {type(value).__name__}"
     raise UsageError(f"input #{position} is {what}, not an image: give image paths, folders, PIL images, "
