@@ -505,9 +505,13 @@ def test_an_n_h_w_stack_of_grey_images_is_one_input_per_image():
     'cannot read an image from an array of shape' only once the encoder had loaded."""
     from stitchcli.stitched.inputs import inputs_from_values
 
-    digits = np.zeros((3, 28, 28), np.uint8)
+    digits = np.zeros((5, 28, 28), np.uint8)
     inputs = inputs_from_values(digits, "image")
-    assert len(inputs.names) == 3 and [image.size for image in inputs.split.fetch(range(3))] == [(28, 28)] * 3
+    assert len(inputs.names) == 5 and [image.size for image in inputs.split.fetch(range(5))] == [(28, 28)] * 5
+    # 3 or 4 first: torch's (C, H, W) layout of one image as much as a stack, so neither is guessed
+    with pytest.raises(UsageError, match=r"either one \(3, H, W\) image or 3 grey \(H, W\) images"):
+        inputs_from_values(np.zeros((3, 28, 28), np.uint8), "image")
+    assert len(inputs_from_values(list(np.zeros((3, 28, 28), np.uint8)), "image").names) == 3  # as a list: no doubt
     for one in (np.zeros((28, 28), np.uint8), np.zeros((28, 28, 1), np.uint8), np.zeros((28, 28, 3), np.uint8),
                 np.zeros((28, 28, 4), np.uint8)):
         assert len(inputs_from_values(one, "image").names) == 1, one.shape

@@ -268,6 +268,12 @@ def _value_list(values: Any, modality: str) -> list[Any]:
     if isinstance(values, np.ndarray):
         if modality == "image" and _is_one_image_array(values):  # (H, W) or (H, W, C); a stack is (N, H, W[, C])
             return [values]
+        if modality == "image" and values.ndim == 3 and values.shape[0] in (3, 4):
+            # torch's layout of one RGB(A) image, or 3 or 4 grey ones: taking either guess could be silently wrong
+            raise UsageError(
+                f"an array of shape {values.shape} is either one ({values.shape[0]}, H, W) image or {values.shape[0]} grey "
+                "(H, W) images: give one image as (H, W, C) (array.transpose(1, 2, 0)), or grey images as a list"
+            )
         if modality == "text" and values.ndim != 1:
             raise UsageError(f"an array of shape {values.shape} was given: give texts as a list or a 1-d array, one text per item")
         return list(values)
