@@ -372,3 +372,14 @@ def test_the_dataset_options_given_are_recorded_and_read_again(cache_dir, tmp_pa
     assert (spec.input_columns, spec.label_column) == (("body",), "topic")
     with pytest.raises(UsageError, match="revision"):
         DatasetOptions(dataset_revision="main").resolve(str(data))
+
+
+@pytest.mark.slow
+def test_anchor_table_names_a_packaged_dataset_as_given_and_the_json_keeps_the_manifest(cache_dir):
+    args = ("anchor", "-d", "packaged:mnist5k", "--num", "20", "--name", "digits")
+    table = run_cli(*args, env={"STITCHCLI_CACHE": str(cache_dir), "COLUMNS": "250"})
+    assert table.returncode == 0, table.stderr
+    row = next(line for line in table.stdout.splitlines() if "digits" in line)
+    assert "packaged:mnist5k" in row and str(cache_dir / "assets") not in row, row
+    document = json.loads(run_cli(*args, "--json", env={"STITCHCLI_CACHE": str(cache_dir)}).stdout)
+    assert document["dataset"] == str(cache_dir / "assets" / "mnist5k")  # the manifest as saved: it resolves from any folder

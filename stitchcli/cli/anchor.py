@@ -93,12 +93,14 @@ def anchor_command(
     )
     path = save_anchor_manifest(store, manifest, out=out, force=force)
     progress.info(f"saved anchors {manifest.name!r}: {path}" + (f" and {out}" if out is not None else ""))
-    render_manifest(manifest, path, json_output=json_output)
+    render_manifest(manifest, path, json_output=json_output, given_dataset=dataset)
 
 
-def render_manifest(manifest: "AnchorManifest", path: Path, *, json_output: bool) -> None:
-    """Print the manifest with --json (exactly as saved), else a one-row summary table."""
+def render_manifest(manifest: "AnchorManifest", path: Path, *, json_output: bool, given_dataset: str | None = None) -> None:
+    """Print the manifest with --json (exactly as saved), else a one-row summary table (a ``packaged:`` dataset by
+    that name, as given, rather than the cache folder the manifest records)."""
     from stitchcli.cli.output import print_json, print_table
+    from stitchcli.data.packaged import PACKAGED_PREFIX
 
     if json_output:
         print_json(manifest.to_dict())
@@ -111,7 +113,7 @@ def render_manifest(manifest: "AnchorManifest", path: Path, *, json_output: bool
         [
             [
                 manifest.name,
-                manifest.dataset,
+                given_dataset if given_dataset is not None and given_dataset.startswith(PACKAGED_PREFIX) else manifest.dataset,
                 manifest.split,
                 manifest.strategy if manifest.model is None else f"{manifest.strategy} ({manifest.model})",
                 manifest.num,
