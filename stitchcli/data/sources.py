@@ -476,7 +476,7 @@ class ImageFolderSource:
 def unknown_split(dataset: str, split: str, available: Sequence[str], *, folder: Path | None = None) -> UsageError:
     """Give the error for a split the dataset lacks, naming the splits it has; for an image ``folder`` whose
     split folder is there but holds no image (empty class folders), that instead."""
-    if folder is not None and not split.startswith(".") and split != "__MACOSX" and (folder / split).is_dir():
+    if folder is not None and _is_read_subfolder(split) and (folder / split).is_dir():
         return UsageError(f"dataset '{printable(dataset)}' split folder '{printable(split)}' holds no image ({', '.join(IMAGE_EXTENSIONS)}), "
                           "in class folders or on its own: put the split's images there, or choose another split")
     hint = ""
