@@ -159,10 +159,27 @@ def default_delimiter(path: str | os.PathLike[str]) -> str | None:
     return {".csv": ",", ".tsv": "\t"}.get(Path(path).suffix.lower())
 
 
+_DELIMITER_MEMO: dict[tuple[object, ...], str] = {}
+
+
 def csv_delimiter(path: str | os.PathLike[str]) -> str | None:
-    """Give the delimiter a CSV or TSV file is read with (None for other files); see :func:`_delimiter`."""
+    """Give the delimiter a CSV or TSV file is read with (None for other files); see :func:`_delimiter`.
+
+    Memoised in this process per path and file identity (as :func:`~stitchcli.fingerprint.file_sha256`): the
+    fingerprint, the column listing and the reading of one file each ask, and each answer reads its head."""
+    from stitchcli.fingerprint import file_identity
+
     preferred = default_delimiter(path)
-    return _delimiter(Path(path), preferred) if preferred is not None else None
+    if preferred is None:
+        return None
+    p = Path(path)
+    try:
+        key: tuple[object, ...] = (str(p.resolve()), *file_identity(p.stat()))
+    except OSError:
+        return preferred  # the parser reports the file
+    if key not in _DELIMITER_MEMO:
+        _DELIMITER_MEMO[key] = _delimiter(p, preferred)
+    return _DELIMITER_MEMO[key]
 
 
 def _delimiter(path: Path, preferred: str) -> str:
