@@ -65,10 +65,9 @@ def anchor_command(
     """Choose anchor rows from the training split and save the manifest in the cache (and --out)."""
     from stitchcli.anchors import choose_anchors, save_anchor_manifest
     from stitchcli.cli.output import check_output_path, progress_and_store
-    from stitchcli.cli.settings_options import joined_list
+    from stitchcli.cli.settings_options import given_dataset_options
     from stitchcli.errors import UsageError
     from stitchcli.models import ModelRef
-    from stitchcli.settings import DatasetOptions
 
     check_output_path(out, "--out")
     given = {"weights": weights, "pooling": pooling, "max_length": max_length, "precision": precision, "revision": revision}
@@ -87,7 +86,7 @@ def anchor_command(
         model=ModelRef(model, model_options) if model is not None else None,
         limit=limit,
         embed_seed=embed_seed,
-        dataset_options=DatasetOptions(joined_list(input_column, "--input-column"), label_column, dataset_revision),
+        dataset_options=given_dataset_options(input_column, label_column, dataset_revision),
         name=name,
         reporter=reporter,
     )

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, List, Optional, Sequence
 import typer
 
 from stitchcli.cli import options as opt
-from stitchcli.cli.settings_options import REPEATABLE, joined_list, names_a_path, split_list
+from stitchcli.cli.settings_options import REPEATABLE, given_dataset_options, names_a_path, split_list
 from stitchcli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -114,7 +114,6 @@ def embed_command(
     from stitchcli.distributed import torchrun_rank
     from stitchcli.embedding import EmbedOptions, embed
     from stitchcli.models import ModelRef
-    from stitchcli.settings import DatasetOptions
 
     # comma lists, repeatable: -s a -s b,c is -s a,b,c (a path that exists stays whole)
     splits = split_list(split, "--split", whole=names_a_path)
@@ -125,7 +124,7 @@ def embed_command(
     given = {"weights": weights, "pooling": pooling, "max_length": max_length, "precision": precision, "revision": revision}
     options = {key: value for key, value in given.items() if value is not None}
     refs = [ModelRef(name_, options) for name_ in split_list(model, "--model", whole=names_a_path) or ()]
-    dataset_options = DatasetOptions(joined_list(input_column, "--input-column"), label_column, dataset_revision)
+    dataset_options = given_dataset_options(input_column, label_column, dataset_revision)
     if layers is not None:
         from stitchcli.embedding.layers import embed_layers
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Collection, List, Optional
 import typer
 
 from stitchcli.cli import options as opt
-from stitchcli.cli.settings_options import REPEATABLE, joined_list
+from stitchcli.cli.settings_options import REPEATABLE, given_dataset_options
 
 if TYPE_CHECKING:
     from stitchcli.cli.output import Progress
@@ -64,7 +64,6 @@ def predict_command(
     """
     from stitchcli.cli.output import check_output_path, progress_and_store
     from stitchcli.errors import UsageError
-    from stitchcli.settings import DatasetOptions
     from stitchcli.stitched import load_stitched
     from stitchcli.stitched.predicting import (
         check_min_accuracy,
@@ -74,7 +73,8 @@ def predict_command(
     )
 
     bar = parse_min_accuracy(min_accuracy)
-    input_column = joined_list(input_column, "--input-column")  # --input-column a --input-column b is a,b
+    options_of_data = given_dataset_options(input_column, label_column, dataset_revision)
+    input_column = options_of_data.input_column  # --input-column a --input-column b is a,b
     check_output_path(csv_file, "--csv")
     if dataset is None and not inputs:
         raise UsageError("nothing to predict on: name INPUTS (files or folders) or pass --dataset D --split S")
@@ -88,7 +88,7 @@ def predict_command(
     progress, store, reporter = progress_and_store(cache_dir, quiet)
     if dataset is not None:
         predictions = predict_dataset(model, dataset, split, store=store, limit=limit, seed=seed,
-                                      dataset_options=DatasetOptions(input_column, label_column, dataset_revision),
+                                      dataset_options=options_of_data,
                                       batch_size=batch_size, device=device, recompute=recompute, reporter=reporter,
                                       need_accuracy=bar is not None)
     else:

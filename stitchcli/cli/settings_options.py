@@ -21,7 +21,7 @@ from typing import Annotated, Any, Callable, List, Mapping, Optional, Sequence
 import typer
 
 from stitchcli.errors import UsageError
-from stitchcli.settings import Declared, StitchSettings, build_settings, by_name, settings_of, with_task_defaults
+from stitchcli.settings import DatasetOptions, Declared, StitchSettings, build_settings, by_name, settings_of, with_task_defaults
 
 
 REPEATABLE = "May be repeated."
@@ -65,6 +65,12 @@ def joined_list(values: str | Sequence[str] | None, option: str) -> str | None:
     that text: ``--input-column title --input-column body`` is ``--input-column title,body``."""
     names = split_list(values, option)
     return None if names is None else ",".join(names)
+
+
+def given_dataset_options(input_column: str | Sequence[str] | None, label_column: str | None, dataset_revision: str | None) -> DatasetOptions:
+    """Give the dataset options of a command that takes them alone (embed, anchor, similarity, predict), its
+    --input-column occurrences joined (:func:`joined_list`)."""
+    return DatasetOptions(joined_list(input_column, "--input-column"), label_column, dataset_revision)
 
 
 def parse_integers(values: str | Sequence[str], option: str) -> tuple[int, ...]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, List, Optional, Sequence
 
 import typer
 
 from stitchcli.cli import options as opt
-from stitchcli.cli.settings_options import REPEATABLE, joined_list, names_a_path, split_list
+from stitchcli.cli.settings_options import REPEATABLE, given_dataset_options, names_a_path, split_list
 from stitchcli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ def similarity_command(
         "split": split, "train_split": train_split, "limit": limit, "embed_seed": embed_seed, "anchors": anchors,
         "num_anchors": num_anchors, "anchor_strategy": anchor_strategy, "anchor_seed": anchor_seed, "anchor_model": anchor_model,
         "transform": transform, "device": device, "embed_batch_size": embed_batch_size, "trust_remote_code": trust_remote_code,
-        "input_column": joined_list(input_column, "--input-column"), "label_column": label_column, "dataset_revision": dataset_revision,
+        **dataclasses.asdict(given_dataset_options(input_column, label_column, dataset_revision)),
     })
     settings.check_values()  # a bad value is named as such (--transform whiten), with or without --projection
     if not projections:
